@@ -1,0 +1,6 @@
+"""`python -m collapsekit` runs the command line."""
+import sys
+
+from collapsekit.cli import main
+
+sys.exit(main())

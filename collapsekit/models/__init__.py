@@ -1,0 +1,75 @@
+"""The model zoo: plain-torch factories by name, plus any importable `package.module:factory`."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch.nn as nn
+
+from collapsekit.errors import CollapsekitError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator that adds a factory `f(num_classes, in_channels, input_size, **kw)` to the zoo."""
+
+    def wrap(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def names() -> list[str]:
+    """Sorted names of the zoo's models."""
+    _load_zoo()
+    return sorted(_REGISTRY)
+
+
+def create(name: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kwargs) -> nn.Module:
+    """A fresh zoo model (random init) for inputs of `in_channels` x `input_size` x `input_size`."""
+    _load_zoo()
+    if name not in _REGISTRY:
+        raise CollapsekitError(f"unknown model {name!r}; the zoo has: {', '.join(names())} "
+                               "(or pass package.module:factory)")
+    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+
+
+def resolve(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kwargs) -> nn.Module:
+    """A model from a zoo name or from `package.module:factory` (called with the zoo's keywords it accepts)."""
+    if ":" not in spec:
+        return create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure is the user's spec, not our bug
+        raise CollapsekitError(f"cannot import module {module_name!r} from model spec {spec!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise CollapsekitError(f"module {module_name!r} has no callable {attr!r} (model spec {spec!r})")
+    offered = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+    model = _call_with_accepted(factory, offered)
+    if not isinstance(model, nn.Module):
+        raise CollapsekitError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _call_with_accepted(factory, offered: dict):
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return factory()
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return factory(**offered)
+    return factory(**{k: v for k, v in offered.items() if k in params})
+
+
+def _load_zoo() -> None:
+    # Importing the modules runs their @register decorators.
+    from collapsekit.models import zoo  # noqa: F401
+
+
+__all__ = ["register", "names", "create", "resolve"]
