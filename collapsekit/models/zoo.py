@@ -1,0 +1,2 @@
+"""Imports every zoo module so its @register decorators fill the registry of `collapsekit.models`."""
+from collapsekit.models import fastgrnn, lenet, mobilenet, resnet, wrn  # noqa: F401
