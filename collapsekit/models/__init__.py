@@ -9,16 +9,30 @@ import torch.nn as nn
 from collapsekit.errors import CollapsekitError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_LAYOUT: dict[str, str] = {}
 
 
-def register(name: str):
-    """Decorator that adds a factory `f(num_classes, in_channels, input_size, **kw)` to the zoo."""
+def register(name: str, layout: str = "image"):
+    """Decorator that adds a factory `f(num_classes, in_channels, input_size, **kw)` to the zoo.
+
+    `layout` says what the input looks like: "image" is [B, C, S, S] and "sequence"
+    is [B, S, C] (S = input_size steps of C = in_channels features).
+    """
 
     def wrap(factory):
         _REGISTRY[name] = factory
+        _LAYOUT[name] = layout
         return factory
 
     return wrap
+
+
+def input_shape(spec: str, in_channels: int = 3, input_size: int = 32, batch: int = 1) -> tuple[int, ...]:
+    """The input shape a zoo model (or, as an image model, any other spec) takes."""
+    _load_zoo()
+    if _LAYOUT.get(spec, "image") == "sequence":
+        return (batch, input_size, in_channels)
+    return (batch, in_channels, input_size, input_size)
 
 
 def names() -> list[str]:
@@ -72,4 +86,4 @@ def _load_zoo() -> None:
     from collapsekit.models import zoo  # noqa: F401
 
 
-__all__ = ["register", "names", "create", "resolve"]
+__all__ = ["register", "names", "create", "resolve", "input_shape"]

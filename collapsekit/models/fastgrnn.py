@@ -46,7 +46,7 @@ class FastGRNNClassifier(nn.Module):
         return self.fc(h)
 
 
-@register("fastgrnn")
+@register("fastgrnn", layout="sequence")
 def fastgrnn(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, hidden_size: int = 32,
              **kw) -> nn.Module:
     """Returns a FastGRNN classifier (Kusupati et al. 2018) for inputs [B, T, F], T = input_size, F = in_channels.

@@ -1,0 +1,658 @@
+"""Structural channel flow: abstract interpretation of the fx graph on 0/1 liveness tensors.
+
+Every node's abstract value has the shape of its real value (batch of one) and
+holds 1.0 where the element is reached by some kept path from the input and 0.0
+where it is a constant of the masks alone (DESIGN.md, structural death). Each
+op has a transfer rule that keeps values non-negative, so nothing cancels, and a
+`_Bool` step after every node resets them to 0/1 (so nothing overflows either).
+
+`_Bool`'s backward does the same to gradients, which makes one backward pass
+from the output the "used" analysis: an element whose gradient is positive
+feeds some kept path to the output, and a kept weight whose gradient is positive
+lies on an input-to-output path (Vysogorets & Kempe's effective sparsity).
+
+Transfer rules live in one registry keyed by module type, function or method
+name (STYLE.md 1-2). Unknown ops get the conservative rule: the whole output is
+alive if any input element is, so a prediction of death is never wrong.
+"""
+from __future__ import annotations
+
+import builtins
+import operator
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from collapsekit.prunable import PrunableWeight
+from collapsekit.trace import TracedModel
+
+
+class _Bool(torch.autograd.Function):
+    """0/1 in both directions: liveness forward, usedness backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g > 0).to(g.dtype)
+
+
+def _bool(x):
+    return _Bool.apply(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+class _Layer(torch.autograd.Function):
+    """A weighted layer on a bool keep-mask: the float mask and its gradient exist only
+    while this layer runs, so the flow's peak memory stays near one layer's worth."""
+
+    @staticmethod
+    def forward(ctx, x, keep, op, record):
+        ctx.op, ctx.record = op, record
+        ctx.save_for_backward(x, keep)
+        return op(x, keep.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, keep = ctx.saved_tensors
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            w = keep.to(x.dtype).requires_grad_(True)
+            gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
+        ctx.record(gw > 0)
+        return gx, None, None, None
+
+
+@dataclass
+class Weight:
+    """Abstract value of a weight tensor: its keep-mask as 0/1 floats (dense for non-prunable)."""
+
+    mask: torch.Tensor
+    name: str | None = None  # the prunable weight it is, if any
+
+
+def _live(x):
+    """The liveness tensor of an activation, or None for constants and weights."""
+    return x if isinstance(x, torch.Tensor) else None
+
+
+def _mask(x):
+    return x.mask if isinstance(x, Weight) else x
+
+
+# -- the registry ------------------------------------------------------------------------
+MODULE_RULES: dict[type, Callable] = {}
+FUNCTION_RULES: dict[object, Callable] = {}
+METHOD_RULES: dict[str, Callable] = {}
+
+
+def module_rule(*types):
+    def wrap(fn):
+        for t in types:
+            MODULE_RULES[t] = fn
+        return fn
+    return wrap
+
+
+def function_rule(*fns):
+    def wrap(fn):
+        for f in fns:
+            FUNCTION_RULES[f] = fn
+        return fn
+    return wrap
+
+
+def method_rule(*names):
+    def wrap(fn):
+        for n in names:
+            METHOD_RULES[n] = fn
+        return fn
+    return wrap
+
+
+def _aten(*names):
+    """Overloads of torch.ops.aten that exist in this torch (graphs from torch.export)."""
+    found = []
+    for name in names:
+        packet, _, overload = name.partition(".")
+        op = getattr(torch.ops.aten, packet, None)
+        if op is not None and hasattr(op, overload or "default"):
+            found.append(getattr(op, overload or "default"))
+    return found
+
+
+# Structure-preserving ops: the abstract value goes through the op itself.
+# Activations, dropout and eval-mode batch norm are per-element bijections or
+# per-channel affine maps: they never join or cut a path structurally.
+_IDENTITY_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+                     nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
+                     nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Identity, nn.Dropout, nn.Dropout1d,
+                     nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
+
+
+@module_rule(*_IDENTITY_MODULES)
+def _identity_module(flow, module, x, *args, **kwargs):
+    return x
+
+
+_IDENTITY_FUNCTIONS = [F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
+                       F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout2d, F.batch_norm,
+                       torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.neg, torch.abs,
+                       torch.sqrt, torch.rsqrt, torch.square, torch.clamp, torch.clip, torch.sign, F.sigmoid,
+                       F.tanh, torch.nn.functional.dropout1d, operator.neg, operator.pos]
+_IDENTITY_FUNCTIONS += _aten("relu.default", "sigmoid.default", "tanh.default", "gelu.default", "silu.default",
+                             "hardtanh.default", "dropout.default", "clone.default", "neg.default",
+                             "batch_norm.default",
+                             "alias.default", "contiguous.default", "hardswish.default", "relu6.default")
+
+
+@function_rule(*_IDENTITY_FUNCTIONS)
+def _identity_function(flow, x, *args, **kwargs):
+    return x
+
+
+@function_rule(*_aten("_native_batch_norm_legit_no_training.default"))
+def _native_batch_norm(flow, x, *args, **kwargs):
+    return (x, None, None)  # (output, saved mean, saved invstd): only the output flows on
+
+
+@method_rule("relu", "relu_", "sigmoid", "tanh", "exp", "log", "neg", "abs", "sqrt", "rsqrt", "clamp", "clamp_",
+             "clip", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "pow",
+             "square", "sign", "detach_", "requires_grad_")
+def _identity_method(flow, x, *args, **kwargs):
+    return x
+
+
+# Shape and permutation ops: applied to the abstract value as they are.
+_SHAPE_FUNCTIONS = [torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat, torch.concat,
+                    torch.stack, torch.chunk, torch.split, torch.squeeze, torch.unsqueeze, torch.narrow,
+                    torch.roll, torch.t, torch.movedim, torch.swapaxes, torch.unbind, torch.tile, torch.flip,
+                    F.interpolate, F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, operator.getitem,
+                    builtins.getattr, torch.broadcast_to]
+_SHAPE_FUNCTIONS += _aten("view.default", "reshape.default", "flatten.using_ints", "permute.default",
+                          "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
+                          "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
+                          "split.Tensor", "chunk.default", "channel_shuffle.default", "pixel_shuffle.default",
+                          "upsample_nearest2d.vec", "upsample_bilinear2d.vec")
+
+
+@function_rule(*_SHAPE_FUNCTIONS)
+def _shape_function(flow, *args, **kwargs):
+    return flow.call_real(*args, **kwargs)
+
+
+@method_rule("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as",
+             "repeat", "chunk", "split", "narrow", "size", "dim", "t", "movedim", "unbind", "roll", "flip",
+             "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__")
+def _shape_method(flow, *args, **kwargs):
+    return flow.call_real(*args, **kwargs)
+
+
+@module_rule(nn.Flatten, nn.Unflatten, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+             nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.modules.padding._ReflectionPadNd,
+             nn.modules.padding._ReplicationPadNd, nn.CircularPad2d)
+def _shape_module(flow, module, x, *args, **kwargs):
+    return module(x)
+
+
+@module_rule(nn.modules.padding._ConstantPadNd)
+def _constant_pad(flow, module, x):
+    return F.pad(x, module.padding, value=0.0)  # the pad value is a constant, not input
+
+
+@function_rule(F.pad, *_aten("constant_pad_nd.default"))
+def _pad_function(flow, x, pad, mode="constant", value=None):
+    return F.pad(x, pad, mode=mode, value=0.0) if mode == "constant" else F.pad(x, pad, mode=mode)
+
+
+# Elementwise joins: an output element is alive if any of its operands is. `x * c`
+# with a dead constant c is still input-dependent structurally (c == 0 is value-level).
+_JOIN_FUNCTIONS = [operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
+                   operator.iadd, operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
+                   torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.lerp, torch.pow,
+                   torch.true_divide, torch.max, torch.min]
+_JOIN_FUNCTIONS += _aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul.Scalar",
+                         "add.Scalar", "div.Scalar", "maximum.default", "minimum.default")
+
+
+@function_rule(*_JOIN_FUNCTIONS)
+def _join_function(flow, *args, **kwargs):
+    return flow.join(*args, *kwargs.values())
+
+
+@method_rule("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__", "__sub__",
+             "maximum", "minimum", "masked_fill", "addcmul")
+def _join_method(flow, *args, **kwargs):
+    return flow.join(*args, *kwargs.values())
+
+
+# Layers with weights: conv and linear on the keep-mask (non-negative, so any kept
+# tap that reads a live element makes the output element live).
+@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv_module(flow, module, x):
+    if module.padding_mode != "zeros":
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        padding = 0
+    else:
+        padding = module.padding
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.ndim - 2]
+    return flow.layer(f"{module._target}.weight", module.weight, x,
+                      lambda x, w: conv(x, w, None, module.stride, padding, module.dilation, module.groups))
+
+
+@module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _conv_transpose_module(flow, module, x, output_size=None):
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.ndim - 2]
+    out_pad = module._output_padding(x, output_size, module.stride, module.padding, module.kernel_size,
+                                     x.ndim - 2, module.dilation)
+    return flow.layer(f"{module._target}.weight", module.weight, x,
+                      lambda x, w: conv(x, w, None, module.stride, module.padding, out_pad, module.groups,
+                                        module.dilation))
+
+
+@module_rule(nn.Linear)
+def _linear_module(flow, module, x):
+    return flow.layer(f"{module._target}.weight", module.weight, x, F.linear)
+
+
+@function_rule(F.linear, *_aten("linear.default"))
+def _linear_function(flow, x, weight, bias=None):
+    return F.linear(x, _mask(weight))
+
+
+@function_rule(F.conv1d, F.conv2d, F.conv3d, *_aten("conv1d.default", "conv2d.default", "conv3d.default"))
+def _conv_function(flow, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.ndim]
+    return conv(x, _mask(weight), None, stride, padding, dilation, groups)
+
+
+@function_rule(*_aten("convolution.default"))
+def _aten_convolution(flow, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    return torch.ops.aten.convolution.default(x, _mask(weight), None, stride, padding, dilation, transposed,
+                                               output_padding, groups)
+
+
+@function_rule(torch.matmul, operator.matmul, torch.mm, torch.bmm, *_aten("matmul.default", "mm.default",
+                                                                          "bmm.default"))
+def _matmul_function(flow, a, b):
+    return flow.matmul(a, b)
+
+
+@method_rule("matmul", "mm", "bmm", "__matmul__")
+def _matmul_method(flow, a, b):
+    return flow.matmul(a, b)
+
+
+@function_rule(torch.addmm, *_aten("addmm.default"))
+def _addmm(flow, bias, a, b, **kwargs):
+    return flow.join(bias, flow.matmul(a, b))
+
+
+# Pooling: max pooling becomes average pooling over the same windows. Both make a
+# window's output live iff some element of it is, but only averaging sends the
+# backward pass to every element a max could pick under other weights.
+@module_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+def _max_pool_module(flow, module, x):
+    return flow.window_any(x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
+
+
+@function_rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, *_aten("max_pool2d.default"))
+def _max_pool_function(flow, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **kwargs):
+    return flow.window_any(x, kernel_size, stride or kernel_size, padding, dilation, ceil_mode)
+
+
+@module_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+             nn.AdaptiveAvgPool3d)
+def _avg_pool_module(flow, module, x):
+    return module(x)
+
+
+@module_rule(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+def _adaptive_max_module(flow, module, x):
+    pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[x.ndim]
+    return pool(x, module.output_size)
+
+
+@function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+               F.adaptive_avg_pool3d, *_aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
+                                             "_adaptive_avg_pool2d.default"))
+def _avg_pool_function(flow, *args, **kwargs):
+    return flow.call_real(*args, **kwargs)
+
+
+@function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+def _adaptive_max_function(flow, x, output_size, return_indices=False):
+    pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[x.ndim]
+    return pool(x, output_size)
+
+
+# Reductions and normalisations that mix elements: live if any mixed element is.
+@function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.logsumexp, torch.std, torch.var,
+               *_aten("mean.dim", "sum.dim_IntList", "amax.default"))
+def _reduce_function(flow, x, dim=None, keepdim=False, *args, **kwargs):
+    return flow.any_over(x, dim, keepdim)
+
+
+@method_rule("mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm")
+def _reduce_method(flow, x, dim=None, keepdim=False, *args, **kwargs):
+    if isinstance(dim, str):  # "fro" of norm
+        dim = None
+    return flow.any_over(x, dim, keepdim)
+
+
+@function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, *_aten("_softmax.default",
+                                                                                  "softmax.int"))
+def _softmax_function(flow, x, dim=None, *args, **kwargs):
+    return flow.any_over(x, dim, keepdim=True).expand_as(x)
+
+
+@method_rule("softmax", "log_softmax")
+def _softmax_method(flow, x, dim=None, *args, **kwargs):
+    return flow.any_over(x, dim, keepdim=True).expand_as(x)
+
+
+@module_rule(nn.Softmax, nn.LogSoftmax, nn.Softmin)
+def _softmax_module(flow, module, x):
+    return flow.any_over(x, module.dim, keepdim=True).expand_as(x)
+
+
+@module_rule(nn.LayerNorm)
+def _layer_norm_module(flow, module, x):
+    dims = tuple(range(x.ndim - len(module.normalized_shape), x.ndim))
+    return flow.any_over(x, dims, keepdim=True).expand_as(x)
+
+
+@function_rule(F.layer_norm, *_aten("layer_norm.default"))
+def _layer_norm_function(flow, x, normalized_shape, *args, **kwargs):
+    dims = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    return flow.any_over(x, dims, keepdim=True).expand_as(x)
+
+
+@module_rule(nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+def _mixing_norm_module(flow, module, x):
+    # Group and instance norms mix within (groups of) channels; mixing over every
+    # non-batch dim is coarser and therefore still sound.
+    return flow.any_over(x, tuple(range(1, x.ndim)), keepdim=True).expand_as(x)
+
+
+@function_rule(F.scaled_dot_product_attention)
+def _sdpa(flow, q, k, v, *args, **kwargs):
+    q_live = flow.any_over(q, -1, keepdim=True)
+    k_live = flow.any_over(k, (-2, -1), keepdim=True)
+    v_live = flow.any_over(v, -2, keepdim=True)
+    return flow.join(q_live, k_live, v_live, torch.zeros(*q.shape[:-1], v.shape[-1]))
+
+
+@module_rule(nn.MultiheadAttention)
+def _multihead_attention(flow, module, query, key, value, *args, **kwargs):
+    # Conservative over heads: a context feature is live if any projected query or
+    # key element is (they steer the attention weights) or its value feature is.
+    name, e = module._target, module.embed_dim
+    if module._qkv_same_embed_dim:
+        projections = [(f"{name}.in_proj_weight", module.in_proj_weight, slice(i * e, (i + 1) * e))
+                       for i in range(3)]
+    else:
+        projections = [(f"{name}.{p}_proj_weight", getattr(module, f"{p}_proj_weight"), slice(None))
+                       for p in "qkv"]
+    q, k, v = (_bool(flow.layer(n, t, x, lambda x, w, rows=rows: F.linear(x, w[rows])))
+               for (n, t, rows), x in zip(projections, (query, key, value)))
+    seq = 1 if module.batch_first else 0
+    steer = flow.join(flow.any_over(q, -1, keepdim=True), flow.any_over(k, (seq, -1), keepdim=True))
+    context = _bool(flow.join(steer, flow.any_over(v, seq, keepdim=True), torch.zeros_like(q)))
+    return flow.layer(f"{name}.out_proj.weight", module.out_proj.weight, context, F.linear), None
+
+
+_WEIGHTED_FUNCTIONS = (_linear_function, _conv_function, _aten_convolution)
+
+
+# -- the interpreter ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class FlowResult:
+    """Structural verdict at one set of masks (DESIGN.md terms)."""
+
+    collapsed: bool
+    dead_channels: dict[str, list[int]]
+    unused_channels: dict[str, list[int]]
+    effective: np.ndarray | None  # kept weights on an input-to-output path, per prunable layer
+    kept: np.ndarray  # kept weights per prunable layer
+
+
+class ChannelFlow(fx.Interpreter):
+    """Runs the transfer rules over a traced graph for one set of keep-masks."""
+
+    def __init__(self, traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor],
+                 backward: bool):
+        super().__init__(traced.gm, garbage_collect_values=True)
+        self.traced = traced
+        self.backward = backward
+        self._dtype = torch.float32
+        self._canonical = {alias: w.name for w in weights for alias in (w.name, *w.aliases)}
+        self.masks = {w.name: k for w, k in zip(weights, keep)}  # bool keep-masks
+        self.effective: dict[str, torch.Tensor] = {}  # name -> bool: kept and on an input-output path
+        self.outputs_of: dict[str, list[torch.Tensor]] = {}
+        self._attr_masks: list[tuple[str, torch.Tensor]] = []  # bare matrices read through get_attr
+        self._layer_of_module = {w.module: w.name for w in weights if w.kind in ("conv", "linear")}
+        self._layer_names = set(self._layer_of_module.values())
+
+    # helpers the rules call ------------------------------------------------------------
+    def layer(self, name: str, tensor: torch.Tensor, x, op):
+        """`op(x, w)` on the keep-mask of weight `name` (dense ones for a non-prunable one)."""
+        name = self._canonical.get(name, name)
+        keep = self.masks.get(name)
+        if keep is None:
+            return op(x, torch.ones(tensor.shape, dtype=self._dtype))
+        if not (self.backward and torch.is_grad_enabled()):
+            return op(x, keep.to(self._dtype))
+        return _Layer.apply(x, keep, op, lambda reached: self._record(name, keep, reached))
+
+    def _record(self, name, keep, reached):
+        hit = reached & keep
+        self.effective[name] = hit if name not in self.effective else self.effective[name] | hit
+
+    def weight_of(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        keep = self.masks.get(self._canonical.get(name, name))
+        return keep.to(self._dtype) if keep is not None else torch.ones(tensor.shape, dtype=self._dtype)
+
+    def call_real(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def join(self, *operands):
+        live = [x for x in operands if isinstance(x, torch.Tensor)]
+        shapes = [tuple(x.shape) for x in live]
+        if not live:
+            return operands[0]
+        out = None
+        for x in live:
+            out = x if out is None else out + x
+        return out.expand(torch.broadcast_shapes(*shapes)) if out.shape != torch.broadcast_shapes(*shapes) else out
+
+    def matmul(self, a, b):
+        if isinstance(b, Weight) and isinstance(a, torch.Tensor):
+            return torch.matmul(a, b.mask)
+        if isinstance(a, Weight) and isinstance(b, torch.Tensor):
+            return torch.matmul(a.mask, b)
+        a_t, b_t = _live(a), _live(b)
+        if a_t is None and b_t is None:
+            return a
+        # out[i, j] needs some live a[i, :] or some live b[:, j]; the +1 keeps each
+        # term's support exactly that without ever cancelling.
+        if a_t is None:
+            return torch.matmul(torch.ones_like(_mask(a)), b_t)
+        if b_t is None:
+            return torch.matmul(a_t, torch.ones_like(_mask(b)))
+        return torch.matmul(a_t, b_t + 1) + torch.matmul(a_t + 1, b_t)
+
+    def window_any(self, x, kernel_size, stride, padding, dilation, ceil_mode):
+        nd = x.ndim - 2
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+        dil = dilation if isinstance(dilation, (tuple, list)) else (dilation,) * nd
+        if any(d != 1 for d in dil):
+            return self._conservative_like(x, (x,))
+        return pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad=True)
+
+    def any_over(self, x, dim=None, keepdim=False):
+        if not isinstance(x, torch.Tensor):
+            return x
+        if dim is None:
+            return x.sum() if not keepdim else x.sum(dim=tuple(range(x.ndim)), keepdim=True)
+        return x.sum(dim=dim, keepdim=keepdim)
+
+    def _conservative_like(self, example, inputs):
+        total = sum(t.sum() for t in inputs if isinstance(t, torch.Tensor))
+        return torch.ones_like(example) * total
+
+    # fx.Interpreter hooks --------------------------------------------------------------
+    def placeholder(self, target, args, kwargs):
+        real = super().placeholder(target, args, kwargs)
+        if not isinstance(real, torch.Tensor):
+            return real
+        return torch.ones(real.shape, dtype=self._dtype).requires_grad_(self.backward)
+
+    def get_attr(self, target, args, kwargs):
+        real = super().get_attr(target, args, kwargs)
+        if not isinstance(real, torch.Tensor):
+            return real
+        mask = self.weight_of(target, real).requires_grad_(self.backward and torch.is_grad_enabled())
+        name = self._canonical.get(target)
+        if name is not None and mask.requires_grad:
+            self._attr_masks.append((name, mask))
+        return Weight(mask, name)
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        module._target = target
+        rule = next((MODULE_RULES[t] for t in type(module).__mro__ if t in MODULE_RULES), None)
+        out = rule(self, module, *args, **kwargs) if rule else None
+        if out is None and rule is None:
+            out = self._fallback(self._current, args, kwargs)
+        out = _tree_bool(out)
+        layer = self._layer_of_module.get(target)
+        if layer is not None and isinstance(out, torch.Tensor):
+            self.outputs_of.setdefault(layer, []).append(out)
+        return out
+
+    def call_function(self, target, args, kwargs):
+        rule = FUNCTION_RULES.get(target)
+        if rule is None:
+            return _tree_bool(self._fallback(self._current, args, kwargs))
+        if rule is _shape_function:
+            return _tree_bool(self._apply_real(target, args, kwargs))
+        out = _tree_bool(rule(self, *args, **kwargs))
+        if rule in _WEIGHTED_FUNCTIONS and len(args) > 1 and isinstance(args[1], Weight) and args[1].name:
+            # conv/linear written as functions (torch.export graphs): same per-layer record
+            if args[1].name in self._layer_names and isinstance(out, torch.Tensor):
+                self.outputs_of.setdefault(args[1].name, []).append(out)
+        return out
+
+    def call_method(self, target, args, kwargs):
+        rule = METHOD_RULES.get(target)
+        if rule is None:
+            return _tree_bool(self._fallback(self._current, args, kwargs))
+        if rule is _shape_method:
+            obj, *rest = args
+            return _tree_bool(self._apply_real(lambda o, *a, **k: getattr(o, target)(*a, **k), (obj, *rest), kwargs))
+        return _tree_bool(rule(self, *args, **kwargs))
+
+    def run_node(self, n):
+        self._current = n
+        if n.op.startswith("call_") and not n.users:
+            return None  # side-effect-only nodes (export's guards) carry no data
+        return super().run_node(n)
+
+    def _apply_real(self, fn, args, kwargs):
+        # Shape ops act on weights' masks and on live tensors alike.
+        unwrap = lambda v: v.mask if isinstance(v, Weight) else v  # noqa: E731
+        wrapped = any(isinstance(a, Weight) for a in args)
+        out = fn(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in kwargs.items()})
+        return Weight(out) if wrapped and isinstance(out, torch.Tensor) else out
+
+    def _fallback(self, node: fx.Node, args, kwargs):
+        inputs = [a for a in fx.node.map_aggregate((args, kwargs), lambda v: v) if isinstance(a, torch.Tensor)]
+        flat = []
+        fx.node.map_aggregate((args, kwargs), lambda v: flat.append(v) if isinstance(v, torch.Tensor) else None)
+        total = sum(t.sum() for t in flat) if flat else torch.zeros(())
+        meta = node.meta.get("tensor_meta")
+        if meta is None:
+            from collapsekit.errors import CollapsekitError
+            raise CollapsekitError(f"no transfer rule and no recorded shape for node {node.name} ({node.target})")
+        return fx.node.map_aggregate(meta, lambda m: torch.ones(m.shape, dtype=self._dtype) * total
+                                     if hasattr(m, "shape") else m)
+
+
+def _tree_bool(out):
+    if isinstance(out, torch.Tensor):
+        return _bool(out)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_tree_bool(o) for o in out)
+    return out
+
+
+def _output_tensors(value) -> list[torch.Tensor]:
+    found = []
+    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
+    if isinstance(value, dict):
+        for v in value.values():
+            found.extend(_output_tensors(v))
+    return found
+
+
+def channel_dim(weight: PrunableWeight, out: torch.Tensor) -> int:
+    """The output-channel (feature) axis of a layer's output tensor."""
+    return 1 if weight.kind == "conv" else out.ndim - 1
+
+
+def run_flow(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor],
+             backward: bool = True) -> FlowResult:
+    """The structural verdict for keep-masks `keep` (one bool tensor per prunable weight)."""
+    flow = ChannelFlow(traced, weights, keep, backward)
+    with torch.set_grad_enabled(backward):
+        # The input is the only leaf that needs a gradient: it makes every live
+        # element part of the autograd graph, and weights never need one.
+        result = flow.run(*traced.example_inputs)
+        outs = _output_tensors(result)
+        collapsed = not any(bool((o > 0).any()) for o in outs)
+        if backward:
+            for outs_of_layer in flow.outputs_of.values():
+                for o in outs_of_layer:
+                    if o.requires_grad:
+                        o.retain_grad()
+            seeds = [o for o in outs if o.requires_grad]
+            if seeds:
+                torch.autograd.backward(seeds, [torch.ones_like(o) for o in seeds])
+            for name, mask in flow._attr_masks:
+                if mask.grad is not None:
+                    flow._record(name, flow.masks[name], mask.grad > 0)
+    by_name = {w.name: w for w in weights}
+    dead, unused = {}, {}
+    for name, outs_of_layer in flow.outputs_of.items():
+        w = by_name[name]
+        alive = used = None
+        for o in outs_of_layer:
+            dim = channel_dim(w, o)
+            others = tuple(d for d in range(o.ndim) if d != dim)
+            a = (o.detach() > 0).any(dim=others) if others else o.detach() > 0
+            alive = a if alive is None else alive | a
+            if backward:
+                g = o.grad
+                u = (g > 0).any(dim=others) if (g is not None and others) else (
+                    g > 0 if g is not None else torch.zeros_like(a))
+                used = u if used is None else used | u
+        idx = torch.nonzero(~alive).flatten().tolist()
+        if idx:
+            dead[name] = idx
+        if backward:
+            idx = torch.nonzero(~used).flatten().tolist()
+            if idx:
+                unused[name] = idx
+    kept = np.array([int(k.sum()) for k in keep], dtype=np.int64)
+    effective = None
+    if backward:
+        effective = np.array([int(flow.effective[w.name].sum()) if w.name in flow.effective else 0
+                              for w in weights], dtype=np.int64)
+    return FlowResult(collapsed, dead, unused, effective, kept)

@@ -1,0 +1,130 @@
+"""The layer graph: a networkx DiGraph of the fx nodes on input-to-output paths.
+
+It answers the topological questions of the report: which prunable layers a
+residual path avoids (bypassable) and which every path crosses (bottlenecks,
+found as dominators of the output), where a bypassable layer's branch rejoins
+the trunk, and how deep the network stays once some layers are emptied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch.fx as fx
+
+from collapsekit.prunable import PrunableWeight
+from collapsekit.trace import TracedModel
+
+SOURCE = "__input__"
+
+
+@dataclass(frozen=True)
+class LayerGraph:
+    """Data-flow graph of a traced model restricted to nodes between the input and the output."""
+
+    graph: nx.DiGraph
+    sink: str
+    layer_nodes: dict[str, tuple[str, ...]]  # prunable weight name -> fx nodes that apply it
+    bypassable: dict[str, bool]
+    rejoins_at: dict[str, str | None]  # first merge node after a layer that every path from it crosses
+
+
+def build_graph(traced: TracedModel, weights: list[PrunableWeight]) -> LayerGraph:
+    """The LayerGraph of `traced` for the prunable `weights`."""
+    g = nx.DiGraph()
+    nodes = list(traced.gm.graph.nodes)
+    sink = next(n.name for n in nodes if n.op == "output")
+    for n in nodes:
+        g.add_node(n.name, op=n.op, target=str(n.target))
+        for inp in n.all_input_nodes:
+            g.add_edge(inp.name, n.name)
+        if n.op == "placeholder":
+            g.add_edge(SOURCE, n.name)
+    on_path = (nx.descendants(g, SOURCE) | {SOURCE}) & (nx.ancestors(g, sink) | {sink})
+    g = g.subgraph(on_path).copy()
+
+    layer_nodes = _layer_nodes(traced.gm, weights, g)
+    idom = nx.immediate_dominators(g, SOURCE) if sink in g else {}
+    trunk = _dominator_chain(idom, sink)
+    ipdom = nx.immediate_dominators(g.reverse(copy=False), sink) if sink in g else {}
+    bypassable, rejoins = {}, {}
+    for name, layer in layer_nodes.items():
+        if not layer:
+            bypassable[name], rejoins[name] = True, None  # on no input-output path at all
+            continue
+        if len(layer) == 1:
+            bypassable[name] = layer[0] not in trunk
+        else:  # a shared weight: a bottleneck if removing all its uses cuts the graph
+            rest = g.subgraph(set(g) - set(layer))
+            bypassable[name] = sink in rest and nx.has_path(rest, SOURCE, sink)
+        rejoins[name] = _rejoin(g, ipdom, layer[0], sink) if bypassable[name] else None
+    return LayerGraph(g, sink, layer_nodes, bypassable, rejoins)
+
+
+def _layer_nodes(gm: fx.GraphModule, weights: list[PrunableWeight], g: nx.DiGraph) -> dict[str, tuple[str, ...]]:
+    by_module = {}
+    for w in weights:
+        by_module.setdefault(w.module, []).append(w.name)
+    by_attr = {alias: w.name for w in weights for alias in (w.name, *w.aliases)}
+    found: dict[str, list[str]] = {w.name: [] for w in weights}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target in by_module and n.name in g:
+            for name in by_module[n.target]:
+                found[name].append(n.name)
+        elif n.op == "get_attr" and n.target in by_attr:
+            # A bare matrix: the layer is where it first meets the activations.
+            found[by_attr[n.target]].extend(_first_on_path(n, g))
+    return {k: tuple(dict.fromkeys(v)) for k, v in found.items()}
+
+
+def _first_on_path(node: fx.Node, g: nx.DiGraph) -> list[str]:
+    hits, frontier, seen = [], list(node.users), set()
+    while frontier:
+        user = frontier.pop()
+        if user.name in seen:
+            continue
+        seen.add(user.name)
+        if user.name in g:
+            hits.append(user.name)
+        else:
+            frontier.extend(user.users)
+    return hits
+
+
+def _dominator_chain(idom: dict, node: str) -> set[str]:
+    chain = set()
+    while node in idom and node not in chain:
+        chain.add(node)
+        if idom[node] == node:
+            break
+        node = idom[node]
+    return chain
+
+
+def _rejoin(g: nx.DiGraph, ipdom: dict, node: str, sink: str) -> str | None:
+    # The first node after `node` that every path to the output crosses and that
+    # has more than one input: the add (or cat) where the branch rejoins the trunk.
+    cur = ipdom.get(node)
+    while cur is not None and cur != sink:
+        if g.in_degree(cur) > 1:
+            return cur
+        nxt = ipdom.get(cur)
+        cur = None if nxt == cur else nxt
+    return None
+
+
+def effective_depth(lg: LayerGraph, emptied: set[str]) -> int:
+    """Most prunable layers on one input-to-output path that avoids every emptied layer; 0 if none does."""
+    cut = {n for name in emptied for n in lg.layer_nodes.get(name, ())}
+    g = lg.graph.subgraph(set(lg.graph) - cut)
+    if lg.sink not in g or not nx.has_path(g, SOURCE, lg.sink):
+        return 0
+    layer_set = {n for nodes in lg.layer_nodes.values() for n in nodes}
+    depth = {SOURCE: 0}
+    for n in nx.topological_sort(g):
+        if n == SOURCE:
+            continue
+        preds = [depth[p] for p in g.predecessors(n) if p in depth]
+        if preds:
+            depth[n] = max(preds) + (1 if n in layer_set else 0)
+    return depth.get(lg.sink, 0)
