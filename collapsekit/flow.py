@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from collapsekit.prunable import PrunableWeight
 from collapsekit.trace import TracedModel
@@ -573,7 +574,6 @@ class ChannelFlow(fx.Interpreter):
         return Weight(out) if wrapped and isinstance(out, torch.Tensor) else out
 
     def _fallback(self, node: fx.Node, args, kwargs):
-        inputs = [a for a in fx.node.map_aggregate((args, kwargs), lambda v: v) if isinstance(a, torch.Tensor)]
         flat = []
         fx.node.map_aggregate((args, kwargs), lambda v: flat.append(v) if isinstance(v, torch.Tensor) else None)
         total = sum(t.sum() for t in flat) if flat else torch.zeros(())
@@ -581,8 +581,18 @@ class ChannelFlow(fx.Interpreter):
         if meta is None:
             from collapsekit.errors import CollapsekitError
             raise CollapsekitError(f"no transfer rule and no recorded shape for node {node.name} ({node.target})")
-        return fx.node.map_aggregate(meta, lambda m: torch.ones(m.shape, dtype=self._dtype) * total
-                                     if hasattr(m, "shape") else m)
+        return _ones_like_meta(meta, total, self._dtype)
+
+
+def _ones_like_meta(meta, total, dtype):
+    """Every element alive iff any input element is, in the shape(s) ShapeProp recorded."""
+    if isinstance(meta, TensorMetadata):
+        return torch.ones(meta.shape, dtype=dtype) * total
+    if isinstance(meta, (tuple, list)):
+        return type(meta)(_ones_like_meta(m, total, dtype) for m in meta)
+    if isinstance(meta, dict):
+        return {k: _ones_like_meta(m, total, dtype) for k, m in meta.items()}
+    return meta
 
 
 def _tree_bool(out):

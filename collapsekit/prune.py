@@ -21,6 +21,9 @@ pruned weight is bit-for-bit zero and sparse exports round-trip exactly.
 """
 from __future__ import annotations
 
+import sys
+import types
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -284,3 +287,14 @@ def count_macs(traced, masks: dict[str, torch.Tensor] | None = None) -> dict[str
 
 __all__ = ["prune", "PruneResult", "PrunedLayer", "apply_masks", "check_masks", "suggest_mt", "MTSuggestion",
            "count_macs"]
+
+
+class _CallableModule(types.ModuleType):
+    """Importing `collapsekit.prune` rebinds the package attribute `ck.prune` from the function
+    to this module (the import system sets it), so the module calls through to keep `ck.prune(...)` working."""
+
+    def __call__(self, *args, **kwargs):
+        return prune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

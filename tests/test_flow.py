@@ -1,0 +1,162 @@
+"""Channel flow: structural death is exact against the masks and sound against forward passes."""
+import pytest
+import torch
+import torch.nn as nn
+
+import collapsekit as ck
+from collapsekit.flow import run_flow
+from collapsekit.prunable import find_prunable
+from collapsekit.trace import trace
+from invariants import check_levels, scramble
+
+SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
+
+
+def keep_all_but(model, zero: dict):
+    """Keep-masks that drop exactly the given (weight name -> index tuple or slice) entries."""
+    keep = []
+    for w in find_prunable(model):
+        k = torch.ones(w.shape, dtype=torch.bool)
+        if w.name in zero:
+            k[zero[w.name]] = False
+        keep.append(k)
+    return keep
+
+
+def test_mlp_with_an_emptied_middle_layer_collapses():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    traced = trace(model, torch.randn(1, 4))
+    weights = find_prunable(model)
+    result = run_flow(traced, weights, keep_all_but(model, {"2.weight": slice(None)}))
+    assert result.collapsed
+    assert result.dead_channels["2.weight"] == list(range(6))
+    assert result.dead_channels["4.weight"] == [0, 1, 2]
+    assert result.unused_channels["0.weight"] == list(range(8))  # nothing downstream reads layer 0
+    assert result.effective.tolist() == [0, 0, 0]
+
+
+def test_one_dead_hidden_unit_is_dead_and_its_readers_ineffective():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    traced = trace(model, torch.randn(1, 4))
+    weights = find_prunable(model)
+    result = run_flow(traced, weights, keep_all_but(model, {"0.weight": (2,), "2.weight": (slice(None), 4)}))
+    assert not result.collapsed
+    assert result.dead_channels == {"0.weight": [2]}
+    assert result.unused_channels == {"0.weight": [4]}
+    # Layer 0 keeps 16 weights, 4 of which feed unit 4 that nobody reads; layer 2
+    # keeps 12, of which the 3 reading dead unit 2 are on no input path.
+    assert result.kept.tolist() == [16, 12]
+    assert result.effective.tolist() == [12, 9]
+
+
+class TwoBlockResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + torch.relu(self.b1(x))
+        x = x + torch.relu(self.b2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_emptied_conv_inside_a_residual_block_does_not_collapse():
+    model = TwoBlockResNet()
+    traced = trace(model, torch.randn(1, 3, 8, 8))
+    result = run_flow(traced, find_prunable(model), keep_all_but(model, {"b1.weight": slice(None)}))
+    assert not result.collapsed
+    assert result.dead_channels == {"b1.weight": list(range(8))}
+    emptied_stem = run_flow(traced, find_prunable(model), keep_all_but(model, {"stem.weight": slice(None)}))
+    assert emptied_stem.collapsed
+
+
+def test_off_centre_taps_on_a_one_pixel_map_read_only_padding():
+    # On a 1x1 map a 3x3 conv with padding 1 reads real data only through its
+    # centre tap: keeping only corner taps kills the channel (spatially exact flow).
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Flatten(), nn.Linear(2, 2))
+    traced = trace(model, torch.randn(1, 2, 1, 1))
+    keep = keep_all_but(model, {"0.weight": (slice(None), slice(None), 1, 1)})
+    assert run_flow(traced, find_prunable(model), keep).collapsed
+
+
+@pytest.mark.parametrize("name,shape,kwargs", [
+    ("lenet_300_100", (1, 1, 8, 8), {}),
+    ("lenet5", (1, 1, 8, 8), {}),
+    ("resnet20", (1, 3, 8, 8), {}),
+    ("wrn_16_2", (1, 3, 8, 8), {}),
+    ("mobilenet_v1", (1, 3, 16, 16), {"width_mult": 0.25}),
+    ("mobilenet_v2", (1, 3, 8, 8), {}),
+    ("fastgrnn", (1, 6, 9), {}),
+])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_zoo_flow_is_exact_and_sound(name, shape, kwargs, seed):
+    torch.manual_seed(seed)
+    sequence = name == "fastgrnn"
+    model = ck.models.create(name, num_classes=5, in_channels=shape[2] if sequence else shape[1],
+                             input_size=shape[1] if sequence else shape[2], **kwargs)
+    if seed:
+        scramble(model, seed)
+    verdicts = check_levels(model, torch.randn(*shape), SPARSITIES)
+    flags = [v.collapsed for v in verdicts]
+    assert flags == sorted(flags)  # nested masks: once collapsed, always collapsed
+    assert flags[-1] is True  # 99.9 % leaves no path in any of them
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet32", "resnet56", "wrn_16_4", "mobilenet_v1", "wrn_28_8", "wrn_28_10"])
+def test_larger_zoo_flow_is_exact_and_sound(name):
+    torch.manual_seed(0)
+    model = scramble(ck.models.create(name, num_classes=10, in_channels=3, input_size=8), 3)
+    levels = SPARSITIES if model.training and sum(p.numel() for p in model.parameters()) < 5e6 else (0.5, 0.99, 0.999)
+    check_levels(model, torch.randn(1, 3, 8, 8), levels)
+
+
+class Mixer(nn.Module):
+    """Concat, channel shuffle, gating multiply, attention and an op with no rule (cumsum)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.gate = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.shuffle(torch.cat([self.a(x), self.b(x)], 1))
+        y = y * torch.sigmoid(self.gate(y.mean((2, 3))))[:, :, None, None]
+        seq = y.flatten(2).transpose(1, 2)
+        seq, _ = self.attn(seq, seq, seq)
+        seq = torch.cumsum(seq, dim=1)
+        return self.fc(seq.mean(1))
+
+
+def test_mixer_ops_and_conservative_fallback_stay_sound():
+    torch.manual_seed(0)
+    model = scramble(Mixer(), 5)
+    verdicts = check_soundness_only(model, torch.randn(1, 3, 4, 4), SPARSITIES)
+    assert verdicts[-1].collapsed
+
+
+def check_soundness_only(model, example, sparsities):
+    # Attention mixes by value, so the positive-copy (exactness) check does not
+    # apply; predicted death must still be real.
+    from collapsekit import probe
+    from collapsekit.magnitudes import sparsity_to_count
+    from collapsekit.report import prepare
+
+    an = prepare(model, example)
+    out = []
+    for s in sparsities:
+        keep, _, _ = an.keep_masks(sparsity_to_count(s, an.index.total))
+        flow = run_flow(an.traced, an.weights, keep)
+        real = probe.masked_copy(model, {w.name: k for w, k in zip(an.weights, keep)})
+        if flow.collapsed:
+            assert probe.output_is_constant(real, an.traced.example_inputs)
+        out.append(flow)
+    return out
