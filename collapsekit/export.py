@@ -11,8 +11,8 @@ Layout of the file (format "collapsekit-sparse", version 1):
 - a tensor tied to another (same storage and view) is stored once; its other
   names are recorded as aliases.
 
-The metadata holds a JSON `layout` (form, shape and dtype per key) and the
-caller's `meta`. At 90 % sparsity a float32 tensor costs 0.1 * 4 + 1/8 bytes per
+The metadata holds a compact JSON `layout` (the state_dict's key order; form,
+shape and dtype of each sparse key; aliases) and the caller's `meta`. At 90 % sparsity a float32 tensor costs 0.1 * 4 + 1/8 bytes per
 weight, about 13 % of dense; torch.nn.utils.prune's state_dict (weight_orig +
 weight_mask) is about 200 %. Loading parses no pickle (Invariant 6) and rebuilds
 every tensor bit for bit, pruned entries as +0.0.
@@ -57,11 +57,9 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path, meta: di
 
     check_masks(model, masks)
     state = model.state_dict(keep_vars=False)
-    names_of = {}  # parameter name as in masks -> state_dict key (identical for parameters)
     for name in masks:
         if name not in state:
             raise CollapsekitError(f"mask {name!r} names no state_dict entry of {type(model).__name__}")
-        names_of[name] = name
     # Tied tensors: one representative per view, preferring the masked name.
     groups: dict = {}
     for key, t in state.items():
@@ -72,45 +70,44 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path, meta: di
         for k in keys:
             rep_of[k] = rep
     tensors: dict[str, torch.Tensor] = {}
-    layout: dict[str, dict] = {}
+    sparse: dict[str, list] = {}  # key -> [form, shape, dtype]
+    aliases: dict[str, str] = {}
     seen_storage: set = set()
     for key, t in state.items():
         rep = rep_of[key]
         if rep != key:
-            layout[key] = {"form": "alias", "of": rep}
+            aliases[key] = rep
             continue
         t = t.detach().to("cpu")
-        entry = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-        if key in masks:
-            keep = masks[key].to("cpu")
-            if bool(t.masked_fill(keep, 0).ne(0).any()):
-                raise CollapsekitError(f"{key} has non-zero weights where its mask prunes; apply the masks "
-                                       "(collapsekit.prune.apply_masks) before exporting")
-            flat_keep = keep.reshape(-1)
-            values = t.reshape(-1)[flat_keep].contiguous()
-            kept, numel = values.numel(), t.numel()
-            idx_dtype = _index_dtype(numel)
-            idx_bytes = kept * torch.empty((), dtype=idx_dtype).element_size()
-            if idx_bytes < (numel + 7) // 8:
-                entry["form"] = "index"
-                tensors[key + SEP + "index"] = torch.nonzero(flat_keep).reshape(-1).to(idx_dtype)
-            else:
-                entry["form"] = "bitmask"
-                tensors[key + SEP + "bitmask"] = pack(keep)
-            tensors[key + SEP + "values"] = values
-        else:
-            entry["form"] = "dense"
+        if key not in masks:
             ptr = t.untyped_storage().data_ptr()
             # safetensors refuses two entries that share memory: copy partial overlaps.
-            t = t.clone() if (ptr in seen_storage or not t.is_contiguous()) else t
+            tensors[key] = t.clone() if (ptr in seen_storage or not t.is_contiguous()) else t
             seen_storage.add(ptr)
-            tensors[key] = t
-        layout[key] = entry
+            continue
+        keep = masks[key].to("cpu")
+        if bool(t.masked_fill(keep, 0).ne(0).any()):
+            raise CollapsekitError(f"{key} has non-zero weights where its mask prunes; apply the masks "
+                                   "(collapsekit.prune.apply_masks) before exporting")
+        flat_keep = keep.reshape(-1)
+        values = t.reshape(-1)[flat_keep].contiguous()
+        idx_dtype = _index_dtype(t.numel())
+        if values.numel() * torch.empty((), dtype=idx_dtype).element_size() < (t.numel() + 7) // 8:
+            form = "index"
+            tensors[key + SEP + "index"] = torch.nonzero(flat_keep).reshape(-1).to(idx_dtype)
+        else:
+            form = "bitmask"
+            tensors[key + SEP + "bitmask"] = pack(keep)
+        tensors[key + SEP + "values"] = values
+        sparse[key] = [form, list(t.shape), str(t.dtype).removeprefix("torch.")]
+    # Compact JSON: on a small net the header is a visible share of the file.
+    layout = {"order": list(state), "sparse": sparse, "alias": aliases}
+    compact = {"separators": (",", ":")}
+    metadata = {"format": FORMAT, "version": VERSION, "layout": json.dumps(layout, **compact),
+                "meta": json.dumps(meta or {}, default=_json_default, **compact)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    metadata = {"format": FORMAT, "version": VERSION, "layout": json.dumps(layout),
-                "meta": json.dumps(meta or {}, default=_json_default)}
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
@@ -149,16 +146,8 @@ def load_sparse(path, with_masks: bool = False):
     masks: dict[str, torch.Tensor] = {}
     try:
         layout = json.loads(meta["layout"])
-        aliases = {}
-        for key, entry in layout.items():
-            form = entry["form"]
-            if form == "alias":
-                aliases[key] = entry["of"]
-                continue
-            if form == "dense":
-                state[key] = fh.get_tensor(key)
-                continue
-            shape = tuple(entry["shape"])
+        for key, (form, shape, _dtype) in layout["sparse"].items():
+            shape = tuple(shape)
             numel = int(np.prod(shape, dtype=np.int64))
             values = fh.get_tensor(key + SEP + "values")
             if form == "bitmask":
@@ -175,14 +164,16 @@ def load_sparse(path, with_masks: bool = False):
             dense[keep] = values
             state[key] = dense.reshape(shape)
             masks[key] = keep.reshape(shape)
-        for key, of in aliases.items():
+        for key in layout["order"]:
+            if key not in state and key not in layout["alias"]:
+                state[key] = fh.get_tensor(key)
+        for key, of in layout["alias"].items():
             state[key] = state[of]
+        state = {key: state[key] for key in layout["order"]}  # the saved state_dict's order
     except CollapsekitError:
         raise
     except Exception as exc:  # noqa: BLE001 - missing tensor, bad JSON
         raise CollapsekitError(f"sparse checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
-    # Keep the state_dict's order as saved.
-    state = {key: state[key] for key in layout}
     return (state, masks) if with_masks else state
 
 

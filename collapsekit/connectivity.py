@@ -1,0 +1,134 @@
+"""Global MP masks of one sparsity level, served lazily: full keep-masks or per-channel connectivity.
+
+The channel-level flow only needs, for each conv, whether output channel o
+keeps some weight from input channel i through a kernel tap that can read real
+input (not only zero padding). That is `max over reachable taps of |w| > v`,
+so one reduction of |w| per layer, made once, answers every level with an
+`[O, I]` comparison instead of a pass over all weights.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from collapsekit.magnitudes import Allocation, MagnitudeIndex
+from collapsekit.prunable import PrunableWeight
+from collapsekit.trace import TracedModel
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def reachable_taps(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, in_spatial: tuple[int, ...]) -> torch.Tensor:
+    """Bool over the flattened kernel: taps that read an in-bounds input element for some output position."""
+    kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+    if module.padding_mode != "zeros":
+        return torch.ones(int(np.prod(kernel)), dtype=torch.bool)  # reflect/circular pads are real data
+    if isinstance(module.padding, str):
+        pad = tuple(module._reversed_padding_repeated_twice[::-2][i] for i in range(len(kernel)))
+    else:
+        pad = module.padding
+    per_dim = []
+    for k, s, d, p, n in zip(kernel, stride, dilation, pad, in_spatial):
+        out = (n + 2 * p - d * (k - 1) - 1) // s + 1 if not isinstance(module.padding, str) else n
+        per_dim.append([any(0 <= q * s - p + t * d < n for q in range(max(out, 0))) for t in range(k)])
+    taps = [all(c) for c in itertools.product(*per_dim)]
+    return torch.tensor(taps, dtype=torch.bool)
+
+
+class Connectivity:
+    """Per-layer max |w| over reachable kernel taps, for the convs the traced graph applies as modules."""
+
+    def __init__(self, traced: TracedModel, weights: list[PrunableWeight], tensors: list[torch.Tensor],
+                 index: MagnitudeIndex):
+        self.weights, self.tensors, self.index = weights, tensors, index
+        self.position = {w.name: i for i, w in enumerate(weights)}
+        self.taps: dict[int, torch.Tensor] = {}  # layer -> reachable-tap mask
+        self.kmax: dict[int, torch.Tensor] = {}  # layer -> [O, I/groups] float32
+        reach: dict[int, torch.Tensor] = {}
+        by_module = {w.module: i for i, w in enumerate(weights) if w.kind == "conv"}
+        for node in traced.gm.graph.nodes:
+            if node.op != "call_module" or node.target not in by_module:
+                continue
+            module = traced.gm.get_submodule(node.target)
+            meta = node.args[0].meta.get("tensor_meta") if node.args else None
+            if not isinstance(module, _CONVS) or meta is None:
+                continue
+            i = by_module[node.target]
+            taps = reachable_taps(module, tuple(meta.shape[2:]))
+            reach[i] = taps if i not in reach else reach[i] | taps
+        for i, taps in reach.items():
+            t = tensors[i]
+            with torch.no_grad():
+                mags = t.detach().abs().to(torch.float32).reshape(t.shape[0], t.shape[1], -1)
+                if bool(taps.all()):
+                    self.kmax[i] = mags.amax(-1)
+                else:
+                    self.kmax[i] = mags[:, :, taps].amax(-1) if bool(taps.any()) else torch.full(
+                        mags.shape[:2], -1.0)
+            self.taps[i] = taps
+
+    def level(self, alloc: Allocation) -> "LevelMasks":
+        return LevelMasks(self, alloc)
+
+
+class LevelMasks:
+    """The keep-masks of one Global MP allocation, computed only when and as far as asked."""
+
+    def __init__(self, conn: Connectivity, alloc: Allocation):
+        self.conn, self.alloc = conn, alloc
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.conn.position
+
+    def keep_list(self) -> list[torch.Tensor]:
+        """Every layer's full keep-mask, in prunable order."""
+        return [self.keep(w.name) for w in self.conn.weights]
+
+    def _boundary(self, i: int) -> tuple[float, bool] | None:
+        """(threshold v, exact) of layer i: kept = |w| > v exactly when no tie at v survives."""
+        n, size = int(self.alloc.pruned[i]), int(self.conn.index.sizes[i])
+        if n == 0 or n == size:
+            return None
+        arr = self.conn.index._sorted[i]
+        v = arr[n - 1]
+        lt = int(np.searchsorted(arr, v, side="left"))
+        eq = int(np.searchsorted(arr, v, side="right")) - lt
+        return float(v), n - lt == eq
+
+    def keep(self, name: str) -> torch.Tensor:
+        """The full bool keep-mask of prunable weight `name`."""
+        i = self.conn.position[name]
+        return self.conn.index.layer_mask(i, int(self.alloc.pruned[i]), self.conn.tensors[i])
+
+    def channel_conn(self, name: str) -> torch.Tensor | None:
+        """Bool [O, I/groups]: a kept weight joins input channel i to output channel o through a
+        reachable tap; None where only the full mask will do (not a conv applied as a module)."""
+        i = self.conn.position.get(name)
+        if i is None or i not in self.conn.kmax:
+            return None
+        kmax = self.conn.kmax[i]
+        n, size = int(self.alloc.pruned[i]), int(self.conn.index.sizes[i])
+        if n == 0:
+            return kmax >= 0
+        if n == size:
+            return torch.zeros(kmax.shape, dtype=torch.bool)
+        v, exact = self._boundary(i)
+        if exact:
+            return kmax > v
+        keep = self.keep(name).reshape(*kmax.shape, -1)
+        return keep[:, :, self.conn.taps[i]].any(-1)
+
+    def effective_count(self, name: str, reached_pairs: torch.Tensor) -> int:
+        """Kept weights of `name` on an input-output path, given the channel pairs the flow reached."""
+        i = self.conn.position[name]
+        kept_total = int(self.conn.index.sizes[i] - self.alloc.pruned[i])
+        conn = self.channel_conn(name)
+        lost = conn & ~reached_pairs
+        taps = self.conn.taps[i]
+        if not bool(lost.any()) and bool(taps.all()):
+            return kept_total
+        keep = self.keep(name).reshape(*conn.shape, -1)
+        return int(keep[reached_pairs][:, taps].sum())
