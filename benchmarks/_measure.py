@@ -29,11 +29,18 @@ def measure(fn) -> dict:
     return {"seconds": seconds, "peak_extra_mib": (_status_kib("VmHWM") - before) / 1024}
 
 
+# glibc keeps freed mid-sized blocks on its heap, so without this the high-water mark
+# counts allocator retention, not live memory; both sides of a comparison get it.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
 def in_subprocess(job: str, **kwargs) -> dict:
     """Runs `benchmarks/jobs.py JOB` with JSON kwargs in a fresh interpreter and returns its JSON."""
+    import os
+
     script = Path(__file__).with_name("jobs.py")
     out = subprocess.run([sys.executable, str(script), job, json.dumps(kwargs)], check=True,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env={**os.environ, **ALLOCATOR_ENV})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

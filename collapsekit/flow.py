@@ -249,13 +249,19 @@ def _conv_module(flow, module, x):
 
 
 def _channel_conv(groups: int, out_shape):
-    """Conv at channel level: output channel o is live iff a connected input channel is."""
+    """Conv at channel level: output channel o is live iff a connected input channel is.
+
+    The result is *reduced*: size 1 in every spatial dim. Rules that only
+    broadcast (see _REDUCED_OK) take reduced values as they are; every other
+    rule sees them expanded to the node's recorded shape first.
+    """
 
     def op(x, conn):
         per_channel = x.sum(dim=tuple(range(2, x.ndim)))  # [1, I]; sum, not max, so gradients reach all
         o, ig = conn.shape
         out = torch.bmm(conn.view(groups, o // groups, ig), per_channel.view(groups, ig, 1))
-        return out.view(1, o, *([1] * (len(out_shape) - 2))).expand(out_shape)
+        # Spatially uniform by construction: keep the [1, O, 1, ...] view; it broadcasts.
+        return out.view(1, o, *([1] * (len(out_shape) - 2)))
 
     return op
 
@@ -324,11 +330,13 @@ def _max_pool_function(flow, x, kernel_size, stride=None, padding=0, dilation=1,
 @module_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
              nn.AdaptiveAvgPool3d)
 def _avg_pool_module(flow, module, x):
-    return module(x)
+    return x if flow.is_reduced(x) else module(x)
 
 
 @module_rule(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 def _adaptive_max_module(flow, module, x):
+    if flow.is_reduced(x):
+        return x
     pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[x.ndim]
     return pool(x, module.output_size)
 
@@ -336,12 +344,14 @@ def _adaptive_max_module(flow, module, x):
 @function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                F.adaptive_avg_pool3d, *_aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
                                              "_adaptive_avg_pool2d.default"))
-def _avg_pool_function(flow, *args, **kwargs):
-    return flow.call_real(*args, **kwargs)
+def _avg_pool_function(flow, fn, x, *args, **kwargs):
+    return x if flow.is_reduced(x) else fn(x, *args, **kwargs)
 
 
 @function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
 def _adaptive_max_function(flow, x, output_size, return_indices=False):
+    if flow.is_reduced(x):
+        return x
     pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[x.ndim]
     return pool(x, output_size)
 
@@ -424,6 +434,12 @@ def _multihead_attention(flow, module, query, key, value, *args, **kwargs):
 
 _WEIGHTED_FUNCTIONS = (_linear_function, _conv_function, _aten_convolution)
 
+# Rules correct on reduced (spatially size-1, broadcasting) channel-level values.
+_REDUCED_OK = {_identity_module, _identity_function, _identity_method, _join_function, _join_method,
+               _conv_module, _max_pool_module, _max_pool_function, _avg_pool_module, _avg_pool_function,
+               _adaptive_max_module, _adaptive_max_function, _reduce_function, _reduce_method,
+               _mixing_norm_module}
+
 
 # -- the interpreter ---------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -473,6 +489,8 @@ class ChannelFlow(fx.Interpreter):
             keep, op, record = conn, channel_op, self._record_pairs
         else:
             keep = self.masks.keep(name)
+            if self.is_reduced(x):
+                x = x.expand(self._arg_shape(x))
         if not (self.backward and torch.is_grad_enabled()):
             return op(x, keep.to(self._dtype))
         return _Layer.apply(x, keep, op, lambda reached: record(name, keep, reached))
@@ -524,6 +542,8 @@ class ChannelFlow(fx.Interpreter):
         return torch.matmul(a_t, b_t + 1) + torch.matmul(a_t + 1, b_t)
 
     def window_any(self, x, kernel_size, stride, padding, dilation, ceil_mode):
+        if self.is_reduced(x):
+            return x
         nd = x.ndim - 2
         pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
         dil = dilation if isinstance(dilation, (tuple, list)) else (dilation,) * nd
@@ -559,10 +579,42 @@ class ChannelFlow(fx.Interpreter):
             self._attr_masks.append((name, mask))
         return Weight(mask, name)
 
+    def is_reduced(self, x) -> bool:
+        """A channel-level value kept at size 1 in its spatial dims (see _channel_conv)."""
+        return self.channel_level and isinstance(x, torch.Tensor) and x.ndim > 2 and all(d == 1 for d in x.shape[2:])\
+            and x.shape != self._arg_shape(x)
+
+    def _arg_shape(self, x):
+        for arg in self._current.all_input_nodes:
+            if self.env.get(arg) is x:
+                meta = arg.meta.get("tensor_meta")
+                return getattr(meta, "shape", None)
+        return None
+
+    def _expand_args(self, rule, args, kwargs):
+        # Reduced values broadcast through the rules that only broadcast; any
+        # other rule gets them at their real shape.
+        if not self.channel_level or rule in _REDUCED_OK:
+            return args, kwargs
+        node = self._current
+        shapes = {}
+        for arg in node.all_input_nodes:
+            meta = arg.meta.get("tensor_meta")
+            if hasattr(meta, "shape"):
+                shapes[id(self.env[arg])] = meta.shape
+
+        def widen(v):
+            if isinstance(v, torch.Tensor) and id(v) in shapes and v.shape != shapes[id(v)]:
+                return v.expand(shapes[id(v)])
+            return v
+
+        return fx.node.map_aggregate(args, widen), fx.node.map_aggregate(kwargs, widen)
+
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
         module._target = target
         rule = next((MODULE_RULES[t] for t in type(module).__mro__ if t in MODULE_RULES), None)
+        args, kwargs = self._expand_args(rule, args, kwargs)
         out = rule(self, module, *args, **kwargs) if rule else None
         if out is None and rule is None:
             out = self._fallback(self._current, args, kwargs)
@@ -574,6 +626,9 @@ class ChannelFlow(fx.Interpreter):
 
     def call_function(self, target, args, kwargs):
         rule = FUNCTION_RULES.get(target)
+        args, kwargs = self._expand_args(rule, args, kwargs)
+        if rule is _avg_pool_function:
+            return _tree_bool(rule(self, target, *args, **kwargs))
         if rule is None:
             return _tree_bool(self._fallback(self._current, args, kwargs))
         if rule is _shape_function:
@@ -587,6 +642,7 @@ class ChannelFlow(fx.Interpreter):
 
     def call_method(self, target, args, kwargs):
         rule = METHOD_RULES.get(target)
+        args, kwargs = self._expand_args(rule, args, kwargs)
         if rule is None:
             return _tree_bool(self._fallback(self._current, args, kwargs))
         if rule is _shape_method:
@@ -725,6 +781,11 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     effective = None
     if backward:
         effective = np.array([_effective_count(flow, masks, w.name, collapsed) for w in weights], dtype=np.int64)
+    # The autograd graph refers back to the flow (through _Layer's record
+    # callbacks): drop the flow's tensors so the cycle does not outlive the call.
+    flow.outputs_of.clear()
+    flow.env.clear()
+    flow._attr_masks.clear()
     return FlowResult(collapsed, dead, unused, effective)
 
 

@@ -17,6 +17,7 @@ that order (its largest), and the global order runs over the remaining ones.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,16 @@ class Allocation:
     threshold: float  # magnitude of the last weight pruned (0.0 when k == 0)
 
 
+def _sorted_magnitudes(weight: PrunableWeight, tensor: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        mags = tensor.detach().abs().flatten().to(device="cpu", dtype=torch.float32)
+    arr = mags.numpy()  # `abs()` made a fresh tensor: sorting it in place is safe
+    arr.sort(kind="quicksort")
+    if arr.size and np.isnan(arr[-1]):  # NaN sorts last
+        raise CollapsekitError(f"weight {weight.name} contains NaN; cannot rank magnitudes")
+    return arr
+
+
 class MagnitudeIndex:
     """Per-layer ascending |w| of the prunable weights; answers Global MP questions by search."""
 
@@ -77,15 +88,11 @@ class MagnitudeIndex:
         self.weights = list(weights)
         self.sizes = np.array([t.numel() for t in tensors], dtype=np.int64)
         self.total = int(self.sizes.sum())
-        self._sorted: list[np.ndarray] = []
-        for w, t in zip(weights, tensors):
-            with torch.no_grad():
-                mags = t.detach().abs().flatten().to(device="cpu", dtype=torch.float32)
-            arr = mags.numpy()  # `abs()` made a fresh tensor: sorting it in place is safe
-            if np.isnan(arr).any():
-                raise CollapsekitError(f"weight {w.name} contains NaN; cannot rank magnitudes")
-            arr.sort(kind="quicksort")  # in place: the index holds one float32 copy of the weights
-            self._sorted.append(arr)
+        # numpy sorts without the GIL, so layers sort in parallel threads; each
+        # thread holds only its own layer's copy, which becomes the index.
+        workers = max(1, min(len(tensors), torch.get_num_threads(), 8))
+        with ThreadPoolExecutor(workers) as pool:
+            self._sorted = list(pool.map(_sorted_magnitudes, weights, tensors))
 
     # -- allocation ---------------------------------------------------------------------
     def protected(self, mt_count: int) -> np.ndarray:

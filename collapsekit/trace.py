@@ -46,14 +46,9 @@ def trace(model: nn.Module, example_inputs) -> TracedModel:
     inputs = as_tuple(example_inputs)
     with eval_mode(model), torch.no_grad():
         try:
-            model(*inputs)
-        except Exception as exc:
-            shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
-            raise CollapsekitError(f"the model does not accept an input of shape {shapes}: "
-                                   f"{type(exc).__name__}: {_first_line(exc)}") from None
-        try:
             gm, method = fx.symbolic_trace(model), "symbolic_trace"
         except Exception as fx_exc:
+            _check_accepts(model, inputs)
             try:
                 with _quiet_torch_logs():
                     gm, method = torch.export.export(model, inputs, strict=False).module(), "export"
@@ -61,8 +56,26 @@ def trace(model: nn.Module, example_inputs) -> TracedModel:
                 raise CollapsekitError(
                     f"cannot trace {type(model).__name__}: torch.fx failed ({_where(fx_exc)}) "
                     f"and torch.export failed ({_first_line(export_exc)})") from None
-        ShapeProp(gm).propagate(*inputs)
+        try:
+            _propagate_shapes(gm, inputs)
+        except Exception:
+            _check_accepts(model, inputs)  # names the input as the problem when it is
+            raise
     return TracedModel(gm, inputs, method)
+
+
+def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
+    """ShapeProp on meta tensors (shapes without memory or compute), real tensors if an op refuses."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    state = {k: torch.empty_like(v, device="meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
+    try:
+        with _reparametrize_module(gm, state):
+            ShapeProp(gm).propagate(*(x.to("meta") for x in inputs))
+        return
+    except Exception:
+        pass
+    ShapeProp(gm).propagate(*inputs)
 
 
 @contextlib.contextmanager
@@ -76,6 +89,15 @@ def _quiet_torch_logs():
         yield
     finally:
         logging.disable(previous)
+
+
+def _check_accepts(model: nn.Module, inputs: tuple) -> None:
+    try:
+        model(*inputs)
+    except Exception as exc:
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise CollapsekitError(f"the model does not accept an input of shape {shapes}: "
+                               f"{type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:
