@@ -468,7 +468,8 @@ class ChannelFlow(fx.Interpreter):
         self.reached_pairs: dict[str, torch.Tensor] = {}  # channel level: name -> bool [O, I/groups]
         self.outputs_of: dict[str, list[torch.Tensor]] = {}
         self._attr_masks: list[tuple[str, torch.Tensor]] = []  # bare matrices read through get_attr
-        self._layer_of_module = {w.module: w.name for w in weights if w.kind in ("conv", "linear")}
+        self._layer_of_module = {alias.rpartition(".")[0]: w.name for w in weights if w.kind in ("conv", "linear")
+                                 for alias in (w.name, *w.aliases)}
         self._layer_names = set(self._layer_of_module.values())
 
     # helpers the rules call ------------------------------------------------------------

@@ -64,7 +64,8 @@ def build_graph(traced: TracedModel, weights: list[PrunableWeight]) -> LayerGrap
 def _layer_nodes(gm: fx.GraphModule, weights: list[PrunableWeight], g: nx.DiGraph) -> dict[str, tuple[str, ...]]:
     by_module = {}
     for w in weights:
-        by_module.setdefault(w.module, []).append(w.name)
+        for alias in (w.name, *w.aliases):  # a shared tensor is applied by every module holding it
+            by_module.setdefault(alias.rpartition(".")[0], []).append(w.name)
     by_attr = {alias: w.name for w in weights for alias in (w.name, *w.aliases)}
     found: dict[str, list[str]] = {w.name: [] for w in weights}
     for n in gm.graph.nodes:

@@ -41,7 +41,7 @@ LAYER_HEADER = ["layer", "kind", "shape", "weights", "path", "critical sparsity"
 def layer_rows(report: CollapseReport) -> list[list[str]]:
     return [[lay.name, lay.kind, "x".join(map(str, lay.shape)), f"{lay.numel:,}",
              "bypassable" if lay.bypassable else "BOTTLENECK",
-             "never" if lay.critical_sparsity >= 1.0 else f"{lay.critical_sparsity:.6f}"]
+             "never (MT)" if lay.mt_protected else f"{lay.critical_sparsity:.6f}"]
             for lay in report.layers]
 
 

@@ -268,4 +268,4 @@ def _progress(items, enabled: bool, desc: str):
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, leave=False)
+    return tqdm(items, desc=desc, leave=False, disable=None)  # None: silent when not a terminal

@@ -1,0 +1,70 @@
+"""Layer graph: bypassable vs bottleneck layers, rejoin points, effective depth."""
+import torch
+import torch.nn as nn
+
+import collapsekit as ck
+from collapsekit.graph import build_graph, effective_depth
+from collapsekit.prunable import find_prunable
+from collapsekit.trace import trace
+
+
+def graph_of(model, shape):
+    weights = find_prunable(model)
+    return build_graph(trace(model, torch.randn(*shape)), weights)
+
+
+def test_wrn_residual_convs_are_bypassable_and_stem_and_head_are_bottlenecks():
+    model = ck.models.create("wrn_16_2", num_classes=10, in_channels=3, input_size=8)
+    lg = graph_of(model, (1, 3, 8, 8))
+    names = list(lg.bypassable)
+    stem, head = names[0], names[-1]
+    assert not lg.bypassable[stem] and not lg.bypassable[head]
+    inner = [n for n in names if "conv" in n]
+    assert inner and all(lg.bypassable[n] for n in inner)
+    assert all(lg.rejoins_at[n] is not None and lg.rejoins_at[n].startswith("add") for n in inner)
+
+
+def test_every_mobilenet_v1_layer_is_a_bottleneck():
+    model = ck.models.create("mobilenet_v1", num_classes=10, in_channels=3, input_size=8, width_mult=0.25)
+    lg = graph_of(model, (1, 3, 8, 8))
+    assert len(lg.bypassable) == 28  # 1 stem + 13 x (depthwise + pointwise) + classifier
+    assert not any(lg.bypassable.values())
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(4, 4)
+        self.branch = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(h + self.branch(h))
+
+
+def test_effective_depth_drops_when_a_branch_is_emptied_and_is_zero_when_cut():
+    lg = graph_of(Residual(), (1, 4))
+    assert effective_depth(lg, set()) == 3
+    assert effective_depth(lg, {"branch.weight"}) == 2
+    assert effective_depth(lg, {"stem.weight"}) == 0
+    assert lg.bypassable == {"stem.weight": False, "branch.weight": True, "head.weight": False}
+
+
+def test_shared_weight_used_twice_is_judged_over_all_its_uses():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+            self.b.weight = self.a.weight  # one tensor, two modules
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    model = Tied()
+    weights = find_prunable(model)
+    assert [w.name for w in weights] == ["a.weight"] and weights[0].aliases == ("b.weight",)
+    lg = build_graph(trace(model, torch.randn(1, 4)), weights)
+    assert len(lg.layer_nodes["a.weight"]) == 2
+    assert lg.bypassable["a.weight"] is False  # emptying the one tensor cuts both paths
