@@ -456,8 +456,9 @@ class ChannelFlow(fx.Interpreter):
     """Runs the transfer rules over a traced graph for one set of keep-masks."""
 
     def __init__(self, traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool,
-                 channel_level: bool = False):
+                 channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None):
         super().__init__(traced.gm, garbage_collect_values=True)
+        self.cuts = cuts or {}
         self.traced = traced
         self.backward = backward
         self.channel_level = channel_level
@@ -655,7 +656,11 @@ class ChannelFlow(fx.Interpreter):
         self._current = n
         if n.op.startswith("call_") and not n.users:
             return None  # side-effect-only nodes (export's guards) carry no data
-        return super().run_node(n)
+        out = super().run_node(n)
+        cut = self.cuts.get(n.name)
+        if cut is not None and isinstance(out, torch.Tensor):
+            out = out * cut  # value level: elements proven constant at these weights
+        return out
 
     def _apply_real(self, fn, args, kwargs):
         # Shape ops act on weights' masks and on live tensors alike.
@@ -728,9 +733,12 @@ class KeepList:
 
 
 def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool = True,
-             channel_level: bool = False) -> FlowResult:
+             channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None) -> FlowResult:
     """The structural verdict for `masks`: a list of bool keep-masks (one per prunable weight,
     in order) or a `connectivity.LevelMasks`.
+
+    `cuts` (node name -> 0/1 mask, from `values.relu_cuts`) makes it a value-level
+    flow: those elements count as constant although kept paths reach them.
 
     Element level (default) is exact: liveness per activation element. Channel
     level treats a channel live anywhere as live everywhere, which can only keep
@@ -739,7 +747,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     """
     if isinstance(masks, (list, tuple)):
         masks = KeepList(weights, list(masks))
-    flow = ChannelFlow(traced, weights, masks, backward, channel_level)
+    flow = ChannelFlow(traced, weights, masks, backward, channel_level, cuts)
     with torch.set_grad_enabled(backward):
         # The input is the only leaf that needs a gradient: it makes every live
         # element part of the autograd graph, and weights never need one.

@@ -19,6 +19,7 @@ from collapsekit.graph import LayerGraph, build_graph, effective_depth
 from collapsekit.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.prunable import PrunableWeight, find_prunable, tensors
 from collapsekit.trace import TracedModel, trace
+from collapsekit.values import relu_cuts
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).
@@ -59,7 +60,7 @@ class LevelReport:
     effective_sparsity: float
     effective_depth: int
     layer_sparsity: dict[str, float]
-    value_collapsed: bool | None = None  # None: not proven either way
+    value_collapsed: bool = False  # proven constant at the current weights (True implies nothing structural)
 
     @property
     def dead_channel_count(self) -> int:
@@ -201,6 +202,7 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
         pruned = masks.alloc.pruned
         flow = run_flow(an.traced, an.weights, masks, channel_level=an.channel_level)
         emptied = tuple(w.name for w, n in zip(an.weights, pruned) if n == w.numel)
+        value_collapsed = flow.collapsed or (not an.channel_level and value_level_collapsed(an, masks))
         levels.append(LevelReport(
             sparsity=float(s), pruned=k, threshold=masks.alloc.threshold, collapsed=flow.collapsed,
             emptied_layers=emptied, emptied_bottlenecks=tuple(n for n in emptied if n in bottlenecks),
@@ -208,6 +210,7 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
             effective_sparsity=1.0 - float(flow.effective.sum()) / an.index.total,
             effective_depth=effective_depth(an.graph, set(emptied)),
             layer_sparsity={w.name: float(n) / w.numel for w, n in zip(an.weights, pruned)},
+            value_collapsed=value_collapsed,
         ))
     collapse = collapse_sparsity(an, [(lv.pruned, lv.collapsed) for lv in levels], crit, bottlenecks)
     if an.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
@@ -217,6 +220,13 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
         model=name or type(model).__name__, total=an.index.total, mt=an.mt, collapse_sparsity=collapse,
         layers=layers, levels=tuple(levels), trace_method=an.traced.method,
         input_shapes=tuple(tuple(x.shape) for x in an.traced.example_inputs))
+
+
+def value_level_collapsed(an: _Analysis, masks: LevelMasks) -> bool:
+    """True if the masked network is provably constant at its current weights (sign analysis)."""
+    keep = masks.keep_list()
+    cuts = relu_cuts(an.traced, an.weights, keep)
+    return bool(cuts) and run_flow(an.traced, an.weights, keep, backward=False, cuts=cuts).collapsed
 
 
 def collapse_sparsity(an: _Analysis, known: list[tuple[int, bool]] = (), crit=None, bottlenecks=()) -> float:

@@ -1,0 +1,219 @@
+"""Value-level death: what is constant at the current (masked) weights although a kept path remains.
+
+A sign analysis (abstract interpretation with real weights, DESIGN.md) tracks
+for each activation element whether it can be positive and whether it can be
+negative. A ReLU whose input can never be positive outputs the constant 0; those
+elements are *cuts*, which the structural flow then applies to find channels
+and outputs that are constant at these weights (`level.value_collapsed`).
+
+Every rule over-approximates the signs a value can take, so a cut is proven;
+ops without a rule may take any sign. Batch norms are read in eval mode.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from collapsekit.prunable import PrunableWeight
+from collapsekit.trace import TracedModel
+
+Sign = tuple  # (can_be_positive, can_be_negative), float 0/1 tensors of the value's shape
+
+SIGN_MODULE_RULES: dict[type, Callable] = {}
+SIGN_FUNCTION_RULES: dict[object, Callable] = {}
+SIGN_METHOD_RULES: dict[str, Callable] = {}
+_RELU = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCTIONS = (F.relu, torch.relu, F.relu6)
+
+
+def _register(table, keys):
+    def wrap(fn):
+        for k in keys:
+            table[k] = fn
+        return fn
+    return wrap
+
+
+def _any(t: torch.Tensor) -> torch.Tensor:
+    return (t > 0).to(torch.float32)
+
+
+@_register(SIGN_MODULE_RULES, [nn.ReLU, nn.ReLU6])
+def _relu_module(sp, module, x):
+    return sp.relu(x)
+
+
+@_register(SIGN_FUNCTION_RULES, list(_RELU_FUNCTIONS))
+def _relu_function(sp, x, *args, **kwargs):
+    return sp.relu(x)
+
+
+@_register(SIGN_METHOD_RULES, ["relu"])
+def _relu_method(sp, x):
+    return sp.relu(x)
+
+
+@_register(SIGN_MODULE_RULES, [nn.Identity, nn.Dropout, nn.Dropout2d, nn.Tanh, nn.SiLU, nn.GELU, nn.Flatten,
+                               nn.Hardswish, nn.LeakyReLU])
+def _same_sign_module(sp, module, x):
+    # These keep the sign of their input (or of its elements, reshaped).
+    return tuple(module(t) if isinstance(module, nn.Flatten) else t for t in x)
+
+
+@_register(SIGN_MODULE_RULES, [nn.Sigmoid, nn.Softmax])
+def _positive_module(sp, module, x):
+    return (torch.ones_like(x[0]), torch.zeros_like(x[1]))
+
+
+@_register(SIGN_MODULE_RULES, [nn.modules.batchnorm._BatchNorm])
+def _batch_norm(sp, module, x):
+    a = module.weight / torch.sqrt(module.running_var + module.eps) if module.affine else \
+        1 / torch.sqrt(module.running_var + module.eps)
+    b = (module.bias if module.affine else 0) - module.running_mean * a
+    shape = (1, -1) + (1,) * (x[0].ndim - 2)
+    a, b = a.detach().view(shape), torch.as_tensor(b).detach().view(shape)
+    pos, neg = x
+    return (_any(pos * (a > 0) + neg * (a < 0) + (b > 0)), _any(pos * (a < 0) + neg * (a > 0) + (b < 0)))
+
+
+@_register(SIGN_MODULE_RULES, [nn.Conv1d, nn.Conv2d, nn.Conv3d])
+def _conv(sp, module, x):
+    w = sp.weight(f"{module._target}.weight", module.weight)
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x[0].ndim]
+    def apply(inp, weights):
+        return conv(inp, weights, None, module.stride, module.padding, module.dilation, module.groups)
+    return sp.affine(x, w, module.bias, apply)
+
+
+@_register(SIGN_MODULE_RULES, [nn.Linear])
+def _linear(sp, module, x):
+    w = sp.weight(f"{module._target}.weight", module.weight)
+    return sp.affine(x, w, module.bias, F.linear)
+
+
+@_register(SIGN_MODULE_RULES, [nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d])
+def _avg_pool(sp, module, x):
+    return tuple(_any(module(t)) for t in x)
+
+
+@_register(SIGN_MODULE_RULES, [nn.MaxPool2d, nn.MaxPool1d])
+def _max_pool(sp, module, x):
+    return tuple(_any(module(t)) for t in x)
+
+
+@_register(SIGN_FUNCTION_RULES, [operator.add, torch.add])
+def _add(sp, a, b, **kwargs):
+    pa, na = sp.sign_of(a)
+    pb, nb = sp.sign_of(b)
+    return (_any(pa + pb), _any(na + nb))
+
+
+@_register(SIGN_FUNCTION_RULES, [operator.mul, torch.mul])
+def _mul(sp, a, b, **kwargs):
+    pa, na = sp.sign_of(a)
+    pb, nb = sp.sign_of(b)
+    return (_any(pa * pb + na * nb), _any(pa * nb + na * pb))
+
+
+@_register(SIGN_FUNCTION_RULES, [torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.cat])
+def _shape_like(sp, fn, *args, **kwargs):
+    if fn is torch.cat:
+        parts = args[0]
+        return tuple(torch.cat([p[i] for p in parts], *args[1:], **kwargs) for i in range(2))
+    return tuple(_any(fn(t, *args[1:], **kwargs)) for t in args[0])
+
+
+@_register(SIGN_METHOD_RULES, ["view", "reshape", "flatten", "mean", "contiguous"])
+def _method_like(sp, name, x, *args, **kwargs):
+    return tuple(_any(getattr(t, name)(*args, **kwargs)) for t in x)
+
+
+class SignPass(fx.Interpreter):
+    """Signs every value can take at the given keep-masks; records the ReLU elements cut to constant 0."""
+
+    def __init__(self, traced: TracedModel, masks: dict[str, torch.Tensor]):
+        super().__init__(traced.gm)
+        self.masks = masks
+        self.cuts: dict[str, torch.Tensor] = {}
+
+    def weight(self, name, tensor):
+        keep = self.masks.get(name)
+        w = tensor.detach().float()
+        return w * keep if keep is not None else w
+
+    def affine(self, x, w, bias, apply):
+        pos, neg = x
+        wp, wn = (w > 0).float(), (w < 0).float()
+        b = torch.zeros(()) if bias is None else bias.detach()
+        shape = (1, -1) + (1,) * (pos.ndim - 2)
+        bp = (b > 0).float().view(shape) if bias is not None else 0.0
+        bn = (b < 0).float().view(shape) if bias is not None else 0.0
+        return (_any(apply(pos, wp) + apply(neg, wn) + bp), _any(apply(pos, wn) + apply(neg, wp) + bn))
+
+    def relu(self, x):
+        pos, _ = x
+        self.cuts[self._node.name] = pos  # 0 where the input can never be positive
+        return (pos, torch.zeros_like(pos))
+
+    def sign_of(self, v) -> Sign:
+        if isinstance(v, tuple):
+            return v
+        value = torch.as_tensor(v, dtype=torch.float32)
+        return ((value > 0).float(), (value < 0).float())
+
+    def run_node(self, n):
+        self._node = n
+        return super().run_node(n)
+
+    def placeholder(self, target, args, kwargs):
+        real = super().placeholder(target, args, kwargs)
+        return (torch.ones(real.shape), torch.ones(real.shape))
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        module._target = target
+        rule = next((SIGN_MODULE_RULES[t] for t in type(module).__mro__ if t in SIGN_MODULE_RULES), None)
+        return rule(self, module, *args, **kwargs) if rule else self._unknown()
+
+    def call_function(self, target, args, kwargs):
+        rule = SIGN_FUNCTION_RULES.get(target)
+        if rule is _shape_like:
+            return rule(self, target, *args, **kwargs)
+        if target is operator.getitem and isinstance(args[0], tuple) and isinstance(args[0][0], torch.Tensor) \
+                and args[0][0].ndim > 0 and len(args[0]) == 2 and not isinstance(args[1], int):
+            return tuple(t[args[1]] for t in args[0])
+        return rule(self, *args, **kwargs) if rule else self._unknown()
+
+    def call_method(self, target, args, kwargs):
+        rule = SIGN_METHOD_RULES.get(target)
+        if rule is _method_like:
+            return rule(self, target, *args, **kwargs)
+        return rule(self, *args, **kwargs) if rule else self._unknown()
+
+    def _unknown(self):
+        meta = self._node.meta.get("tensor_meta")
+        if not hasattr(meta, "shape"):
+            raise _Unsupported(self._node.name)
+        return (torch.ones(meta.shape), torch.ones(meta.shape))
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def relu_cuts(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """ReLU node name -> 0/1 float mask (0: constant 0 at these weights), or None if the signs
+    cannot be followed through this graph (then nothing is claimed)."""
+    masks = {alias: k for w, k in zip(weights, keep) for alias in (w.name, *w.aliases)}
+    try:
+        with torch.no_grad():
+            sp = SignPass(traced, masks)
+            sp.run(*traced.example_inputs)
+    except (_Unsupported, RuntimeError, TypeError, IndexError):
+        return None
+    return {name: cut for name, cut in sp.cuts.items() if bool((cut == 0).any())}
