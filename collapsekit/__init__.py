@@ -2,6 +2,11 @@
 from collapsekit.errors import CollapsekitError
 from collapsekit import models
 
+# Functions that share their module's name are imported now: importing the module
+# later would otherwise rebind `ck.prune` (the function) to `collapsekit.prune`.
+from collapsekit.prune import prune, suggest_mt  # noqa: E402
+from collapsekit.compact import compact  # noqa: E402
+
 __version__ = "0.1.0"
 
 # Heavier entry points are imported lazily so `import collapsekit` stays cheap
@@ -9,9 +14,6 @@ __version__ = "0.1.0"
 _LAZY = {
     "analyze": ("collapsekit.report", "analyze"),
     "CollapseReport": ("collapsekit.report", "CollapseReport"),
-    "prune": ("collapsekit.prune", "prune"),
-    "suggest_mt": ("collapsekit.prune", "suggest_mt"),
-    "compact": ("collapsekit.compact", "compact"),
     "masks": ("collapsekit.masks", None),
     "data": ("collapsekit.data", None),
     "finetune": ("collapsekit.finetune", "finetune"),
@@ -26,7 +28,9 @@ def __getattr__(name):
 
     module_name, attr = _LAZY[name]
     module = importlib.import_module(module_name)
-    return module if attr is None else getattr(module, attr)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value  # importing the module just bound its name here; the function wins
+    return value
 
 
-__all__ = ["CollapsekitError", "models", "__version__", *_LAZY]
+__all__ = ["CollapsekitError", "models", "prune", "suggest_mt", "compact", "__version__", *_LAZY]

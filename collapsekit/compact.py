@@ -22,9 +22,6 @@ Outputs equal the masked model's in eval mode (batch norm with running stats).
 """
 from __future__ import annotations
 
-import sys
-import types
-
 import copy
 import operator
 from dataclasses import dataclass, field
@@ -335,14 +332,13 @@ class _Capture(fx.Interpreter):
         return out
 
 
-def _contribution(module: nn.Module, value: torch.Tensor, channel: int, factor: int):
+def _contribution(module: nn.Module, w64: torch.Tensor, value: torch.Tensor, channel: int, factor: int):
     """The bias a reading layer gains from constant input `channel` (float64), or None if not position-free."""
-    w = module.weight.detach().double()
     if isinstance(module, nn.Linear):
         cols = slice(channel * factor, (channel + 1) * factor)
-        return w[:, cols] @ value.reshape(-1)[cols].double()
+        return w64[:, cols] @ value.reshape(-1)[cols].double()
     x = value[channel].double()[None, None]
-    out = module._conv_forward(x, w[:, channel:channel + 1], None)[0]
+    out = module._conv_forward(x, w64[:, channel:channel + 1], None)[0]
     flat = out.reshape(out.shape[0], -1)
     spread = (flat - flat[:, :1]).abs().max()
     if spread > 1e-10 * flat.abs().max() + 1e-300:
@@ -356,7 +352,7 @@ class _Decision:
     folds: dict[fx.Node, torch.Tensor]  # reading layer -> float64 bias to add
 
 
-def _decide(plan: _Plan, gm, flow, live, values) -> _Decision:
+def _decide(plan: _Plan, flow, live, values) -> _Decision:
     in_group: dict[int, list[str]] = {}
     for node, module in plan.layers + plan.channelwise:
         if isinstance(module, _CONV + (nn.Linear,)):
@@ -367,26 +363,30 @@ def _decide(plan: _Plan, gm, flow, live, values) -> _Decision:
         readers.setdefault(plan.group(src), []).append((node, module, src))
     keep: dict[int, torch.Tensor | None] = {}
     folds: dict[fx.Node, torch.Tensor] = {}
-    for gid in {plan.find(g) for g in plan.parent}:
+    w64: dict[fx.Node, torch.Tensor] = {}  # readers' weights in float64, converted once
+    for gid in sorted({plan.find(g) for g in plan.parent}):
         if gid in plan.pinned or gid not in in_group:
             continue
         channels = plan.channels[gid]
         unused = set.intersection(*(set(flow.unused_channels.get(name, ())) for name in in_group[gid]))
         dead: dict[int, list] = {}
-        for c in range(channels):
+        group_readers = readers.get(gid, [])
+        constant = torch.ones(channels, dtype=torch.bool)
+        for _, _, src in group_readers:
+            constant &= ~live[src]
+        for c in torch.nonzero(constant).flatten().tolist() if group_readers else []:
             if c in unused:
                 continue
             parts = []
-            for node, module, src in readers.get(gid, []):
-                if bool(live[src][c]):
-                    break
-                part = _contribution(module, values[src], c, plan.factor(src))
+            for node, module, src in group_readers:
+                if node not in w64:
+                    w64[node] = module.weight.detach().double()
+                part = _contribution(module, w64[node], values[src], c, plan.factor(src))
                 if part is None:
                     break
                 parts.append((node, part))
             else:
-                if readers.get(gid):
-                    dead[c] = parts
+                dead[c] = parts
         removed = unused | set(dead)
         if len(removed) == channels:  # keep one channel so no tensor becomes empty
             spare = min(unused) if unused else min(dead)
@@ -482,7 +482,7 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) ->
     with torch.no_grad():
         capture = _Capture(gm, sources)
         capture.run(*traced.example_inputs)
-    decision = _decide(plan, gm, flow, live, capture.values)
+    decision = _decide(plan, flow, live, capture.values)
     for node, module in plan.layers:
         out_idx = _features(plan, decision, node)
         in_idx = _features(plan, decision, node.args[0])
@@ -497,14 +497,3 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) ->
 
 
 __all__ = ["compact"]
-
-
-class _CallableModule(types.ModuleType):
-    """Importing `collapsekit.compact` rebinds the package attribute `ck.compact` from the function
-    to this module (the import system sets it), so the module calls through to keep `ck.compact(...)` working."""
-
-    def __call__(self, *args, **kwargs):
-        return compact(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -138,6 +138,10 @@ class MagnitudeIndex:
                 lo = mid + 1
         return np.array(lo, dtype=np.int32).view(np.float32)
 
+    def release(self, i: int) -> None:
+        """Frees layer i's sorted copy once no further question about it will be asked."""
+        self._sorted[i] = self._sorted[i][:0].copy()
+
     # -- per-layer questions ------------------------------------------------------------
     def critical_counts(self, mt_count: int = 0) -> np.ndarray:
         """For each layer, the smallest global k that empties it (-1 where MT keeps it non-empty)."""

@@ -100,7 +100,7 @@ def from_torch_prune(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     import torch.nn.utils.prune as torch_prune
 
-    from collapsekit.prune import _masked_write
+    from collapsekit.prune import apply_masks
 
     masks: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
@@ -110,9 +110,9 @@ def from_torch_prune(model: nn.Module) -> dict[str, torch.Tensor]:
             full = f"{module_name}.{param}" if module_name else param
             masks[full] = getattr(module, f"{param}_mask").detach().to(torch.bool).clone()
             torch_prune.remove(module, param)
-            _masked_write(getattr(module, param), masks[full])  # +0.0 where orig * mask gave -0.0
     if not masks:
         raise CollapsekitError(f"{type(model).__name__} has no torch.nn.utils.prune reparametrisation")
+    apply_masks(model, masks)  # +0.0 where orig * mask left -0.0
     return masks
 
 

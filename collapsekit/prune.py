@@ -21,9 +21,6 @@ pruned weight is bit-for-bit zero and sparse exports round-trip exactly.
 """
 from __future__ import annotations
 
-import sys
-import types
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,10 +121,8 @@ def prune(model: nn.Module, sparsity: float, mt=None, include: list[str] | None 
 def _release_layer(index: MagnitudeIndex, i: int) -> None:
     # A layer's sorted magnitudes are dead once its mask exists; dropping them as we
     # go keeps the peak near one float32 copy instead of copy + all masks
-    # (WRN-28-8: ~1.1x instead of ~1.45x). MagnitudeIndex has no public release yet.
-    sorted_layers = getattr(index, "_sorted", None)
-    if isinstance(sorted_layers, list) and i < len(sorted_layers):
-        sorted_layers[i] = sorted_layers[i][:0].copy()
+    # (WRN-28-8: ~1.1x instead of ~1.45x).
+    index.release(i)
 
 
 def _check_budget(weights: list[PrunableWeight], k: int, mt_count: int, sparsity) -> None:
@@ -225,7 +220,7 @@ def suggest_mt(model: nn.Module, example_inputs, sparsity: float, include: list[
         nonlocal runs
         runs += 1
         alloc = index.allocate(k, mt_count)
-        keep = [mask for _, mask in index.layer_masks(alloc, live)]
+        keep = [mask.cpu() for _, mask in index.layer_masks(alloc, live)]  # the flow runs on the CPU
         return run_flow(traced, weights, keep, backward=False).collapsed
 
     max_mt = _largest_mt(index, k)
@@ -297,14 +292,3 @@ def count_macs(traced, masks: dict[str, torch.Tensor] | None = None) -> dict[str
 
 __all__ = ["prune", "PruneResult", "PrunedLayer", "apply_masks", "check_masks", "suggest_mt", "MTSuggestion",
            "count_macs"]
-
-
-class _CallableModule(types.ModuleType):
-    """Importing `collapsekit.prune` rebinds the package attribute `ck.prune` from the function
-    to this module (the import system sets it), so the module calls through to keep `ck.prune(...)` working."""
-
-    def __call__(self, *args, **kwargs):
-        return prune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -308,3 +308,11 @@ def test_cli_prune_writes_pruned_masks_and_report(tmp_path):
     assert math.isclose(doc["sparsity"], doc["pruned"] / total)
     bad = main(["prune", "--model", "lenet_300_100", "--sparsity", "1.0", "--out", str(tmp_path / "x")])
     assert bad == 2 and not (tmp_path / "x" / "prune.json").exists()
+
+
+def test_ck_prune_stays_callable_after_the_module_is_imported():
+    import collapsekit.prune  # noqa: F401 - the import system rebinds ck.prune to the module
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    result = ck.prune(model, 0.5)
+    assert result.pruned == 8 and callable(ck.prune) and callable(ck.compact)
