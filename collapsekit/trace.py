@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from dataclasses import dataclass
 
 import torch
@@ -69,13 +70,15 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
     from torch.nn.utils.stateless import _reparametrize_module
 
     state = {k: torch.empty_like(v, device="meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
-    try:
-        with _reparametrize_module(gm, state):
-            ShapeProp(gm).propagate(*(x.to("meta") for x in inputs))
-        return
-    except Exception:
-        pass
-    ShapeProp(gm).propagate(*inputs)
+    # ShapeProp prints a traceback before re-raising; the caller turns failures into one line.
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            with _reparametrize_module(gm, state):
+                ShapeProp(gm).propagate(*(x.to("meta") for x in inputs))
+            return
+        except Exception:
+            pass
+        ShapeProp(gm).propagate(*inputs)
 
 
 @contextlib.contextmanager

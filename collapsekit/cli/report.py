@@ -49,10 +49,26 @@ def example_input(args, meta: dict) -> torch.Tensor:
     return torch.randn(*models.input_shape(spec, in_channels, input_size))
 
 
+def shapes_from_input(args) -> None:
+    """Let --input-shape imply --in-channels/--input-size where those were not given."""
+    from collapsekit import models
+
+    shape = getattr(args, "input_shape", None)
+    if not shape or len(shape) < 3:
+        return
+    sequence = models.input_shape(args.model or "", 1, 2) == (1, 2, 1) if args.model else False
+    channels, size = (shape[-1], shape[1]) if sequence else (shape[1], shape[-1])
+    if args.in_channels is None:
+        args.in_channels = channels
+    if args.input_size is None:
+        args.input_size = size
+
+
 def run(args) -> int:
     from collapsekit.render import to_markdown, to_text
     from collapsekit.report import analyze
 
+    shapes_from_input(args)
     model, meta = load_model(args)
     report = analyze(model, example_input(args, meta), sparsities=args.sparsity, mt=args.mt,
                      include=args.include, exclude=args.exclude, progress=args.format != "json",
