@@ -162,8 +162,8 @@ def _check_fits(model: nn.Module, shapes: dict, path: Path) -> None:
     tied = _tied_groups(model)
     missing = [k for k in expected if k not in shapes and not any(m in shapes for m in tied.get(k, [k]))]
     unexpected = [k for k in shapes if k not in expected]
-    wrong = [f"{k} {list(shapes[k])} vs model {list(expected[k].shape)}"
-             for k in shapes if k in expected and tuple(shapes[k]) != tuple(expected[k].shape)]
+    wrong = [f"{k} {list(shapes[k])} vs model {list(v.shape)}"  # in the model's order
+             for k, v in expected.items() if k in shapes and tuple(shapes[k]) != tuple(v.shape)]
     problems = []
     for label, items in (("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected)):
         if items:

@@ -48,7 +48,11 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int, int, int]:
-    """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data, then the zoo's."""
+    """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data, then the zoo's.
+
+    From --data, input_size is the data's native size, raised for nets that need
+    more (`collapsekit.train.default_input_size`: MobileNet on digits -> 32).
+    """
     from collapsekit import data
 
     spec = getattr(args, "model", None) or meta.get("model")
@@ -61,8 +65,13 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
 
     # Without a checkpoint, an explicit --input-size/--in-channels reshape the
     # data, so the model follows whatever the data will look like.
+    size = native[2]
+    if spec and name in data.names():
+        from collapsekit.train import default_input_size
+
+        size = default_input_size(spec, name) or size
     return spec, pick("num_classes", "num_classes", native[0]), pick("in_channels", "in_channels", native[1]), \
-        pick("input_size", "input_size", native[2])
+        pick("input_size", "input_size", size)
 
 
 def load_model(args: argparse.Namespace):

@@ -66,6 +66,14 @@ def names() -> list[str]:
     return sorted(_LOADERS)
 
 
+_SEQUENCES = {"har", "har2", "synthetic_seq"}
+
+
+def is_sequence(name: str) -> bool:
+    """True for data sets of [N, steps, features] sequences, False for [N, C, H, W] images."""
+    return _check_name(name) in _SEQUENCES
+
+
 def native_shape(name: str) -> tuple[int, int, int]:
     """(num_classes, in_channels, input_size) of a dataset as stored, without loading it."""
     return _LOADERS[_check_name(name)][1]
@@ -135,4 +143,4 @@ def bundle(name: str, x_train, y_train, x_test, y_test, num_classes: int, in_cha
     )
 
 
-__all__ = ["DataBundle", "load", "names", "native_shape"]
+__all__ = ["DataBundle", "load", "names", "native_shape", "is_sequence"]

@@ -1,0 +1,48 @@
+"""Shared fixtures: the tiniest models that show checkpoint and training behaviour, importable as `conftest:NAME`."""
+from __future__ import annotations
+
+import pytest
+import torch.nn as nn
+
+
+def tiny_mlp(num_classes: int = 10, in_channels: int = 1, input_size: int = 8) -> nn.Module:
+    """Flatten -> Linear(32) -> ReLU -> Linear(num_classes)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size * input_size, 32), nn.ReLU(),
+                         nn.Linear(32, num_classes))
+
+
+def tiny_bn_cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 8) -> nn.Module:
+    """Conv -> BatchNorm (running stats are buffers) -> ReLU -> global pool -> Linear."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+class TiedNet(nn.Module):
+    """Two Linear layers sharing one weight tensor (like tied embeddings)."""
+
+    def __init__(self, width: int = 6):
+        super().__init__()
+        self.a = nn.Linear(width, width)
+        self.b = nn.Linear(width, width)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x).relu())
+
+
+def zoo_names() -> list[str]:
+    """The zoo's model names, or [] while `collapsekit.models` has no zoo yet."""
+    try:
+        from collapsekit.models import names
+
+        return names()
+    except Exception:  # noqa: BLE001 - the zoo is written in parallel
+        return []
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits DataBundle at its native 1x8x8, loaded once."""
+    from collapsekit import data
+
+    return data.load("digits")

@@ -1,0 +1,221 @@
+"""collapsekit.train and `collapsekit train`: the fit loop, its hooks, determinism, the command's files and errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import tiny_mlp, zoo_names
+
+from collapsekit import checkpoint, data
+from collapsekit.cli import main
+from collapsekit.cli.common import load_data, model_shapes
+from collapsekit.errors import CollapsekitError
+from collapsekit.train import augment_flip_crop, default_input_size, defaults_for, dense_train, evaluate, fit
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return data.load("synthetic", seed=0)
+
+
+class _Constant(nn.Module):
+    """Always predicts class `k`."""
+
+    def __init__(self, k: int, classes: int = 10):
+        super().__init__()
+        self.logits = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(k), classes).float())
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1)
+
+
+def test_evaluate_counts_exactly_and_restores_mode(synthetic):
+    labels = synthetic.test.tensors[1]
+    model = _Constant(3).train()
+    assert evaluate(model, synthetic.test, "cpu", batch_size=7) == (labels == 3).sum().item() / len(labels)
+    assert model.training
+    with pytest.raises(CollapsekitError, match="empty data set"):
+        evaluate(model, torch.utils.data.TensorDataset(torch.zeros(0, 1), torch.zeros(0)), "cpu")
+
+
+def test_fit_learns_and_calls_hooks(synthetic):
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    steps, epochs_seen = [], []
+    result = fit(model, synthetic, epochs=3, lr=0.05, batch_size=64, device="cpu", seed=0,
+                 after_step=lambda m: steps.append(m), on_epoch_end=lambda e, m: epochs_seen.append((e, m)),
+                 progress=False)
+    assert len(steps) == 3 * math.ceil(512 / 64) and steps[0] is model
+    assert [e for e, _ in epochs_seen] == [1, 2, 3]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert set(result.history[0]) == {"epoch", "loss", "train_acc", "test_acc", "seconds", "lr"}
+    assert result.accuracy == result.history[-1]["test_acc"] == evaluate(model, synthetic.test, "cpu")
+    assert result.accuracy > 0.9  # chance is 0.1
+    assert result.history[0]["loss"] > result.history[-1]["loss"]
+    # cosine: epoch e starts at lr * (1 + cos(pi (e - 1) / 3)) / 2
+    for h in result.history:
+        assert h["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * (h["epoch"] - 1) / 3)))
+    assert result.to_dict()["accuracy"] == result.accuracy
+
+
+def test_linear_schedule_and_bad_arguments(synthetic):
+    result = fit(tiny_mlp(), synthetic, epochs=4, lr=0.1, batch_size=128, device="cpu", seed=0,
+                 schedule="linear", optimizer="adam", progress=False)
+    assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.075, 0.05, 0.025])
+    with pytest.raises(CollapsekitError, match="unknown optimizer 'lion'"):
+        fit(tiny_mlp(), synthetic, 1, 0.1, 64, "cpu", 0, optimizer="lion", progress=False)
+    with pytest.raises(CollapsekitError, match="unknown schedule 'step'"):
+        fit(tiny_mlp(), synthetic, 1, 0.1, 64, "cpu", 0, schedule="step", progress=False)
+    with pytest.raises(CollapsekitError, match=r"training diverged \(loss (nan|inf)"):
+        fit(tiny_mlp(), synthetic, 2, 1e12, 64, "cpu", 0, progress=False)
+
+
+def test_after_step_masks_survive_momentum_and_weight_decay(synthetic):
+    # What masked fine-tuning does: re-apply masks after every step, so no pruned weight comes back.
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    masks = {name: torch.rand_like(p) > 0.7 for name, p in model.named_parameters() if name.endswith("weight")}
+
+    def apply(m):
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name in masks:
+                    p.mul_(masks[name])
+
+    apply(model)
+    fit(model, synthetic, 2, 0.05, 64, "cpu", 0, momentum=0.9, weight_decay=5e-3, after_step=apply, progress=False)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert torch.count_nonzero(params[name][~mask]) == 0
+        assert torch.count_nonzero(params[name][mask]) == mask.sum()
+
+
+def test_fit_is_deterministic_per_seed(synthetic):
+    def run(seed):
+        torch.manual_seed(123)
+        model = tiny_mlp()
+        result = fit(model, synthetic, 1, 0.05, 32, "cpu", seed, progress=False)
+        return result.history[0]["loss"], torch.cat([p.flatten() for p in model.parameters()])
+
+    (l0, w0), (l1, w1), (l2, w2) = run(0), run(0), run(1)
+    assert l0 == l1 and torch.equal(w0, w1)
+    assert not torch.equal(w0, w2)
+
+
+def test_augment_flip_crop_only_flips_and_shifts():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    g = torch.Generator().manual_seed(0)
+    flipped = torch.stack([augment_flip_crop(x, g, pad=0) for _ in range(20)])
+    for out in flipped:
+        for i in range(2):
+            assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
+    assert any(torch.equal(out[0], x[0].flip(2)) for out in flipped)
+    shifted = augment_flip_crop(x, g, pad=2)
+    assert shifted.shape == x.shape
+    assert set(shifted.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def test_defaults_per_family():
+    assert defaults_for("lenet_300_100")["batch_size"] == 64
+    assert defaults_for("resnet20") == defaults_for("wrn_16_2") == dict(epochs=8, lr=0.05, batch_size=32,
+                                                                        optimizer="sgd", weight_decay=5e-4)
+    assert defaults_for("fastgrnn")["optimizer"] == "adam"
+    assert defaults_for("mypkg.nets:mlp_small")["lr"] == defaults_for("lenet_300_100")["lr"]
+
+
+def test_dense_train_writes_checkpoint_and_sidecar(tmp_path, synthetic):
+    result = dense_train("conftest:tiny_mlp", synthetic, 2, tmp_path / "run", batch_size=128, progress=False)
+    meta = checkpoint.read_meta(tmp_path / "run" / "model.safetensors")
+    assert meta["accuracy"] == result.accuracy and meta["model"] == "conftest:tiny_mlp"
+    assert (meta["num_classes"], meta["in_channels"], meta["input_size"], meta["data"]) == (10, 1, 8, "synthetic")
+    assert meta["args"]["batch_size"] == 128 and meta["args"]["epochs"] == 2 and len(meta["history"]) == 2
+    with pytest.raises(CollapsekitError, match=r"model 'conftest:tiny_mlp' cannot take synthetic inputs of shape "
+                                               r"\[3, 8, 8\]"):
+        dense_train("conftest:tiny_mlp", data.load("synthetic", channels=3), 1, tmp_path / "x",
+                    model=tiny_mlp(in_channels=1), progress=False)
+
+
+def test_default_input_size_raises_digits_only_for_mobilenet():
+    assert default_input_size("mobilenet_v1", "digits") == 32
+    assert default_input_size("resnet20", "digits") is None
+    assert default_input_size("mobilenet_v1", "cifar10") is None  # already 32
+    assert default_input_size("mobilenet_v1", "har") is None  # sequences keep their steps
+
+
+# ---------------------------------------------------------------- command line
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(model=None, checkpoint=None, num_classes=None, in_channels=None, input_size=None, data=None,
+                data_path=None, seed=0)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_model_shapes_precedence():
+    # explicit argument > checkpoint sidecar > --data's native shape > the zoo's 10/3/32
+    assert model_shapes(_args(model="m"), {}) == ("m", 10, 3, 32)
+    assert model_shapes(_args(model="m", data="har"), {}) == ("m", 6, 9, 128)
+    assert model_shapes(_args(model="mobilenet_v1", data="digits"), {}) == ("mobilenet_v1", 10, 1, 32)
+    sidecar = {"model": "resnet20", "num_classes": 10, "in_channels": 3, "input_size": 32, "data": "digits"}
+    assert model_shapes(_args(), sidecar) == ("resnet20", 10, 3, 32)
+    assert model_shapes(_args(input_size=16, model="wrn_16_2"), sidecar) == ("wrn_16_2", 10, 3, 16)
+
+
+def test_load_data_follows_the_model_shape(tmp_path):
+    bundle = load_data(_args(), {"data": "digits", "in_channels": 3, "input_size": 16, "num_classes": 10})
+    assert bundle.train.tensors[0].shape == (1437, 3, 16, 16)
+    with pytest.raises(CollapsekitError, match=r"the model has 6 outputs but digits has 10 classes "
+                                               r"\(pass --num-classes 10\)"):
+        load_data(_args(data="digits"), {"num_classes": 6})
+
+
+def test_cli_train_then_retrain_from_sidecar(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "conftest:tiny_mlp", "--data", "synthetic", "--epochs", "2", "--out", str(out),
+               "--batch-size", "128", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert (out / "model.safetensors").is_file() and (out / "model.json").is_file()
+    meta = json.loads((out / "model.json").read_text())
+    assert printed.startswith(f"test accuracy {meta['accuracy']:.4f} (conftest:tiny_mlp on synthetic, 2 epochs)")
+    assert 0.5 < meta["accuracy"] <= 1.0 and meta["seed"] == 0
+    # --checkpoint alone rebuilds model and data from the sidecar; 0 epochs just evaluates the loaded weights.
+    rc = main(["train", "--checkpoint", str(out / "model.safetensors"), "--epochs", "0", "--out", str(tmp_path / "b"),
+               "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["accuracy"] == meta["accuracy"] and doc["history"] == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--model", "no_such_net", "--data", "synthetic"], "unknown model 'no_such_net'"),
+    (["--model", "conftest:tiny_mlp", "--data", "cifar10", "--data-path", "/nonexistent/c10"],
+     "cifar10: expected data_batch_1 in /nonexistent/c10 or /nonexistent/c10/cifar-10-batches-py"),
+    (["--data", "synthetic"], "no model given: pass --model"),
+    (["--model", "conftest:tiny_mlp"], "no data given: pass --data"),
+    (["--checkpoint", "CORRUPT"], "is corrupt or truncated: "),
+    (["--checkpoint", "/nonexistent/model.safetensors"], "checkpoint /nonexistent/model.safetensors not found"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, expected):
+    if "CORRUPT" in argv:
+        path = tmp_path / "model.safetensors"
+        checkpoint.save(tiny_mlp(), path, {"model": "conftest:tiny_mlp", "data": "synthetic"})
+        path.write_bytes(path.read_bytes()[:-64])
+        argv = [str(path) if a == "CORRUPT" else a for a in argv]
+    rc = main(["train", *argv, "--epochs", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("collapsekit train: error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, floor", [("lenet_300_100", 0.95), ("resnet20", 0.97)])
+def test_zoo_on_digits_reaches_accuracy(tmp_path, digits, name, floor):
+    if name not in zoo_names():
+        pytest.skip(f"zoo model {name} not available yet")
+    result = dense_train(name, digits, None, tmp_path, progress=False)  # the family defaults
+    assert result.accuracy >= floor, result.history
