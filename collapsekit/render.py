@@ -26,8 +26,8 @@ def verdict_lines(report: CollapseReport) -> list[str]:
 def level_rows(report: CollapseReport) -> list[list[str]]:
     rows = []
     for lv in report.levels:
-        emptied = ", ".join(lv.emptied_layers[:4]) + (f" (+{len(lv.emptied_layers) - 4})"
-                                                       if len(lv.emptied_layers) > 4 else "")
+        emptied = ", ".join(lv.emptied_layers[:2]) + (f" (+{len(lv.emptied_layers) - 2} more)"
+                                                       if len(lv.emptied_layers) > 2 else "")
         rows.append([f"{lv.sparsity:g}", "COLLAPSED" if lv.collapsed else "ok", f"{lv.effective_sparsity:.4f}",
                      str(lv.effective_depth), str(lv.dead_channel_count), str(len(lv.emptied_layers)),
                      emptied or "-"])
