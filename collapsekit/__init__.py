@@ -6,6 +6,8 @@ from collapsekit import models
 # later would otherwise rebind `ck.prune` (the function) to `collapsekit.prune`.
 from collapsekit.prune import prune, suggest_mt  # noqa: E402
 from collapsekit.compact import compact  # noqa: E402
+from collapsekit.finetune import finetune  # noqa: E402
+from collapsekit.validate import validate  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -16,8 +18,6 @@ _LAZY = {
     "CollapseReport": ("collapsekit.report", "CollapseReport"),
     "masks": ("collapsekit.masks", None),
     "data": ("collapsekit.data", None),
-    "finetune": ("collapsekit.finetune", "finetune"),
-    "validate": ("collapsekit.validate", "validate"),
 }
 
 
@@ -33,4 +33,4 @@ def __getattr__(name):
     return value
 
 
-__all__ = ["CollapsekitError", "models", "prune", "suggest_mt", "compact", "__version__", *_LAZY]
+__all__ = ["CollapsekitError", "models", "prune", "suggest_mt", "compact", "finetune", "validate", "__version__", *_LAZY]

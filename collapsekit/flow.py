@@ -450,6 +450,7 @@ class FlowResult:
     dead_channels: dict[str, list[int]]
     unused_channels: dict[str, list[int]]
     effective: np.ndarray | None  # kept weights on an input-to-output path, per prunable layer
+    output_alive: float = 0.0  # fraction of output elements some kept path reaches
 
 
 class ChannelFlow(fx.Interpreter):
@@ -510,6 +511,19 @@ class ChannelFlow(fx.Interpreter):
         if name not in self.masks:
             return torch.ones(tensor.shape, dtype=self._dtype)
         return self.masks.keep(name).to(self._dtype)
+
+    def output_shape_of(self, value: torch.Tensor) -> tuple[int, ...]:
+        """The real shape of an output value (channel-level values may be reduced)."""
+        for node in self.traced.gm.graph.nodes:
+            if node.op == "output":
+                metas = []
+                fx.node.map_aggregate(node.args, lambda a: metas.append(a.meta.get("tensor_meta"))
+                                      if isinstance(a, fx.Node) else None)
+                for meta in metas:
+                    if hasattr(meta, "shape") and len(meta.shape) == value.ndim and all(
+                            m == v or v == 1 for m, v in zip(meta.shape, value.shape)):
+                        return tuple(meta.shape)
+        return tuple(value.shape)
 
     def output_shape(self) -> torch.Size:
         return self._current.meta["tensor_meta"].shape
@@ -753,7 +767,9 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         # element part of the autograd graph, and weights never need one.
         result = flow.run(*traced.example_inputs)
         outs = _output_tensors(result)
-        collapsed = not any(bool((o > 0).any()) for o in outs)
+        alive_count = sum(int((o > 0).sum()) for o in outs)
+        size = sum(int(np.prod(flow.output_shape_of(o))) for o in outs) or 1
+        collapsed = alive_count == 0
         if backward:
             for outs_of_layer in flow.outputs_of.values():
                 for o in outs_of_layer:
@@ -795,7 +811,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     flow.outputs_of.clear()
     flow.env.clear()
     flow._attr_masks.clear()
-    return FlowResult(collapsed, dead, unused, effective)
+    return FlowResult(collapsed, dead, unused, effective, min(1.0, alive_count / size))
 
 
 def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> int:

@@ -23,7 +23,8 @@ def masked_copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     clone = copy.deepcopy(model).eval()
     with torch.no_grad():
         for name, keep in masks.items():
-            clone.get_parameter(name).mul_(keep.to(clone.get_parameter(name).dtype))
+            p = clone.get_parameter(name)
+            torch.where(keep.to(p.device), p, torch.zeros((), dtype=p.dtype, device=p.device), out=p)  # +0.0
     return clone
 
 

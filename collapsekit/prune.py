@@ -196,8 +196,12 @@ class MTSuggestion:
 
 
 def suggest_mt(model: nn.Module, example_inputs, sparsity: float, include: list[str] | None = None,
-               exclude: list[str] | None = None) -> MTSuggestion:
-    """MTSuggestion: the smallest MT count with which Global MP at `sparsity` leaves the net uncollapsed.
+               exclude: list[str] | None = None, require: str = "every_output") -> MTSuggestion:
+    """MTSuggestion: the smallest MT count with which Global MP at `sparsity` keeps the net alive.
+
+    `require="every_output"` (default) asks that a kept path reach every output
+    element (every class logit can still move); `"any_output"` only that the
+    network does not collapse, which can leave a net that predicts one class.
 
     Bisection over the count between 0 and the largest MT the sparsity allows,
     each step one forward structural flow (`flow.run_flow(backward=False)`) on the
@@ -208,6 +212,8 @@ def suggest_mt(model: nn.Module, example_inputs, sparsity: float, include: list[
     from collapsekit.flow import run_flow
     from collapsekit.trace import trace
 
+    if require not in ("every_output", "any_output"):
+        raise CollapsekitError(f"require must be 'every_output' or 'any_output', got {require!r}")
     weights = find_prunable(model, include, exclude)
     total = sum(w.numel for w in weights)
     k = sparsity_to_count(sparsity, total)
@@ -221,17 +227,19 @@ def suggest_mt(model: nn.Module, example_inputs, sparsity: float, include: list[
         runs += 1
         alloc = index.allocate(k, mt_count)
         keep = [mask.cpu() for _, mask in index.layer_masks(alloc, live)]  # the flow runs on the CPU
-        return run_flow(traced, weights, keep, backward=False).collapsed
+        flow = run_flow(traced, weights, keep, backward=False)
+        return flow.collapsed if require == "any_output" else flow.output_alive < 1.0
 
     max_mt = _largest_mt(index, k)
     base = dict(sparsity=float(sparsity), total=total, max_mt=max_mt)
     if not collapses(0):
         return MTSuggestion(mt=0, percent=0.0, search_range=(), collapses_without_mt=False, evaluations=runs,
-                            reason="the network does not collapse at this sparsity without MT", **base)
+                            reason="every output stays reachable at this sparsity without MT" if require == "every_output"
+                            else "the network does not collapse at this sparsity without MT", **base)
     if max_mt == 0 or collapses(max_mt):
         return MTSuggestion(mt=0, percent=0.0, search_range=(), collapses_without_mt=True, evaluations=runs,
                             reason=f"no MT helps: even MT={max_mt}, the largest this sparsity leaves room "
-                                   "for, collapses; lower the sparsity", **base)
+                                   "for, cuts an output; lower the sparsity", **base)
     lo, hi = 0, max_mt  # collapses(lo) and not collapses(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -244,7 +252,8 @@ def suggest_mt(model: nn.Module, example_inputs, sparsity: float, include: list[
     grid = sorted({int(round(v)) for v in np.geomspace(hi, top, 5)}) if top > hi else [hi]
     search = tuple(m for m in grid if m == hi or not collapses(m))
     return MTSuggestion(mt=hi, percent=100.0 * hi / total, search_range=search, collapses_without_mt=True,
-                        evaluations=runs, reason=f"MT={hi} keeps a path; MT={lo} collapses", **base)
+                        evaluations=runs, reason=f"MT={hi} keeps a path to every output; MT={lo} does not" if require == "every_output"
+                        else f"MT={hi} keeps a path; MT={lo} collapses", **base)
 
 
 def _largest_mt(index: MagnitudeIndex, k: int) -> int:

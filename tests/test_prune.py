@@ -233,7 +233,7 @@ def test_suggest_mt_is_the_smallest_mt_that_keeps_a_path():
     x = torch.randn(1, 16)
     before = state_bits(model)
     sparsity = 0.97
-    sug = ck.suggest_mt(model, x, sparsity)
+    sug = ck.suggest_mt(model, x, sparsity, require="any_output")
     assert_same_state(before, model)
     assert sug.collapses_without_mt and sug.mt >= 2, sug
     total = 512 + 1024 + 128
@@ -261,12 +261,33 @@ def test_suggest_mt_is_the_smallest_mt_that_keeps_a_path():
 def test_suggest_mt_says_when_no_mt_is_needed_or_none_helps():
     model = collapsing_mlp()
     x = torch.randn(1, 16)
-    easy = ck.suggest_mt(model, x, 0.3)
+    easy = ck.suggest_mt(model, x, 0.3, require="any_output")
     assert easy.mt == 0 and not easy.collapses_without_mt and easy.search_range == ()
     assert "does not collapse" in easy.reason
     hopeless = ck.suggest_mt(model, x, 0.999)  # 2 weights kept: no room for MT >= 1 in 3 layers
     assert hopeless.mt == 0 and hopeless.collapses_without_mt and hopeless.max_mt == 0
     assert "no MT helps" in hopeless.reason
+
+
+def test_default_suggestion_keeps_every_output_reachable():
+    # A net that still moves one logit is not collapsed but predicts one class;
+    # the default asks for a path to every output element.
+    model = collapsing_mlp()
+    x = torch.randn(1, 16)
+    weakest = ck.suggest_mt(model, x, 0.9, require="any_output")
+    sug = ck.suggest_mt(model, x, 0.9)
+    assert sug.mt > weakest.mt >= 1
+    weights = find_prunable(model)
+    traced = trace(model, x)
+
+    def alive_fraction(mt):
+        clone = masked_real(model, 0.9, mt)
+        keep = [clone.get_parameter(w.name) != 0 for w in weights]
+        return run_flow(traced, weights, keep, backward=False).output_alive
+
+    assert alive_fraction(sug.mt) == 1.0 and alive_fraction(sug.mt - 1) < 1.0
+    with pytest.raises(CollapsekitError, match="require"):
+        ck.suggest_mt(model, x, 0.97, require="most")
 
 
 def test_count_macs_counts_kept_weights_times_positions():

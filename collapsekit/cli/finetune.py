@@ -1,0 +1,110 @@
+"""`collapsekit finetune`: prune with Global MP (+ MT) on a schedule and fine-tune with masks held exact."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from collapsekit.cli import common
+
+HELP = "prune (one-shot, gradual or IMP) and fine-tune with fixed masks; resumable, torchrun-ready"
+
+
+def add_finetune_args(p) -> None:
+    """Fine-tuning hyper-parameters shared by finetune, validate and mt-search (unset: the model family's)."""
+    p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the family's training lr)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the family's)")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: the family's")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    p.add_argument("--weight-decay", type=float, help="default: the family's (5e-4 with SGD)")
+    p.add_argument("--lr-schedule", choices=["cosine", "linear"],
+                   help="learning-rate decay to 0 (default: cosine; linear for IMP, after Zimmer et al.)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="default: 0.1")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def finetune_kwargs(args, meta: dict) -> dict:
+    """Keyword arguments of `finetune.finetune` from the parsed flags and the family defaults of the model."""
+    from collapsekit.train import defaults_for
+
+    hp = defaults_for(meta.get("model") or "")
+    kwargs = dict(lr=args.lr or hp["lr"], batch_size=args.batch_size or hp["batch_size"],
+                  optimizer=args.optimizer or hp["optimizer"], momentum=args.momentum,
+                  weight_decay=hp["weight_decay"] if args.weight_decay is None else args.weight_decay,
+                  label_smoothing=args.label_smoothing, device=args.device, seed=args.seed)
+    if args.lr_schedule:
+        kwargs["schedule"] = args.lr_schedule
+    return kwargs
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun rank other than 0 (only rank 0 prints)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def register(subparsers) -> None:
+    """Add the `finetune` subcommand."""
+    p = subparsers.add_parser(
+        "finetune", help=HELP,
+        description="Prune the model with Global MP at exactly round(S * N) of its N prunable weights (every "
+                    "layer keeping at least MT), one-shot, gradually (Zhu & Gupta's cubic schedule) or by IMP, "
+                    "and fine-tune it with the masks re-applied after every step. Writes OUT/metrics.jsonl, "
+                    "OUT/checkpoint.safetensors every epoch (--resume continues a killed run), then "
+                    "OUT/model.safetensors, OUT/masks.safetensors and OUT/finetune.json. Under "
+                    "`torchrun --nproc-per-node N -m collapsekit finetune ...` it trains with DDP.")
+    common.add_model_args(p)
+    common.add_data_args(p)
+    common.add_device_args(p)
+    p.add_argument("--sparsity", type=float, required=True, metavar="S", help="final global sparsity in [0, 1)")
+    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
+                                "weights (0.05%%)")
+    p.add_argument("--schedule", choices=["oneshot", "gradual", "imp"], default="oneshot",
+                   help="pruning schedule (default: oneshot)")
+    p.add_argument("--rounds", type=int, default=3, help="IMP rounds (default: 3)")
+    p.add_argument("--steps", type=int, help="gradual: pruning steps, one per epoch (default: epochs // 2)")
+    add_finetune_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last complete epoch")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="json prints the FinetuneResult")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Load, prune on the schedule, fine-tune, print the result (rank 0 only)."""
+    from pathlib import Path
+
+    from collapsekit.errors import CollapsekitError
+    from collapsekit.finetune import MODEL_FILE
+    from collapsekit.schedules import prune_and_finetune
+
+    if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
+        raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
+                               "choose another output directory")
+    model, meta = common.load_model(args)
+    bundle = common.load_data(args, meta)
+    main = is_main_process()
+    quiet = args.no_progress or not main
+
+    def log_epoch(epoch: int, m: dict) -> None:
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"epoch {epoch}: sparsity {m['sparsity']:.4f}  loss {m['loss']:.4f}  train "
+                       f"{m['train_acc']:.2%}  test {m['test_acc']:.2%}  lr {m['lr']:.4g}  ({m['seconds']:.1f} s)",
+                       file=sys.stderr)
+
+    result = prune_and_finetune(model, bundle, args.sparsity, args.epochs, schedule=args.schedule, mt=args.mt,
+                                rounds=args.rounds, steps=args.steps, out=args.out, resume=args.resume,
+                                progress=not quiet, on_epoch_end=log_epoch, meta=meta,
+                                **finetune_kwargs(args, meta))
+    if not main:
+        return 0
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+        print(f"{args.schedule} to sparsity {result.sparsity:.4f}: test accuracy {result.accuracy_before:.4f} "
+              f"before fine-tuning -> {result.accuracy:.4f} after {result.epochs} epochs ({result.device}, "
+              f"{result.world_size} process{'es' if result.world_size > 1 else ''}{resumed}); wrote {args.out}")
+    return 0

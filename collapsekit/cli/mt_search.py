@@ -1,0 +1,38 @@
+"""`collapsekit mt-search`: prune + fine-tune over a sweep of MT values from `suggest_mt`; the best MT."""
+from __future__ import annotations
+
+import json
+
+from collapsekit.cli import common
+from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main_process
+
+HELP = "sweep the Minimum Threshold (prune + fine-tune each) and report the best"
+
+
+def register(subparsers) -> None:
+    """Add the `mt-search` subcommand."""
+    p = subparsers.add_parser(
+        "mt-search", help=HELP,
+        description="Start from suggest_mt (the smallest MT that keeps a path at S), prune a copy with each MT "
+                    "of its search range (and MT=0), fine-tune it, and report accuracy against MT and the best MT.")
+    common.add_model_args(p)
+    common.add_data_args(p)
+    common.add_device_args(p)
+    p.add_argument("--sparsity", type=float, required=True, metavar="S", help="global sparsity")
+    p.add_argument("--mt", type=int, nargs="+", metavar="COUNT",
+                   help="MT counts to try instead of 0 + suggest_mt's search range")
+    add_finetune_args(p)
+    p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from collapsekit.mtsearch import search_mt, to_text
+
+    model, meta = common.load_model(args)
+    bundle = common.load_data(args, meta)
+    result = search_mt(model, bundle, args.sparsity, mts=args.mt, epochs=args.epochs,
+                       progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta))
+    if is_main_process():  # under torchrun every rank sweeps; rank 0 prints
+        print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else to_text(result))
+    return 0

@@ -1,0 +1,139 @@
+"""Predicted vs observed collapse: the analyzer's verdict per sparsity beside a real Global MP prune and fine-tune.
+
+For each level, ONE `ck.analyze` call gives the prediction (collapsed, emptied
+layers, effective sparsity); a copy of the model is pruned with `ck.prune`,
+checked by a forward pass (`probe.output_is_constant`) and fine-tuned masked
+(`finetune.finetune`). A level agrees when the forward check sees collapse
+exactly where the analyzer predicts it, and no network predicted collapsed
+trains above chance (a collapsed network is a constant function, so its
+accuracy is at most the largest class share).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.nn as nn
+
+DEFAULT_MARGIN = 0.1  # "above chance" means test accuracy > 1/num_classes + this
+
+
+@dataclass(frozen=True)
+class LevelValidation:
+    """One sparsity level: the prediction, what a real prune + fine-tune did, and whether they agree."""
+
+    sparsity: float
+    predicted_collapsed: bool
+    emptied_layers: tuple[str, ...]
+    effective_sparsity: float
+    dead_channel_count: int
+    accuracy_pruned: float  # right after pruning, before fine-tuning
+    accuracy: float  # after fine-tuning
+    trained: bool  # accuracy > chance + margin
+    constant_after_prune: bool  # forward check on the pruned model, real weights
+    observed_collapsed: bool  # forward check on the pruned model after fine-tuning
+    agree: bool
+
+    def to_dict(self) -> dict:
+        return {"sparsity": self.sparsity, "predicted_collapsed": self.predicted_collapsed,
+                "emptied_layers": list(self.emptied_layers), "effective_sparsity": self.effective_sparsity,
+                "dead_channel_count": self.dead_channel_count, "accuracy_pruned": self.accuracy_pruned,
+                "accuracy": self.accuracy, "trained": self.trained,
+                "constant_after_prune": self.constant_after_prune, "observed_collapsed": self.observed_collapsed,
+                "agree": self.agree}
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Predicted vs observed collapse over sparsity levels (DESIGN.md: the `validate` stage)."""
+
+    model: str
+    mt: int
+    collapse_sparsity: float  # predicted by the analyzer
+    dense_accuracy: float
+    chance: float  # 1 / num_classes
+    margin: float
+    epochs: int
+    levels: tuple[LevelValidation, ...] = field(default=())
+
+    @property
+    def agreement_rate(self) -> float:
+        """Fraction of levels whose prediction the prune + fine-tune confirmed."""
+        return sum(lv.agree for lv in self.levels) / len(self.levels) if self.levels else 1.0
+
+    def at(self, sparsity: float) -> LevelValidation:
+        """The level validated at `sparsity` (nearest within 1e-9)."""
+        for lv in self.levels:
+            if abs(lv.sparsity - sparsity) < 1e-9:
+                return lv
+        raise KeyError(f"sparsity {sparsity} was not validated")
+
+    def to_dict(self) -> dict:
+        """The JSON document `collapsekit validate --format json` prints."""
+        return {"model": self.model, "mt": self.mt, "collapse_sparsity": self.collapse_sparsity,
+                "dense_accuracy": self.dense_accuracy, "chance": self.chance, "margin": self.margin,
+                "epochs": self.epochs, "agreement_rate": self.agreement_rate,
+                "levels": [lv.to_dict() for lv in self.levels]}
+
+
+def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr: float = 0.01,
+             batch_size: int = 64, margin: float = DEFAULT_MARGIN, name: str | None = None, out=None,
+             progress: bool = False, **finetune_kwargs) -> ValidationReport:
+    """ValidationReport of Global MP (+ MT) at each of `sparsities`: prediction beside prune + fine-tune.
+
+    `model` is left unchanged (each level prunes a deep copy). `finetune_kwargs`
+    (device, schedule, label_smoothing, seed, optimizer...) go to
+    `finetune.finetune`; with `out`, each level's run goes to `out/s<sparsity>/`.
+    """
+    from collapsekit.finetune import finetune
+    from collapsekit.probe import output_is_constant
+    from collapsekit.prune import prune
+    from collapsekit.report import analyze
+    from collapsekit.train import evaluate
+
+    example = bundle.example_input()
+    report = analyze(model, example, sparsities=sparsities, mt=mt, name=name)  # one call, every level
+    dense_accuracy = evaluate(model, bundle.test, next(model.parameters()).device)  # where the model lives
+    chance = 1.0 / bundle.num_classes
+    levels = []
+    for level in report.levels:
+        pruned = copy.deepcopy(model).cpu()
+        result = prune(pruned, level.sparsity, mt=mt)
+        constant_after_prune = output_is_constant(pruned, (example,))
+        run = finetune(pruned, result.masks, bundle, epochs, lr, batch_size, progress=progress,
+                       out=None if out is None else Path(out) / f"s{level.sparsity:g}", **finetune_kwargs)
+        observed = output_is_constant(pruned.cpu(), (example,))
+        trained = run.accuracy > chance + margin
+        agree = level.collapsed == observed and not (level.collapsed and trained)
+        levels.append(LevelValidation(
+            sparsity=level.sparsity, predicted_collapsed=level.collapsed, emptied_layers=level.emptied_layers,
+            effective_sparsity=level.effective_sparsity, dead_channel_count=level.dead_channel_count,
+            accuracy_pruned=run.accuracy_before, accuracy=run.accuracy, trained=trained,
+            constant_after_prune=constant_after_prune, observed_collapsed=observed, agree=agree))
+    return ValidationReport(model=report.model, mt=report.mt, collapse_sparsity=report.collapse_sparsity,
+                            dense_accuracy=dense_accuracy, chance=chance, margin=margin, epochs=epochs,
+                            levels=tuple(levels))
+
+
+def to_text(report: ValidationReport) -> str:
+    """The table `collapsekit validate` prints: one row per level, then the agreement rate."""
+    yes = {True: "yes", False: "no"}
+    head = (f"{report.model}: dense accuracy {report.dense_accuracy:.4f}, MT {report.mt}, predicted collapse "
+            f"sparsity {report.collapse_sparsity:.6g}, {report.epochs} fine-tuning epochs, above chance = "
+            f"> {report.chance + report.margin:.2f}")
+    rows = [["sparsity", "predicted", "emptied", "eff.sparsity", "acc pruned", "acc tuned", "trained",
+             "observed", "agree"]]
+    for lv in report.levels:
+        rows.append([f"{lv.sparsity:g}", "collapsed" if lv.predicted_collapsed else "alive",
+                     str(len(lv.emptied_layers)), f"{lv.effective_sparsity:.4f}", f"{lv.accuracy_pruned:.4f}",
+                     f"{lv.accuracy:.4f}", yes[lv.trained], "collapsed" if lv.observed_collapsed else "alive",
+                     yes[lv.agree]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    agreed = sum(lv.agree for lv in report.levels)
+    lines.append(f"agreement {agreed}/{len(report.levels)} ({report.agreement_rate:.0%})")
+    return "\n".join(lines)
+
+
+__all__ = ["validate", "ValidationReport", "LevelValidation", "to_text", "DEFAULT_MARGIN"]

@@ -1,0 +1,88 @@
+"""analyses/: each script is one command that writes a table, a figure and a summary with the finding it claims."""
+import ast
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
+NAMES = ["wrn_vs_mobilenet", "mt_ablation", "lenet_l1_vs_global_mp"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([sys.executable, str(ANALYSES / f"{name}.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_script_says_what_it_reproduces_and_has_a_quick_mode(name):
+    doc = ast.get_docstring(ast.parse((ANALYSES / f"{name}.py").read_text()))
+    assert "Reproduces" in doc and f"python analyses/{name}.py [--quick]" in doc
+    help_text = run(name, "--help", timeout=60)
+    assert help_text.returncode == 0 and "--quick" in help_text.stdout
+    assert f"## `{name}.py`" in (ANALYSES / "README.md").read_text()
+
+
+def outputs(tmp_path: Path, name: str) -> tuple[dict, list[dict]]:
+    """Run `name --quick` into tmp_path; (summary.json, table.csv rows) after checking every file is there."""
+    done = run(name, "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "figure.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "table.md").read_text().startswith("| ")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["quick"] is True
+    with open(tmp_path / "table.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows
+    return summary, rows
+
+
+@pytest.mark.slow
+def test_wrn_vs_mobilenet(tmp_path):
+    summary, rows = outputs(tmp_path, "wrn_vs_mobilenet")
+    wrn, mob = summary["models"]["WRN-16-2"], summary["models"]["MobileNet-V1 x0.25"]
+    assert mob["collapse_sparsity"] < wrn["collapse_sparsity"] <= 1.0
+    assert mob["bypassable"] == 0 and wrn["bypassable"] > wrn["bottleneck"]
+    assert mob["collapsed_at_0.99"] and not wrn["collapsed_at_0.99"]
+    assert 0.5 < min(wrn["dense_accuracy"], mob["dense_accuracy"]) <= 1.0
+    between = f"{summary['between_sparsity']:g}"
+    assert mob["collapse_sparsity"] < summary["between_sparsity"] < wrn["collapse_sparsity"]
+    mob_at, wrn_at = summary["validation"]["MobileNet-V1 x0.25"][between], summary["validation"]["WRN-16-2"][between]
+    assert mob_at["predicted_collapsed"] and mob_at["accuracy"] <= 0.2
+    assert not wrn_at["predicted_collapsed"]
+    assert all(lv["agree"] for per_model in summary["validation"].values() for lv in per_model.values())
+    assert {r["model"] for r in rows} == {"WRN-16-2", "MobileNet-V1 x0.25"}
+
+
+@pytest.mark.slow
+def test_mt_ablation(tmp_path):
+    summary, rows = outputs(tmp_path, "mt_ablation")
+    (curve,) = summary["curves"].values()
+    acc = curve["accuracy"]
+    assert curve["mt"][0] == 0 and curve["mt"][-1] == curve["max_mt"] and all(0 <= a <= 1 for a in acc)
+    assert curve["emptied_layers_mt0"] > 0  # plain Global MP empties layers at this sparsity
+    assert curve["accuracy_max_mt"] < curve["best_accuracy"] - 0.05  # too much MT hurts
+    assert curve["best_mt"] < curve["max_mt"]
+    assert [int(r["mt"]) for r in rows] == curve["mt"]
+
+
+@pytest.mark.slow
+def test_lenet_l1_vs_global_mp(tmp_path):
+    summary, rows = outputs(tmp_path, "lenet_l1_vs_global_mp")
+    assert summary["dense_accuracy"] > 0.9
+    by_s = {float(r["sparsity"]): {k: float(v) for k, v in r.items() if k.endswith(("tune", "kept"))}
+            for r in rows}
+    assert by_s[0.99]["layerwise_l1_fc3_kept"] == 10  # 1 % of the 10 x 100 output layer, as every layer
+    assert by_s[0.99]["global_mp_fc3_kept"] > 100  # one global threshold leaves it far denser
+    for s in (0.95, 0.99):
+        assert by_s[s]["global_mp_finetuned"] > by_s[s]["layerwise_l1_no_finetune"] + 0.15
+    assert by_s[0.99]["global_mp_finetuned"] > 0.8
+    assert by_s[0.5]["layerwise_l1_no_finetune"] > 0.9  # mild pruning costs little either way
+    assert summary["literature"]["layerwise_l1_no_finetune"] == {"0.9": 0.81, "0.95": 0.38}

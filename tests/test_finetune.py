@@ -1,0 +1,258 @@
+"""Masked fine-tuning: masks exact through SGD momentum / weight decay / Adam, resume after a kill, files, CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import collapsekit as ck
+from collapsekit import checkpoint, models
+from collapsekit import masks as mask_io
+from collapsekit.errors import CollapsekitError
+from collapsekit.finetune import STATE_FILE, check_pruned_zero, finetune, read_metrics, read_state
+from collapsekit.train import SCHEDULES, fit, seed_everything
+
+SPARSITY = 0.9
+
+
+@pytest.fixture(scope="module")
+def dense(digits):
+    """LeNet-300-100 trained two epochs on digits (about 0.9 test accuracy)."""
+    seed_everything(0)
+    model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
+    fit(model, digits, epochs=2, lr=0.05, batch_size=64, device="cpu", seed=0, progress=False)
+    return model
+
+
+def pruned_copy(dense, sparsity=SPARSITY, mt=None):
+    model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
+    model.load_state_dict(dense.state_dict())
+    return model, ck.prune(model, sparsity, mt=mt).masks
+
+
+def assert_pruned_plus_zero(model, masks):
+    for name, keep in masks.items():
+        w = model.get_parameter(name).detach()
+        assert torch.equal(w[~keep], torch.zeros(int((~keep).sum()))), name
+        assert not torch.signbit(w[~keep]).any(), f"{name}: pruned weights must be +0.0"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_pruned_weights_exactly_zero_after_every_step(dense, digits, optimizer):
+    model, masks = pruned_copy(dense)
+    seen = []
+
+    def every_step(m):
+        assert_pruned_plus_zero(m, masks)
+        seen.append(1)
+
+    result = finetune(model, masks, digits, epochs=2, lr=0.05 if optimizer == "sgd" else 3e-3,
+                      optimizer=optimizer, weight_decay=5e-4, device="cpu", progress=False, after_step=every_step)
+    assert len(seen) == 2 * 23  # 1437 samples, batch 64
+    assert_pruned_plus_zero(model, masks)
+    total = sum(m.numel() for m in masks.values())
+    assert result.sparsity == pytest.approx(round(SPARSITY * total) / total, abs=1e-12)
+    for name, keep in result.masks.items():
+        assert torch.equal(keep, masks[name])
+    assert result.accuracy > 0.7
+
+
+def test_gradients_and_momentum_zero_at_pruned_positions(dense, digits):
+    """Invariant 3 at its source: right after each step (before masks are re-applied) the gradients, the
+    momentum buffers and the weights are still zero at pruned positions, weight decay included."""
+    model, masks = pruned_copy(dense)
+    checked = []
+
+    def post(opt, args, kwargs):
+        for p in opt.param_groups[0]["params"]:
+            for name, keep in masks.items():
+                if p is model.get_parameter(name):
+                    assert not p.grad[~keep].any()
+                    buf = opt.state.get(p, {}).get("momentum_buffer")
+                    assert buf is not None and not buf[~keep].any()
+                    assert not p.detach()[~keep].any()
+                    checked.append(name)
+
+    handle = register_optimizer_step_post_hook(post)
+    try:
+        finetune(model, masks, digits, epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-3, device="cpu",
+                 progress=False)
+    finally:
+        handle.remove()
+    assert len(checked) == 2 * 23 * len(masks)
+
+
+def test_learning_rate_follows_cosine_per_epoch(dense, digits):
+    model, masks = pruned_copy(dense)
+    result = finetune(model, masks, digits, epochs=4, lr=0.1, device="cpu", progress=False)
+    expected = [0.1 * SCHEDULES["cosine"](e / 4) for e in range(4)]
+    assert [m["lr"] for m in result.history] == pytest.approx(expected)
+    assert [m["epoch"] for m in result.history] == [1, 2, 3, 4]
+
+
+def test_writes_metrics_checkpoint_model_and_masks(dense, digits, tmp_path):
+    model, masks = pruned_copy(dense)
+    result = finetune(model, masks, digits, epochs=2, lr=0.05, device="cpu", out=tmp_path, progress=False,
+                      meta={"model": "lenet_300_100"})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint.safetensors", "finetune.json", "masks.safetensors", "metrics.jsonl",
+                     "model.json", "model.safetensors"]
+    assert [m["epoch"] for m in read_metrics(tmp_path)] == [1, 2]
+    saved = mask_io.load(tmp_path / "masks.safetensors")
+    assert all(torch.equal(saved[n], masks[n]) for n in masks)
+    # The sidecar rebuilds the model, and the weights load with their exact zeros.
+    meta = checkpoint.read_meta(tmp_path / "model.safetensors")
+    assert meta["model"] == "lenet_300_100" and meta["finetune"]["accuracy"] == result.accuracy
+    again = checkpoint.load_into(models.create(meta["model"], 10, 1, 8), tmp_path / "model.safetensors")
+    assert_pruned_plus_zero(again, masks)
+    # Safetensors, no pickle: the header is JSON behind an 8-byte length.
+    raw = (tmp_path / STATE_FILE).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    assert header["__metadata__"]["format"] == "collapsekit-finetune"
+    assert read_state(tmp_path / STATE_FILE)["doc"]["epoch"] == 2
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_mid_epoch_and_resumed_matches_uninterrupted_run(dense, digits, tmp_path):
+    """Kill in epoch 3 of 4; resume: same masks, each epoch logged once, weights bit-identical to a clean run."""
+    clean_model, masks = pruned_copy(dense)
+    clean = finetune(clean_model, masks, digits, epochs=4, lr=0.05, device="cpu", out=tmp_path / "clean",
+                     progress=False)
+
+    model, masks2 = pruned_copy(dense)
+    steps = []
+
+    def die_in_epoch_3(m):
+        steps.append(1)
+        if len(steps) == 2 * 23 + 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        finetune(model, masks2, digits, epochs=4, lr=0.05, device="cpu", out=tmp_path / "run", progress=False,
+                 after_step=die_in_epoch_3)
+    assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]
+    assert read_state(tmp_path / "run" / STATE_FILE)["doc"]["epoch"] == 2
+
+    model, masks3 = pruned_copy(dense)  # what a restarted process rebuilds
+    resumed = finetune(model, masks3, digits, epochs=4, lr=0.05, device="cpu", out=tmp_path / "run",
+                       resume=True, progress=False)
+    assert resumed.resumed_from == 2
+    assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in resumed.history] == [1, 2, 3, 4]
+    assert all(torch.equal(resumed.masks[n], clean.masks[n]) for n in masks)
+    assert_pruned_plus_zero(model, masks)
+    for (name, a), b in zip(clean_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.accuracy == clean.accuracy
+
+    def timeless(history):
+        return [{k: v for k, v in m.items() if k != "seconds"} for m in history]
+
+    assert timeless(resumed.history) == timeless(clean.history)
+
+
+def test_resume_checks_it_is_the_same_run(dense, digits, tmp_path):
+    model, masks = pruned_copy(dense)
+    finetune(model, masks, digits, epochs=1, lr=0.05, device="cpu", out=tmp_path, progress=False)
+    model, masks = pruned_copy(dense)
+    with pytest.raises(CollapsekitError, match="already holds"):
+        finetune(model, masks, digits, epochs=1, lr=0.05, device="cpu", out=tmp_path, progress=False)
+    other, other_masks = pruned_copy(dense, sparsity=0.8)
+    with pytest.raises(CollapsekitError, match="different masks"):
+        finetune(other, other_masks, digits, epochs=1, lr=0.05, device="cpu", out=tmp_path, resume=True,
+                 progress=False)
+    with pytest.raises(CollapsekitError, match="lr"):
+        finetune(model, masks, digits, epochs=1, lr=0.01, device="cpu", out=tmp_path, resume=True, progress=False)
+    # A finished run resumes as a no-op that reports the same result.
+    done = finetune(model, masks, digits, epochs=1, lr=0.05, device="cpu", out=tmp_path, resume=True,
+                    progress=False)
+    assert done.resumed_from == 1 and [m["epoch"] for m in read_metrics(tmp_path)] == [1]
+
+
+def test_check_pruned_zero_catches_a_revived_weight(dense):
+    model, masks = pruned_copy(dense)
+    check_pruned_zero(model, masks)
+    name = next(iter(masks))
+    with torch.no_grad():
+        model.get_parameter(name)[~masks[name]] = 1.0
+    with pytest.raises(CollapsekitError, match="non-zero"):
+        check_pruned_zero(model, masks)
+
+
+def test_cli_finetune_then_resume_complete(dense, tmp_path, capsys):
+    from collapsekit.cli import main
+
+    checkpoint.save(dense, tmp_path / "dense" / "model.safetensors",
+                    {"model": "lenet_300_100", "num_classes": 10, "in_channels": 1, "input_size": 8, "data": "digits"})
+    args = ["finetune", "--checkpoint", str(tmp_path / "dense" / "model.safetensors"), "--sparsity", "0.95",
+            "--epochs", "2", "--lr", "0.05", "--out", str(tmp_path / "ft"), "--device", "cpu", "--no-progress",
+            "--format", "json"]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["epochs"] == 2 and doc["accuracy"] > 0.5 and doc["schedule"] == "oneshot"
+    masks = mask_io.load(tmp_path / "ft" / "masks.safetensors")
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.95 * total)
+    assert main(args) == 2  # the directory holds a run: refuse without --resume
+    assert "already holds" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from"] == 2
+
+
+@pytest.mark.slow
+def test_cli_killed_process_resumes(dense, tmp_path):
+    """SIGKILL a real `collapsekit finetune` after its first checkpoint; --resume completes every epoch once."""
+    checkpoint.save(dense, tmp_path / "dense" / "model.safetensors",
+                    {"model": "lenet_300_100", "num_classes": 10, "in_channels": 1, "input_size": 8, "data": "digits"})
+    out = tmp_path / "ft"
+    dense_path = tmp_path / "dense" / "model.safetensors"
+    cmd = [sys.executable, "-m", "collapsekit", "finetune", "--checkpoint", str(dense_path),
+           "--sparsity", "0.9", "--epochs", "20", "--lr", "0.05", "--batch-size", "16", "--out", str(out),
+           "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(read_metrics(out)) < 2:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = len(read_metrics(out))
+    assert 2 <= done < 20
+    killed_masks = read_state(out / STATE_FILE)["tensors"]
+    resumed = subprocess.run(cmd + ["--resume", "--format", "json"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert doc["resumed_from"] >= done
+    assert [m["epoch"] for m in read_metrics(out)] == list(range(1, 21))
+    final = mask_io.load(out / "masks.safetensors")
+    for name, keep in final.items():
+        assert torch.equal(keep, killed_masks[f"mask/{name}"])
+
+
+def test_bf16_autocast_wrapper_trains_with_exact_masks(dense, digits, monkeypatch):
+    """The engine as CUDA runs it (model under bf16 autocast), exercised with CPU autocast: masks stay exact."""
+    import importlib
+
+    engine = importlib.import_module("collapsekit.finetune")  # the module; ck.finetune is the function
+
+    model, masks = pruned_copy(dense)
+    wrapped = engine.BF16Autocast(model, device_type="cpu")
+    out = wrapped(digits.example_input())
+    assert out.dtype == torch.float32 and out.shape == (1, 10)
+    assert [id(p) for p in wrapped.parameters()] == [id(p) for p in model.parameters()]
+    monkeypatch.setattr(engine._MaskedRun, "_wrap", lambda self: engine.BF16Autocast(self.model, "cpu"))
+    result = finetune(model, masks, digits, epochs=2, lr=0.05, device="cpu", progress=False,
+                      after_step=lambda m: assert_pruned_plus_zero(m, masks))
+    assert_pruned_plus_zero(model, masks)
+    assert result.accuracy > 0.7

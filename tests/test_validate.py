@@ -1,0 +1,122 @@
+"""Predicted vs observed collapse: validate on a tiny MLP (fast) and the MobileNet / WRN experiment on digits (slow)."""
+import json
+
+import pytest
+import torch
+
+import collapsekit as ck
+from collapsekit import checkpoint, models
+from collapsekit.mtsearch import search_mt
+from collapsekit.mtsearch import to_text as mt_text
+from collapsekit.train import fit, seed_everything
+from collapsekit.validate import to_text, validate
+
+
+def trained(name, digits, epochs, lr, **kw):
+    seed_everything(0)
+    model = models.create(name, num_classes=10, in_channels=1, input_size=8, **kw)
+    fit(model, digits, epochs=epochs, lr=lr, batch_size=64, device="cpu", seed=0, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def lenet(digits):
+    return trained("lenet_300_100", digits, epochs=2, lr=0.05)
+
+
+def test_validate_mlp_agrees_at_alive_and_collapsed_levels(lenet, digits):
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    report = validate(lenet, digits, [0.9, 0.999], epochs=2, lr=0.05, device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in lenet.state_dict().items())  # copies were pruned
+    alive, dead = report.at(0.9), report.at(0.999)
+    assert not alive.predicted_collapsed and not alive.observed_collapsed and alive.trained
+    assert alive.accuracy > 0.8
+    # At 0.999 Global MP empties fc1 and fc2 (LeNet-300-100 has no bypass): a constant function.
+    assert dead.predicted_collapsed and set(dead.emptied_layers) == {"fc1.weight", "fc2.weight"}
+    assert dead.constant_after_prune and dead.observed_collapsed and not dead.trained
+    assert dead.accuracy <= report.chance + report.margin and dead.effective_sparsity == 1.0
+    assert report.agreement_rate == 1.0
+    text = to_text(report)
+    assert "agreement 2/2 (100%)" in text and "collapsed" in text
+    doc = json.loads(json.dumps(report.to_dict()))
+    assert doc["agreement_rate"] == 1.0 and [lv["agree"] for lv in doc["levels"]] == [True, True]
+    assert doc["levels"][1]["emptied_layers"] == ["fc1.weight", "fc2.weight"]
+
+
+def test_cli_validate_and_mt_search_json(lenet, tmp_path, capsys):
+    from collapsekit.cli import main
+
+    path = tmp_path / "model.safetensors"
+    checkpoint.save(lenet, path, {"model": "lenet_300_100", "num_classes": 10, "in_channels": 1, "input_size": 8,
+                                  "data": "digits"})
+    assert main(["validate", "--checkpoint", str(path), "--sparsity", "0.9", "0.999", "--epochs", "1", "--lr",
+                 "0.05", "--device", "cpu", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [lv["sparsity"] for lv in doc["levels"]] == [0.9, 0.999] and doc["agreement_rate"] == 1.0
+    assert main(["mt-search", "--checkpoint", str(path), "--sparsity", "0.999", "--mt", "0", "10",
+                 "--epochs", "1", "--lr", "0.05", "--device", "cpu", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    points = {p["mt"]: p for p in doc["points"]}
+    assert points[0]["predicted_collapsed"] and not points[10]["predicted_collapsed"]
+    best = max(doc["points"], key=lambda p: (p["accuracy"], -p["mt"]))
+    assert doc["best_mt"] == best["mt"] and doc["best_accuracy"] == best["accuracy"]
+    assert points[0]["accuracy"] <= 0.2  # collapsed: a constant function
+    assert main(["mt-search", "--checkpoint", str(path), "--sparsity", "0.999", "--mt", "50", "--epochs", "1",
+                 "--device", "cpu"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["mt-search", "--checkpoint", str(path), "--sparsity", "0.999", "--epochs", "1", "--lr", "0.05",
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "suggested MT" in text and "<- best" in text
+
+
+# -- the collapse experiment (DESIGN.md Background): MobileNet collapses, MT prevents it, WRN bypasses --------
+SPARSITY = 0.9  # above MobileNet-V1(0.25)'s collapse sparsity on digits (about 0.897), far below WRN-16-2's
+
+
+@pytest.fixture(scope="module")
+def mobilenet(digits):
+    """MobileNet-V1 width 0.25 on 8x8 digits, 8 epochs (about 0.75 test accuracy)."""
+    return trained("mobilenet_v1", digits, epochs=8, lr=0.05, width_mult=0.25)
+
+
+@pytest.fixture(scope="module")
+def wrn(digits):
+    """WRN-16-2 on 8x8 digits, 3 epochs (about 0.97 test accuracy)."""
+    return trained("wrn_16_2", digits, epochs=3, lr=0.1)
+
+
+@pytest.mark.slow
+def test_mobilenet_collapses_at_predicted_sparsity_and_validate_agrees(mobilenet, digits):
+    report = validate(mobilenet, digits, [0.5, SPARSITY], epochs=3, lr=0.02, device="cpu", name="mobilenet_v1")
+    print(to_text(report))
+    assert report.collapse_sparsity < SPARSITY
+    collapsed = report.at(SPARSITY)
+    assert collapsed.predicted_collapsed and collapsed.observed_collapsed
+    assert collapsed.accuracy <= report.chance + report.margin  # no better than chance
+    assert not report.at(0.5).predicted_collapsed and report.at(0.5).trained
+    assert report.agreement_rate == 1.0
+
+
+@pytest.mark.slow
+def test_mobilenet_with_suggested_mt_trains_above_chance(mobilenet, digits):
+    suggestion = ck.suggest_mt(mobilenet, digits.example_input(), SPARSITY)
+    assert suggestion.collapses_without_mt and suggestion.mt > 0
+    top = suggestion.search_range[-1]
+    result = search_mt(mobilenet, digits, SPARSITY, mts=[0, top], epochs=4, lr=0.02, device="cpu")
+    print(mt_text(result))
+    by_mt = {p.mt: p for p in result.points}
+    assert by_mt[0].predicted_collapsed and by_mt[0].accuracy <= 0.2
+    assert not by_mt[top].predicted_collapsed
+    assert result.best.mt == top and by_mt[top].accuracy > 0.1 + 0.2  # well above chance
+
+
+@pytest.mark.slow
+def test_wrn_does_not_collapse_at_that_sparsity(wrn, digits):
+    report = validate(wrn, digits, [SPARSITY], epochs=2, lr=0.05, device="cpu", name="wrn_16_2")
+    print(to_text(report))
+    level = report.at(SPARSITY)
+    assert report.collapse_sparsity > 0.99
+    assert not level.predicted_collapsed and not level.observed_collapsed
+    assert level.trained and level.accuracy > 0.8
+    assert report.agreement_rate == 1.0
