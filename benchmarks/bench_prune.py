@@ -1,9 +1,11 @@
 """Benchmark: ck.prune vs torch.nn.utils.prune.global_unstructured, wall time and peak extra memory.
 
-Each measurement runs in a fresh subprocess: build the model, reset the peak RSS
-(/proc/self/clear_refs "5"), prune, then read VmHWM. Peak extra memory is
-VmHWM minus the RSS just before pruning, reported as a multiple of the prunable
-weights' bytes (tracemalloc cannot see torch's allocations).
+Each side runs in a fresh process (benchmarks/jobs.py) on the same model and
+seed, after a warm-up call on a tiny model; peak extra memory is the kernel's
+high-water mark over the RSS just before the call (see _measure.py), reported
+as a multiple of the prunable weights' bytes.
+Goal (issue: pruning engine): ck.prune's peak extra memory <= 1.5x the
+prunable bytes on WRN-28-8 (global_unstructured: ~12x).
 
     python benchmarks/bench_prune.py            # WRN-28-8 (23.1M prunable weights)
     python benchmarks/bench_prune.py --quick    # ResNet-20
@@ -11,99 +13,33 @@ weights' bytes (tracemalloc cannot see torch's allocations).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
+
+from _measure import in_subprocess, table
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def child(method: str, model_name: str, sparsity: float, threads: int) -> dict:
-    import gc
-
-    import torch
-
-    import collapsekit as ck
-    from collapsekit.prunable import find_prunable
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = ck.models.create(model_name, num_classes=10, in_channels=3, input_size=32)
-    weights = find_prunable(model)
-    prunable_bytes = sum(w.numel for w in weights) * 4
-    gc.collect()
-    reset = _reset_peak()
-    before = _status("VmRSS")
-    start = time.perf_counter()
-    if method == "collapsekit":
-        result = ck.prune(model, sparsity)
-        pruned = result.pruned
-    else:
-        import torch.nn.utils.prune as torch_prune
-
-        params = [(model.get_submodule(w.module), w.name.rpartition(".")[2]) for w in weights]
-        torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
-        pruned = sum(int((getattr(m, f"{p}_mask") == 0).sum()) for m, p in params)
-    seconds = time.perf_counter() - start
-    peak = _status("VmHWM")
-    baseline = before if reset else max(before, peak)  # without a reset the peak may predate pruning
-    return {"method": method, "seconds": seconds, "peak_extra_bytes": peak - baseline,
-            "prunable_bytes": prunable_bytes, "pruned": pruned, "peak_reset": reset}
-
-
-def measure(method: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, "--model", args.model, "--sparsity", str(args.sparsity),
-           "--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="zoo model (default wrn_28_8; resnet20 with --quick)")
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=1, help="runs per method; the fastest time is kept")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side; the fastest time is kept")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--child", choices=["collapsekit", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.model = args.model or ("resnet20" if args.quick else "wrn_28_8")
-    if args.child:
-        print(json.dumps(child(args.child, args.model, args.sparsity, args.threads)))
-        return 0
+    model = args.model or ("resnet20" if args.quick else "wrn_28_8")
     rows = {}
-    for method in ("collapsekit", "torch"):
-        runs = [measure(method, args) for _ in range(args.repeats)]
-        best = min(runs, key=lambda r: r["seconds"])
-        best["peak_extra_bytes"] = max(r["peak_extra_bytes"] for r in runs)
-        rows[method] = best
-    ck_row, torch_row = rows["collapsekit"], rows["torch"]
-    mb = 1 << 20
-    print(f"model {args.model}, sparsity {args.sparsity}, {ck_row['prunable_bytes'] / 4 / 1e6:.1f}M prunable "
-          f"weights ({ck_row['prunable_bytes'] / mb:.0f} MiB), {args.threads} thread(s)")
-    for row in (ck_row, torch_row):
-        print(f"  {row['method']:<12} {row['seconds']:7.2f} s   peak extra {row['peak_extra_bytes'] / mb:8.0f} MiB"
-              f" = {row['peak_extra_bytes'] / row['prunable_bytes']:5.2f}x prunable bytes   pruned {row['pruned']}")
-    print(f"  time ratio torch/collapsekit {torch_row['seconds'] / ck_row['seconds']:.2f}x, "
-          f"memory ratio torch/collapsekit {torch_row['peak_extra_bytes'] / max(ck_row['peak_extra_bytes'], 1):.2f}x")
-    return 0
+    for job in ("ck_prune", "torch_global"):
+        runs = [in_subprocess(job, model=model, sparsity=args.sparsity) for _ in range(args.repeats)]
+        rows[job] = {"seconds": min(r["seconds"] for r in runs),
+                     "peak_extra_mib": max(r["peak_extra_mib"] for r in runs),
+                     "prunable_mib": runs[0]["prunable_mib"]}
+    ours, base = rows["ck_prune"], rows["torch_global"]
+    mib = ours["prunable_mib"]
+    print(f"{model} at sparsity {args.sparsity}: {mib:.0f} MiB of prunable weights")
+    print(table([["", "seconds", "peak extra MiB", "x prunable bytes"]] + [
+        [name, f"{r['seconds']:.2f}", f"{r['peak_extra_mib']:.0f}", f"{r['peak_extra_mib'] / mib:.2f}"]
+        for name, r in (("ck.prune", ours), ("torch global_unstructured", base))]))
+    print(f"time ratio global_unstructured / ck.prune: {base['seconds'] / ours['seconds']:.1f}x")
+    print(f"memory ratio ck.prune / prunable bytes: {ours['peak_extra_mib'] / mib:.2f} (goal <= 1.5)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -2,7 +2,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn as nn
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread():
+    # The test models are tiny: on 2 cores one intra-op thread is faster than two,
+    # and subprocess tests (torchrun, resume) do not oversubscribe the machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def tiny_mlp(num_classes: int = 10, in_channels: int = 1, input_size: int = 8) -> nn.Module:

@@ -11,14 +11,6 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.prune import apply_masks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -16,15 +16,6 @@ from collapsekit.prune import apply_masks, check_masks, count_macs
 from collapsekit.trace import trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convs on 2 shared cores run faster on one thread than on two.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class TiedNet(nn.Module):
     """An MLP of small integer weights (many ties, many exact zeros) with one Linear used twice."""
 
