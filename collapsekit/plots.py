@@ -16,7 +16,6 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import FuncNorm
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from collapsekit.report import CollapseReport, LevelReport
@@ -29,16 +28,17 @@ ALIVE = "#1e8449"
 EMPTIED_MARK = "\u00d7"  # the multiplication sign drawn in an emptied heatmap cell
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """An empty constrained-layout Figure (inches) on its own Agg canvas: savefig and Jupyter need no pyplot."""
     fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # an Agg canvas of its own: savefig and Jupyter need no pyplot backend
+    FigureCanvasAgg(fig)
     return fig
 
 
-def _style():
+def style():
+    """Context manager: seaborn's whitegrid look for the axes created inside it (rcParams are left alone)."""
     import seaborn as sns
 
-    # Applied only to axes created inside the block; rcParams are left alone.
     return sns.axes_style("whitegrid")
 
 
@@ -52,7 +52,7 @@ def _short(name: str, limit: int = 32) -> str:
     return name if len(name) <= limit else name[: limit // 2 - 1] + "\u2026" + name[-(limit // 2):]
 
 
-def _logit_sparsity_axis(ax, axis: str, lo: float, hi: float) -> None:
+def logit_sparsity_axis(ax, axis: str, lo: float, hi: float) -> None:
     """A logit axis from `lo` to `hi`: 0.9, 0.99 and 0.999 equally far apart, where collapse happens."""
     from matplotlib.ticker import FuncFormatter, LogitLocator, NullFormatter
 
@@ -85,7 +85,7 @@ def _sparsity_range(values, pad: float = 3.0) -> tuple[float, float]:
 
 # -- per-layer pruned fraction over the target sparsities ---------------------------------------------------------
 def heatmap_matrix(report: CollapseReport) -> tuple[list[str], list[float], np.ndarray, np.ndarray]:
-    """(layer names, sparsities, pruned fraction [layers x levels], emptied [layers x levels]) as `sparsity_heatmap` draws.
+    """(layer names, sparsities, pruned fraction, emptied): the [layers x levels] data `sparsity_heatmap` draws.
 
     Emptied comes from each level's `emptied_layers`, not from a float compare,
     so a layer 99.999 % pruned is never marked emptied.
@@ -122,8 +122,8 @@ def sparsity_heatmap(report: CollapseReport) -> Figure:
     names, sparsities, fraction, emptied = heatmap_matrix(report)
     bypass = np.array([lay.bypassable for lay in report.layers], dtype=bool)
     n_rows, n_cols = fraction.shape
-    fig = _figure(max(6.0, 2.6 + 0.42 * n_cols), max(3.2, 1.6 + 0.24 * n_rows))
-    with _style():
+    fig = new_figure(max(6.0, 2.6 + 0.42 * n_cols), max(3.2, 1.6 + 0.24 * n_rows))
+    with style():
         grid = fig.add_gridspec(1, 2, width_ratios=[0.35, max(n_cols, 1)], wspace=0.01)
         strip = fig.add_subplot(grid[0, 0])
         ax = fig.add_subplot(grid[0, 1])
@@ -175,9 +175,9 @@ def critical_sparsity_plot(report: CollapseReport) -> Figure:
     """Figure: each layer's critical sparsity (logit axis), bottlenecks in red, the collapse sparsity as a line.
 
     A layer with critical sparsity 1 (MT protects it, or it holds the net's
-    largest weight) is drawn as a triangle at the right edge. A bottleneck left of the line would cut every path, so the first
-    one bounds the collapse sparsity from above; collapse can come earlier
-    through dead channels.
+    largest weight) is drawn as a triangle at the right edge. The first
+    bottleneck to empty bounds the collapse sparsity from above (it cuts every
+    path); collapse can come earlier through dead channels.
     """
     layers = report.layers
     n = len(layers)
@@ -185,10 +185,10 @@ def critical_sparsity_plot(report: CollapseReport) -> Figure:
     finite = crit < 1.0
     marks = list(crit[finite]) + ([report.collapse_sparsity] if report.collapse_sparsity < 1.0 else [])
     lo, hi = _sparsity_range(marks or [0.5, 0.99])
-    fig = _figure(7.5, max(3.2, 1.5 + 0.22 * n))
-    with _style():
+    fig = new_figure(7.5, max(3.2, 1.5 + 0.22 * n))
+    with style():
         ax = fig.add_subplot()
-    _logit_sparsity_axis(ax, "x", lo, hi)
+    logit_sparsity_axis(ax, "x", lo, hi)
     y = np.arange(n)
     bypass = np.array([lay.bypassable for lay in layers], dtype=bool)
     for group, colour, label, size in ((~bypass, BOTTLENECK, "bottleneck", 55), (bypass, BYPASSABLE, "bypassable", 30)):
@@ -235,8 +235,8 @@ def effective_vs_nominal(report: CollapseReport) -> Figure:
     nominal = np.array([lv.sparsity for lv in levels], dtype=float)
     effective = np.array([lv.effective_sparsity for lv in levels], dtype=float)
     collapsed = np.array([lv.collapsed for lv in levels], dtype=bool)
-    fig = _figure(10.0, 4.2)
-    with _style():
+    fig = new_figure(10.0, 4.2)
+    with style():
         left, right = fig.subplots(1, 2)
     left.plot([0, 1], [0, 1], color="0.6", lw=1, ls=":", label="effective = nominal")
     left.plot(nominal, effective, "-o", color=BYPASSABLE, ms=4, label="effective sparsity", gid="effective")
@@ -261,7 +261,7 @@ def effective_vs_nominal(report: CollapseReport) -> Figure:
     right.set_yscale("log")
     right.set_ylim(floor * 0.8, 1.0)
     if len(nominal):
-        _logit_sparsity_axis(right, "x", *_sparsity_range(nominal, pad=1.5))
+        logit_sparsity_axis(right, "x", *_sparsity_range(nominal, pad=1.5))
     if report.collapse_sparsity < 1.0:
         for ax in (left, right):
             ax.axvline(report.collapse_sparsity, color="black", ls="--", lw=1, gid="collapse_sparsity")
@@ -296,8 +296,8 @@ def mt_effect(report_without_mt: CollapseReport, report_with_mt: CollapseReport,
     layers = base.layers
     n = len(layers)
     y = np.arange(n)
-    fig = _figure(8.0, max(3.4, 1.6 + 0.26 * n))
-    with _style():
+    fig = new_figure(8.0, max(3.4, 1.6 + 0.26 * n))
+    with style():
         ax = fig.add_subplot()
     floor = 0.5  # log axis: an emptied layer's bar would start at -inf, so it gets an x at the floor instead
     height = 0.38
@@ -350,8 +350,8 @@ def mt_search_curve(result) -> Figure:
     tuned = np.array([p["accuracy"] for p in points], dtype=float)
     pruned = np.array([p["accuracy_pruned"] for p in points], dtype=float)
     dead = np.array([p["predicted_collapsed"] for p in points], dtype=bool)
-    fig = _figure(6.5, 4.0)
-    with _style():
+    fig = new_figure(6.5, 4.0)
+    with style():
         ax = fig.add_subplot()
     ax.plot(mt, tuned, "-o", color=ALIVE, label=f"after fine-tuning ({doc.get('epochs', '?')} epochs)",
             gid="accuracy")
@@ -389,13 +389,13 @@ def compare_reports(reports: dict[str, CollapseReport]) -> Figure:
     collapse = np.array([reports[n].collapse_sparsity for n in names], dtype=float)
     bypass = np.array([sum(lay.bypassable for lay in reports[n].layers) for n in names])
     total = np.array([len(reports[n].layers) for n in names])
-    fig = _figure(10.0, 1.6 + 0.6 * len(names))
-    with _style():
+    fig = new_figure(10.0, 1.6 + 0.6 * len(names))
+    with style():
         left, right = fig.subplots(1, 2)
     y = np.arange(len(names))
     shown = np.where(collapse < 1.0, collapse, np.nan)
     lo, hi = _sparsity_range(collapse[collapse < 1.0] if (collapse < 1.0).any() else [0.9, 0.999])
-    _logit_sparsity_axis(left, "x", lo, hi)
+    logit_sparsity_axis(left, "x", lo, hi)
     left.scatter(shown, y, s=70, color=COLLAPSED, zorder=3, gid="collapse_sparsity")
     for i, c in enumerate(collapse):
         text = f"{c:.4f}" if c < 1.0 else "never"
@@ -446,5 +446,5 @@ def _metadata(fmt: str) -> dict | None:
     return None
 
 
-__all__ = ["sparsity_heatmap", "heatmap_matrix", "critical_sparsity_plot", "effective_vs_nominal", "mt_effect",
+__all__ = ["new_figure", "style", "logit_sparsity_axis", "sparsity_heatmap", "heatmap_matrix", "critical_sparsity_plot", "effective_vs_nominal", "mt_effect",
            "kept_weights", "mt_search_curve", "compare_reports", "save", "FORMATS", "EMPTIED_MARK"]

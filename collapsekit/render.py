@@ -28,7 +28,8 @@ def level_rows(report: CollapseReport) -> list[list[str]]:
     for lv in report.levels:
         emptied = ", ".join(lv.emptied_layers[:2]) + (f" (+{len(lv.emptied_layers) - 2} more)"
                                                        if len(lv.emptied_layers) > 2 else "")
-        rows.append([f"{lv.sparsity:g}", "COLLAPSED" if lv.collapsed else "ok", f"{lv.effective_sparsity:.4f}",
+        verdict = "COLLAPSED" if lv.collapsed else "constant*" if lv.value_collapsed else "ok"
+        rows.append([f"{lv.sparsity:g}", verdict, f"{lv.effective_sparsity:.4f}",
                      str(lv.effective_depth), str(lv.dead_channel_count), str(len(lv.emptied_layers)),
                      emptied or "-"])
     return rows
@@ -45,18 +46,27 @@ def layer_rows(report: CollapseReport) -> list[list[str]]:
             for lay in report.layers]
 
 
+VALUE_NOTE = ("* constant at the current weights although a kept path remains "
+              "(value-level collapse: ReLUs cut off by weight signs)")
+
+
 def to_text(report: CollapseReport) -> str:
     """The terminal form: verdict first, then the levels, then the per-layer table."""
     parts = verdict_lines(report)
-    parts += ["", _table(LEVEL_HEADER, level_rows(report)), "", _table(LAYER_HEADER, layer_rows(report))]
+    parts += ["", _table(LEVEL_HEADER, level_rows(report))]
+    if any(lv.value_collapsed and not lv.collapsed for lv in report.levels):
+        parts.append(VALUE_NOTE)
+    parts += ["", _table(LAYER_HEADER, layer_rows(report))]
     return "\n".join(parts)
 
 
 def to_markdown(report: CollapseReport) -> str:
     """The same content as GitHub markdown."""
     parts = [f"# Collapse report: {report.model}", ""] + [f"- {line}" for line in verdict_lines(report)]
-    parts += ["", "## Levels", "", _md_table(LEVEL_HEADER, level_rows(report)),
-              "", "## Layers", "", _md_table(LAYER_HEADER, layer_rows(report))]
+    parts += ["", "## Levels", "", _md_table(LEVEL_HEADER, level_rows(report))]
+    if any(lv.value_collapsed and not lv.collapsed for lv in report.levels):
+        parts += ["", VALUE_NOTE]
+    parts += ["", "## Layers", "", _md_table(LAYER_HEADER, layer_rows(report))]
     return "\n".join(parts)
 
 

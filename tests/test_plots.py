@@ -20,8 +20,8 @@ SHAPE = ["--in-channels", "1", "--input-size", "4", "--num-classes", "3"]  # bot
 def bottleneck_mlp(num_classes: int = 3, in_channels: int = 1, input_size: int = 4) -> nn.Module:
     """Flattened image -> 12 -> 8 -> classes, the middle layer scaled down so Global MP empties it first."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size * input_size, 12), nn.ReLU(), nn.Linear(12, 8),
-                          nn.ReLU(), nn.Linear(8, num_classes))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size * input_size, 12), nn.ReLU(),
+                          nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, num_classes))
     with torch.no_grad():
         model[3].weight.mul_(0.05)
     return model

@@ -55,6 +55,11 @@ def resolve(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: 
     if ":" not in spec:
         return create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
     module_name, _, attr = spec.partition(":")
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside the user resolve
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import failure is the user's spec, not our bug
