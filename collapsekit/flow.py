@@ -468,6 +468,7 @@ class ChannelFlow(fx.Interpreter):
         self.masks = masks  # .keep(name) -> bool mask; .channel_conn(name) -> bool [O, I/groups] or None
         self.effective: dict[str, torch.Tensor] = {}  # name -> bool: kept and on an input-output path
         self.reached_pairs: dict[str, torch.Tensor] = {}  # channel level: name -> bool [O, I/groups]
+        self.interpreted: set[str] = set()  # weights some rule applied (others hide in opaque modules)
         self.outputs_of: dict[str, list[torch.Tensor]] = {}
         self._attr_masks: list[tuple[str, torch.Tensor]] = []  # bare matrices read through get_attr
         self._layer_of_module = {alias.rpartition(".")[0]: w.name for w in weights if w.kind in ("conv", "linear")
@@ -485,6 +486,7 @@ class ChannelFlow(fx.Interpreter):
         name = self._canonical.get(name, name)
         if name not in self.masks:
             return op(x, torch.ones(tensor.shape, dtype=self._dtype))
+        self.interpreted.add(name)
         record, conn = self._record, None
         if self.channel_level and channel_op is not None:
             conn = self.masks.channel_conn(name)
@@ -591,6 +593,8 @@ class ChannelFlow(fx.Interpreter):
             return real
         mask = self.weight_of(target, real).requires_grad_(self.backward and torch.is_grad_enabled())
         name = self._canonical.get(target)
+        if name is not None:
+            self.interpreted.add(name)
         if name is not None and mask.requires_grad:
             self._attr_masks.append((name, mask))
         return Weight(mask, name)
@@ -817,6 +821,10 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
 def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> int:
     if collapsed:
         return 0  # no input-output path at all
+    if name not in flow.interpreted:
+        # Applied inside a module with no rule (or never applied): its paths are
+        # unknown, so every kept weight counts as effective (never overstate sparsity).
+        return int(masks.keep(name).sum())
     count = int(flow.effective[name].sum()) if name in flow.effective else 0
     if name in flow.reached_pairs:
         count += masks.effective_count(name, flow.reached_pairs[name])

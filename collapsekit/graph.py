@@ -4,6 +4,10 @@ It answers the topological questions of the report: which prunable layers a
 residual path avoids (bypassable) and which every path crosses (bottlenecks,
 found as dominators of the output), where a bypassable layer's branch rejoins
 the trunk, and how deep the network stays once some layers are emptied.
+
+A weight inside a module the tracer keeps opaque (nn.TransformerEncoderLayer,
+nn.GRU) is judged by that module's node: its verdict can only be as fine as the
+graph the tracer gives.
 """
 from __future__ import annotations
 
@@ -69,9 +73,13 @@ def _layer_nodes(gm: fx.GraphModule, weights: list[PrunableWeight], g: nx.DiGrap
     by_attr = {alias: w.name for w in weights for alias in (w.name, *w.aliases)}
     found: dict[str, list[str]] = {w.name: [] for w in weights}
     for n in gm.graph.nodes:
-        if n.op == "call_module" and n.target in by_module and n.name in g:
-            for name in by_module[n.target]:
-                found[name].append(n.name)
+        if n.op == "call_module" and n.name in g:
+            # The module itself, or a leaf module the tracer did not enter that holds
+            # it (e.g. nn.TransformerEncoderLayer owning its attention and linears).
+            for module, names in by_module.items():
+                if module == n.target or module.startswith(n.target + "."):
+                    for name in names:
+                        found[name].append(n.name)
         elif n.op == "get_attr" and n.target in by_attr:
             # A bare matrix: the layer is where it first meets the activations.
             found[by_attr[n.target]].extend(_first_on_path(n, g))

@@ -181,3 +181,50 @@ def check_soundness_only(model, example, sparsities):
             assert probe.output_is_constant(real, an.traced.example_inputs)
         out.append(flow)
     return out
+
+
+def test_unseen_architectures_stay_sound():
+    # Idioms the zoo does not use: in-place ReLU and +=, view(size(0), -1), functional
+    # pooling, a GRU and a transformer layer that the tracer keeps opaque.
+    class TorchvisionStyle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(8)
+            self.relu = nn.ReLU(inplace=True)
+            self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.relu(self.bn(self.c1(x)))
+            out = self.c2(x)
+            out += x
+            out = torch.nn.functional.adaptive_avg_pool2d(self.relu(out), (1, 1))
+            return self.fc(out.view(out.size(0), -1))
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(6, 12, batch_first=True)
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            return self.fc(out[:, -1])
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 16, 4, 4)
+            self.enc = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            return self.head(self.enc(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+    torch.manual_seed(0)
+    cases = [(TorchvisionStyle(), (1, 3, 8, 8)), (Recurrent(), (1, 7, 6)), (Encoder(), (1, 3, 16, 16))]
+    for model, shape in cases:
+        verdicts = check_soundness_only(model, torch.randn(*shape), (0.5, 0.9, 0.99, 0.999))
+        assert verdicts[-1].collapsed, type(model).__name__
+        assert all(v.effective is not None for v in verdicts)

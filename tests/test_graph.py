@@ -68,3 +68,21 @@ def test_shared_weight_used_twice_is_judged_over_all_its_uses():
     lg = build_graph(trace(model, torch.randn(1, 4)), weights)
     assert len(lg.layer_nodes["a.weight"]) == 2
     assert lg.bypassable["a.weight"] is False  # emptying the one tensor cuts both paths
+
+
+def test_weights_inside_an_opaque_module_belong_to_its_node():
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(6, 16)
+            self.enc = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.enc(self.embed(x)).mean(1))
+
+    model = Encoder()
+    lg = graph_of(model, (1, 5, 6))
+    inner = [name for name in lg.layer_nodes if name.startswith("enc.")]
+    assert len(inner) == 4
+    assert all(lg.layer_nodes[name] == lg.layer_nodes[inner[0]] != () for name in inner)
