@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils.data import TensorDataset
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -39,6 +40,15 @@ class TiedNet(nn.Module):
 
     def forward(self, x):
         return self.b(self.a(x).relu())
+
+
+def tiny_loader(input_size=None, channels=None, seed=0):
+    """A user's own data loader (`--data conftest:tiny_loader`): 4 classes of 1x8x8 blobs."""
+    from collapsekit.data import DataBundle, load
+
+    base = load("synthetic", seed=seed)
+    keep = lambda ds: TensorDataset(*(t[ds.tensors[1] < 4] for t in ds.tensors))  # noqa: E731
+    return DataBundle("tiny", keep(base.train), keep(base.test), 4, base.in_channels, base.input_size)
 
 
 def zoo_names() -> list[str]:

@@ -246,3 +246,20 @@ def test_synthetic_shapes_and_seeds():
     seq = data.load("synthetic_seq", input_size=20, channels=4)
     assert seq.train.tensors[0].shape == (512, 20, 4) and (seq.in_channels, seq.input_size) == (4, 20)
     assert data.native_shape("synthetic_seq") == (10, 3, 16)
+
+
+def test_own_loader_by_spec_trains_through_the_cli(tmp_path, capsys):
+    from collapsekit.cli import main
+
+    bundle = data.load("conftest:tiny_loader")
+    assert bundle.num_classes == 4 and int(bundle.train.tensors[1].max()) == 3
+    code = main(["train", "--model", "conftest:tiny_mlp", "--data", "conftest:tiny_loader", "--num-classes", "4",
+                 "--in-channels", "1", "--input-size", "8", "--epochs", "2", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
+    assert code == 0 and (tmp_path / "run" / "model.safetensors").is_file()
+    with pytest.raises(CollapsekitError, match="not a collapsekit.data.DataBundle"):
+        data.load("conftest:tiny_mlp", input_size=8, channels=1)
+    with pytest.raises(CollapsekitError, match="data loader 'conftest:tiny_mlp' failed: TypeError"):
+        data.load("conftest:tiny_mlp")
+    with pytest.raises(CollapsekitError, match="cannot import module"):
+        data.load("no_such_module:loader")

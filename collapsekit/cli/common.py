@@ -34,7 +34,8 @@ def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> No
     from collapsekit import data
 
     _add_once(parser, "--data", metavar="NAME", required=required,
-              help=f"data set: {', '.join(data.names())} (default: the checkpoint's)")
+              help=f"data set: {', '.join(data.names())}, or package.module:loader returning a DataBundle "
+                   "(default: the checkpoint's)")
     _add_once(parser, "--data-path", metavar="DIR",
               help="folder of a downloaded data set (cifar10: the python batches; har: 'UCI HAR Dataset')")
     _add_once(parser, "--input-size", type=int, metavar="S",

@@ -84,8 +84,23 @@ def load(name: str, path=None, input_size: int | None = None, channels: int | No
     """The named dataset as a DataBundle, resized to `input_size` and `channels` where that makes sense.
 
     `path` is where the files of a downloaded dataset live (cifar10, har, har2);
-    `seed` only changes synthetic data: real splits are fixed.
+    `seed` only changes synthetic data: real splits are fixed. A `package.module:loader`
+    name calls the user's loader with the keywords it accepts; it must return a DataBundle.
     """
+    if ":" in name and name not in _LOADERS:
+        from collapsekit.spec import call_with_accepted, load_callable
+
+        loader = load_callable(name, "data")
+        try:
+            bundle = call_with_accepted(loader, dict(path=path, input_size=input_size, channels=channels, seed=seed))
+        except CollapsekitError:
+            raise
+        except Exception as exc:  # the user's loader failed: say so in one line
+            raise CollapsekitError(f"data loader {name!r} failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(bundle, DataBundle):
+            raise CollapsekitError(f"data loader {name!r} returned {type(bundle).__name__}, not a "
+                                   "collapsekit.data.DataBundle")
+        return bundle
     target, _ = _LOADERS[_check_name(name)]
     module_name, _, attr = target.partition(":")
     loader = getattr(importlib.import_module(module_name), attr)

@@ -1,12 +1,12 @@
 """The model zoo: plain-torch factories by name, plus any importable `package.module:factory`."""
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import call_with_accepted, load_callable
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _LAYOUT: dict[str, str] = {}
@@ -54,36 +54,12 @@ def resolve(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: 
     """A model from a zoo name or from `package.module:factory` (called with the zoo's keywords it accepts)."""
     if ":" not in spec:
         return create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
-    module_name, _, attr = spec.partition(":")
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside the user resolve
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any import failure is the user's spec, not our bug
-        raise CollapsekitError(f"cannot import module {module_name!r} from model spec {spec!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise CollapsekitError(f"module {module_name!r} has no callable {attr!r} (model spec {spec!r})")
+    factory = load_callable(spec, "model")
     offered = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
-    model = _call_with_accepted(factory, offered)
+    model = call_with_accepted(factory, offered)
     if not isinstance(model, nn.Module):
         raise CollapsekitError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _call_with_accepted(factory, offered: dict):
-    import inspect
-
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return factory()
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return factory(**offered)
-    return factory(**{k: v for k, v in offered.items() if k in params})
 
 
 def _load_zoo() -> None:
