@@ -26,7 +26,6 @@ def main(argv=None) -> int:
     name = args.model or ("resnet20" if args.quick else "wrn_28_8")
 
     import torch
-    import torch.nn.utils.prune as torch_prune
     from safetensors.torch import save_model
 
     import collapsekit as ck

@@ -11,7 +11,7 @@ from _measure import measure  # noqa: E402
 
 import collapsekit as ck  # noqa: E402
 import collapsekit.report  # noqa: E402,F401  (imports stay outside the measured region)
-from collapsekit.prunable import find_prunable, tensors  # noqa: E402
+from collapsekit.prunable import find_prunable  # noqa: E402
 
 
 def _model(name: str, input_size: int):

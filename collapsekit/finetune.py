@@ -40,6 +40,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from collapsekit import distributed
 from collapsekit.errors import CollapsekitError
+from collapsekit.safefile import read_tagged
 from collapsekit.schedules import PruningSchedule
 
 STATE_FILE = "checkpoint.safetensors"
@@ -504,20 +505,8 @@ def _save_tensors(tensors: dict, path: Path, metadata: dict) -> None:
 
 def read_state(path) -> dict:
     """{"doc": header JSON, "tensors": {name: tensor}} of a fine-tuning checkpoint (no pickle is read)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise CollapsekitError(f"{path} is not a collapsekit fine-tuning checkpoint")
-            doc = json.loads(meta["state"])
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except CollapsekitError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - truncated file, bad header
-        raise CollapsekitError(f"fine-tuning checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
+    meta, tensors = read_tagged(path, FORMAT, "fine-tuning checkpoint", json_keys=("state",))
+    doc = meta["state"]
     if doc.get("version") != VERSION:
         raise CollapsekitError(f"{path} has checkpoint version {doc.get('version')}, this collapsekit reads {VERSION}")
     return {"doc": doc, "tensors": tensors}

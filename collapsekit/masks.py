@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.safefile import read_tagged
 
 FORMAT = "collapsekit-masks"
 VERSION = "1"
@@ -58,21 +59,11 @@ def save(masks: dict[str, torch.Tensor], path) -> Path:
 
 def load(path) -> dict[str, torch.Tensor]:
     """The bool keep-masks stored by `save`, by parameter name."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CollapsekitError(f"mask file {path} not found")
+    meta, packed = read_tagged(path, FORMAT, "mask file", json_keys=("shapes",))
+    shapes = meta["shapes"]
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise CollapsekitError(f"{path} is not a collapsekit mask file (format {meta.get('format')!r})")
-            shapes = json.loads(meta["shapes"])
-            masks = {name: unpack(fh.get_tensor(name), shapes[name]) for name in fh.keys()}
-    except CollapsekitError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - truncated file, bad header, missing shape
+        masks = {name: unpack(bits, shapes[name]) for name, bits in packed.items()}
+    except Exception as exc:  # noqa: BLE001 - a missing or wrong shape
         raise CollapsekitError(f"mask file {path} is corrupt: {type(exc).__name__}: {exc}") from None
     if set(masks) != set(shapes):
         raise CollapsekitError(f"mask file {path} lists shapes for masks it does not hold")

@@ -67,3 +67,15 @@ def digits():
     from collapsekit import data
 
     return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def dense(digits):
+    """LeNet-300-100 trained two epochs on digits (about 0.9 test accuracy); one per test module."""
+    from collapsekit import models
+    from collapsekit.train import fit, seed_everything
+
+    seed_everything(0)
+    model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
+    fit(model, digits, epochs=2, lr=0.05, batch_size=64, device="cpu", seed=0, progress=False)
+    return model

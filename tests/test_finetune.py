@@ -15,18 +15,9 @@ from collapsekit import checkpoint, models
 from collapsekit import masks as mask_io
 from collapsekit.errors import CollapsekitError
 from collapsekit.finetune import STATE_FILE, check_pruned_zero, finetune, read_metrics, read_state
-from collapsekit.train import SCHEDULES, fit, seed_everything
+from collapsekit.train import SCHEDULES
 
 SPARSITY = 0.9
-
-
-@pytest.fixture(scope="module")
-def dense(digits):
-    """LeNet-300-100 trained two epochs on digits (about 0.9 test accuracy)."""
-    seed_everything(0)
-    model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
-    fit(model, digits, epochs=2, lr=0.05, batch_size=64, device="cpu", seed=0, progress=False)
-    return model
 
 
 def pruned_copy(dense, sparsity=SPARSITY, mt=None):

@@ -5,7 +5,6 @@ from collapsekit import models
 from collapsekit import schedules as sch
 from collapsekit.errors import CollapsekitError
 from collapsekit.finetune import read_metrics
-from collapsekit.train import fit, seed_everything
 
 
 def test_cubic_sparsity_endpoints_and_shape():
@@ -48,14 +47,6 @@ def test_plans():
         sch.PruningSchedule("x", 3, ((1, 0.9), (2, 0.5)))
     with pytest.raises(CollapsekitError, match="unknown"):
         sch.make("cyclic", 0.9, 3)
-
-
-@pytest.fixture(scope="module")
-def dense(digits):
-    seed_everything(0)
-    model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
-    fit(model, digits, epochs=2, lr=0.05, batch_size=64, device="cpu", seed=0, progress=False)
-    return model
 
 
 def fresh(dense):
