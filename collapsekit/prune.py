@@ -181,7 +181,7 @@ class MTSuggestion:
     sparsity: float
     mt: int  # 0 when no MT is needed, or none helps (see `reason`)
     percent: float  # `mt` as a percent of all prunable weights (the reference --min-threshold)
-    search_range: tuple[int, ...]  # MT counts to try empirically, log-spaced from mt up to 8*mt
+    search_range: tuple[int, ...]  # MT counts to try, log-spaced from mt to max(8*mt, reference 0.05 %)
     collapses_without_mt: bool
     max_mt: int  # the largest MT the sparsity leaves room for
     total: int
@@ -247,13 +247,20 @@ def suggest_mt(model: nn.Module, example_inputs, sparsity: float, include: list[
             lo = mid
         else:
             hi = mid
-    # Candidates for the empirical (accuracy) search, each checked not to collapse.
-    top = min(8 * hi, max_mt)
+    # Candidates for the empirical (accuracy) search, each checked not to collapse: from
+    # the floor up to 8x it, or to the reference code's default (0.05 % of the prunable
+    # weights) when that is larger; a floor this thin often keeps paths too weak to train.
+    top = min(max(8 * hi, reference_mt(total)), max_mt)
     grid = sorted({int(round(v)) for v in np.geomspace(hi, top, 5)}) if top > hi else [hi]
     search = tuple(m for m in grid if m == hi or not collapses(m))
     return MTSuggestion(mt=hi, percent=100.0 * hi / total, search_range=search, collapses_without_mt=True,
                         evaluations=runs, reason=f"MT={hi} keeps a path to every output; MT={lo} does not" if require == "every_output"
                         else f"MT={hi} keeps a path; MT={lo} collapses", **base)
+
+
+def reference_mt(total: int) -> int:
+    """The reference code's default Minimum Threshold, 0.05 % of the prunable weights, as a count."""
+    return resolve_mt(0.05, total)
 
 
 def _largest_mt(index: MagnitudeIndex, k: int) -> int:

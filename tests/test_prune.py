@@ -244,7 +244,7 @@ def test_suggest_mt_is_the_smallest_mt_that_keeps_a_path():
     collapsed, bad = verdict(sug.mt - 1)
     assert collapsed and probe.output_is_constant(bad, (x,))
     rng = list(sug.search_range)
-    assert rng[0] == sug.mt and rng == sorted(set(rng)) and rng[-1] <= min(8 * sug.mt, sug.max_mt)
+    assert rng[0] == sug.mt and rng == sorted(set(rng)) and rng[-1] <= min(max(8 * sug.mt, resolve_mt(0.05, total)), sug.max_mt)
     assert len(rng) >= 3 and all(not verdict(m)[0] for m in rng)
     assert json.loads(json.dumps(sug.to_dict()))["mt"] == sug.mt
 
