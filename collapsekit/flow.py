@@ -93,28 +93,22 @@ FUNCTION_RULES: dict[object, Callable] = {}
 METHOD_RULES: dict[str, Callable] = {}
 
 
-def module_rule(*types):
-    def wrap(fn):
-        for t in types:
-            MODULE_RULES[t] = fn
-        return fn
-    return wrap
+def _rule_for(table: dict):
+    """Decorator factory: `@rule(key, ...)` files the decorated transfer rule under each key."""
+
+    def rule(*keys):
+        def wrap(fn):
+            for key in keys:
+                table[key] = fn
+            return fn
+        return wrap
+
+    return rule
 
 
-def function_rule(*fns):
-    def wrap(fn):
-        for f in fns:
-            FUNCTION_RULES[f] = fn
-        return fn
-    return wrap
-
-
-def method_rule(*names):
-    def wrap(fn):
-        for n in names:
-            METHOD_RULES[n] = fn
-        return fn
-    return wrap
+module_rule = _rule_for(MODULE_RULES)  # keyed by module type (looked up along the MRO)
+function_rule = _rule_for(FUNCTION_RULES)  # keyed by the called function or aten overload
+method_rule = _rule_for(METHOD_RULES)  # keyed by tensor method name
 
 
 def _aten(*names):

@@ -67,8 +67,8 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     changed. `finetune_kwargs` go to `finetune.finetune`.
     """
     from collapsekit.finetune import finetune
-    from collapsekit.prune import prune, suggest_mt
-    from collapsekit.report import analyze
+    from collapsekit.prune import apply_masks, suggest_mt
+    from collapsekit.report import analyze_prepared, prepare, with_mt
 
     example = bundle.example_input()
     suggestion = suggest_mt(model, example, sparsity)
@@ -80,11 +80,15 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
         raise CollapsekitError(f"MT {bad} out of range: sparsity {sparsity} leaves room for MT 0..{suggestion.max_mt}")
     mts = sorted({int(m) for m in mts})
     points = []
+    base = prepare(model, example)  # one trace and one sort for every MT: only the allocation changes
     for mt in mts:
-        level = analyze(model, example, sparsities=[sparsity], mt=mt).at(sparsity)
+        an = with_mt(base, mt)
+        level = analyze_prepared(an, [sparsity]).at(sparsity)
+        keep, _, _ = an.keep_masks(level.pruned)
+        masks = {w.name: k for w, k in zip(an.weights, keep)}
         pruned = copy.deepcopy(model).cpu()
-        result = prune(pruned, sparsity, mt=mt)
-        run = finetune(pruned, result.masks, bundle, epochs, lr, batch_size, progress=progress, **finetune_kwargs)
+        apply_masks(pruned, masks)
+        run = finetune(pruned, masks, bundle, epochs, lr, batch_size, progress=progress, **finetune_kwargs)
         points.append(MTPoint(mt=mt, percent=100.0 * mt / suggestion.total, predicted_collapsed=level.collapsed,
                               emptied_layers=len(level.emptied_layers), accuracy_pruned=run.accuracy_before,
                               accuracy=run.accuracy))

@@ -180,10 +180,20 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
     `mt` is the Minimum Threshold: an int count per layer, or a percent of all
     prunable weights (float or "0.05%"). `example_inputs` fixes the input shape.
     """
-    levels_wanted = sorted(set(DEFAULT_SPARSITIES if sparsities is None else _as_list(sparsities)))
-    for s in levels_wanted:
-        sparsity_to_count(s, 1)  # validates the range before any work
+    levels_wanted = _levels(sparsities)  # validated before any work
     an = prepare(model, example_inputs, mt, include, exclude, exact)
+    return analyze_prepared(an, levels_wanted, progress=progress, name=name or type(model).__name__)
+
+
+def with_mt(an: _Analysis, mt) -> _Analysis:
+    """The same prepared analysis under another Minimum Threshold (no new trace or sort)."""
+    return replace(an, mt=resolve_mt(mt, an.index.total))
+
+
+def analyze_prepared(an: _Analysis, sparsities=None, progress: bool = False, name: str = "model") -> CollapseReport:
+    """`analyze` on an analysis `prepare` already built: callers asking several questions of one
+    model (validate, mt-search) trace it and sort its magnitudes once."""
+    levels_wanted = _levels(sparsities)
     crit = an.index.critical_sparsities(an.mt)
     protected = an.index.protected(an.mt)
     layers = tuple(
@@ -217,7 +227,7 @@ def analyze(model: nn.Module, example_inputs, sparsities=None, mt=None, include=
         levels = [lv if lv.collapsed or lv.sparsity < collapse else replace(lv, collapsed=True, effective_sparsity=1.0)
                   for lv in levels]
     return CollapseReport(
-        model=name or type(model).__name__, total=an.index.total, mt=an.mt, collapse_sparsity=collapse,
+        model=name, total=an.index.total, mt=an.mt, collapse_sparsity=collapse,
         layers=layers, levels=tuple(levels), trace_method=an.traced.method,
         input_shapes=tuple(tuple(x.shape) for x in an.traced.example_inputs))
 
@@ -265,6 +275,13 @@ def _bisect(an: _Analysis, lo: int, hi: int, channel_level: bool) -> int:
         else:
             lo = mid
     return hi
+
+
+def _levels(sparsities) -> list[float]:
+    levels = sorted(set(DEFAULT_SPARSITIES if sparsities is None else _as_list(sparsities)))
+    for s in levels:
+        sparsity_to_count(s, 1)  # raises a one-line error for a level outside [0, 1)
+    return levels
 
 
 def _as_list(sparsities) -> list[float]:

@@ -1,8 +1,8 @@
 """Predicted vs observed collapse: the analyzer's verdict per sparsity beside a real Global MP prune and fine-tune.
 
-For each level, ONE `ck.analyze` call gives the prediction (collapsed, emptied
-layers, effective sparsity); a copy of the model is pruned with `ck.prune`,
-checked by a forward pass (`probe.output_is_constant`) and fine-tuned masked
+For each level, one prepared analysis gives the prediction (collapsed, emptied
+layers, effective sparsity) and the Global MP masks (exactly `ck.prune`'s) that
+prune a copy of the model, which is checked by a forward pass (`probe.output_is_constant`) and fine-tuned masked
 (`finetune.finetune`). A level agrees when the forward check sees collapse
 exactly where the analyzer predicts it, and no network predicted collapsed
 trains above chance (a collapsed network is a constant function, so its
@@ -88,20 +88,25 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     """
     from collapsekit.finetune import finetune
     from collapsekit.probe import output_is_constant
-    from collapsekit.prune import prune
-    from collapsekit.report import analyze
+    from collapsekit.prune import apply_masks
+    from collapsekit.report import analyze_prepared, prepare
     from collapsekit.train import evaluate
 
     example = bundle.example_input()
-    report = analyze(model, example, sparsities=sparsities, mt=mt, name=name)  # one call, every level
+    # One trace and one sort of the magnitudes serve the prediction and every real prune:
+    # the analysis's masks are exactly those ck.prune would build.
+    an = prepare(model, example, mt=mt)
+    report = analyze_prepared(an, sparsities, name=name or type(model).__name__)
     dense_accuracy = evaluate(model, bundle.test, next(model.parameters()).device)  # where the model lives
     chance = 1.0 / bundle.num_classes
     levels = []
     for level in report.levels:
         pruned = copy.deepcopy(model).cpu()
-        result = prune(pruned, level.sparsity, mt=mt)
+        keep, _, _ = an.keep_masks(level.pruned)
+        masks = {w.name: k for w, k in zip(an.weights, keep)}
+        apply_masks(pruned, masks)
         constant_after_prune = output_is_constant(pruned, (example,))
-        run = finetune(pruned, result.masks, bundle, epochs, lr, batch_size, progress=progress,
+        run = finetune(pruned, masks, bundle, epochs, lr, batch_size, progress=progress,
                        out=None if out is None else Path(out) / f"s{level.sparsity:g}", **finetune_kwargs)
         observed = output_is_constant(pruned.cpu(), (example,))
         trained = run.accuracy > chance + margin

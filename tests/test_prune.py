@@ -328,3 +328,18 @@ def test_ck_prune_stays_callable_after_the_module_is_imported():
     model = nn.Sequential(nn.Linear(4, 4))
     result = ck.prune(model, 0.5)
     assert result.pruned == 8 and callable(ck.prune) and callable(ck.compact)
+
+
+@pytest.mark.parametrize("mt", [None, 3])
+def test_the_analysis_masks_are_the_masks_prune_applies(mt):
+    # validate and mt-search prune with the analysis's masks instead of sorting again.
+    import copy
+
+    from collapsekit.report import prepare
+
+    model = collapsing_mlp()
+    an = prepare(model, torch.randn(1, 16), mt=mt)
+    for sparsity in (0.5, 0.9, 0.97):
+        keep, _, _ = an.keep_masks(round(sparsity * an.index.total))
+        masks = ck.prune(copy.deepcopy(model), sparsity, mt=mt).masks
+        assert all(torch.equal(masks[w.name], k) for w, k in zip(an.weights, keep))
