@@ -51,7 +51,7 @@ def write_summary(out: Path, summary: dict, args: argparse.Namespace) -> Path:
 
 def save_figure(fig, out: Path, stem: str = "figure") -> Path:
     """OUT/STEM.png."""
-    from collapsekit import plots
+    from collapsekit.views import plots
 
     return plots.save(fig, out / stem, formats=("png",))[0]
 
@@ -59,7 +59,7 @@ def save_figure(fig, out: Path, stem: str = "figure") -> Path:
 def train_on_digits(name: str, bundle, epochs: int, seed: int, lr: float | None = None, **model_kwargs):
     """(model, test accuracy): zoo model `name` built for `bundle` and trained densely with its family defaults."""
     import collapsekit as ck
-    from collapsekit.train import defaults_for, fit, seed_everything
+    from collapsekit.training.train import defaults_for, fit, seed_everything
 
     seed_everything(seed)
     model = ck.models.create(name, num_classes=bundle.num_classes, in_channels=bundle.in_channels,

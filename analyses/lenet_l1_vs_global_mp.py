@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     import collapsekit as ck
     from collapsekit import data
-    from collapsekit.train import defaults_for, evaluate
+    from collapsekit.training.train import defaults_for, evaluate
 
     cfg = QUICK if args.quick else FULL
     bundle = data.load("digits", input_size=INPUT_SIZE)
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
 def figure(rows: list[dict], dense: float, collapse: float, epochs: int):
     """Accuracy against sparsity for the four prune / fine-tune combinations, the MNIST study's points starred."""
-    from collapsekit import plots
+    from collapsekit.views import plots
 
     fig = plots.new_figure(7.0, 4.2)
     with plots.style():

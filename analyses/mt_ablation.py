@@ -8,7 +8,7 @@ evenly, starving the wide layers that need it), so MT is searched like any
 hyper-parameter. Here a ResNet-20 trained on the bundled digits is pruned at a
 very high sparsity with MT = 0 (plain Global MP) and a log-spaced grid of MT
 counts up to the largest the sparsity allows, each copy fine-tuned with masks
-held fixed (`collapsekit.mtsearch.search_mt`, i.e. `ck.prune` +
+held fixed (`collapsekit.validation.mtsearch.search_mt`, i.e. `ck.prune` +
 `ck.finetune`); `ck.suggest_mt` gives the smallest MT that avoids structural
 collapse.
 
@@ -39,9 +39,10 @@ def mt_grid(max_mt: int, n: int) -> list[int]:
 def main(argv=None) -> int:
     args = _common.parse_args("mt_ablation", __doc__, argv)
     import collapsekit as ck
-    from collapsekit import data, plots
-    from collapsekit.mtsearch import search_mt, to_text
-    from collapsekit.train import defaults_for
+    from collapsekit import data
+    from collapsekit.views import plots
+    from collapsekit.validation.mtsearch import search_mt, to_text
+    from collapsekit.training.train import defaults_for
 
     cfg = QUICK if args.quick else FULL
     bundle = data.load("digits")

@@ -37,8 +37,9 @@ def main(argv=None) -> int:
     import torch
 
     import collapsekit as ck
-    from collapsekit import data, plots
-    from collapsekit.validate import validate
+    from collapsekit import data
+    from collapsekit.views import plots
+    from collapsekit.validation.validate import validate
 
     torch.manual_seed(args.seed)
     # 16 x 16 (upsampled from 8 x 8): MobileNet's four stride-2 stages leave it 1 x 1 at the end.

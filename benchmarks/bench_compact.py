@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import torch
 
     import collapsekit as ck
-    from collapsekit import probe
+    from collapsekit.validation import probe
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

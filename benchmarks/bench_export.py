@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     from safetensors.torch import save_model
 
     import collapsekit as ck
-    from collapsekit.export import load_sparse, save_sparse
-    from collapsekit.masks import to_torch_prune
+    from collapsekit.pruning.export import load_sparse, save_sparse
+    from collapsekit.pruning.masks import to_torch_prune
 
     torch.manual_seed(0)
     model = ck.models.create(name, num_classes=10, in_channels=3, input_size=32)

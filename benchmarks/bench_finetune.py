@@ -26,9 +26,9 @@ from torch.utils.data import TensorDataset
 def measure(args) -> dict:
     import collapsekit as ck
     from collapsekit import data, models
-    from collapsekit.device import resolve_device
-    from collapsekit.finetune import finetune
-    from collapsekit.train import fit
+    from collapsekit.training.device import resolve_device
+    from collapsekit.training.finetune import finetune
+    from collapsekit.training.train import fit
 
     device = resolve_device(args.device)
     bundle = data.load(args.data, input_size=args.input_size, channels=args.channels)

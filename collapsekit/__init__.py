@@ -2,21 +2,20 @@
 from collapsekit.errors import CollapsekitError
 from collapsekit import models
 
-# Functions that share their module's name are imported now: importing the module
-# later would otherwise rebind `ck.prune` (the function) to `collapsekit.prune`.
-from collapsekit.prune import prune, suggest_mt  # noqa: E402
-from collapsekit.compact import compact  # noqa: E402
-from collapsekit.finetune import finetune  # noqa: E402
-from collapsekit.validate import validate  # noqa: E402
+# The stages' entry points (each stage lives in its own subpackage, see DESIGN.md's data flow).
+from collapsekit.pruning.prune import prune, suggest_mt  # noqa: E402
+from collapsekit.pruning.compact import compact  # noqa: E402
+from collapsekit.training.finetune import finetune  # noqa: E402
+from collapsekit.validation.validate import validate  # noqa: E402
 
 __version__ = "0.1.0"
 
 # Heavier entry points are imported lazily so `import collapsekit` stays cheap
 # and a stage that fails to import never hides the others.
 _LAZY = {
-    "analyze": ("collapsekit.report", "analyze"),
-    "CollapseReport": ("collapsekit.report", "CollapseReport"),
-    "masks": ("collapsekit.masks", None),
+    "analyze": ("collapsekit.analysis.report", "analyze"),
+    "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
+    "masks": ("collapsekit.pruning.masks", None),
     "data": ("collapsekit.data", None),
 }
 

@@ -1,4 +1,4 @@
-"""Writes the figures of docs/concepts.md into docs/figures/ with `collapsekit.plots` (about a minute on a CPU).
+"""Writes the figures of docs/concepts.md into docs/figures/ with `collapsekit.views.plots` (about a minute on a CPU).
 
 A WRN-16-2 (2 epochs) and a MobileNet-V1 x0.25 (4 epochs) are trained on digits
 upsampled to 16x16, analysed with `ck.analyze`, and drawn; MobileNet's MT
@@ -16,8 +16,9 @@ DPI = 72
 
 def main() -> int:
     import collapsekit as ck
-    from collapsekit import data, plots
-    from collapsekit.train import fit, seed_everything
+    from collapsekit import data
+    from collapsekit.views import plots
+    from collapsekit.training.train import fit, seed_everything
 
     bundle = data.load("digits", input_size=16)
     x = bundle.example_input()

@@ -73,7 +73,7 @@ def digits():
 def dense(digits):
     """LeNet-300-100 trained two epochs on digits (about 0.9 test accuracy); one per test module."""
     from collapsekit import models
-    from collapsekit.train import fit, seed_everything
+    from collapsekit.training.train import fit, seed_everything
 
     seed_everything(0)
     model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)

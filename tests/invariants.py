@@ -1,16 +1,16 @@
 """Invariant 4 harness shared by the analyzer tests: static flow vs forward passes."""
 import torch
 
-from collapsekit import probe
-from collapsekit.flow import channel_dim, run_flow
-from collapsekit.magnitudes import sparsity_to_count
-from collapsekit.report import prepare
+from collapsekit.validation import probe
+from collapsekit.analysis.flow import channel_dim, run_flow
+from collapsekit.analysis.magnitudes import sparsity_to_count
+from collapsekit.analysis.report import prepare
 
 
 def scramble(model, seed=0):
     """Give each prunable layer its own magnitude scale so that different layers empty first."""
     g = torch.Generator().manual_seed(seed)
-    from collapsekit.prunable import find_prunable
+    from collapsekit.analysis.prunable import find_prunable
 
     with torch.no_grad():
         for w in find_prunable(model):

@@ -1,4 +1,4 @@
-"""collapsekit.checkpoint and collapsekit.device: exact round trips, sidecars, and one-line errors for bad files."""
+"""collapsekit.files.checkpoint and collapsekit.training.device: exact round trips, sidecars, and one-line errors for bad files."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 from conftest import TiedNet, tiny_bn_cnn, tiny_mlp, zoo_names
 
-from collapsekit import checkpoint
-from collapsekit.device import resolve_device
+from collapsekit.files import checkpoint
+from collapsekit.training.device import resolve_device
 from collapsekit.errors import CollapsekitError
 
 

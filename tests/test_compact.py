@@ -1,4 +1,4 @@
-"""collapsekit.compact: outputs equal the masked model's (Invariant 5), fewer parameters, exact folding."""
+"""collapsekit.pruning.compact: outputs equal the masked model's (Invariant 5), fewer parameters, exact folding."""
 import copy
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit import probe
+from collapsekit.validation import probe
 from collapsekit.errors import CollapsekitError
-from collapsekit.prune import apply_masks
+from collapsekit.pruning.prune import apply_masks
 
 
 def n_params(model):

@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from collapsekit import checkpoint, data, distributed, models
-from collapsekit import masks as mask_io
+from collapsekit.files import checkpoint
+from collapsekit import data, models
+from collapsekit.training import distributed
+from collapsekit.pruning import masks as mask_io
 from collapsekit.cli import main
-from collapsekit.finetune import read_metrics
-from collapsekit.train import fit, seed_everything
+from collapsekit.training.finetune import read_metrics
+from collapsekit.training.train import fit, seed_everything
 
 
 def test_single_process_context_is_a_no_op(monkeypatch):

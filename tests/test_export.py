@@ -1,4 +1,4 @@
-"""collapsekit.export: one-file sparse checkpoints, bit-identical round trip, size at 90 % sparsity."""
+"""collapsekit.pruning.export: one-file sparse checkpoints, bit-identical round trip, size at 90 % sparsity."""
 import json
 import os
 
@@ -10,7 +10,7 @@ from safetensors.torch import save_model
 
 import collapsekit as ck
 from collapsekit.errors import CollapsekitError
-from collapsekit.export import load_sparse, read_sparse_meta, save_sparse
+from collapsekit.pruning.export import load_sparse, read_sparse_meta, save_sparse
 
 
 def bits(t):

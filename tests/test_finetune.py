@@ -11,11 +11,12 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import collapsekit as ck
-from collapsekit import checkpoint, models
-from collapsekit import masks as mask_io
+from collapsekit.files import checkpoint
+from collapsekit import models
+from collapsekit.pruning import masks as mask_io
 from collapsekit.errors import CollapsekitError
-from collapsekit.finetune import STATE_FILE, check_pruned_zero, finetune, read_metrics, read_state
-from collapsekit.train import SCHEDULES
+from collapsekit.training.finetune import STATE_FILE, check_pruned_zero, finetune, read_metrics, read_state
+from collapsekit.training.train import SCHEDULES
 
 SPARSITY = 0.9
 
@@ -235,7 +236,7 @@ def test_bf16_autocast_wrapper_trains_with_exact_masks(dense, digits, monkeypatc
     """The engine as CUDA runs it (model under bf16 autocast), exercised with CPU autocast: masks stay exact."""
     import importlib
 
-    engine = importlib.import_module("collapsekit.finetune")  # the module; ck.finetune is the function
+    engine = importlib.import_module("collapsekit.training.finetune")  # the module; ck.finetune is the function
 
     model, masks = pruned_copy(dense)
     wrapped = engine.BF16Autocast(model, device_type="cpu")

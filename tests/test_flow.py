@@ -4,9 +4,9 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit.flow import run_flow
-from collapsekit.prunable import find_prunable
-from collapsekit.trace import trace
+from collapsekit.analysis.flow import run_flow
+from collapsekit.analysis.prunable import find_prunable
+from collapsekit.analysis.trace import trace
 from invariants import check_levels, scramble
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -167,9 +167,9 @@ def test_mixer_ops_and_conservative_fallback_stay_sound():
 def check_soundness_only(model, example, sparsities):
     # Attention mixes by value, so the positive-copy (exactness) check does not
     # apply; predicted death must still be real.
-    from collapsekit import probe
-    from collapsekit.magnitudes import sparsity_to_count
-    from collapsekit.report import prepare
+    from collapsekit.validation import probe
+    from collapsekit.analysis.magnitudes import sparsity_to_count
+    from collapsekit.analysis.report import prepare
 
     an = prepare(model, example)
     out = []

@@ -3,9 +3,9 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit.graph import build_graph, effective_depth
-from collapsekit.prunable import find_prunable
-from collapsekit.trace import trace
+from collapsekit.analysis.graph import build_graph, effective_depth
+from collapsekit.analysis.prunable import find_prunable
+from collapsekit.analysis.trace import trace
 
 
 def graph_of(model, shape):

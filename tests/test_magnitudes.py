@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
-from collapsekit.prunable import find_prunable, tensors
+from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
+from collapsekit.analysis.prunable import find_prunable, tensors
 
 
 def tied_mlp(seed=0):

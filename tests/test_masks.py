@@ -1,4 +1,4 @@
-"""collapsekit.masks: bit-packed mask files and torch.nn.utils.prune interop (Invariant 6: no pickles)."""
+"""collapsekit.pruning.masks: bit-packed mask files and torch.nn.utils.prune interop (Invariant 6: no pickles)."""
 import os
 import pickle
 
@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as torch_prune
 
 import collapsekit as ck
-from collapsekit import masks as mask_io
+from collapsekit.pruning import masks as mask_io
 from collapsekit.errors import CollapsekitError
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit import plots
+from collapsekit.views import plots
 from collapsekit.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

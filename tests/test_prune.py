@@ -1,4 +1,4 @@
-"""collapsekit.prune: exact Global MP in place (Invariant 1), MT (Invariant 2), validation, suggest_mt, CLI."""
+"""collapsekit.pruning.prune: exact Global MP in place (Invariant 1), MT (Invariant 2), validation, suggest_mt, CLI."""
 import json
 import math
 
@@ -7,13 +7,13 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit import probe
+from collapsekit.validation import probe
 from collapsekit.errors import CollapsekitError
-from collapsekit.flow import run_flow
-from collapsekit.magnitudes import resolve_mt
-from collapsekit.prunable import find_prunable, tensors
-from collapsekit.prune import apply_masks, check_masks, count_macs
-from collapsekit.trace import trace
+from collapsekit.analysis.flow import run_flow
+from collapsekit.analysis.magnitudes import resolve_mt
+from collapsekit.analysis.prunable import find_prunable, tensors
+from collapsekit.pruning.prune import apply_masks, check_masks, count_macs
+from collapsekit.analysis.trace import trace
 
 
 class TiedNet(nn.Module):
@@ -300,8 +300,8 @@ def test_count_macs_counts_kept_weights_times_positions():
 
 def test_cli_prune_writes_pruned_masks_and_report(tmp_path):
     from collapsekit.cli import main
-    from collapsekit.export import load_sparse
-    from collapsekit.masks import load as load_masks
+    from collapsekit.pruning.export import load_sparse
+    from collapsekit.pruning.masks import load as load_masks
 
     out = tmp_path / "run"
     code = main(["prune", "--model", "lenet_300_100", "--in-channels", "1", "--input-size", "8",
@@ -323,7 +323,7 @@ def test_cli_prune_writes_pruned_masks_and_report(tmp_path):
 
 
 def test_ck_prune_stays_callable_after_the_module_is_imported():
-    import collapsekit.prune  # noqa: F401 - the import system rebinds ck.prune to the module
+    import collapsekit.pruning.prune  # noqa: F401 - the import system rebinds ck.prune to the module
 
     model = nn.Sequential(nn.Linear(4, 4))
     result = ck.prune(model, 0.5)
@@ -335,7 +335,7 @@ def test_the_analysis_masks_are_the_masks_prune_applies(mt):
     # validate and mt-search prune with the analysis's masks instead of sorting again.
     import copy
 
-    from collapsekit.report import prepare
+    from collapsekit.analysis.report import prepare
 
     model = collapsing_mlp()
     an = prepare(model, torch.randn(1, 16), mt=mt)

@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit import probe
-from collapsekit.magnitudes import sparsity_to_count
-from collapsekit.render import to_markdown, to_text
-from collapsekit.report import prepare
+from collapsekit.validation import probe
+from collapsekit.analysis.magnitudes import sparsity_to_count
+from collapsekit.views.render import to_markdown, to_text
+from collapsekit.analysis.report import prepare
 from invariants import scramble
 
 

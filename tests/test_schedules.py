@@ -2,9 +2,9 @@
 import pytest
 
 from collapsekit import models
-from collapsekit import schedules as sch
+from collapsekit.training import schedules as sch
 from collapsekit.errors import CollapsekitError
-from collapsekit.finetune import read_metrics
+from collapsekit.training.finetune import read_metrics
 
 
 def test_cubic_sparsity_endpoints_and_shape():

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit.trace import trace
+from collapsekit.analysis.trace import trace
 
 
 class ShapeBranch(nn.Module):

@@ -1,4 +1,4 @@
-"""collapsekit.train and `collapsekit train`: the fit loop, its hooks, determinism, the command's files and errors."""
+"""collapsekit.training.train and `collapsekit train`: the fit loop, its hooks, determinism, the command's files and errors."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +10,12 @@ import torch
 import torch.nn as nn
 from conftest import tiny_mlp, zoo_names
 
-from collapsekit import checkpoint, data
+from collapsekit.files import checkpoint
+from collapsekit import data
 from collapsekit.cli import main
 from collapsekit.cli.common import load_data, model_shapes
 from collapsekit.errors import CollapsekitError
-from collapsekit.train import augment_flip_crop, default_input_size, defaults_for, dense_train, evaluate, fit
+from collapsekit.training.train import augment_flip_crop, default_input_size, defaults_for, dense_train, evaluate, fit
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import collapsekit as ck
-from collapsekit import checkpoint, models
-from collapsekit.mtsearch import search_mt
-from collapsekit.mtsearch import to_text as mt_text
-from collapsekit.train import fit, seed_everything
-from collapsekit.validate import to_text, validate
+from collapsekit.files import checkpoint
+from collapsekit import models
+from collapsekit.validation.mtsearch import search_mt
+from collapsekit.validation.mtsearch import to_text as mt_text
+from collapsekit.training.train import fit, seed_everything
+from collapsekit.validation.validate import to_text, validate
 
 
 def trained(name, digits, epochs, lr, **kw):

@@ -3,12 +3,12 @@ import torch
 import torch.nn as nn
 
 import collapsekit as ck
-from collapsekit import probe
-from collapsekit.flow import run_flow
-from collapsekit.prunable import find_prunable
-from collapsekit.trace import trace
-from collapsekit.values import relu_cuts
-from collapsekit.report import prepare
+from collapsekit.validation import probe
+from collapsekit.analysis.flow import run_flow
+from collapsekit.analysis.prunable import find_prunable
+from collapsekit.analysis.trace import trace
+from collapsekit.analysis.values import relu_cuts
+from collapsekit.analysis.report import prepare
 
 
 class SignCut(nn.Module):

@@ -52,7 +52,7 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
     """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data, then the zoo's.
 
     From --data, input_size is the data's native size, raised for nets that need
-    more (`collapsekit.train.default_input_size`: MobileNet on digits -> 32).
+    more (`collapsekit.training.train.default_input_size`: MobileNet on digits -> 32).
     """
     from collapsekit import data
 
@@ -68,7 +68,7 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
     # data, so the model follows whatever the data will look like.
     size = native[2]
     if spec and name in data.names():
-        from collapsekit.train import default_input_size
+        from collapsekit.training.train import default_input_size
 
         size = default_input_size(spec, name) or size
     return spec, pick("num_classes", "num_classes", native[0]), pick("in_channels", "in_channels", native[1]), \
@@ -81,7 +81,7 @@ def load_model(args: argparse.Namespace):
     `meta` is the sidecar (or {}) updated with the spec and shapes actually used,
     which `load_data` then follows.
     """
-    from collapsekit import checkpoint
+    from collapsekit.files import checkpoint
     from collapsekit.models import names, resolve
 
     path = getattr(args, "checkpoint", None)
@@ -95,7 +95,7 @@ def load_model(args: argparse.Namespace):
                                f"{where}")
     seed = getattr(args, "seed", None)
     if seed is not None:  # a fresh model's initialisation repeats with --seed
-        from collapsekit.train import seed_everything
+        from collapsekit.training.train import seed_everything
 
         seed_everything(seed)
     model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)

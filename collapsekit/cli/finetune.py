@@ -26,7 +26,7 @@ def add_finetune_args(p) -> None:
 
 def finetune_kwargs(args, meta: dict) -> dict:
     """Keyword arguments of `finetune.finetune` from the parsed flags and the family defaults of the model."""
-    from collapsekit.train import defaults_for
+    from collapsekit.training.train import defaults_for
 
     hp = defaults_for(meta.get("model") or "")
     kwargs = dict(lr=args.lr or hp["lr"], batch_size=args.batch_size or hp["batch_size"],
@@ -75,8 +75,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from collapsekit.errors import CollapsekitError
-    from collapsekit.finetune import MODEL_FILE
-    from collapsekit.schedules import prune_and_finetune
+    from collapsekit.training.finetune import MODEL_FILE
+    from collapsekit.training.schedules import prune_and_finetune
 
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "

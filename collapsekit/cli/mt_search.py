@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.mtsearch import search_mt, to_text
+    from collapsekit.validation.mtsearch import search_mt, to_text
 
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)

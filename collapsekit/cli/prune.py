@@ -28,11 +28,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from collapsekit import masks as mask_io
+    from collapsekit.pruning import masks as mask_io
     from collapsekit.cli.report import example_input
-    from collapsekit.export import save_sparse
-    from collapsekit.prune import count_macs, prune
-    from collapsekit.trace import trace
+    from collapsekit.pruning.export import save_sparse
+    from collapsekit.pruning.prune import count_macs, prune
+    from collapsekit.analysis.trace import trace
 
     model, meta = load_model(args)
     traced = trace(model, example_input(args, meta))  # before pruning: a bad shape fails with nothing written

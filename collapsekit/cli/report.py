@@ -65,8 +65,8 @@ def shapes_from_input(args) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.render import to_markdown, to_text
-    from collapsekit.report import analyze
+    from collapsekit.views.render import to_markdown, to_text
+    from collapsekit.analysis.report import analyze
 
     shapes_from_input(args)
     model, meta = load_model(args)

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     """Add the `train` subcommand."""
     p = subparsers.add_parser(
         "train", help=HELP, description=HELP + ". Unset hyper-parameters take per-family defaults "
-        "(collapsekit.train.FAMILY_DEFAULTS); --checkpoint starts from saved weights.")
+        "(collapsekit.training.train.FAMILY_DEFAULTS); --checkpoint starts from saved weights.")
     common.add_model_args(p)
     common.add_data_args(p)
     common.add_device_args(p)
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Train, save, print the final test accuracy."""
-    from collapsekit.train import dense_train
+    from collapsekit.training.train import dense_train
 
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.validate import to_text, validate
+    from collapsekit.validation.validate import to_text, validate
 
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)

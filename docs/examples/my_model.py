@@ -3,7 +3,7 @@
 `factory` is what `--model my_model:factory` calls: collapsekit passes the
 keywords it accepts among num_classes, in_channels and input_size. `make_data`
 builds a DataBundle from plain tensors, for the Python API (`ck.validate`,
-`ck.finetune`, `collapsekit.mtsearch.search_mt`).
+`ck.finetune`, `collapsekit.validation.mtsearch.search_mt`).
 """
 from __future__ import annotations
 

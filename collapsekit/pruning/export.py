@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.masks import pack, unpack
+from collapsekit.pruning.masks import pack, unpack
 
 FORMAT = "collapsekit-sparse"
 VERSION = "1"
@@ -57,7 +57,7 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path, meta: di
     """
     from safetensors.torch import save_file
 
-    from collapsekit.prune import check_masks
+    from collapsekit.pruning.prune import check_masks
 
     check_masks(model, masks)
     state = model.state_dict(keep_vars=False)
@@ -92,7 +92,7 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path, meta: di
         keep = masks[key].to("cpu")
         if bool(t.masked_fill(keep, 0).ne(0).any()):
             raise CollapsekitError(f"{key} has non-zero weights where its mask prunes; apply the masks "
-                                   "(collapsekit.prune.apply_masks) before exporting")
+                                   "(collapsekit.pruning.prune.apply_masks) before exporting")
         flat_keep = keep.reshape(-1)
         values = t.reshape(-1)[flat_keep].contiguous()
         idx_dtype = _index_dtype(t.numel())

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import networkx as nx
 import torch.fx as fx
 
-from collapsekit.prunable import PrunableWeight
-from collapsekit.trace import TracedModel
+from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.trace import TracedModel
 
 SOURCE = "__input__"
 

@@ -86,11 +86,11 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     (device, schedule, label_smoothing, seed, optimizer...) go to
     `finetune.finetune`; with `out`, each level's run goes to `out/s<sparsity>/`.
     """
-    from collapsekit.finetune import finetune
-    from collapsekit.probe import output_is_constant
-    from collapsekit.prune import apply_masks
-    from collapsekit.report import analyze_prepared, prepare
-    from collapsekit.train import evaluate
+    from collapsekit.training.finetune import finetune
+    from collapsekit.validation.probe import output_is_constant
+    from collapsekit.pruning.prune import apply_masks
+    from collapsekit.analysis.report import analyze_prepared, prepare
+    from collapsekit.training.train import evaluate
 
     example = bundle.example_input()
     # One trace and one sort of the magnitudes serve the prediction and every real prune:

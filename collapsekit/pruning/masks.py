@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.safefile import read_tagged
+from collapsekit.files.safefile import read_tagged
 
 FORMAT = "collapsekit-masks"
 VERSION = "1"
@@ -74,7 +74,7 @@ def to_torch_prune(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Modul
     """`model` with `masks` registered as torch.nn.utils.prune custom masks (weight_orig + weight_mask), in place."""
     import torch.nn.utils.prune as torch_prune
 
-    from collapsekit.prune import check_masks
+    from collapsekit.pruning.prune import check_masks
 
     check_masks(model, masks)
     for name, keep in masks.items():
@@ -91,7 +91,7 @@ def from_torch_prune(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     import torch.nn.utils.prune as torch_prune
 
-    from collapsekit.prune import apply_masks
+    from collapsekit.pruning.prune import apply_masks
 
     masks: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from collapsekit.device import resolve_device
+from collapsekit.training.device import resolve_device
 from collapsekit.errors import CollapsekitError
 
 

@@ -32,10 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.flow import run_flow
-from collapsekit.prunable import find_prunable
-from collapsekit.prune import apply_masks, check_masks
-from collapsekit.trace import trace
+from collapsekit.analysis.flow import run_flow
+from collapsekit.analysis.prunable import find_prunable
+from collapsekit.pruning.prune import apply_masks, check_masks
+from collapsekit.analysis.trace import trace
 
 # -- roles of nodes (STYLE.md 2: one table per node kind) -----------------------------------
 LAYER, CHANNELWISE, PASSTHROUGH, JOIN, FLATTEN, PIN, SCALAR = (

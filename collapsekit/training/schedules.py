@@ -152,7 +152,7 @@ def prune_and_finetune(model, bundle, sparsity: float, epochs: int, schedule: st
     takes the masks from its checkpoint. `kwargs` go to `finetune.finetune`;
     IMP's LR decay defaults to linear (Zimmer et al.), the others' to cosine.
     """
-    from collapsekit.finetune import finetune
+    from collapsekit.training.finetune import finetune
 
     plan = schedule if isinstance(schedule, PruningSchedule) else make(schedule, sparsity, epochs, rounds, steps)
     if plan.name == "imp":

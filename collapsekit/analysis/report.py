@@ -12,14 +12,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from collapsekit.connectivity import Connectivity, LevelMasks
+from collapsekit.analysis.connectivity import Connectivity, LevelMasks
 from collapsekit.errors import CollapsekitError
-from collapsekit.flow import run_flow
-from collapsekit.graph import LayerGraph, build_graph, effective_depth
-from collapsekit.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
-from collapsekit.prunable import PrunableWeight, find_prunable, tensors
-from collapsekit.trace import TracedModel, trace
-from collapsekit.values import relu_cuts
+from collapsekit.analysis.flow import run_flow
+from collapsekit.analysis.graph import LayerGraph, build_graph, effective_depth
+from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
+from collapsekit.analysis.prunable import PrunableWeight, find_prunable, tensors
+from collapsekit.analysis.trace import TracedModel, trace
+from collapsekit.analysis.values import relu_cuts
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).

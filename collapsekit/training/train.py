@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from collapsekit.device import resolve_device
+from collapsekit.training.device import resolve_device
 from collapsekit.errors import CollapsekitError
 
 
@@ -232,7 +232,7 @@ def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | 
     hyper-parameters come from `defaults_for(spec)`. The sidecar records spec,
     shapes, data and arguments, so `--checkpoint` alone rebuilds the model.
     """
-    from collapsekit import checkpoint
+    from collapsekit.files import checkpoint
     from collapsekit import data as datasets
     from collapsekit.models import resolve
 

@@ -18,7 +18,7 @@ from matplotlib.colors import FuncNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from collapsekit.report import CollapseReport, LevelReport
+from collapsekit.analysis.report import CollapseReport, LevelReport
 
 # One palette for the whole toolkit: a bottleneck is always red, a bypassable layer always blue.
 BOTTLENECK = "#c0392b"

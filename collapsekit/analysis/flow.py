@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from collapsekit.prunable import PrunableWeight
-from collapsekit.trace import TracedModel
+from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.trace import TracedModel
 
 
 class _Bool(torch.autograd.Function):

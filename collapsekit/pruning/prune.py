@@ -3,7 +3,7 @@
 Global MP (Gupta et al., "Is Complexity Required for Neural Network Pruning?
 A Case Study on Global Magnitude Pruning") zeroes the `round(s * N)` smallest
 magnitudes of all N prunable weights (Invariant 1; order and ties as in
-`collapsekit.magnitudes`: |w| ascending, then layer order, then flat index, so
+`collapsekit.analysis.magnitudes`: |w| ascending, then layer order, then flat index, so
 weights already zero go first).
 
 MT (Invariant 2): every layer keeps its `min(MT, size)` largest weights, and the
@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
-from collapsekit.prunable import PrunableWeight, find_prunable, tensors
+from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
+from collapsekit.analysis.prunable import PrunableWeight, find_prunable, tensors
 
 
 # -- results -----------------------------------------------------------------------------
@@ -209,8 +209,8 @@ def suggest_mt(model: nn.Module, example_inputs, sparsity: float, include: list[
     never changed. Collapse need not be monotone in MT, so the answer is a
     verified boundary: `mt` does not collapse and `mt - 1` does.
     """
-    from collapsekit.flow import run_flow
-    from collapsekit.trace import trace
+    from collapsekit.analysis.flow import run_flow
+    from collapsekit.analysis.trace import trace
 
     if require not in ("every_output", "any_output"):
         raise CollapsekitError(f"require must be 'every_output' or 'any_output', got {require!r}")

@@ -15,7 +15,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from collapsekit.prunable import PrunableWeight
+from collapsekit.analysis.prunable import PrunableWeight
 
 
 def masked_copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:

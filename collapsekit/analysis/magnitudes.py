@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.prunable import PrunableWeight
+from collapsekit.analysis.prunable import PrunableWeight
 
 _FLOAT32_INF_BITS = 0x7F800000
 

@@ -19,8 +19,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from collapsekit.prunable import PrunableWeight
-from collapsekit.trace import TracedModel
+from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.trace import TracedModel
 
 Sign = tuple  # (can_be_positive, can_be_negative), float 0/1 tensors of the value's shape
 

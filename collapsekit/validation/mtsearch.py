@@ -66,9 +66,9 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     MT), capped at the largest MT the sparsity leaves room for. `model` is not
     changed. `finetune_kwargs` go to `finetune.finetune`.
     """
-    from collapsekit.finetune import finetune
-    from collapsekit.prune import apply_masks, suggest_mt
-    from collapsekit.report import analyze_prepared, prepare, with_mt
+    from collapsekit.training.finetune import finetune
+    from collapsekit.pruning.prune import apply_masks, suggest_mt
+    from collapsekit.analysis.report import analyze_prepared, prepare, with_mt
 
     example = bundle.example_input()
     suggestion = suggest_mt(model, example, sparsity)

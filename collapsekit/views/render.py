@@ -1,7 +1,7 @@
 """Text and markdown views of a CollapseReport; they read the report and never recompute it."""
 from __future__ import annotations
 
-from collapsekit.report import CollapseReport
+from collapsekit.analysis.report import CollapseReport
 
 
 def verdict_lines(report: CollapseReport) -> list[str]:

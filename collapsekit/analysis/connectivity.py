@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from collapsekit.magnitudes import Allocation, MagnitudeIndex
-from collapsekit.prunable import PrunableWeight
-from collapsekit.trace import TracedModel
+from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex
+from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.trace import TracedModel
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

@@ -38,10 +38,10 @@ import torch
 import torch.nn as nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from collapsekit import distributed
+from collapsekit.training import distributed
 from collapsekit.errors import CollapsekitError
-from collapsekit.safefile import read_tagged
-from collapsekit.schedules import PruningSchedule
+from collapsekit.files.safefile import read_tagged
+from collapsekit.training.schedules import PruningSchedule
 
 STATE_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -102,14 +102,14 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor] | None, bundle, ep
         raise CollapsekitError(f"the plan has {plan.epochs} epochs but epochs={epochs}")
     if not masks and not plan.events:
         raise CollapsekitError("finetune needs masks (e.g. ck.prune(model, s).masks) or a plan that prunes")
-    from collapsekit.train import SCHEDULES
+    from collapsekit.training.train import SCHEDULES
 
     if schedule not in SCHEDULES:
         raise CollapsekitError(f"unknown learning-rate schedule {schedule!r} (use cosine or linear)")
     if resume and out is None:
         raise CollapsekitError("resume needs the run's output directory (out)")
     if masks:
-        from collapsekit.prune import check_masks
+        from collapsekit.pruning.prune import check_masks
 
         check_masks(model, masks)
     hp = dict(lr=float(lr), batch_size=int(batch_size), optimizer=optimizer, momentum=float(momentum),
@@ -136,7 +136,7 @@ class _MaskedRun:
         self.opt = None  # the optimizer `fit` built for the current epoch
         self.opt_state: dict | None = None  # carried from epoch to epoch (fit builds a new optimizer each call)
         self.epoch, self.step_in_epoch, self.steps_per_epoch, self.segment = 0, 0, 1, (1, plan.epochs)
-        from collapsekit.train import SCHEDULES
+        from collapsekit.training.train import SCHEDULES
 
         self.lr_factor = SCHEDULES[hp["schedule"]]
         self.history: list[dict] = []
@@ -148,7 +148,7 @@ class _MaskedRun:
 
     # -- the run ---------------------------------------------------------------------------
     def execute(self, masks: dict, resume: bool) -> FinetuneResult:
-        from collapsekit.train import evaluate
+        from collapsekit.training.train import evaluate
 
         ctx, plan = self.ctx, self.plan
         config = self._config(masks)
@@ -199,7 +199,7 @@ class _MaskedRun:
         return result
 
     def _epoch(self, net: nn.Module, epoch: int) -> dict:
-        from collapsekit.train import fit
+        from collapsekit.training.train import fit
 
         ctx, hp = self.ctx, self.hp
         train = distributed.shard(self.bundle.train, ctx, epoch, hp["seed"])
@@ -214,7 +214,7 @@ class _MaskedRun:
                      label_smoothing=hp["label_smoothing"], after_step=self._after_step,
                      progress=self.progress and ctx.is_main)
         if self.masks:
-            from collapsekit.prune import apply_masks
+            from collapsekit.pruning.prune import apply_masks
 
             apply_masks(self.model, self.masks)
         if self.opt is not None:
@@ -226,7 +226,7 @@ class _MaskedRun:
 
     # -- masks -------------------------------------------------------------------------------
     def _prune(self, sparsity: float) -> None:
-        from collapsekit.prune import prune
+        from collapsekit.pruning.prune import prune
 
         new = {n: m.to(self.ctx.device) for n, m in prune(self.model, sparsity, mt=self.mt).masks.items()}
         # Already-zero weights go first, so the new masks lie inside the old ones;
@@ -237,7 +237,7 @@ class _MaskedRun:
         self._set_masks(distributed.broadcast_masks(new, self.ctx))
 
     def _set_masks(self, masks: dict[str, torch.Tensor]) -> None:
-        from collapsekit.prune import apply_masks
+        from collapsekit.pruning.prune import apply_masks
 
         self.masks = masks
         if masks:
@@ -399,8 +399,8 @@ class _MaskedRun:
             masks={n: m.detach().cpu() for n, m in self.masks.items()})
 
     def _write_outputs(self, result: FinetuneResult) -> None:
-        from collapsekit import checkpoint
-        from collapsekit import masks as mask_io
+        from collapsekit.files import checkpoint
+        from collapsekit.pruning import masks as mask_io
 
         model = self.model if self.ctx.device.type == "cpu" else copy.deepcopy(self.model).cpu()
         meta = {"num_classes": self.bundle.num_classes, "in_channels": self.bundle.in_channels,

@@ -1,0 +1,1 @@
+"""Files: checkpoints, tagged safetensors and atomic writes."""

@@ -1,0 +1,1 @@
+"""Pruning: apply Global MP (+MT) masks, store them, export sparse checkpoints and compact pruned models."""

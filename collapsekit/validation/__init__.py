@@ -1,0 +1,1 @@
+"""Validation: prune for real, fine-tune, and compare every prediction with what happened."""

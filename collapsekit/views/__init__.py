@@ -1,0 +1,1 @@
+"""Views: text tables and plots that read finished results and never recompute."""
