@@ -124,3 +124,79 @@ def test_bad_sparsity_and_overlarge_k_are_clear_errors():
     idx, _ = index_of(tied_mlp())
     with pytest.raises(CollapsekitError, match="MT"):
         idx.allocate(idx.total - 5, mt_count=10)
+
+
+def near_tied_net(seed=0):
+    """Random float weights in a narrow range with repeated values: many share a histogram bin."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(12, 10), nn.Linear(10, 8), nn.Linear(8, 4))
+    with torch.no_grad():
+        for lin in model:
+            w = 1.0 + torch.randint(0, 40, lin.weight.shape).float() / 1024  # 40 values in two bins
+            w[torch.rand(w.shape) < 0.2] = 0.0
+            lin.weight.copy_(w * torch.sign(torch.randn(w.shape)))
+    return model
+
+
+@pytest.mark.parametrize("mt", [0, 5])
+def test_chunked_reads_and_bin_misses_match_brute_force(monkeypatch, mt):
+    import collapsekit.analysis.magnitudes as magnitudes
+
+    monkeypatch.setattr(magnitudes, "_CHUNK", 7)  # every layer read in many chunks
+    monkeypatch.setattr(magnitudes, "_WINDOW", 0.0)  # every miss reads one bin only
+    monkeypatch.setattr(magnitudes, "_WINDOW_MIN", 0)
+    model = near_tied_net()
+    idx, params = index_of(model)
+    assert len({int(b) >> 16 for t in params for b in magnitudes.abs_bits(t).flatten()}) <= 6
+    for k in range(0, idx.max_count(mt) + 1, 3):
+        assert k == 0 or len(idx._fine) <= 6
+        masks = [m for _, m in idx.layer_masks(idx.allocate(k, mt), params)]
+        for got, want in zip(masks, brute_force_keep(params, k, mt)):
+            assert torch.equal(got, want), k
+
+
+def test_prefetch_and_critical_counts_match_a_fresh_index():
+    model = near_tied_net(3)
+    idx, params = index_of(model)
+    ks = [0, 1, idx.total // 3, idx.total - 1]
+    idx.prefetch(ks)
+    fresh, _ = index_of(model)
+    for k in ks:
+        assert np.array_equal(idx.allocate(k).pruned, fresh.allocate(k).pruned)
+    crit = idx.critical_counts()
+    for i, c in enumerate(crit):
+        keep = brute_force_keep(params, int(c))
+        assert not bool(keep[i].any()) and bool(brute_force_keep(params, int(c) - 1)[i].any())
+
+
+def test_index_holds_no_copy_of_the_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1000, 1000), nn.Linear(1000, 1000))
+    idx, _ = index_of(model)
+    idx.allocate(idx.total // 2)
+    held = sum(a.nbytes for arrs in idx._fine.values() for a in arrs) + idx._cum.nbytes
+    assert held < 0.25 * idx.total * 4  # the old index held one float32 copy (total * 4 bytes)
+
+
+def test_bf16_weights_rank_like_their_float32_values():
+    model = near_tied_net(5)
+    with torch.no_grad():  # values bf16 holds exactly, with ties created by the rounding
+        for lin in model:
+            lin.weight.copy_(lin.weight.to(torch.bfloat16).float() * 3.7)
+            lin.weight.copy_(lin.weight.to(torch.bfloat16).float())
+    idx32, params = index_of(model)
+    half = [p.detach().to(torch.bfloat16) for p in params]
+    idx16 = MagnitudeIndex(find_prunable(model), half)
+    for k in (5, idx32.total // 2, idx32.total - 3):
+        a32, a16 = idx32.allocate(k), idx16.allocate(k)
+        assert np.array_equal(a32.pruned, a16.pruned) and a32.threshold == a16.threshold
+        for (_, m32), (_, m16) in zip(idx32.layer_masks(a32, params), idx16.layer_masks(a16, half)):
+            assert torch.equal(m32, m16)
+
+
+def test_nan_weight_is_a_one_line_error():
+    model = tied_mlp()
+    with torch.no_grad():
+        model[2].weight[1, 1] = float("nan")
+    with pytest.raises(CollapsekitError, match="2.weight contains NaN"):
+        index_of(model)

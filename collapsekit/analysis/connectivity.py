@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex
+from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, bits_to_float
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.trace import TracedModel
 
@@ -92,11 +92,8 @@ class LevelMasks:
         n, size = int(self.alloc.pruned[i]), int(self.conn.index.sizes[i])
         if n == 0 or n == size:
             return None
-        arr = self.conn.index._sorted[i]
-        v = arr[n - 1]
-        lt = int(np.searchsorted(arr, v, side="left"))
-        eq = int(np.searchsorted(arr, v, side="right")) - lt
-        return float(v), n - lt == eq
+        v, surviving = self.conn.index.cut(i, n)
+        return bits_to_float(v), surviving == 0
 
     def keep(self, name: str) -> torch.Tensor:
         """The full bool keep-mask of prunable weight `name`."""

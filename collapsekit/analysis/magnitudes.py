@@ -1,10 +1,14 @@
-"""One sorted view of all prunable |w|: exact Global MP counts, thresholds, critical sparsities, MT.
+"""One histogram view of all prunable |w|: exact Global MP counts, thresholds, critical sparsities, MT.
 
 Global MP (Gupta et al., "Is Complexity Required for Neural Network Pruning?")
 prunes the `round(s * N)` smallest magnitudes of all N prunable weights. The
-index sorts each layer's magnitudes once (one float32 copy of the weights) and
-answers every later question by binary search, so a whole report, or a prune,
-costs one sort.
+float32 bit patterns of non-negative numbers order like the numbers, so the
+index keeps, per layer, a cumulative histogram of the high 16 bits of |w|
+(2**15 bins, one read of the weights) and, only for the few bins a question
+lands in, the sorted exact bit patterns found there (one more read, batched for
+many questions). Every count stays exact to the weight while the index holds a
+few hundred kilobytes per layer instead of a sorted copy of the weights; the
+weights themselves are read again, a chunk at a time, when a new bin is needed.
 
 Pruning order, which makes every count exact and every mask deterministic:
 ascending |w|, then layer order (parameter order), then flat index. Weights that
@@ -17,7 +21,6 @@ that order (its largest), and the global order runs over the remaining ones.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +30,14 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.analysis.prunable import PrunableWeight
 
 _FLOAT32_INF_BITS = 0x7F800000
+_ABS_BITS = 0x7FFFFFFF  # clears the sign: |w| as a float32 bit pattern
+_SHIFT = 16  # a bin holds the |w| sharing their high 16 bits (sign, exponent, 7 mantissa bits)
+_BINS = 1 << (31 - _SHIFT)
+_CHUNK = 1 << 22  # weights per read: bounds every temporary to a few tens of MB
+# A cache miss (a count in a bin not read yet) fetches neighbouring bins too, up to
+# this fraction of all weights, so a bisection over counts costs one or two reads.
+_WINDOW = 1 / 64
+_WINDOW_MIN = 1 << 16
 
 
 def resolve_mt(mt, total: int) -> int:
@@ -71,28 +82,144 @@ class Allocation:
     threshold: float  # magnitude of the last weight pruned (0.0 when k == 0)
 
 
-def _sorted_magnitudes(weight: PrunableWeight, tensor: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        mags = tensor.detach().abs().flatten().to(device="cpu", dtype=torch.float32)
-    arr = mags.numpy()  # `abs()` made a fresh tensor: sorting it in place is safe
-    arr.sort(kind="quicksort")
-    if arr.size and np.isnan(arr[-1]):  # NaN sorts last
-        raise CollapsekitError(f"weight {weight.name} contains NaN; cannot rank magnitudes")
-    return arr
+def bits_to_float(bits: int) -> float:
+    """The non-negative float32 whose bit pattern is `bits`."""
+    return float(np.array(bits, dtype=np.int32).view(np.float32))
+
+
+def abs_bits(tensor: torch.Tensor) -> torch.Tensor:
+    """int32 bit patterns of |w| in float32 (on the tensor's device): ordered exactly like |w|.
+
+    bf16 and fp16 widen to float32 exactly, so their order is kept too.
+    """
+    t = tensor.detach()
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t.contiguous().view(torch.int32) & _ABS_BITS
+
+
+def _chunks(tensor: torch.Tensor):
+    """The flat |w| bit patterns of `tensor` as numpy int32 arrays of at most _CHUNK weights."""
+    flat = tensor.detach().reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        part = flat[start:start + _CHUNK]
+        if part.device.type != "cpu":
+            part = part.to("cpu")
+        yield abs_bits(part).numpy()
 
 
 class MagnitudeIndex:
-    """Per-layer ascending |w| of the prunable weights; answers Global MP questions by search."""
+    """Per-layer histograms of |w| bit patterns; answers Global MP questions exactly by counting.
 
-    def __init__(self, weights: list[PrunableWeight], tensors: list[torch.Tensor]):
+    `tensors` may be any sequence whose items are read when a question needs them
+    (live parameters, or tensors memory-mapped from a checkpoint); it is kept, not
+    copied, and the weights must not change while the index is in use
+    (`release(i)` ends the use of layer i).
+    """
+
+    def __init__(self, weights: list[PrunableWeight], tensors):
         self.weights = list(weights)
-        self.sizes = np.array([t.numel() for t in tensors], dtype=np.int64)
+        self._tensors = tensors
+        self.sizes = np.array([w.numel for w in self.weights], dtype=np.int64)
         self.total = int(self.sizes.sum())
-        # numpy sorts without the GIL, so layers sort in parallel threads; each
-        # thread holds only its own layer's copy, which becomes the index.
-        workers = max(1, min(len(tensors), torch.get_num_threads(), 8))
-        with ThreadPoolExecutor(workers) as pool:
-            self._sorted = list(pool.map(_sorted_magnitudes, weights, tensors))
+        # cum[i, b]: weights of layer i in bins below b; top[i]: its largest |w| bits.
+        self._cum = np.zeros((len(self.weights), _BINS + 1), dtype=np.int64)
+        self._top = np.zeros(len(self.weights), dtype=np.int64)
+        for i, w in enumerate(self.weights):
+            hist = torch.zeros(_BINS, dtype=torch.int64)
+            top = -1
+            for bits in _chunks(tensors[i]):
+                top = max(top, int(bits.max()))
+                hist += torch.bincount(torch.from_numpy(bits >> _SHIFT), minlength=_BINS)
+            if top > _FLOAT32_INF_BITS:
+                raise CollapsekitError(f"weight {w.name} contains NaN; cannot rank magnitudes")
+            np.cumsum(hist.numpy(), out=self._cum[i, 1:])
+            self._top[i] = top
+        self._per_bin = np.diff(self._cum.sum(0))  # weights of all layers per bin
+        self._fine: dict[int, list[np.ndarray]] = {}  # bin -> per layer sorted bits in that bin
+        self._local: dict[tuple[int, int], np.ndarray] = {}  # (layer, bin) read for one layer only
+        self._released: set[int] = set()
+
+    # -- reading bins -------------------------------------------------------------------
+    def prefetch(self, ks, mt_count: int = 0) -> None:
+        """Reads, in one pass over the weights, every bin the allocations of counts `ks` land in."""
+        limits = self.sizes - self.protected(mt_count)
+        self._fetch({self._bin_of_kth(int(k), limits) for k in ks if 0 < int(k) <= int(limits.sum())})
+
+    def _fetch(self, bins) -> None:
+        bins = sorted(b for b in set(bins) if b not in self._fine)
+        if not bins:
+            return
+        if self._released:
+            raise RuntimeError("magnitude index asked for new bins after a layer was released")
+        table = np.zeros(_BINS, dtype=bool)
+        table[bins] = True
+        edges = np.array([b << _SHIFT for b in bins] + [(bins[-1] + 1) << _SHIFT], dtype=np.int64)
+        per_layer = []
+        for i in range(len(self.weights)):
+            parts = [bits[np.take(table, bits >> _SHIFT)] for bits in _chunks(self._tensors[i])]
+            found = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
+            cuts = np.searchsorted(found, edges)
+            per_layer.append([found[cuts[j]:cuts[j + 1]] for j in range(len(bins))])
+        for j, b in enumerate(bins):
+            self._fine[b] = [layer[j] for layer in per_layer]
+
+    def _fetch_around(self, b: int) -> None:
+        """Reads bin `b` and its neighbours while they hold at most _WINDOW of all weights."""
+        counts = self._per_bin
+        budget, lo, hi = max(int(self.total * _WINDOW), _WINDOW_MIN), b, b
+        held = int(counts[b])
+        while True:
+            grown = False
+            for nb in (lo - 1, hi + 1):
+                if 0 <= nb < _BINS and nb not in self._fine and held + int(counts[nb]) <= budget:
+                    held += int(counts[nb])
+                    lo, hi, grown = min(lo, nb), max(hi, nb), True
+            if not grown:
+                break
+        self._fetch(b for b in range(lo, hi + 1) if counts[b] > 0 or b in (lo, hi))
+
+    def _bin(self, b: int) -> list[np.ndarray]:
+        if b not in self._fine:
+            self._fetch_around(b)
+        return self._fine[b]
+
+    def _layer_bin(self, i: int, b: int) -> np.ndarray:
+        """Layer i's sorted bits in bin b, read from that layer alone when not fetched for all."""
+        if b in self._fine:
+            return self._fine[b][i]
+        if (i, b) not in self._local:
+            lo, hi = b << _SHIFT, (b + 1) << _SHIFT
+            parts = [bits[(bits >= lo) & (bits < hi)] for bits in _chunks(self._tensors[i])]
+            self._local[(i, b)] = np.sort(np.concatenate(parts))
+        return self._local[(i, b)]
+
+    # -- counting -----------------------------------------------------------------------
+    def _counts(self, u: int, side: str) -> np.ndarray:
+        """Per layer, how many |w| bit patterns are < u (side "left") or <= u ("right")."""
+        b = u >> _SHIFT
+        return self._cum[:, b] + np.array([np.searchsorted(a, u, side=side) for a in self._bin(b)],
+                                          dtype=np.int64)
+
+    def _bin_of_kth(self, k: int, limits: np.ndarray) -> int:
+        # Smallest bin b with #{candidates in bins <= b} >= k; candidates are each
+        # layer's `limits` smallest, so a layer contributes min(cum, limit).
+        lo, hi = 0, _BINS - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int(np.minimum(self._cum[:, mid + 1], limits).sum()) >= k:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _kth_value(self, k: int, limits: np.ndarray) -> int:
+        """Bit pattern of the k-th smallest candidate magnitude (1-based)."""
+        b = self._bin_of_kth(k, limits)
+        below = np.minimum(self._cum[:, b], limits)
+        rank = k - int(below.sum())  # 1-based rank inside bin b
+        cands = np.concatenate([a[:max(0, int(n - c))] for a, n, c in zip(self._bin(b), limits, self._cum[:, b])])
+        return int(np.partition(cands, rank - 1)[rank - 1])
 
     # -- allocation ---------------------------------------------------------------------
     def protected(self, mt_count: int) -> np.ndarray:
@@ -112,47 +239,31 @@ class MagnitudeIndex:
                 f"at most {int(limits.sum())} are prunable (lower the sparsity or the MT)")
         if k == 0:
             return Allocation(0, np.zeros(len(self.sizes), dtype=np.int64), 0.0)
-        t = self._kth_value(k, limits)
-        lt = self._count(t, limits, "left")
-        eq = self._count(t, limits, "right") - lt
+        u = self._kth_value(k, limits)
+        lt = np.minimum(self._counts(u, "left"), limits)
+        eq = np.minimum(self._counts(u, "right"), limits) - lt
         need = k - int(lt.sum())
         before = np.concatenate([[0], np.cumsum(eq)[:-1]])
         ties = np.clip(need - before, 0, eq)
-        return Allocation(k, lt + ties, float(t))
-
-    def _count(self, value: float, limits: np.ndarray, side: str) -> np.ndarray:
-        v = np.float32(value)
-        return np.array([np.searchsorted(a[:n], v, side=side) for a, n in zip(self._sorted, limits)],
-                        dtype=np.int64)
-
-    def _kth_value(self, k: int, limits: np.ndarray) -> np.float32:
-        # Smallest magnitude v with #{candidates <= v} >= k. Non-negative float32s order
-        # like their bit patterns, so bisect on the integers: 32 rounds, whatever N is.
-        lo, hi = 0, _FLOAT32_INF_BITS
-        while lo < hi:
-            mid = (lo + hi) // 2
-            v = np.array(mid, dtype=np.int32).view(np.float32)
-            if int(self._count(v, limits, "right").sum()) >= k:
-                hi = mid
-            else:
-                lo = mid + 1
-        return np.array(lo, dtype=np.int32).view(np.float32)
+        return Allocation(k, lt + ties, bits_to_float(u))
 
     def release(self, i: int) -> None:
-        """Frees layer i's sorted copy once no further question about it will be asked."""
-        self._sorted[i] = self._sorted[i][:0].copy()
+        """Ends the use of layer i (its weights may change now): drops what was read of it."""
+        self._released.add(i)
+        for key in [key for key in self._local if key[0] == i]:
+            del self._local[key]
 
     # -- per-layer questions ------------------------------------------------------------
     def critical_counts(self, mt_count: int = 0) -> np.ndarray:
         """For each layer, the smallest global k that empties it (-1 where MT keeps it non-empty)."""
         limits = self.sizes - self.protected(mt_count)
         out = np.full(len(self.sizes), -1, dtype=np.int64)
-        for i, (arr, n) in enumerate(zip(self._sorted, limits)):
-            if n < self.sizes[i] or n == 0:
-                continue
-            top = arr[-1]
-            lt = self._count(top, limits, "left")
-            le = self._count(top, limits, "right")
+        eligible = [i for i, n in enumerate(limits) if n == self.sizes[i] and n > 0]
+        self._fetch({int(self._top[i]) >> _SHIFT for i in eligible})  # one read for every layer's top
+        for i in eligible:
+            top = int(self._top[i])
+            lt = np.minimum(self._counts(top, "left"), limits)
+            le = np.minimum(self._counts(top, "right"), limits)
             # Everything smaller, the ties of earlier layers, and all of this layer's ties.
             out[i] = int(lt.sum()) + int((le - lt)[:i].sum()) + int(le[i] - lt[i])
         return out
@@ -161,6 +272,22 @@ class MagnitudeIndex:
         """Each layer's critical sparsity `k_crit / N`; 1.0 where it never empties."""
         counts = self.critical_counts(mt_count)
         return np.where(counts < 0, 1.0, counts / self.total)
+
+    def cut(self, i: int, n: int) -> tuple[int, int]:
+        """(v, surviving) for layer i with its first `n` weights in pruning order pruned (0 < n < size):
+        it keeps every |w| whose bit pattern exceeds v, plus its last `surviving` ties at v in flat order.
+
+        When n ends a histogram bin, v is that bin's top pattern (no tie survives) and no
+        weight needs reading."""
+        row = self._cum[i]
+        j = int(np.searchsorted(row, n, side="left"))  # row[j-1] < n <= row[j]
+        if row[j] == n:
+            return (j << _SHIFT) - 1, 0
+        b = j - 1
+        arr = self._layer_bin(i, b)
+        v = int(arr[n - 1 - row[b]])
+        le = int(row[b]) + int(np.searchsorted(arr, v, side="right"))
+        return v, le - n
 
     def layer_masks(self, alloc: Allocation, tensors: list[torch.Tensor]):
         """Yields (index, bool keep-mask) per layer for `alloc`, one layer in memory at a time."""
@@ -174,15 +301,18 @@ class MagnitudeIndex:
             return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
         if n >= size:
             return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
-        arr = self._sorted[i]
-        v = arr[n - 1]
-        lt = int(np.searchsorted(arr, v, side="left"))
-        eq = int(np.searchsorted(arr, v, side="right")) - lt
+        v, surviving = self.cut(i, n)
+        flat_in = tensor.detach().reshape(-1)
+        keep = torch.empty(size, dtype=torch.bool, device=tensor.device)
         with torch.no_grad():
-            mags = tensor.detach().abs().to(torch.float32)
-            vt = torch.tensor(float(v), dtype=torch.float32, device=tensor.device)
-            keep = mags > vt
-            if n - lt < eq:  # some ties at v survive: the later ones in flat order
-                flat_ties = torch.nonzero((mags == vt).flatten()).flatten()
-                keep.view(-1)[flat_ties[n - lt:]] = True
-        return keep
+            for start in range(0, size, _CHUNK):
+                torch.gt(abs_bits(flat_in[start:start + _CHUNK]), v, out=keep[start:start + _CHUNK])
+            # The ties at v that survive are the last ones in flat order.
+            for start in reversed(range(0, size, _CHUNK)) if surviving else ():
+                ties = torch.nonzero(abs_bits(flat_in[start:start + _CHUNK]) == v).flatten()
+                take = ties[max(0, ties.numel() - surviving):]
+                keep[start + take] = True
+                surviving -= take.numel()
+                if surviving == 0:
+                    break
+        return keep.view(tensor.shape)
