@@ -20,6 +20,7 @@ from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
+from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import relu_cuts
 from collapsekit.errors import CollapsekitError
@@ -49,12 +50,17 @@ class Analysis:
         if exact not in (True, False, "auto"):
             raise CollapsekitError(f"exact must be True, False or 'auto', got {exact!r}")
         self.name = name or type(model).__name__
-        self.traced = trace(model, example_inputs)
+        self.timings = Timings()  # seconds per stage, shared by with_mt copies
+        with self.timings.stage("trace"):
+            self.traced = trace(model, example_inputs)
         self.weights = find_prunable(model, include, exclude)
         self.tensors = tensors(model, self.weights)
-        self.index = MagnitudeIndex(self.weights, self.tensors)
-        self.graph = build_graph(self.traced, self.weights)
-        self.connectivity = Connectivity(self.traced, self.weights, self.tensors, self.index)
+        with self.timings.stage("index"):
+            self.index = MagnitudeIndex(self.weights, self.tensors)
+        with self.timings.stage("graph"):
+            self.graph = build_graph(self.traced, self.weights)
+        with self.timings.stage("connectivity"):
+            self.connectivity = Connectivity(self.traced, self.weights, self.tensors, self.index)
         self.mt = resolve_mt(mt, self.index.total)
         self.channel_level = (forward_macs(self.traced) > ELEMENT_LEVEL_MACS) if exact == "auto" else not exact
 
@@ -165,7 +171,8 @@ class Analysis:
 
     def layers(self) -> tuple[LayerReport, ...]:
         """Per prunable weight: size, topology, critical sparsity and MT protection under this MT."""
-        crit = self.index.critical_sparsities(self.mt)
+        with self.timings.stage("critical sparsities"):
+            crit = self.index.critical_sparsities(self.mt)
         protected = self.index.protected(self.mt)
         return tuple(LayerReport(w.name, w.module, w.kind, w.shape, w.numel, self.graph.bypassable[w.name],
                                  float(c), self.graph.rejoins_at[w.name], int(p))
@@ -176,10 +183,12 @@ class Analysis:
         k = self.count(sparsity)
         masks = self.level(k)
         pruned = masks.alloc.pruned
-        flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level)
+        with self.timings.stage("flow per level"):
+            flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level)
         emptied = tuple(w.name for w, n in zip(self.weights, pruned) if n == w.numel)
         bottlenecks = {w.name for w in self.weights if not self.graph.bypassable[w.name]}
-        value_collapsed = flow.collapsed or (not self.channel_level and self.value_collapsed_at(masks))
+        with self.timings.stage("value level"):
+            value_collapsed = flow.collapsed or (not self.channel_level and self.value_collapsed_at(masks))
         return LevelReport(
             sparsity=float(sparsity), pruned=k, threshold=masks.alloc.threshold, collapsed=flow.collapsed,
             emptied_layers=emptied, emptied_bottlenecks=tuple(n for n in emptied if n in bottlenecks),
@@ -192,8 +201,11 @@ class Analysis:
     def report(self, sparsities=None, progress: bool = False, name: str | None = None) -> CollapseReport:
         """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT."""
         wanted = sparsity_levels(sparsities)
-        levels = [self.level_report(s) for s in _progress(wanted, progress, "levels")]
-        collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
+        with self.timings.stage("index reads"):  # every level's threshold bin in one read of the weights
+            self.index.prefetch([self.count(s) for s in wanted], self.mt)
+        levels = [self.level_report(s) for s in _progress(wanted, "levels", progress)]
+        with self.timings.stage("boundary search"):
+            collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
             levels = [lv if lv.collapsed or lv.sparsity < collapse
                       else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0)
@@ -230,14 +242,6 @@ def sparsity_levels(sparsities=None) -> list[float]:
     for s in levels:
         sparsity_to_count(s, 1)  # raises a one-line error for a level outside [0, 1)
     return levels
-
-
-def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, leave=False, disable=None)  # None: silent when not a terminal
 
 
 __all__ = ["Analysis", "analyze", "sparsity_levels", "DEFAULT_SPARSITIES", "ELEMENT_LEVEL_MACS"]

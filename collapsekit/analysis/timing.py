@@ -1,0 +1,40 @@
+"""Wall-clock seconds per stage of an analysis, so the next bottleneck is visible (`Analysis.timings`)."""
+from __future__ import annotations
+
+import contextlib
+import time
+
+
+class Timings:
+    """Seconds and calls per named stage, in the order stages first ran."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """Adds the wall time of the `with` body to stage `name` (nested stages count in both)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.calls[name] = self.calls.get(name, 0) + 1
+
+    def to_dict(self) -> dict:
+        return {name: {"seconds": s, "calls": self.calls[name]} for name, s in self.seconds.items()}
+
+    def __str__(self) -> str:
+        rows = [f"{name:<22} {s:8.2f} s  ({self.calls[name]} call{'s' * (self.calls[name] != 1)}, "
+                f"{s / self.calls[name]:.3f} s each)" for name, s in self.seconds.items()]
+        return "\n".join(rows)
+
+
+def progress(items, desc: str, enabled: bool = True, total: int | None = None):
+    """`items` under a tqdm bar on a terminal (silent otherwise: `disable=None`); plain when not enabled."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False, disable=None, total=total)
