@@ -1,11 +1,16 @@
 """Shared benchmark plumbing: run a job in a fresh process and measure its time and peak extra RSS.
 
-Peak memory comes from the kernel (VmHWM after resetting it via clear_refs), so
-it sees torch's allocations, which tracemalloc does not.
+Peak memory is what the user's process sees: `ru_maxrss` (the kernel's
+high-water mark, reset via clear_refs just before the call) minus the RSS before
+it, under the default allocator. It sees torch's allocations, which tracemalloc
+does not. `pinned=True` reruns a job with the glibc settings below, which return
+freed mid-sized blocks at once; users do not run with them, so that figure is
+printed only beside the default one.
 """
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -26,24 +31,30 @@ def measure(fn) -> dict:
     start = time.perf_counter()
     fn()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_extra_mib": (_status_kib("VmHWM") - before) / 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"seconds": seconds, "peak_extra_mib": (peak - before) / 1024}
 
 
-# glibc keeps freed mid-sized blocks on its heap, so without this the high-water mark
-# counts allocator retention, not live memory; both sides of a comparison get it.
+# glibc keeps freed mid-sized blocks on its heap; these settings hand them back at
+# once, so the high-water mark counts live memory only (never the default here).
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def in_subprocess(job: str, **kwargs) -> dict:
+def in_subprocess(job: str, pinned: bool = False, **kwargs) -> dict:
     """Runs `benchmarks/jobs.py JOB` with JSON kwargs in a fresh interpreter and returns its JSON."""
     import os
 
     script = Path(__file__).with_name("jobs.py")
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
     out = subprocess.run([sys.executable, str(script), job, json.dumps(kwargs)], check=True,
-                         capture_output=True, text=True, env={**os.environ, **ALLOCATOR_ENV})
+                         capture_output=True, text=True, env={**env, **(ALLOCATOR_ENV if pinned else {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def verdict(value: float, goal: float) -> str:
+    return f"{value:.2f} (goal <= {goal:g}: {'met' if value <= goal else 'MISSED'})"

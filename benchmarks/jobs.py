@@ -13,14 +13,39 @@ import collapsekit as ck  # noqa: E402
 import collapsekit.analysis.analysis  # noqa: E402,F401  (imports stay outside the measured region)
 from collapsekit.analysis.prunable import find_prunable  # noqa: E402
 
+# LLaMA-style decoders from a `transformers` config (random weights): name -> (config, tokens).
+LLAMAS = {
+    "llama_374m": dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=2816, vocab_size=32000,
+                       num_attention_heads=16, num_key_value_heads=16),
+    "llama_1b": dict(hidden_size=2048, num_hidden_layers=22, intermediate_size=5632, vocab_size=32000,
+                     num_attention_heads=32, num_key_value_heads=4),
+    "llama_tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176, vocab_size=500,
+                       num_attention_heads=4, num_key_value_heads=4),
+}
+TOKENS = 16
+
+
+def llama_config(name: str):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**LLAMAS[name], max_position_embeddings=2048, use_cache=False, tie_word_embeddings=False)
+
 
 def _model(name: str, input_size: int):
+    """(model, example input, prunable weights, prunable float32 bytes), after one forward pass."""
     torch.manual_seed(0)
-    model = ck.models.create(name, num_classes=10, in_channels=3, input_size=input_size).eval()
+    if name in LLAMAS:
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM(llama_config(name)).eval()
+        x = torch.randint(0, LLAMAS[name]["vocab_size"], (1, TOKENS))
+    else:
+        model = ck.models.create(name, num_classes=10, in_channels=3, input_size=input_size).eval()
+        x = torch.randn(1, 3, input_size, input_size)
     with torch.no_grad():  # warm-up: one forward pass, as any model that was used has had
-        model(torch.randn(1, 3, input_size, input_size))
+        model(x)
     weights = find_prunable(model)
-    return model, weights, sum(w.numel for w in weights) * 4
+    return model, x, weights, sum(w.numel for w in weights) * 4
 
 
 def _warm_up(fn) -> None:
@@ -31,13 +56,18 @@ def _warm_up(fn) -> None:
 
 def report(model: str, input_size: int = 32, sparsities=None) -> dict:
     _warm_up(lambda m: ck.analyze(m, torch.randn(1, 3, 8, 8), sparsities=[0.5, 0.99]))
-    net, _, prunable_bytes = _model(model, input_size)
-    x = torch.randn(1, 3, input_size, input_size)
+    net, x, _, prunable_bytes = _model(model, input_size)
     holder = {}
-    stats = measure(lambda: holder.setdefault("r", ck.analyze(net, x, sparsities=sparsities)))
+
+    def run():
+        an = holder["an"] = ck.Analysis(net, x)
+        holder["r"] = an.report(sparsities)
+
+    stats = measure(run)
     r = holder["r"]
     return {**stats, "prunable_mib": prunable_bytes / 2**20, "levels": len(r.levels),
-            "collapse_sparsity": r.collapse_sparsity}
+            "collapse_sparsity": r.collapse_sparsity, "timings": holder["an"].timings.to_dict(),
+            "trace_method": r.trace_method, "channel_level": holder["an"].channel_level}
 
 
 def torch_global(model: str, input_size: int = 32, sparsity: float = 0.9) -> dict:
@@ -48,7 +78,7 @@ def torch_global(model: str, input_size: int = 32, sparsity: float = 0.9) -> dic
 
     _warm_up(lambda m: tprune.global_unstructured(params_of(m, find_prunable(m)), pruning_method=tprune.L1Unstructured,
                                                   amount=sparsity))
-    net, weights, prunable_bytes = _model(model, input_size)
+    net, _, weights, prunable_bytes = _model(model, input_size)
     params = params_of(net, weights)
     stats = measure(lambda: tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured,
                                                        amount=sparsity))
@@ -57,7 +87,7 @@ def torch_global(model: str, input_size: int = 32, sparsity: float = 0.9) -> dic
 
 def ck_prune(model: str, input_size: int = 32, sparsity: float = 0.9) -> dict:
     _warm_up(lambda m: ck.prune(m, sparsity=sparsity))
-    net, _, prunable_bytes = _model(model, input_size)
+    net, _, _, prunable_bytes = _model(model, input_size)
     holder = {}
     stats = measure(lambda: holder.setdefault("r", ck.prune(net, sparsity=sparsity)))
     return {**stats, "prunable_mib": prunable_bytes / 2**20, "pruned": holder["r"].pruned}
@@ -66,5 +96,6 @@ def ck_prune(model: str, input_size: int = 32, sparsity: float = 0.9) -> dict:
 JOBS = {"report": report, "torch_global": torch_global, "ck_prune": ck_prune}
 
 if __name__ == "__main__":
+    torch.set_num_threads(int(__import__("os").environ.get("BENCH_THREADS", "1")))
     name, kwargs = sys.argv[1], json.loads(sys.argv[2])
     print(json.dumps(JOBS[name](**kwargs)))

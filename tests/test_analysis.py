@@ -99,3 +99,24 @@ def test_search_mt_over_four_values_traces_and_sorts_once(counted):
     result = search_mt(model, bundle, 0.9, mts=[0, 1, 2, 4], epochs=1)
     assert [p.mt for p in result.points] == [0, 1, 2, 4]
     assert counted == {"traces": 1, "sorts": 1}
+
+
+def test_boundary_search_is_exact_whatever_the_candidate_counts():
+    model = tiny_convnet()
+    an = Analysis(model, torch.randn(1, 1, 8, 8), exact=True)
+    top = an.index.max_count()
+    plain = an._bisect(-1, top, channel_level=False)
+    assert an.collapsed_at(plain) and not an.collapsed_at(plain - 1)
+    crit = [int(c) for c in an.index.critical_counts()]
+    for candidates in (crit, [plain - 7, plain + 5, plain + 90], [plain], [3, top - 1]):
+        assert an._bisect(-1, top, channel_level=False, candidates=candidates) == plain, candidates
+
+
+def test_timings_name_every_stage_of_a_report():
+    an = Analysis(mlp(), torch.randn(1, 6))
+    an.report([0.5, 0.9])
+    stages = an.timings.to_dict()
+    assert {"trace", "index", "graph", "connectivity", "index reads", "flow per level",
+            "boundary search", "critical sparsities"} <= stages.keys()
+    assert stages["flow per level"]["calls"] == 2 and all(t["seconds"] >= 0 for t in stages.values())
+    assert "flow per level" in str(an.timings)

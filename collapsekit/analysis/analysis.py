@@ -145,18 +145,37 @@ class Analysis:
                 hi = min(hi, k)
             else:
                 lo = max(lo, k)
-        for w, c in zip(self.weights, self.index.critical_counts(self.mt)):
+        critical = self.index.critical_counts(self.mt)
+        for w, c in zip(self.weights, critical):
             if not self.graph.bypassable[w.name] and c >= 0:
                 hi = min(hi, int(c))
         if not any(c for k, c in known if k == hi) and not self.collapsed_at(hi):
             return 1.0
-        hi = self._bisect(lo, hi, self.channel_level)
+        candidates = sorted({int(c) for c in critical if lo < c < hi})
+        self.index.prefetch([lo + 1, hi, *candidates], self.mt)  # one read for the likely steps
+        hi = self._bisect(lo, hi, self.channel_level, candidates)
         if self.channel_level and hi > 0 and self.collapsed_at(hi - 1, channel_level=False):
-            hi = self._bisect(-1, hi - 1, channel_level=False)
+            hi = self._bisect(-1, hi - 1, channel_level=False, candidates=[int(c) for c in critical if 0 <= c < hi])
         return hi / self.index.total
 
-    def _bisect(self, lo: int, hi: int, channel_level: bool) -> int:
-        """Smallest k in (lo, hi] that collapses, given that hi does."""
+    def _bisect(self, lo: int, hi: int, channel_level: bool, candidates=()) -> int:
+        """Smallest k in (lo, hi] that collapses, given that hi does.
+
+        Collapse usually comes with the pruning of a layer's last weight, so the
+        critical counts inside the bracket are bisected first; one flow at k - 1
+        then proves the boundary exact, or the plain bisection goes on below it.
+        """
+        cands = sorted(c for c in set(candidates) if lo < c < hi)
+        a, b = -1, len(cands)  # cands[a] known alive, cands[b] collapses (b == len: hi)
+        while b - a > 1:
+            mid = (a + b) // 2
+            if self.collapsed_at(cands[mid], channel_level):
+                b = mid
+            else:
+                a = mid
+        lo, hi = (cands[a] if a >= 0 else lo), (cands[b] if b < len(cands) else hi)
+        if hi - lo > 1 and cands and not self.collapsed_at(hi - 1, channel_level):
+            return hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if self.collapsed_at(mid, channel_level):
