@@ -24,6 +24,7 @@ from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import relu_cuts
 from collapsekit.errors import CollapsekitError
+from collapsekit.files.stream import Checkpoint, StreamedTensors, skeleton
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).
@@ -46,17 +47,30 @@ class Analysis:
     """
 
     def __init__(self, model: nn.Module, example_inputs, include=None, exclude=None, mt=None, exact="auto",
-                 name: str | None = None):
+                 name: str | None = None, checkpoint=None, progress: bool = False):
         if exact not in (True, False, "auto"):
             raise CollapsekitError(f"exact must be True, False or 'auto', got {exact!r}")
         self.name = name or type(model).__name__
         self.timings = Timings()  # seconds per stage, shared by with_mt copies
-        with self.timings.stage("trace"):
-            self.traced = trace(model, example_inputs)
+        self.checkpoint = checkpoint
+        self.zero_filled: list[str] = []  # streamed: meta buffers the checkpoint lacks, traced as zeros
         self.weights = find_prunable(model, include, exclude)
-        self.tensors = tensors(model, self.weights)
+        traced_model = model
+        with self.timings.stage("open checkpoint"):
+            if checkpoint is not None:
+                # Invariant 9: every weight is read from the file when a question needs it.
+                source = Checkpoint(checkpoint)
+                self.tensors = StreamedTensors(source, self.weights)
+                traced_model, self.zero_filled = skeleton(model, source, self.weights)
+            else:
+                self.tensors = tensors(model, self.weights)
+                if any(t.is_meta for t in self.tensors):
+                    raise CollapsekitError(f"{self.name}'s weights are on the meta device: pass checkpoint= "
+                                           "(a .safetensors file or a sharded directory) to read them from")
+        with self.timings.stage("trace"):
+            self.traced = trace(traced_model, example_inputs)
         with self.timings.stage("index"):
-            self.index = MagnitudeIndex(self.weights, self.tensors)
+            self.index = MagnitudeIndex(self.weights, self.tensors, progress=progress)
         with self.timings.stage("graph"):
             self.graph = build_graph(self.traced, self.weights)
         with self.timings.stage("connectivity"):
@@ -127,7 +141,8 @@ class Analysis:
     def value_collapsed_at(self, masks: LevelMasks) -> bool:
         """True if the masked network is provably constant at its current weights (sign analysis)."""
         keep = masks.keep_list()
-        cuts = relu_cuts(self.traced, self.weights, keep)
+        cuts = relu_cuts(self.traced, self.weights, keep,
+                         tensors=self.tensors if self.checkpoint is not None else None)
         return bool(cuts) and run_flow(self.traced, self.weights, keep, backward=False, cuts=cuts).collapsed
 
     def collapse_sparsity(self, known: list[tuple[int, bool]] = ()) -> float:
@@ -236,15 +251,18 @@ class Analysis:
 
 
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,
-            progress: bool = False, name: str | None = None, exact="auto") -> CollapseReport:
+            progress: bool = False, name: str | None = None, exact="auto", checkpoint=None) -> CollapseReport:
     """The CollapseReport of `model` (an nn.Module, or an Analysis already built) for Global MP at `sparsities`.
 
     `mt` is the Minimum Threshold: an int count per layer, or a percent of all
     prunable weights (float or "0.05%"). `example_inputs` (a tensor, a tuple, or a
     dict of keyword inputs) fixes the input shape. The model is never modified.
+    `checkpoint` (a .safetensors file, or a sharded directory or its index file)
+    streams the weights: `model` may live on the meta device, and each weight is
+    read from the memory-mapped file when a question needs it (Invariant 9).
     """
     sparsity_levels(sparsities)  # a bad level is refused before any work
-    extra = {} if isinstance(model, Analysis) else {"exact": exact}
+    extra = {} if isinstance(model, Analysis) else {"exact": exact, "checkpoint": checkpoint, "progress": progress}
     an = Analysis.of(model, example_inputs, include, exclude, mt, **extra)
     return an.report(sparsities, progress=progress, name=name)
 

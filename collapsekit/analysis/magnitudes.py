@@ -117,7 +117,9 @@ class MagnitudeIndex:
     (`release(i)` ends the use of layer i).
     """
 
-    def __init__(self, weights: list[PrunableWeight], tensors):
+    def __init__(self, weights: list[PrunableWeight], tensors, progress: bool = False):
+        from collapsekit.analysis.timing import progress as bar
+
         self.weights = list(weights)
         self._tensors = tensors
         self.sizes = np.array([w.numel for w in self.weights], dtype=np.int64)
@@ -125,7 +127,7 @@ class MagnitudeIndex:
         # cum[i, b]: weights of layer i in bins below b; top[i]: its largest |w| bits.
         self._cum = np.zeros((len(self.weights), _BINS + 1), dtype=np.int64)
         self._top = np.zeros(len(self.weights), dtype=np.int64)
-        for i, w in enumerate(self.weights):
+        for i, w in bar(enumerate(self.weights), "index", progress, total=len(self.weights)):
             hist = torch.zeros(_BINS, dtype=torch.int64)
             top = -1
             for bits in _chunks(tensors[i]):

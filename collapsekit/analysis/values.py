@@ -136,13 +136,16 @@ def _method_like(sp, name, x, *args, **kwargs):
 class SignPass(fx.Interpreter):
     """Signs every value can take at the given keep-masks; records the ReLU elements cut to constant 0."""
 
-    def __init__(self, traced: TracedModel, masks: dict[str, torch.Tensor]):
+    def __init__(self, traced: TracedModel, masks: dict[str, torch.Tensor], read=None):
         super().__init__(traced.gm)
         self.masks = masks
+        self.read = read or {}  # name -> callable returning the weight's values (streamed weights)
         self.cuts: dict[str, torch.Tensor] = {}
 
     def weight(self, name, tensor):
         keep = self.masks.get(name)
+        if name in self.read:
+            tensor = self.read[name]()
         w = tensor.detach().float()
         return w * keep if keep is not None else w
 
@@ -206,13 +209,19 @@ class _Unsupported(Exception):
     pass
 
 
-def relu_cuts(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def relu_cuts(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor],
+              tensors=None) -> dict[str, torch.Tensor] | None:
     """ReLU node name -> 0/1 float mask (0: constant 0 at these weights), or None if the signs
-    cannot be followed through this graph (then nothing is claimed)."""
+    cannot be followed through this graph (then nothing is claimed).
+
+    `tensors` (aligned with `weights`, read when indexed) replaces the module's own
+    values: a streamed analysis traces a model whose prunable weights hold no data."""
     masks = {alias: k for w, k in zip(weights, keep) for alias in (w.name, *w.aliases)}
+    read = {} if tensors is None else {alias: (lambda i=i: tensors[i]) for i, w in enumerate(weights)
+                                       for alias in (w.name, *w.aliases)}
     try:
         with torch.no_grad():
-            sp = SignPass(traced, masks)
+            sp = SignPass(traced, masks, read)
             sp.run(*traced.example_inputs)
     except (_Unsupported, RuntimeError, TypeError, IndexError):
         return None

@@ -1,0 +1,200 @@
+"""Weights read on demand from a safetensors checkpoint: one file, or a sharded directory with its index.
+
+`ck.analyze(meta_model, example_inputs, checkpoint=path)` analyses a model whose
+parameters live on the meta device (no memory) while every weight a question
+needs is read, one tensor at a time, from the memory-mapped file
+(`safetensors.safe_open`) in the dtype it is stored in (bf16, fp16 as stored).
+No tensor outlives the question that read it, and the file is mapped only while
+a tensor is read, so the process never holds the whole checkpoint.
+The Hugging Face sharded layout is a directory holding
+`model.safetensors.index.json` (its `weight_map` names the shard of every
+tensor) or that index file itself.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.errors import CollapsekitError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+class Checkpoint:
+    """The tensors of a safetensors checkpoint, by name: shapes from the headers, data read when asked."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.files: dict[str, Path] = {}  # tensor name -> shard holding it
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}
+        for shard in _shards(self.path):
+            for name, entry in _header(shard).items():
+                self.files[name] = shard
+                self.shapes[name] = tuple(entry["shape"])
+                self.dtypes[name] = entry["dtype"]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def nbytes(self) -> int:
+        """Bytes of tensor data in all shards."""
+        return sum(_data_bytes(f) for f in set(self.files.values()))
+
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor `name` as stored, read from its memory-mapped shard (the mapping closes on return)."""
+        from safetensors import safe_open
+
+        shard = self.files[name]
+        try:
+            with safe_open(str(shard), framework="pt") as fh:
+                return fh.get_tensor(name)
+        except Exception as exc:  # noqa: BLE001 - a shard changed or broke since it was opened
+            raise CollapsekitError(f"checkpoint shard {shard} is corrupt: {_first_line(exc)}") from None
+
+    def first_of(self, names) -> str | None:
+        """The first of `names` (a weight and its aliases) the checkpoint holds."""
+        return next((n for n in names if n in self.files), None)
+
+
+class StreamedTensors(Sequence):
+    """The prunable tensors of `weights`, each read from the checkpoint when indexed (nothing cached)."""
+
+    def __init__(self, checkpoint: Checkpoint, weights: list[PrunableWeight]):
+        self.checkpoint = checkpoint
+        self.names = []
+        missing, wrong = [], []
+        for w in weights:
+            found = checkpoint.first_of((w.name, *w.aliases))
+            if found is None:
+                missing.append(w.name)
+            elif checkpoint.shapes[found] != tuple(w.shape):
+                wrong.append(f"{found}: {list(checkpoint.shapes[found])} in the file vs {list(w.shape)} in the model")
+            self.names.append(found)
+        if missing or wrong:
+            problems = [f"{n}: missing" for n in missing] + wrong
+            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise CollapsekitError(f"checkpoint {checkpoint.path} does not fit the model: "
+                                   f"{'; '.join(problems[:3])}{more}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.checkpoint.read(self.names[i])
+
+
+def skeleton(model: nn.Module, checkpoint: Checkpoint, weights: list[PrunableWeight]) -> tuple[nn.Module, list[str]]:
+    """(a copy of `model` to trace, names zero-filled): every prunable weight a one-element zero tensor
+    expanded to its shape (no memory), every other parameter or buffer on the meta device read from
+    the checkpoint (in the model's dtype), and those the file lacks (non-persistent buffers such as
+    rotary frequencies) zero-filled. The user's model is not touched; its real tensors are shared,
+    never copied.
+    """
+    prunable = {n for w in weights for n in (w.name, *w.aliases)}
+    memo = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name in prunable or p.is_meta:
+            memo[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), p.requires_grad)
+        else:
+            memo[id(p)] = p  # shared: deepcopy keeps the real tensor as it is
+    for b in model.buffers():
+        if not b.is_meta:
+            memo[id(b)] = b
+    copy_ = copy.deepcopy(model, memo)
+    zero_filled = []
+    for name, tensor in [*copy_.named_parameters(remove_duplicate=False), *copy_.named_buffers(remove_duplicate=False)]:
+        if not tensor.is_meta:
+            continue
+        if name in prunable:
+            value = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
+        elif name in checkpoint:
+            if checkpoint.shapes[name] != tuple(tensor.shape):
+                raise CollapsekitError(f"checkpoint {checkpoint.path} does not fit the model: {name}: "
+                                       f"{list(checkpoint.shapes[name])} in the file vs {list(tensor.shape)}")
+            value = checkpoint.read(name).to(tensor.dtype)
+        else:
+            value = torch.zeros(tensor.shape, dtype=tensor.dtype)
+            zero_filled.append(name)
+        _assign(copy_, name, value, isinstance(tensor, nn.Parameter))
+    return copy_, zero_filled
+
+
+def _assign(root: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = root.get_submodule(owner_name)
+    if parameter:
+        owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
+    else:
+        owner._buffers[attr] = value
+
+
+def _shards(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint path: a file, an index file, or a directory holding either."""
+    if path.is_dir():
+        if (path / INDEX_NAME).is_file():
+            path = path / INDEX_NAME
+        elif (path / SINGLE_NAME).is_file():
+            return [path / SINGLE_NAME]
+        else:
+            raise CollapsekitError(f"checkpoint directory {path} holds neither {INDEX_NAME} nor {SINGLE_NAME}")
+    if not path.is_file():
+        raise CollapsekitError(f"checkpoint {path} not found")
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+            shards = sorted({str(v) for v in weight_map.values()})
+        except Exception as exc:  # noqa: BLE001 - not JSON, no weight_map, not a dict
+            raise CollapsekitError(f"checkpoint index {path} is corrupt: {_first_line(exc)}") from None
+        missing = [s for s in shards if not (path.parent / s).is_file()]
+        if missing:
+            raise CollapsekitError(f"checkpoint shard {path.parent / missing[0]} named in {path.name} not found")
+        return [path.parent / s for s in shards]
+    return [path]
+
+
+def _header(shard: Path) -> dict:
+    """{tensor name: {dtype, shape, data_offsets}} of one safetensors file, bounds-checked against its size."""
+    try:
+        size = shard.stat().st_size
+        with open(shard, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n > min(size - 8, _MAX_HEADER):
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(fh.read(n))
+        header.pop("__metadata__", None)
+        data = size - 8 - n
+        for name, entry in header.items():
+            begin, end = entry["data_offsets"]
+            if not 0 <= begin <= end <= data:
+                raise ValueError(f"tensor {name} ends at byte {end} of {data}: the file is truncated")
+        return header
+    except CollapsekitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, not safetensors, bad JSON
+        raise CollapsekitError(f"checkpoint shard {shard} is corrupt: {_first_line(exc)}") from None
+
+
+def _data_bytes(shard: Path) -> int:
+    return sum(e["data_offsets"][1] - e["data_offsets"][0] for e in _header(shard).values())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:300] if text else type(exc).__name__)
+
+
+def is_streamable(path) -> bool:
+    """True for a path `Checkpoint` reads: a .safetensors file, an index file, or a directory of them."""
+    p = Path(path)
+    return p.is_dir() or p.name.endswith(".index.json") or p.suffix == ".safetensors"

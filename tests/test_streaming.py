@@ -1,0 +1,120 @@
+"""Streamed analysis (Invariant 9): weights read from a safetensors checkpoint on demand equal the in-memory report."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import collapsekit as ck
+from collapsekit.errors import CollapsekitError
+from collapsekit.files.stream import INDEX_NAME, Checkpoint
+
+
+def save(model, path, dtype=None, shards=1):
+    """Writes `model`'s state dict as safetensors: one file, or `shards` files plus the HF index."""
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().clone()
+             for k, v in model.state_dict().items()}
+    if shards == 1:
+        save_file(state, str(path))
+        return path
+    path.mkdir()
+    names = list(state)
+    weight_map = {}
+    for s in range(shards):
+        part = names[s::shards]
+        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: state[k] for k in part}, str(path / file))
+        weight_map.update({k: file for k in part})
+    (path / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+def loaded(model, path):
+    """`model` (float32) holding exactly the values stored at `path` (upcast from bf16 where stored so)."""
+    source = Checkpoint(path)
+    model.load_state_dict({k: source.read(k).to(v.dtype) for k, v in model.state_dict().items()})
+    return model
+
+
+def tiny_llama(device=None):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=32, use_cache=False,
+                         tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device or "cpu"):
+        return LlamaForCausalLM(config).eval()
+
+
+def zoo(device=None):
+    torch.manual_seed(0)
+    with torch.device(device or "cpu"):
+        return ck.models.create("resnet20", num_classes=10, in_channels=3, input_size=16).eval()
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_streamed_zoo_report_equals_the_in_memory_one(tmp_path, shards):
+    path = save(zoo(), tmp_path / ("model.safetensors" if shards == 1 else "sharded"), shards=shards)
+    x = torch.randn(1, 3, 16, 16)
+    memory = ck.analyze(loaded(zoo(), path), x, name="resnet20").to_dict()
+    streamed = ck.analyze(zoo("meta"), x, checkpoint=path, name="resnet20").to_dict()
+    assert streamed == memory
+    assert 0.5 < memory["collapse_sparsity"] < 1.0 and memory["levels"][-1]["dead_channel_count"] > 0
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_streamed_bf16_llama_report_equals_the_in_memory_one(tmp_path, shards):
+    path = save(tiny_llama(), tmp_path / ("model.safetensors" if shards == 1 else "sharded"), torch.bfloat16,
+                shards)
+    x = torch.randint(0, 97, (1, 6))
+    memory = ck.analyze(loaded(tiny_llama(), path), x, name="llama")
+    an = ck.Analysis(tiny_llama("meta"), x, checkpoint=path)
+    streamed = an.report(name="llama")
+    assert streamed.to_dict() == memory.to_dict()
+    assert streamed.collapse_sparsity < 1.0
+    # non-persistent buffers, not in the file: traced as zeros (the flow needs their shapes only)
+    assert set(an.zero_filled) == {"model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"}
+    streamed_masks = an.masks(0.9)
+    memory_masks = ck.Analysis(loaded(tiny_llama(), path), x).masks(0.9)
+    assert all(torch.equal(streamed_masks[n], memory_masks[n]) for n in memory_masks)
+
+
+def test_streamed_analysis_leaves_the_meta_model_as_it_was(tmp_path):
+    path = save(zoo(), tmp_path / "model.safetensors")
+    model = zoo("meta")
+    before = {k: (v.device, v.shape) for k, v in model.state_dict().items()}
+    ck.analyze(model, torch.randn(1, 3, 16, 16), sparsities=[0.9], checkpoint=path)
+    assert {k: (v.device, v.shape) for k, v in model.state_dict().items()} == before
+
+
+def test_a_meta_model_without_checkpoint_is_a_one_line_error():
+    with pytest.raises(CollapsekitError, match="meta device: pass checkpoint="):
+        ck.analyze(zoo("meta"), torch.randn(1, 3, 16, 16))
+
+
+def test_truncated_shard_names_the_file(tmp_path):
+    path = save(zoo(), tmp_path / "sharded", shards=2)
+    shard = sorted(path.glob("*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(CollapsekitError, match=f"checkpoint shard {shard} is corrupt.*truncated") as err:
+        ck.analyze(zoo("meta"), torch.randn(1, 3, 16, 16), checkpoint=path)
+    assert "\n" not in str(err.value)
+
+
+def test_corrupt_header_and_missing_shard_name_the_file(tmp_path):
+    single = save(zoo(), tmp_path / "model.safetensors")
+    single.write_bytes(b"\xff" * 8 + single.read_bytes()[8:])
+    with pytest.raises(CollapsekitError, match=f"checkpoint shard {single} is corrupt"):
+        ck.analyze(zoo("meta"), torch.randn(1, 3, 16, 16), checkpoint=single)
+    path = save(zoo(), tmp_path / "sharded", shards=2)
+    gone = sorted(path.glob("*.safetensors"))[0]
+    gone.unlink()
+    with pytest.raises(CollapsekitError, match=f"checkpoint shard {gone} named in {INDEX_NAME} not found"):
+        ck.analyze(zoo("meta"), torch.randn(1, 3, 16, 16), checkpoint=path)
+
+
+def test_checkpoint_of_another_model_is_refused_before_any_work(tmp_path):
+    path = save(tiny_llama(), tmp_path / "model.safetensors")
+    with pytest.raises(CollapsekitError, match="does not fit the model: .*missing"):
+        ck.analyze(zoo("meta"), torch.randn(1, 3, 16, 16), checkpoint=path)
