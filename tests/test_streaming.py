@@ -118,3 +118,25 @@ def test_checkpoint_of_another_model_is_refused_before_any_work(tmp_path):
     path = save(tiny_llama(), tmp_path / "model.safetensors")
     with pytest.raises(CollapsekitError, match="does not fit the model: .*missing"):
         ck.analyze(zoo("meta"), torch.randn(1, 3, 16, 16), checkpoint=path)
+
+
+def test_cli_streams_a_factory_model_from_a_sharded_checkpoint(tmp_path, monkeypatch, capsys):
+    from collapsekit.cli import main
+
+    (tmp_path / "stream_factory.py").write_text(
+        "from test_streaming import tiny_llama\n\ndef llama():\n    return tiny_llama()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = save(tiny_llama(), tmp_path / "sharded", torch.bfloat16, shards=2)
+    from collapsekit.files import stream
+
+    reads, read = [], stream.Checkpoint.read
+    monkeypatch.setattr(stream.Checkpoint, "read", lambda self, name: reads.append(name) or read(self, name))
+    code = main(["report", "--model", "stream_factory:llama", "--checkpoint", str(path), "--input-shape", "1", "6",
+                 "--sparsity", "0.5", "0.9", "0.99", "--format", "json"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "lm_head.weight" in reads  # streamed, not loaded into the model
+    doc = json.loads(out)
+    torch.manual_seed(0)
+    x = torch.randint(0, 97, (1, 6))
+    memory = ck.analyze(loaded(tiny_llama(), path), x, sparsities=[0.5, 0.9, 0.99], name="stream_factory:llama")
+    assert doc == json.loads(json.dumps(memory.to_dict()))

@@ -75,18 +75,19 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
         pick("input_size", "input_size", size)
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace, stream: bool = False):
     """(model, meta): the model named by --model or the checkpoint's sidecar, with the checkpoint's weights.
 
     `meta` is the sidecar (or {}) updated with the spec and shapes actually used,
-    which `load_data` then follows.
+    which `load_data` then follows. `stream=True` builds the model under
+    `torch.device("meta")` and loads nothing: the caller streams the weights.
     """
     from collapsekit.files import checkpoint
     from collapsekit.models import names, resolve
 
     path = getattr(args, "checkpoint", None)
-    meta = checkpoint.read_meta(path) if path else {}
-    if path and not meta and not Path(path).is_file():
+    meta = checkpoint.read_meta(path) if path and Path(path).is_file() else {}
+    if path and not meta and not (Path(path).is_file() or (stream and Path(path).is_dir())):
         raise CollapsekitError(f"checkpoint {path} not found")
     spec, num_classes, in_channels, input_size = model_shapes(args, meta)
     if not spec:
@@ -98,8 +99,14 @@ def load_model(args: argparse.Namespace):
         from collapsekit.training.train import seed_everything
 
         seed_everything(seed)
-    model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
-    if path:
+    if stream:
+        import torch
+
+        with torch.device("meta"):
+            model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    else:
+        model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    if path and not stream:
         checkpoint.load_into(model, path)
     return model, {**meta, "model": spec, "num_classes": num_classes, "in_channels": in_channels,
                    "input_size": input_size}

@@ -35,13 +35,19 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
 
 
-def example_input(args, meta: dict) -> torch.Tensor:
-    """A random example input: from --input-shape, else from the model's recorded shape."""
+def example_input(args, meta: dict, model=None) -> torch.Tensor:
+    """A random example input: from --input-shape, else from the model's recorded shape.
+
+    A model that reads token ids (a Hugging Face model whose input embeddings are
+    an nn.Embedding) gets random ids of that shape instead of floats."""
     from collapsekit import models
 
     if args.input_shape:
         if any(d <= 0 for d in args.input_shape):
             raise CollapsekitError(f"--input-shape must be positive integers, got {args.input_shape}")
+        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if isinstance(embed, torch.nn.Embedding):
+            return torch.randint(0, embed.num_embeddings, tuple(args.input_shape))
         return torch.randn(*args.input_shape)
     spec = meta.get("model") or args.model
     in_channels = meta.get("in_channels") or args.in_channels or 3
@@ -68,11 +74,16 @@ def run(args) -> int:
     from collapsekit.views.render import to_markdown, to_text
     from collapsekit.analysis.analysis import analyze
 
+    from collapsekit.files.stream import is_streamable
+
     shapes_from_input(args)
-    model, meta = load_model(args)
-    report = analyze(model, example_input(args, meta), sparsities=args.sparsity, mt=args.mt,
+    # A safetensors checkpoint (file, sharded directory or index) is streamed: the model
+    # is built on the meta device and each weight is read from the file when needed.
+    stream = bool(args.checkpoint) and is_streamable(args.checkpoint)
+    model, meta = load_model(args, stream=stream)
+    report = analyze(model, example_input(args, meta, model), sparsities=args.sparsity, mt=args.mt,
                      include=args.include, exclude=args.exclude, progress=args.format != "json",
-                     name=meta.get("model") or args.model)
+                     name=meta.get("model") or args.model, checkpoint=args.checkpoint if stream else None)
     document = report.to_dict()
     if args.output:
         with open(args.output, "w") as fh:
