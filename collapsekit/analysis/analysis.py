@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from collapsekit.analysis.connectivity import Connectivity, LevelMasks
 from collapsekit.analysis.cost import count_macs, forward_macs
+from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.flow import FlowResult, run_flow
 from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
@@ -22,7 +24,7 @@ from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
-from collapsekit.analysis.values import relu_cuts
+from collapsekit.analysis.values import has_relu, relu_cuts
 from collapsekit.errors import CollapsekitError
 from collapsekit.files.stream import Checkpoint, StreamedTensors, skeleton
 
@@ -77,6 +79,7 @@ class Analysis:
             self.connectivity = Connectivity(self.traced, self.weights, self.tensors, self.index)
         self.mt = resolve_mt(mt, self.index.total)
         self.channel_level = (forward_macs(self.traced) > ELEMENT_LEVEL_MACS) if exact == "auto" else not exact
+        self._covers: dict[bool, Cover] = {}  # by channel_level
 
     @classmethod
     def of(cls, model, example_inputs=None, include=None, exclude=None, mt=None, **kwargs) -> Analysis:
@@ -135,11 +138,37 @@ class Analysis:
                         cuts=cuts)
 
     def collapsed_at(self, k: int, channel_level: bool | None = None) -> bool:
-        """True if the masks pruning `k` weights leave no kept input-to-output path."""
-        return self.flow(k, backward=False, channel_level=channel_level).collapsed
+        """True if the masks pruning `k` weights leave no kept input-to-output path.
+
+        Two sound shortcuts first (the flow is monotone in the masks): masks that
+        contain the cover (cover.py) are as connected as dense; and if the network
+        stays connected with every bypassable layer emptied, it stays connected with
+        their real masks, which are then never computed.
+        """
+        channel = self.channel_level if channel_level is None else channel_level
+        level = self.level(k)
+        if channel == self.channel_level and self.cover().contains(level.alloc.pruned):
+            return False
+        bypassable = {w.name for w in self.weights if self.graph.bypassable[w.name]}
+        if bypassable and len(bypassable) < len(self.weights):
+            quick = run_flow(self.traced, self.weights, level.emptying(bypassable), backward=False,
+                             channel_level=channel)
+            if not quick.collapsed:
+                return False
+        return run_flow(self.traced, self.weights, level, backward=False, channel_level=channel).collapsed
+
+    def cover(self, channel_level: bool | None = None) -> Cover:
+        """The cover masks (cover.py) of this model at the flow's granularity, built on first use."""
+        channel = self.channel_level if channel_level is None else channel_level
+        if channel not in self._covers:
+            with self.timings.stage("cover"):
+                self._covers[channel] = Cover(self, channel)
+        return self._covers[channel]
 
     def value_collapsed_at(self, masks: LevelMasks) -> bool:
         """True if the masked network is provably constant at its current weights (sign analysis)."""
+        if not has_relu(self.traced):
+            return False  # no ReLU to cut: skip building every mask
         keep = masks.keep_list()
         cuts = relu_cuts(self.traced, self.weights, keep,
                          tensors=self.tensors if self.checkpoint is not None else None)
@@ -217,8 +246,11 @@ class Analysis:
         k = self.count(sparsity)
         masks = self.level(k)
         pruned = masks.alloc.pruned
-        with self.timings.stage("flow per level"):
-            flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level)
+        if self.cover().contains(pruned):  # as connected as dense: no flow to run (cover.py)
+            flow = FlowResult(False, {}, {}, (self.index.sizes - pruned).astype(np.int64), 1.0)
+        else:
+            with self.timings.stage("flow per level"):
+                flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level)
         emptied = tuple(w.name for w, n in zip(self.weights, pruned) if n == w.numel)
         bottlenecks = {w.name for w in self.weights if not self.graph.bypassable[w.name]}
         with self.timings.stage("value level"):

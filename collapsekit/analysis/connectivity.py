@@ -83,6 +83,10 @@ class LevelMasks:
     def __contains__(self, name: str) -> bool:
         return name in self.conn.position
 
+    def emptying(self, names) -> "LevelMasks":
+        """These masks with every layer in `names` pruned entirely (for sound "still connected" proofs)."""
+        return _Emptied(self, frozenset(names))
+
     def keep_list(self) -> list[torch.Tensor]:
         """Every layer's full keep-mask, in prunable order."""
         return [self.keep(w.name) for w in self.conn.weights]
@@ -129,3 +133,22 @@ class LevelMasks:
             return kept_total
         keep = self.keep(name).reshape(*conn.shape, -1)
         return int(keep[reached_pairs][:, taps].sum())
+
+
+class _Emptied(LevelMasks):
+    """A LevelMasks whose layers in `names` keep nothing; no weight of theirs is read."""
+
+    def __init__(self, base: LevelMasks, names: frozenset):
+        super().__init__(base.conn, base.alloc)
+        self.names = names
+
+    def keep(self, name: str) -> torch.Tensor:
+        if name in self.names:
+            return torch.zeros(self.conn.weights[self.conn.position[name]].shape, dtype=torch.bool)
+        return super().keep(name)
+
+    def channel_conn(self, name: str) -> torch.Tensor | None:
+        i = self.conn.position.get(name)
+        if name in self.names and i in self.conn.kmax:
+            return torch.zeros(self.conn.kmax[i].shape, dtype=torch.bool)
+        return super().channel_conn(name)

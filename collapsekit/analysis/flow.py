@@ -454,6 +454,7 @@ class ChannelFlow(fx.Interpreter):
                  channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None):
         super().__init__(traced.gm, garbage_collect_values=True)
         self.cuts = cuts or {}
+        self.reached: dict[str, torch.Tensor] | None = None  # see _note_reached
         self.traced = traced
         self.backward = backward
         self.channel_level = channel_level
@@ -495,10 +496,17 @@ class ChannelFlow(fx.Interpreter):
         return _Layer.apply(x, keep, op, lambda reached: record(name, keep, reached))
 
     def _record(self, name, keep, reached):
+        self._note_reached(name, reached)
         hit = reached & keep
         self.effective[name] = hit if name not in self.effective else self.effective[name] | hit
 
+    def _note_reached(self, name, reached):
+        # Only when asked (cover.py): the union of reached weight positions, masks aside.
+        if self.reached is not None:
+            self.reached[name] = reached if name not in self.reached else self.reached[name] | reached
+
     def _record_pairs(self, name, conn, reached):
+        self._note_reached(name, reached)
         hit = reached & conn
         self.reached_pairs[name] = hit if name not in self.reached_pairs else self.reached_pairs[name] | hit
 
@@ -745,7 +753,8 @@ class KeepList:
 
 
 def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool = True,
-             channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None) -> FlowResult:
+             channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None,
+             reached: dict | None = None) -> FlowResult:
     """The structural verdict for `masks`: a list of bool keep-masks (one per prunable weight,
     in order) or a `connectivity.LevelMasks`.
 
@@ -760,6 +769,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     if isinstance(masks, (list, tuple)):
         masks = KeepList(weights, list(masks))
     flow = ChannelFlow(traced, weights, masks, backward, channel_level, cuts)
+    flow.reached = reached  # filled with each layer's reached positions (backward only)
     with torch.set_grad_enabled(backward):
         # The input is the only leaf that needs a gradient: it makes every live
         # element part of the autograd graph, and weights never need one.

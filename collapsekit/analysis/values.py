@@ -209,6 +209,18 @@ class _Unsupported(Exception):
     pass
 
 
+def has_relu(traced: TracedModel) -> bool:
+    """True if some node is a ReLU the sign pass knows: without one, `relu_cuts` never finds a cut,
+    so callers skip building the masks it would read."""
+    gm = traced.gm
+    for node in gm.graph.nodes:
+        if (node.op == "call_module" and isinstance(gm.get_submodule(node.target), _RELU)) or \
+                (node.op == "call_function" and node.target in _RELU_FUNCTIONS) or \
+                (node.op == "call_method" and node.target == "relu"):
+            return True
+    return False
+
+
 def relu_cuts(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor],
               tensors=None) -> dict[str, torch.Tensor] | None:
     """ReLU node name -> 0/1 float mask (0: constant 0 at these weights), or None if the signs
