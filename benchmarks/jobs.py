@@ -93,7 +93,29 @@ def ck_prune(model: str, input_size: int = 32, sparsity: float = 0.9) -> dict:
     return {**stats, "prunable_mib": prunable_bytes / 2**20, "pruned": holder["r"].pruned}
 
 
-JOBS = {"report": report, "torch_global": torch_global, "ck_prune": ck_prune}
+def stream_report(model: str, checkpoint: str) -> dict:
+    """The default report of LLAMAS[model] built on the meta device, its weights streamed from `checkpoint`."""
+    from transformers import LlamaForCausalLM
+
+    from collapsekit.files.stream import Checkpoint
+
+    with torch.device("meta"):
+        net = LlamaForCausalLM(llama_config(model)).eval()
+    x = torch.randint(0, LLAMAS[model]["vocab_size"], (1, TOKENS))
+    holder = {}
+
+    def run():
+        an = holder["an"] = ck.Analysis(net, x, checkpoint=checkpoint)
+        holder["r"] = an.report()
+
+    stats = measure(run)
+    r = holder["r"]
+    return {**stats, "checkpoint_mib": Checkpoint(checkpoint).nbytes() / 2**20, "total": r.total,
+            "collapse_sparsity": r.collapse_sparsity, "timings": holder["an"].timings.to_dict(),
+            "trace_method": r.trace_method}
+
+
+JOBS = {"report": report, "torch_global": torch_global, "ck_prune": ck_prune, "stream_report": stream_report}
 
 if __name__ == "__main__":
     torch.set_num_threads(int(__import__("os").environ.get("BENCH_THREADS", "1")))

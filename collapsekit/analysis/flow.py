@@ -828,8 +828,8 @@ def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> in
     if name not in flow.interpreted:
         # Applied inside a module with no rule (or never applied): its paths are
         # unknown, so every kept weight counts as effective (never overstate sparsity).
-        return int(masks.keep(name).sum())
-    count = int(flow.effective[name].sum()) if name in flow.effective else 0
+        return int(torch.count_nonzero(masks.keep(name)))
+    count = int(torch.count_nonzero(flow.effective[name])) if name in flow.effective else 0
     if name in flow.reached_pairs:
         count += masks.effective_count(name, flow.reached_pairs[name])
     return count
