@@ -140,3 +140,18 @@ def test_cli_streams_a_factory_model_from_a_sharded_checkpoint(tmp_path, monkeyp
     x = torch.randint(0, 97, (1, 6))
     memory = ck.analyze(loaded(tiny_llama(), path), x, sparsities=[0.5, 0.9, 0.99], name="stream_factory:llama")
     assert doc == json.loads(json.dumps(memory.to_dict()))
+
+
+def test_docs_streaming_example_prints_true(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "large-models.md").read_text()
+    source = doc.split("<!-- streaming-example -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    source = source.replace("/tmp/resnet20.safetensors", str(tmp_path / "resnet20.safetensors"))
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, "<docs/large-models.md>", "exec"), {"__name__": "__docs__"})  # noqa: S102
+    assert out.getvalue().strip() == "True"
