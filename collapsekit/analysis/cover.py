@@ -61,12 +61,11 @@ class Cover:
                 self._conn[w.name], full_conn = _argmax_cover(abs_bits(kmax), groups)
                 full = min(full, full_conn)
             self.full[i] = full
-        result_reached: dict[str, torch.Tensor] = {}
+        result_reached: dict[str, bool] = {}
         result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached)
         self.proven = (not result.collapsed and not result.dead_channels and not result.unused_channels
                        and result.output_alive == 1.0
-                       and all(bool(result_reached[w.name].all()) if w.name in result_reached else False
-                               for w in an.weights))
+                       and all(result_reached.get(w.name, False) for w in an.weights))
         self._keep.clear()
         self._conn.clear()
 

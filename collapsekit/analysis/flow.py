@@ -55,19 +55,40 @@ class _Layer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, keep, op, record):
-        ctx.op, ctx.record = op, record
-        ctx.save_for_backward(x, keep)
+        ctx.op, ctx.record, ctx.shape = op, record, keep.shape
+        ctx.packed = pack_bits(keep)  # 1 bit per weight until backward: every layer's mask waits there
+        ctx.save_for_backward(x)
         return op(x, keep.to(x.dtype))
 
     @staticmethod
     def backward(ctx, g):
-        x, keep = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
+        keep = unpack_bits(ctx.packed, ctx.shape)
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)
             w = keep.to(x.dtype).requires_grad_(True)
             gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
-        ctx.record(gw > 0)
+        ctx.record(gw > 0, keep)
         return gx, None, None, None
+
+
+def pack_bits(mask: torch.Tensor):
+    """A bool tensor packed 8 to a byte (CPU), or the tensor itself on another device."""
+    if mask.device.type != "cpu":
+        return mask
+    return np.packbits(mask.detach().reshape(-1).numpy())
+
+
+def unpack_bits(packed, shape) -> torch.Tensor:
+    if isinstance(packed, torch.Tensor):
+        return packed
+    n = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(packed, count=n).view(np.bool_)).view(shape)
+
+
+def count_bits(packed) -> int:
+    return int(np.bitwise_count(packed).sum()) if not isinstance(packed, torch.Tensor) else \
+        int(torch.count_nonzero(packed))
 
 
 @dataclass
@@ -81,6 +102,21 @@ class Weight:
 def _live(x):
     """The liveness tensor of an activation, or None for constants and weights."""
     return x if isinstance(x, torch.Tensor) else None
+
+
+class _LazyWeight(Weight):
+    """A prunable weight read through get_attr (torch.export graphs). Linear applies its bool mask
+    through `ChannelFlow.layer`, which holds one layer's float mask at a time; any other rule that
+    asks for `.mask` gets the float leaf whose gradient records reached positions."""
+
+    def __init__(self, flow, target: str, name: str, real: torch.Tensor):
+        self._flow, self._target, self.name, self.real, self._float = flow, target, name, real, None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        if self._float is None:
+            self._float = self._flow._attr_mask(self._target, self.name, self.real)
+        return self._float
 
 
 def _mask(x):
@@ -277,6 +313,8 @@ def _linear_module(flow, module, x):
 
 @function_rule(F.linear, *_aten("linear.default"))
 def _linear_function(flow, x, weight, bias=None):
+    if isinstance(weight, _LazyWeight) and weight._float is None and isinstance(x, torch.Tensor):
+        return flow.layer(weight.name, weight.real, x, F.linear)
     return F.linear(x, _mask(weight))
 
 
@@ -493,17 +531,17 @@ class ChannelFlow(fx.Interpreter):
                 x = x.expand(self._arg_shape(x))
         if not (self.backward and torch.is_grad_enabled()):
             return op(x, keep.to(self._dtype))
-        return _Layer.apply(x, keep, op, lambda reached: record(name, keep, reached))
+        return _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached))
 
     def _record(self, name, keep, reached):
         self._note_reached(name, reached)
-        hit = reached & keep
+        hit = pack_bits(reached & keep)  # kept on a path; packed, as every layer's waits for the count
         self.effective[name] = hit if name not in self.effective else self.effective[name] | hit
 
     def _note_reached(self, name, reached):
-        # Only when asked (cover.py): the union of reached weight positions, masks aside.
+        # Only when asked (cover.py): whether a use of the layer reached every weight position.
         if self.reached is not None:
-            self.reached[name] = reached if name not in self.reached else self.reached[name] | reached
+            self.reached[name] = self.reached.get(name, False) or bool(reached.all())
 
     def _record_pairs(self, name, conn, reached):
         self._note_reached(name, reached)
@@ -593,13 +631,19 @@ class ChannelFlow(fx.Interpreter):
         real = super().get_attr(target, args, kwargs)
         if not isinstance(real, torch.Tensor):
             return real
-        mask = self.weight_of(target, real).requires_grad_(self.backward and torch.is_grad_enabled())
         name = self._canonical.get(target)
         if name is not None:
             self.interpreted.add(name)
+            if name in self.masks:
+                return _LazyWeight(self, target, name, real)
+        return Weight(self._attr_mask(target, name, real), name)
+
+    def _attr_mask(self, target, name, real) -> torch.Tensor:
+        """The float 0/1 mask of a weight read through get_attr; its gradient records reached positions."""
+        mask = self.weight_of(target, real).requires_grad_(self.backward and torch.is_grad_enabled())
         if name is not None and mask.requires_grad:
             self._attr_masks.append((name, mask))
-        return Weight(mask, name)
+        return mask
 
     def is_reduced(self, x) -> bool:
         """A channel-level value kept at size 1 in its spatial dims (see _channel_conv)."""
@@ -829,7 +873,7 @@ def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> in
         # Applied inside a module with no rule (or never applied): its paths are
         # unknown, so every kept weight counts as effective (never overstate sparsity).
         return int(torch.count_nonzero(masks.keep(name)))
-    count = int(torch.count_nonzero(flow.effective[name])) if name in flow.effective else 0
+    count = count_bits(flow.effective[name]) if name in flow.effective else 0
     if name in flow.reached_pairs:
         count += masks.effective_count(name, flow.reached_pairs[name])
     return count
