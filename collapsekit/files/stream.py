@@ -95,8 +95,8 @@ class StreamedTensors(Sequence):
 
 
 def skeleton(model: nn.Module, checkpoint: Checkpoint, weights: list[PrunableWeight]) -> tuple[nn.Module, list[str]]:
-    """(a copy of `model` to trace, names zero-filled): every prunable weight a one-element zero tensor
-    expanded to its shape (no memory), every other parameter or buffer on the meta device read from
+    """(a copy of `model` to trace, names zero-filled): every prunable weight and embedding table a
+    one-element zero tensor expanded to its shape (no memory), every other parameter or buffer on the meta device read from
     the checkpoint (in the model's dtype), and those the file lacks (non-persistent buffers such as
     rotary frequencies) zero-filled. The user's model is not touched; its real tensors are shared,
     never copied.
@@ -113,10 +113,14 @@ def skeleton(model: nn.Module, checkpoint: Checkpoint, weights: list[PrunableWei
             memo[id(b)] = b
     copy_ = copy.deepcopy(model, memo)
     zero_filled = []
+    # A lookup table's values never decide structure (its output is live wherever its ids are):
+    # like the prunable weights, it is traced without data, which spares a vocabulary-sized read.
+    tables = {f"{m}.weight" if m else "weight" for m, mod in copy_.named_modules(remove_duplicate=False)
+              if isinstance(mod, (nn.Embedding, nn.EmbeddingBag))}
     for name, tensor in [*copy_.named_parameters(remove_duplicate=False), *copy_.named_buffers(remove_duplicate=False)]:
         if not tensor.is_meta:
             continue
-        if name in prunable:
+        if name in prunable or name in tables:
             value = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
         elif name in checkpoint:
             if checkpoint.shapes[name] != tuple(tensor.shape):
