@@ -16,6 +16,7 @@ _LAZY = {
     "analyze": ("collapsekit.analysis.report", "analyze"),
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
     "masks": ("collapsekit.pruning.masks", None),
+    "load_sparse": ("collapsekit.pruning.export", "load_sparse"),
     "data": ("collapsekit.data", None),
 }
 
