@@ -35,7 +35,8 @@ def run(args) -> int:
     from collapsekit.files.atomic import atomic_write_text
     from collapsekit.files.checkpoint import SHA_KEY
     from collapsekit.pruning.export import save_sparse
-    from collapsekit.pruning.prune import count_macs, prune
+    from collapsekit.analysis.cost import count_macs
+    from collapsekit.pruning.prune import prune
     from collapsekit.analysis.trace import trace
 
     model, meta = load_model(args)
