@@ -75,9 +75,10 @@ def rice_encode(gaps: np.ndarray, k: int) -> bytes:
     ends = np.cumsum(q + 1) - 1  # the terminating 0 of each quotient
     unary = np.ones(int(ends[-1]) + 1 if len(gaps) else 0, dtype=bool)
     unary[ends] = False
-    shifts = np.arange(k - 1, -1, -1, dtype=np.int64)
-    remainders = ((gaps[:, None] >> shifts) & 1).astype(bool).reshape(-1)
-    return np.packbits(unary).tobytes() + np.packbits(remainders).tobytes()
+    remainders = np.empty((len(gaps), k), dtype=bool)  # bit by bit: n x k bools, not n x k int64
+    for j in range(k):
+        remainders[:, j] = (gaps >> (k - 1 - j)) & 1
+    return np.packbits(unary).tobytes() + np.packbits(remainders.reshape(-1)).tobytes()
 
 
 def rice_decode(data: bytes, n: int, k: int) -> np.ndarray:
@@ -92,10 +93,11 @@ def rice_decode(data: bytes, n: int, k: int) -> np.ndarray:
     if len(ends) < n:
         raise CollapsekitError(f"Rice code holds {len(ends)} of its {n} gaps")
     q = np.diff(ends, prepend=-1) - 1
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=len(data) - tail), count=n * k)
-    weights = (1 << np.arange(k - 1, -1, -1, dtype=np.int64))
-    r = bits.reshape(n, k).astype(np.int64) @ weights if k else np.zeros(n, dtype=np.int64)
-    return (q << k) | r
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=len(data) - tail), count=n * k).reshape(n, k)
+    gaps = q << k
+    for j in range(k):
+        gaps |= bits[:, j].astype(np.int64) << (k - 1 - j)
+    return gaps
 
 
 def _gaps(positions: np.ndarray) -> np.ndarray:
