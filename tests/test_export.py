@@ -274,3 +274,20 @@ def test_everything_prune_writes_is_small_at_90_percent(tmp_path, name, bound):
                  "--format", "json"]) == 0
     written = sum(os.path.getsize(p) for p in out.iterdir())
     assert written <= bound * os.path.getsize(dense), written / os.path.getsize(dense)
+
+
+def test_finetune_from_the_pruned_file_keeps_its_masks_and_writes_one_file(tmp_path):
+    from collapsekit.cli import main
+
+    out, ft = tmp_path / "p", tmp_path / "ft"
+    assert main(["prune", "--model", "lenet_300_100", "--num-classes", "10", "--in-channels", "1", "--input-size",
+                 "8", "--sparsity", "0.9", "--out", str(out), "--format", "json"]) == 0
+    pruned = out / "pruned.safetensors"
+    assert main(["finetune", "--checkpoint", str(pruned), "--data", "digits", "--sparsity", "0.9", "--epochs", "1",
+                 "--device", "cpu", "--no-progress", "--out", str(ft), "--format", "json"]) == 0
+    assert not (ft / "masks.safetensors").exists()  # the masks travel inside the model file
+    before, after = mask_io.load(pruned), mask_io.load(ft / "model.safetensors")
+    assert list(after) == list(before) and all(torch.equal(after[n], before[n]) for n in before)
+    tuned, start = load_sparse(ft / "model.safetensors"), load_sparse(pruned)
+    assert not torch.equal(tuned["fc1.weight"], start["fc1.weight"])  # the kept weights moved
+    assert all(bool((tuned[n][~before[n]] == 0).all()) for n in before)
