@@ -109,7 +109,8 @@ def assert_unchanged(model, snap):
     for name, (attrs, training) in snap["modules"].items():
         new_attrs, new_training = now["modules"][name]
         added, removed = set(new_attrs) - set(attrs), set(attrs) - set(new_attrs)
-        assert not added and not removed, f"module {name!r}: attributes added {sorted(added)}, removed {sorted(removed)}"
+        assert not added and not removed, \
+            f"module {name!r}: attributes added {sorted(added)}, removed {sorted(removed)}"
         assert new_training == training, f"module {name!r}: training flag changed to {new_training}"
     for kind in ("parameters", "buffers"):
         assert now[kind].keys() == snap[kind].keys(), f"{kind} added or removed"
