@@ -244,8 +244,8 @@ class SharedLinear(nn.Module):
 
 @pytest.mark.parametrize("name", ["resnet20", "shared_linear"])
 def test_flow_and_sign_analysis_leave_the_model_untouched(name):
+    from collapsekit.analysis.analysis import Analysis
     from collapsekit.analysis.magnitudes import sparsity_to_count
-    from collapsekit.analysis.report import prepare
     from collapsekit.analysis.values import relu_cuts
     from invariants import assert_unchanged, snapshot
 
@@ -256,7 +256,7 @@ def test_flow_and_sign_analysis_leave_the_model_untouched(name):
         model, x = SharedLinear(), torch.randn(1, 6)
     model.train()  # the flow reads batch norms as in eval mode; the flag must survive
     snap = snapshot(model)
-    an = prepare(model, x)
+    an = Analysis(model, x)
     k = sparsity_to_count(0.9, an.index.total)
     keep, _, _ = an.keep_masks(k)
     element = run_flow(an.traced, an.weights, keep)
