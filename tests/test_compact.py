@@ -173,19 +173,9 @@ def test_unsupported_graphs_and_bad_masks_are_clear_errors():
         ck.compact(head, {"conv1.weight": torch.ones(8, 3, 1, 1, dtype=torch.bool)}, torch.randn(1, 3, 8, 8))
 
 
-class SharedLinear(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(6, 6)
-        self.head = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.fc(torch.relu(self.fc(x)))))
-
-
 def test_compact_leaves_the_model_untouched():
     from invariants import assert_unchanged, snapshot
+    from test_flow import SharedLinear  # one nn.Linear applied twice
 
     torch.manual_seed(0)
     model = ck.models.create("resnet20", num_classes=10, input_size=8).train()

@@ -7,21 +7,7 @@ from collapsekit.analysis.connectivity import Connectivity, reachable_taps
 from collapsekit.analysis.magnitudes import MagnitudeIndex
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.trace import trace
-
-
-class TwoBlockResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.b1 = nn.Conv2d(4, 4, 3, padding=1)
-        self.b2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = x + torch.relu(self.b1(x))
-        x = x + torch.relu(self.b2(x))
-        return self.fc(x.mean((2, 3)))
+from test_flow import TwoBlockResNet  # stem -> two identity residual blocks of 3x3 convs (8 channels) -> fc
 
 
 def mlp():
@@ -90,7 +76,7 @@ def test_channel_connectivity_equals_the_full_masks_reduced_over_reachable_taps(
         model.b1.weight.copy_(0.05 * torch.sign(model.b1.weight))
     conn, weights, params, index = build(model, torch.randn(1, 3, 1, 1))
     b1_kept = []
-    for k in range(0, 401, 50):
+    for k in range(0, 1401, 175):
         level = conn.level(index.allocate(k))
         b1_kept.append(int(level.keep("b1.weight").sum()))
         for i, w in enumerate(weights[:3]):
@@ -104,6 +90,6 @@ def test_channel_connectivity_equals_the_full_masks_reduced_over_reachable_taps(
             reached[:, :2] = True
             assert level.effective_count(w.name, reached) == int(keep[:, :2, 1, 1].sum())
             assert level.effective_count(w.name, torch.ones_like(conn_pairs)) == int(keep[:, :, 1, 1].sum())
-    assert index.total == 108 + 144 + 144 + 8
-    assert b1_kept[0] == 144 and b1_kept[-1] == 0 and np.all(np.diff(b1_kept) <= 0)
-    assert any(0 < n < 144 for n in b1_kept)  # some level cuts through b1's ties
+    assert index.total == 216 + 576 + 576 + 32
+    assert b1_kept[0] == 576 and b1_kept[-1] == 0 and np.all(np.diff(b1_kept) <= 0)
+    assert any(0 < n < 576 for n in b1_kept)  # some level cuts through b1's ties
