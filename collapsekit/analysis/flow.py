@@ -117,9 +117,9 @@ _IDENTITY_FUNCTIONS = [F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.s
                        torch.sqrt, torch.rsqrt, torch.square, torch.clamp, torch.clip, torch.sign, F.sigmoid,
                        F.tanh, torch.nn.functional.dropout1d, operator.neg, operator.pos]
 _IDENTITY_FUNCTIONS += aten("relu.default", "sigmoid.default", "tanh.default", "gelu.default", "silu.default",
-                             "hardtanh.default", "dropout.default", "clone.default", "neg.default",
-                             "batch_norm.default",
-                             "alias.default", "contiguous.default", "hardswish.default", "relu6.default")
+                            "hardtanh.default", "dropout.default", "clone.default", "neg.default",
+                            "batch_norm.default",
+                            "alias.default", "contiguous.default", "hardswish.default", "relu6.default")
 
 
 @function_rule(*_IDENTITY_FUNCTIONS, reduced_ok=True)
@@ -146,10 +146,10 @@ _SHAPE_FUNCTIONS = [torch.flatten, torch.reshape, torch.permute, torch.transpose
                     F.interpolate, F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, operator.getitem,
                     builtins.getattr, torch.broadcast_to]
 _SHAPE_FUNCTIONS += aten("view.default", "reshape.default", "flatten.using_ints", "permute.default",
-                          "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
-                          "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
-                          "split.Tensor", "chunk.default", "channel_shuffle.default", "pixel_shuffle.default",
-                          "upsample_nearest2d.vec", "upsample_bilinear2d.vec")
+                         "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
+                         "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
+                         "split.Tensor", "chunk.default", "channel_shuffle.default", "pixel_shuffle.default",
+                         "upsample_nearest2d.vec", "upsample_bilinear2d.vec")
 
 
 @function_rule(*_SHAPE_FUNCTIONS, passes_target=True)
@@ -159,7 +159,8 @@ def _shape_function(flow, fn, *args, **kwargs):
 
 @method_rule("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as",
              "repeat", "chunk", "split", "narrow", "size", "dim", "t", "movedim", "unbind", "roll", "flip",
-             "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__", passes_target=True)
+             "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__",
+             passes_target=True)
 def _shape_method(flow, name, *args, **kwargs):
     return flow.apply_real(lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
 
@@ -188,7 +189,7 @@ _JOIN_FUNCTIONS = [operator.add, operator.sub, operator.mul, operator.truediv, o
                    torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.lerp, torch.pow,
                    torch.true_divide, torch.max, torch.min]
 _JOIN_FUNCTIONS += aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul.Scalar",
-                         "add.Scalar", "div.Scalar", "maximum.default", "minimum.default")
+                        "add.Scalar", "div.Scalar", "maximum.default", "minimum.default")
 
 
 @function_rule(*_JOIN_FUNCTIONS, reduced_ok=True)
@@ -255,7 +256,8 @@ def _linear_function(flow, x, weight, bias=None):
     return F.linear(x, _mask(weight))
 
 
-@function_rule(F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"), weighted=True)
+@function_rule(F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"),
+               weighted=True)
 def _conv_function(flow, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.ndim]
     return conv(x, _mask(weight), None, stride, padding, dilation, groups)
@@ -268,7 +270,7 @@ def _aten_convolution(flow, x, weight, bias, stride, padding, dilation, transpos
 
 
 @function_rule(torch.matmul, operator.matmul, torch.mm, torch.bmm, *aten("matmul.default", "mm.default",
-                                                                          "bmm.default"))
+                                                                         "bmm.default"))
 def _matmul_function(flow, a, b):
     return flow.matmul(a, b)
 
@@ -312,7 +314,7 @@ def _adaptive_max_module(flow, module, x):
 
 @function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                F.adaptive_avg_pool3d, *aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
-                                             "_adaptive_avg_pool2d.default"), reduced_ok=True, passes_target=True)
+                                            "_adaptive_avg_pool2d.default"), reduced_ok=True, passes_target=True)
 def _avg_pool_function(flow, fn, x, *args, **kwargs):
     return x if flow.is_reduced(x) else fn(x, *args, **kwargs)
 

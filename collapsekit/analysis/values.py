@@ -113,7 +113,7 @@ def _mul(sp, a, b, **kwargs):
 
 @SIGN_RULES.function(torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, passes_target=True)
 def _shape_like(sp, fn, x, *args, **kwargs):
-    # Each element's sign set moves with the element (pools and means take any of their window's).
+    # Each element's sign set moves with the element (a pool's output takes any of its window's).
     return tuple(_any(fn(t, *args, **kwargs)) for t in x)
 
 
@@ -211,7 +211,8 @@ class _Unsupported(Exception):
     pass
 
 
-def relu_cuts(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def relu_cuts(traced: TracedModel, weights: list[PrunableWeight],
+              keep: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """ReLU node name -> 0/1 float mask (0: constant 0 at these weights), or None if the signs
     cannot be followed through this graph (then nothing is claimed)."""
     masks = {alias: k for w, k in zip(weights, keep) for alias in (w.name, *w.aliases)}
