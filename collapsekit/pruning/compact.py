@@ -40,7 +40,7 @@ from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.prunable import find_prunable
 from collapsekit.analysis.rules import RuleTable
 from collapsekit.pruning.prune import apply_masks, check_masks
-from collapsekit.analysis.trace import trace
+from collapsekit.analysis.trace import TracedModel, trace
 
 # -- roles of nodes ----------------------------------------------------------------------------
 LAYER, CHANNELWISE, PASSTHROUGH, JOIN, FLATTEN, PIN, SCALAR = (
@@ -529,8 +529,11 @@ def _slice_channels(module: nn.Module, idx: torch.Tensor) -> nn.Module:
     return new
 
 
-def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) -> fx.GraphModule:
+def compact(model, masks: dict[str, torch.Tensor], example_inputs=None) -> fx.GraphModule:
     """A smaller dense fx.GraphModule (eval mode) computing what `model` masked by `masks` computes.
+
+    `model` is an nn.Module (traced here on `example_inputs`) or an Analysis,
+    whose traced graph is copied instead of tracing again.
 
     Dead and unused channels (flow.run_flow) are sliced out of every conv, linear,
     batch norm and depthwise conv; a dead channel's constant is folded into the
@@ -538,16 +541,10 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) ->
     not changed. Outputs match the masked model's in eval mode up to float
     rounding. Raises CollapsekitError for graphs with ops it has no rule for.
     """
-    check_masks(model, masks)
-    masked = copy.deepcopy(model).eval()
-    apply_masks(masked, masks)
-    traced = trace(masked, example_inputs)
-    if traced.method != "symbolic_trace":
-        raise CollapsekitError(f"compact needs a torch.fx symbolic trace; {type(model).__name__} only "
-                               "traces through torch.export")
+    traced = _masked_trace(model, masks, example_inputs)
     gm = traced.gm
     plan = _plan(gm)
-    weights = find_prunable(masked)
+    weights = find_prunable(gm)
     keep = [next((masks[n] for n in (w.name, *w.aliases) if n in masks), None) for w in weights]
     keep = [k.cpu() if k is not None else torch.ones(w.shape, dtype=torch.bool) for k, w in zip(keep, weights)]
     flow = run_flow(traced, weights, keep, backward=True)
@@ -568,6 +565,31 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) ->
         if idx is not None:
             gm.set_submodule(node.target, handler_for(module).rebuild_channels(module, idx))
     return gm.eval()
+
+
+def _masked_trace(model, masks: dict[str, torch.Tensor], example_inputs) -> TracedModel:
+    """The symbolic trace of a masked copy of `model`; an Analysis's trace is copied, not redone."""
+    from collapsekit.analysis.analysis import Analysis
+
+    if isinstance(model, Analysis):
+        source = model.traced
+        _require_symbolic(source, model.name)
+        check_masks(source.gm, masks)  # fx keeps the module hierarchy: the same parameter names
+        gm = copy.deepcopy(source.gm).eval()  # new modules: the user's stay as they are
+        return TracedModel(apply_masks(gm, masks), source.example_inputs, source.method)
+    if example_inputs is None:
+        raise CollapsekitError("compact needs example_inputs (or an Analysis) to trace the model")
+    check_masks(model, masks)
+    masked = copy.deepcopy(model).eval()
+    apply_masks(masked, masks)
+    traced = trace(masked, example_inputs)
+    _require_symbolic(traced, type(model).__name__)
+    return traced
+
+
+def _require_symbolic(traced: TracedModel, name: str) -> None:
+    if traced.method != "symbolic_trace":
+        raise CollapsekitError(f"compact needs a torch.fx symbolic trace; {name} only traces through torch.export")
 
 
 __all__ = ["compact"]
