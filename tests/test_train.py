@@ -1,4 +1,4 @@
-"""collapsekit.training.train and `collapsekit train`: the fit loop, its hooks, determinism, the command's files and errors."""
+"""collapsekit.training.train and `collapsekit train`: the fit loop, its callbacks, resume, the command's files."""
 from __future__ import annotations
 
 import argparse

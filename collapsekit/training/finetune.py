@@ -162,6 +162,8 @@ class _MaskedRun(Callback):
                 runstate.write_metrics(self.out, [])  # a fresh run starts a fresh log
         bar = _bar(plan.epochs, start, self.progress and ctx.is_main)
         epoch_bar = _EpochBar(bar)
+        # Each rank draws its batch order and dropout from a seed of its own (rank 0 keeps the user's);
+        # the shards themselves come from the common seed (DistributedSampler), so they never overlap.
         try:
             fit(self._wrap(), self.bundle, plan.epochs, hp["lr"], self.batch_size, ctx.device,
                 seed=hp["seed"] + 104_729 * ctx.rank, optimizer=hp["optimizer"], momentum=hp["momentum"],

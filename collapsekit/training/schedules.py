@@ -3,8 +3,9 @@
 A PruningSchedule says before which epoch to prune to which global sparsity and
 where the learning rate starts over; `finetune.finetune(..., plan=...)` executes
 it (`finetune.prune_and_finetune` builds the plan by name), pruning with
-`ck.prune` (Global MP over the current weights, + MT) at each event. Weights already zero go first in Global MP, so each event's masks lie
-inside the previous ones.
+`ck.prune` (Global MP over the current weights, + MT) at each event. Weights
+already zero go first in Global MP, so each event's masks lie inside the
+previous ones.
 """
 from __future__ import annotations
 

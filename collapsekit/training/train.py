@@ -120,7 +120,7 @@ def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     raise CollapsekitError(f"unknown optimizer {name!r} (use sgd, adam or adamw)")
 
 
-# Learning-rate factor at progress t in [0, 1), applied after every step.
+# Learning-rate factor at progress t in [0, 1) of a decay, set before every step.
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
     # Linear decay to zero: Zimmer et al.'s short retraining after pruning.
@@ -361,5 +361,5 @@ def _check_model_fits_data(spec: str, model: nn.Module, bundle) -> None:
                                f"{bundle.num_classes} classes (pass --num-classes {bundle.num_classes})")
 
 
-__all__ = ["TrainResult", "Callback", "EpochEnd", "evaluate", "fit", "lr_segment", "epoch_seed", "dense_train", "defaults_for", "default_input_size", "seed_everything",
-           "augment_flip_crop", "FAMILY_DEFAULTS", "LR_SCHEDULES"]
+__all__ = ["TrainResult", "Callback", "EpochEnd", "evaluate", "fit", "lr_segment", "epoch_seed", "dense_train",
+           "defaults_for", "default_input_size", "seed_everything", "augment_flip_crop", "FAMILY_DEFAULTS", "LR_SCHEDULES"]
