@@ -185,6 +185,32 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted_run(dense, digits, t
     assert timeless(resumed.history) == timeless(clean.history)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_run_resumed_after_an_epoch_matches_uninterrupted_run(dense, digits, tmp_path, optimizer):
+    """Adam's moments and step counts go through the checkpoint: the resumed run is bit-identical."""
+    clean_model, masks = pruned_copy(dense)
+    kw = dict(lr=3e-3, optimizer=optimizer, device="cpu", progress=False)
+    finetune(clean_model, masks, digits, epochs=3, **kw)
+
+    model, masks2 = pruned_copy(dense)
+
+    class DieInEpoch2(Callback):
+        def on_step_end(self, opt, step):
+            if step == 23 + 3:
+                raise Killed
+
+    with pytest.raises(Killed):
+        finetune(model, masks2, digits, epochs=3, out=tmp_path, callbacks=[DieInEpoch2()], **kw)
+    saved = read_state(tmp_path / STATE_FILE).optimizer_state()
+    assert saved is not None and {"exp_avg", "exp_avg_sq", "step"} <= set(saved["state"][0])
+    model, masks3 = pruned_copy(dense)
+    resumed = finetune(model, masks3, digits, epochs=3, out=tmp_path, resume=True, **kw)
+    assert resumed.resumed_from == 1
+    for (name, a), b in zip(clean_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert_pruned_plus_zero(model, masks)
+
+
 def test_resume_checks_it_is_the_same_run(dense, digits, tmp_path):
     model, masks = pruned_copy(dense)
     finetune(model, masks, digits, epochs=1, lr=0.05, device="cpu", out=tmp_path, progress=False)

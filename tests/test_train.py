@@ -188,6 +188,21 @@ class _StopAfter(Callback):
             raise _Stop
 
 
+def test_epoch_data_gives_each_epoch_its_training_set(synthetic):
+    halves = {}
+
+    def half(epoch):
+        x, y = synthetic.train.tensors
+        start = 0 if epoch % 2 else 256
+        halves[epoch] = start
+        return torch.utils.data.TensorDataset(x[start:start + 256], y[start:start + 256])
+
+    rec = Recorder()
+    fit(tiny_mlp(), synthetic, 2, 0.05, 64, "cpu", 0, epoch_data=half, callbacks=[rec], progress=False)
+    assert halves == {1: 0, 2: 256}
+    assert [s for kind, s, _ in rec.calls if kind == "end"] == list(range(2 * 4))  # 256 / 64 steps per epoch
+
+
 def test_lr_restarts_start_the_decay_over():
     result = fit(tiny_mlp(), data.load("synthetic", seed=0), epochs=4, lr=0.1, batch_size=128, device="cpu",
                  seed=0, lr_schedule="linear", lr_restarts=(1, 3), progress=False)
