@@ -240,6 +240,7 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
             generator.manual_seed(epoch_seed(seed, epoch))
             train = bundle.train if epoch_data is None else epoch_data(epoch)
             steps_per_epoch = math.ceil(len(train) / batch_size)
+            bar.total = (epochs - start_epoch) * steps_per_epoch  # a shard may be smaller than bundle.train
             first, length = lr_segment(epoch, lr_restarts, epochs)
             model.train()
             for cb in callbacks:
