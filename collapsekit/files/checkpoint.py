@@ -58,6 +58,18 @@ def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
     return _write_sidecar(path, meta)
 
 
+def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
+    """Path of the one sparse checkpoint (`pruning.export.save_sparse`) of `model` and `masks`, + sidecar.
+
+    `meta` goes into the file's header, so the file alone says which model it
+    is, and to the `<stem>.json` sidecar with the file's sha256, as in `save`.
+    """
+    from collapsekit.pruning.export import save_sparse
+
+    path = save_sparse(model, masks, _weights_path(out_path), meta=meta)
+    return _write_sidecar(path, meta)
+
+
 def _weights_path(out_path) -> Path:
     path = Path(out_path)
     if path.suffix == ".json":
@@ -249,4 +261,4 @@ def _json_default(obj):
     return str(obj)  # Path, torch.device, dtype...
 
 
-__all__ = ["save", "save_state", "read_meta", "load_into", "sidecar_path"]
+__all__ = ["save", "save_state", "save_pruned", "read_meta", "load_into", "sidecar_path"]
