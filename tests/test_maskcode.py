@@ -46,8 +46,8 @@ def test_rice_code_by_hand_and_round_trip():
 
 def test_best_rice_parameter_is_the_exact_minimum():
     rng = np.random.default_rng(1)
-    for p in (0.5, 0.1, 0.01, 0.001):
-        gaps = rng.geometric(p, 2000) - 1
+    skewed = np.concatenate([np.zeros(5000, dtype=np.int64), [1 << 20]])  # not geometric: one huge gap
+    for gaps in [rng.geometric(p, 2000) - 1 for p in (0.5, 0.1, 0.01, 0.001)] + [skewed]:
         best = maskcode.best_rice_parameter(gaps)
         assert maskcode.rice_size(gaps, best) == min(maskcode.rice_size(gaps, k) for k in range(0, 20))
 
