@@ -29,7 +29,7 @@ def save(model: nn.Module, out_path, meta: dict) -> Path:
     """
     from safetensors.torch import save_model
 
-    from collapsekit import __version__
+    from collapsekit.version import __version__
 
     path = _weights_path(out_path)
     atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata={"format": "pt", "collapsekit": __version__}))
