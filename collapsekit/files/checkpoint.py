@@ -29,10 +29,8 @@ def save(model: nn.Module, out_path, meta: dict) -> Path:
     """
     from safetensors.torch import save_model
 
-    from collapsekit.version import __version__
-
     path = _weights_path(out_path)
-    atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata={"format": "pt", "collapsekit": __version__}))
+    atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=_plain_header()))
     return _write_sidecar(path, meta)
 
 
@@ -44,8 +42,6 @@ def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
     """
     from safetensors.torch import save_file
 
-    from collapsekit import __version__
-
     path = _weights_path(out_path)
     seen: set = set()
     tensors = {}
@@ -54,7 +50,7 @@ def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
         ptr = _storage_key(t)
         tensors[key] = t.clone() if (ptr in seen or not t.is_contiguous()) else t
         seen.add(ptr)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "collapsekit": __version__}))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=_plain_header()))
     return _write_sidecar(path, meta)
 
 
@@ -68,6 +64,12 @@ def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_path, meta
 
     path = save_sparse(model, masks, _weights_path(out_path), meta=meta)
     return _write_sidecar(path, meta)
+
+
+def _plain_header() -> dict[str, str]:
+    from collapsekit.version import __version__
+
+    return {"format": "pt", "collapsekit": __version__}  # "pt": what transformers' loaders expect
 
 
 def _weights_path(out_path) -> Path:
