@@ -67,8 +67,8 @@ def _representatives(state: dict[str, torch.Tensor], masks) -> dict[str, str]:
 def encode_mask(mask: torch.Tensor) -> tuple[torch.Tensor, list]:
     """(uint8 tensor of the mask's shortest code, [code, parameter]) as stored in our files."""
     form, parameter, data = maskcode.encode(mask)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8), \
-        [form, parameter]
+    code = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    return code, [form, parameter]
 
 
 def decode_mask(code: torch.Tensor, form: str, parameter: int, shape, kept: int) -> torch.Tensor:
