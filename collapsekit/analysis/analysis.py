@@ -62,7 +62,7 @@ class Analysis:
             if checkpoint is not None:
                 # Invariant 9: every weight is read from the file when a question needs it.
                 source = Checkpoint(checkpoint)
-                self.tensors = StreamedTensors(source, self.weights)
+                self.tensors = StreamedTensors(source, self.weights, self.timings)
                 traced_model, self.zero_filled = skeleton(model, source, self.weights)
             else:
                 self.tensors = tensors(model, self.weights)
