@@ -67,12 +67,33 @@ class _Layer(torch.autograd.Function):
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         keep = unpack_bits(ctx.packed, ctx.shape)
+        if ctx.op is F.linear and keep.ndim == 2:
+            gx, reached = _linear_backward(x, keep, g)
+            ctx.record(reached, keep)
+            return gx, None, None, None
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)
             w = keep.to(x.dtype).requires_grad_(True)
             gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
         ctx.record(gw > 0, keep)
         return gx, None, None, None
+
+
+def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient for x, reached [O, I]) of `F.linear(x, keep)` without autograd: reached[o, i] holds
+    when some position has g[., o] > 0 and x[., i] > 0 (both non-negative). Where every position
+    shares one liveness (or one usedness) pattern, that is an outer product of two bool vectors,
+    which spares the [O, I] matmul."""
+    w = keep.to(x.dtype)
+    gx = torch.matmul(g, w)
+    xs, gs = x.reshape(-1, x.shape[-1]) > 0, g.reshape(-1, g.shape[-1]) > 0
+    if bool((xs == xs[:1]).all()):
+        reached = gs.any(0)[:, None] & xs[0][None, :]
+    elif bool((gs == gs[:1]).all()):
+        reached = gs[0][:, None] & xs.any(0)[None, :]
+    else:
+        reached = torch.matmul(g.reshape(-1, g.shape[-1]).t(), x.reshape(-1, x.shape[-1])) > 0
+    return gx, reached
 
 
 def pack_bits(mask: torch.Tensor):
