@@ -55,3 +55,13 @@ def test_no_shortcut_when_the_dense_net_is_not_fully_connected():
     an = Analysis(Unused(), torch.randn(1, 4))
     assert not an.cover().proven
     assert not an.cover().contains(an.level(1).alloc.pruned)
+
+
+def test_cover_read_in_row_blocks_is_the_same_cover(monkeypatch):
+    import collapsekit.analysis.cover as cover
+
+    whole = resnet(False).cover()
+    monkeypatch.setattr(cover, "_CHUNK", 5)  # a few rows per read
+    blocks = resnet(False).cover()
+    assert whole.proven and blocks.proven
+    assert np.array_equal(whole.full, blocks.full)

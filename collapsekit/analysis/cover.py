@@ -18,23 +18,49 @@ import numpy as np
 import torch
 
 from collapsekit.analysis.flow import run_flow
-from collapsekit.analysis.magnitudes import abs_bits
+from collapsekit.analysis.magnitudes import _CHUNK, abs_bits
 
 _NEVER = -1  # a layer whose cover cannot be proven: no cut is below this
 
 
-def _argmax_cover(bits: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, int]:
-    """(bool [O, C] cover: argmax of every row and of every column within its group, the smallest of
-    those maxima) for non-negative int32 `bits` [O, C]."""
+def _argmax_cover(bits: torch.Tensor, groups: int = 1) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+    """((rows, cols) of the cover: argmax of every row and of every column within its group, the
+    smallest of those maxima) for non-negative int32 `bits` [O, C]. Positions, not a mask: a layer's
+    cover costs O + C integers until the flow asks for it."""
     o, c = bits.shape
     row_max, row_arg = bits.max(1)
-    grouped = bits.view(groups, o // groups, c)
-    col_max, col_arg = grouped.max(1)  # [groups, C]
-    cover = torch.zeros(o, c, dtype=torch.bool)
-    cover[torch.arange(o), row_arg] = True
-    rows = (col_arg + torch.arange(groups).view(-1, 1) * (o // groups)).flatten()
-    cover[rows, torch.arange(c).repeat(groups)] = True
-    return cover, int(min(int(row_max.min()), int(col_max.min())))
+    col_max, col_arg = bits.view(groups, o // groups, c).max(1)  # [groups, C]
+    rows = torch.cat([torch.arange(o), (col_arg + torch.arange(groups).view(-1, 1) * (o // groups)).flatten()])
+    cols = torch.cat([row_arg, torch.arange(c).repeat(groups)])
+    return (rows, cols), int(min(int(row_max.min()), int(col_max.min())))
+
+
+def _weight_cover(tensor: torch.Tensor, rows: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+    """`_argmax_cover` of a weight's |w| bits in its [O, -1] view, read a block of rows at a time."""
+    flat = tensor.detach().reshape(rows, -1)
+    step = max(1, _CHUNK // max(flat.shape[1], 1))
+    row_max, row_arg, col_max, col_arg = [], [], None, None
+    for start in range(0, rows, step):
+        bits = abs_bits(flat[start:start + step]).cpu()
+        rm, ra = bits.max(1)
+        cm, ca = bits.max(0)
+        row_max.append(rm)
+        row_arg.append(ra)
+        if col_max is None:
+            col_max, col_arg = cm, ca + start
+        else:
+            better = cm > col_max
+            col_max, col_arg = torch.where(better, cm, col_max), torch.where(better, ca + start, col_arg)
+    cols_n = flat.shape[1]
+    positions = (torch.cat([torch.arange(rows), col_arg]), torch.cat([torch.cat(row_arg), torch.arange(cols_n)]))
+    return positions, int(min(int(torch.cat(row_max).min()), int(col_max.min())))
+
+
+def _as_mask(positions: tuple[torch.Tensor, torch.Tensor], shape) -> torch.Tensor:
+    rows, cols = positions
+    mask = torch.zeros(shape[0], int(np.prod(shape[1:])), dtype=torch.bool)
+    mask[rows, cols] = True
+    return mask.view(shape)
 
 
 class Cover:
@@ -43,16 +69,13 @@ class Cover:
     def __init__(self, an, channel_level: bool):
         self.an, self.channel_level = an, channel_level
         self.full = np.full(len(an.weights), _NEVER, dtype=np.int64)  # per layer: cuts below this contain S
-        self._keep: dict[str, torch.Tensor] = {}
-        self._conn: dict[str, torch.Tensor] = {}
+        self._keep: dict[str, tuple] = {}  # name -> cover positions (rows, cols) in the [O, -1] view
+        self._conn: dict[str, tuple] = {}  # name -> cover positions in the channel connectivity
         self.position = {w.name: i for i, w in enumerate(an.weights)}
         self.proven = False
         conn = an.connectivity
         for i, w in enumerate(an.weights):
-            bits = abs_bits(an.tensors[i]).reshape(w.shape[0], -1)
-            cover, full = _argmax_cover(bits)
-            self._keep[w.name] = cover.view(w.shape)
-            del bits
+            self._keep[w.name], full = _weight_cover(an.tensors[i], w.shape[0])
             if channel_level and i in conn.kmax:
                 if not bool(conn.taps[i].all()):
                     continue  # kept weights on taps that never read data are not effective: no shortcut
@@ -92,10 +115,12 @@ class Cover:
         return name in self.position
 
     def keep(self, name: str) -> torch.Tensor:
-        return self._keep[name]
+        return _as_mask(self._keep[name], self.an.weights[self.position[name]].shape)
 
     def channel_conn(self, name: str):
-        return self._conn.get(name)
+        if name not in self._conn:
+            return None
+        return _as_mask(self._conn[name], self.an.connectivity.kmax[self.position[name]].shape)
 
     def effective_count(self, name: str, reached_pairs) -> int:
         return 0  # the cover's own effective counts are never read
