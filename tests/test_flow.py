@@ -266,3 +266,20 @@ def test_flow_and_sign_analysis_leave_the_model_untouched(name):
     assert cuts is not None and element.effective is not None and channel.effective is not None
     assert value.output_alive <= element.output_alive
     assert_unchanged(model, snap)
+
+
+def test_linear_backward_in_row_blocks_matches_autograd(monkeypatch):
+    import collapsekit.analysis.flow as flow_mod
+
+    monkeypatch.setattr(flow_mod, "_BLOCK", 7)  # a few rows per block
+    torch.manual_seed(0)
+    keep = torch.rand(9, 5) > 0.6
+    for x, g in [((torch.rand(3, 4, 5) > 0.5).float(), (torch.rand(3, 4, 9) > 0.5).float()),  # mixed patterns
+                 (torch.ones(3, 4, 5), (torch.rand(3, 4, 9) > 0.5).float()),  # one liveness pattern
+                 ((torch.rand(3, 4, 5) > 0.5).float(), torch.ones(3, 4, 9))]:  # one usedness pattern
+        xx, w = x.clone().requires_grad_(True), keep.float().requires_grad_(True)
+        gx_want, gw_want = torch.autograd.grad(torch.nn.functional.linear(xx, w), (xx, w), g)
+        gx, reached = flow_mod._linear_backward(x, keep, g)
+        assert torch.equal(gx, gx_want) and torch.equal(reached, gw_want > 0)
+        assert torch.equal(flow_mod._apply(torch.nn.functional.linear, x, keep),
+                           torch.nn.functional.linear(x, keep.float()))

@@ -61,7 +61,7 @@ class _Layer(torch.autograd.Function):
         ctx.op, ctx.record, ctx.shape = op, record, keep.shape
         ctx.packed = pack_bits(keep)  # 1 bit per weight until backward: every layer's mask waits there
         ctx.save_for_backward(x)
-        return op(x, keep.to(x.dtype))
+        return _apply(op, x, keep)
 
     @staticmethod
     def backward(ctx, g):
@@ -79,21 +79,39 @@ class _Layer(torch.autograd.Function):
         return gx, None, None, None
 
 
+_BLOCK = 1 << 22  # weights per float block of a large linear layer's mask
+
+
+def _row_blocks(keep: torch.Tensor):
+    rows = max(1, _BLOCK // max(keep.shape[1], 1))
+    return [(start, start + rows) for start in range(0, keep.shape[0], rows)]
+
+
+def _apply(op, x, keep: torch.Tensor) -> torch.Tensor:
+    """`op(x, keep as 0/1 floats)`; a linear layer goes a block of output rows at a time, so its
+    float mask never exists whole (a vocabulary-sized head would need gigabytes)."""
+    if op is not F.linear or keep.ndim != 2 or keep.numel() <= _BLOCK:
+        return op(x, keep.to(x.dtype))
+    return torch.cat([F.linear(x, keep[a:b].to(x.dtype)) for a, b in _row_blocks(keep)], -1)
+
+
 def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradient for x, reached [O, I]) of `F.linear(x, keep)` without autograd: reached[o, i] holds
-    when some position has g[., o] > 0 and x[., i] > 0 (both non-negative). Where every position
-    shares one liveness (or one usedness) pattern, that is an outer product of two bool vectors,
-    which spares the [O, I] matmul."""
-    w = keep.to(x.dtype)
-    gx = torch.matmul(g, w)
-    xs, gs = x.reshape(-1, x.shape[-1]) > 0, g.reshape(-1, g.shape[-1]) > 0
-    if bool((xs == xs[:1]).all()):
-        reached = gs.any(0)[:, None] & xs[0][None, :]
-    elif bool((gs == gs[:1]).all()):
-        reached = gs[0][:, None] & xs.any(0)[None, :]
+    """(gradient for x, reached [O, I]) of `F.linear(x, keep)` without autograd, a block of output
+    rows at a time: reached[o, i] holds when some position has g[., o] > 0 and x[., i] > 0 (both
+    non-negative). Where every position shares one liveness (or one usedness) pattern, that is an
+    outer product of two bool vectors, which spares the [O, I] matmul."""
+    xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    xl, gl = xs > 0, gs > 0
+    gx = torch.zeros(xs.shape, dtype=x.dtype)
+    for a, b in _row_blocks(keep):
+        gx += torch.matmul(gs[:, a:b], keep[a:b].to(x.dtype))
+    if bool((xl == xl[:1]).all()):
+        reached = gl.any(0)[:, None] & xl[0][None, :]
+    elif bool((gl == gl[:1]).all()):
+        reached = gl[0][:, None] & xl.any(0)[None, :]
     else:
-        reached = torch.matmul(g.reshape(-1, g.shape[-1]).t(), x.reshape(-1, x.shape[-1])) > 0
-    return gx, reached
+        reached = torch.cat([torch.matmul(gs[:, a:b].t(), xs) > 0 for a, b in _row_blocks(keep)], 0)
+    return gx.view(x.shape), reached
 
 
 def pack_bits(mask: torch.Tensor):
@@ -519,7 +537,7 @@ class ChannelFlow(fx.Interpreter):
             if self.is_reduced(x):
                 x = x.expand(self._arg_shape(x))
         if not (self.backward and torch.is_grad_enabled()):
-            return op(x, keep.to(self._dtype))
+            return _apply(op, x, keep)
         return _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached))
 
     def _record(self, name, keep, reached):
