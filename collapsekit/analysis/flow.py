@@ -88,11 +88,36 @@ def _row_blocks(keep: torch.Tensor):
 
 
 def _apply(op, x, keep: torch.Tensor) -> torch.Tensor:
-    """`op(x, keep as 0/1 floats)`; a linear layer goes a block of output rows at a time, so its
-    float mask never exists whole (a vocabulary-sized head would need gigabytes)."""
-    if op is not F.linear or keep.ndim != 2 or keep.numel() <= _BLOCK:
+    """`op(x, keep as 0/1 floats)`, up to positive scaling (only positivity carries meaning).
+
+    A linear layer whose input has one liveness pattern at every position (the usual
+    case) needs no matmul: output o is live iff a kept weight of row o reads a live
+    input, the same at every position. Otherwise it goes a block of output rows at a
+    time, so its float mask never exists whole (a vocabulary-sized head would need
+    gigabytes)."""
+    if op is not F.linear or keep.ndim != 2 or not isinstance(x, torch.Tensor):
+        return op(x, keep.to(x.dtype))
+    xl = x.reshape(-1, x.shape[-1]) > 0
+    if xl.shape[0] > 0 and bool((xl == xl[:1]).all()):
+        live = _any_kept(keep, xl[0], dim=1)
+        return live.to(x.dtype).expand(*x.shape[:-1], keep.shape[0]).clone()
+    if keep.numel() <= _BLOCK:
         return op(x, keep.to(x.dtype))
     return torch.cat([F.linear(x, keep[a:b].to(x.dtype)) for a, b in _row_blocks(keep)], -1)
+
+
+def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int) -> torch.Tensor:
+    """Bool per row (dim=1: some kept weight of the row lies in a column where `along` holds) or per
+    column (dim=0: some kept weight of the column lies in a row where `along` holds), by row blocks."""
+    everywhere = bool(along.all())
+    out = torch.zeros(keep.shape[0] if dim == 1 else keep.shape[1], dtype=torch.bool)
+    for a, b in _row_blocks(keep):
+        block = keep[a:b]
+        if dim == 1:
+            out[a:b] = (block if everywhere else block & along).any(1)
+        elif everywhere or bool(along[a:b].any()):
+            out |= (block if everywhere else block & along[a:b, None]).any(0)
+    return out
 
 
 def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,9 +127,12 @@ def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tu
     outer product of two bool vectors, which spares the [O, I] matmul."""
     xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
     xl, gl = xs > 0, gs > 0
-    gx = torch.zeros(xs.shape, dtype=x.dtype)
-    for a, b in _row_blocks(keep):
-        gx += torch.matmul(gs[:, a:b], keep[a:b].to(x.dtype))
+    if gl.shape[0] > 0 and bool((gl == gl[:1]).all()):  # one usedness pattern: no matmul (up to scale)
+        gx = _any_kept(keep, gl[0], dim=0).to(x.dtype).expand(xs.shape).clone()
+    else:
+        gx = torch.zeros(xs.shape, dtype=x.dtype)
+        for a, b in _row_blocks(keep):
+            gx += torch.matmul(gs[:, a:b], keep[a:b].to(x.dtype))
     if bool((xl == xl[:1]).all()):
         reached = gl.any(0)[:, None] & xl[0][None, :]
     elif bool((gl == gl[:1]).all()):
