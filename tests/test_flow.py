@@ -276,10 +276,13 @@ def test_linear_backward_in_row_blocks_matches_autograd(monkeypatch):
     keep = torch.rand(9, 5) > 0.6
     for x, g in [((torch.rand(3, 4, 5) > 0.5).float(), (torch.rand(3, 4, 9) > 0.5).float()),  # mixed patterns
                  (torch.ones(3, 4, 5), (torch.rand(3, 4, 9) > 0.5).float()),  # one liveness pattern
-                 ((torch.rand(3, 4, 5) > 0.5).float(), torch.ones(3, 4, 9))]:  # one usedness pattern
+                 ((torch.rand(3, 4, 5) > 0.5).float(), torch.ones(3, 4, 9)),  # one usedness pattern
+                (torch.ones(3, 4, 5), torch.ones(3, 4, 9))]:  # everything reached
         xx, w = x.clone().requires_grad_(True), keep.float().requires_grad_(True)
         gx_want, gw_want = torch.autograd.grad(torch.nn.functional.linear(xx, w), (xx, w), g)
         gx, reached = flow_mod._linear_backward(x, keep, g)
+        if reached is flow_mod.EVERYWHERE:
+            reached = torch.ones(keep.shape, dtype=torch.bool)
         # only positivity carries meaning in the flow: values may differ by positive scaling
         assert torch.equal(gx > 0, gx_want > 0) and torch.equal(reached, gw_want > 0)
         out = flow_mod._apply(torch.nn.functional.linear, x, keep)

@@ -120,6 +120,9 @@ def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int) -> torch.Tensor
     return out
 
 
+EVERYWHERE = object()  # "every weight position reached": spares building an all-True [O, I] mask
+
+
 def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradient for x, reached [O, I]) of `F.linear(x, keep)` without autograd, a block of output
     rows at a time: reached[o, i] holds when some position has g[., o] > 0 and x[., i] > 0 (both
@@ -133,10 +136,11 @@ def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tu
         gx = torch.zeros(xs.shape, dtype=x.dtype)
         for a, b in _row_blocks(keep):
             gx += torch.matmul(gs[:, a:b], keep[a:b].to(x.dtype))
-    if bool((xl == xl[:1]).all()):
-        reached = gl.any(0)[:, None] & xl[0][None, :]
-    elif bool((gl == gl[:1]).all()):
-        reached = gl[0][:, None] & xl.any(0)[None, :]
+    if bool((xl == xl[:1]).all()) or bool((gl == gl[:1]).all()):
+        used, live = gl.any(0), xl.any(0)  # one pattern on a side: reached = used x live
+        if bool(used.all()) and bool(live.all()):
+            return gx.view(x.shape), EVERYWHERE
+        reached = used[:, None] & live[None, :]
     else:
         reached = torch.cat([torch.matmul(gs[:, a:b].t(), xs) > 0 for a, b in _row_blocks(keep)], 0)
     return gx.view(x.shape), reached
@@ -570,13 +574,14 @@ class ChannelFlow(fx.Interpreter):
 
     def _record(self, name, keep, reached):
         self._note_reached(name, reached)
-        hit = pack_bits(reached & keep)  # kept on a path; packed, as every layer's waits for the count
+        # kept on a path; packed, as every layer's waits for the count
+        hit = pack_bits(keep if reached is EVERYWHERE else reached & keep)
         self.effective[name] = hit if name not in self.effective else self.effective[name] | hit
 
     def _note_reached(self, name, reached):
         # Only when asked (cover.py): whether a use of the layer reached every weight position.
         if self.reached is not None:
-            self.reached[name] = self.reached.get(name, False) or bool(reached.all())
+            self.reached[name] = self.reached.get(name, False) or reached is EVERYWHERE or bool(reached.all())
 
     def _record_pairs(self, name, conn, reached):
         self._note_reached(name, reached)
