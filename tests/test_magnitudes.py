@@ -174,7 +174,7 @@ def test_index_holds_no_copy_of_the_weights():
     model = nn.Sequential(nn.Linear(1000, 1000), nn.Linear(1000, 1000))
     idx, _ = index_of(model)
     idx.allocate(idx.total // 2)
-    held = sum(a.nbytes for arrs in idx._fine.values() for a in arrs) + idx._cum.nbytes
+    held = sum(v.nbytes + e.nbytes for runs in idx._fine.values() for v, e in runs) + idx._cum.nbytes
     assert held < 0.25 * idx.total * 4  # the old index held one float32 copy (total * 4 bytes)
 
 
@@ -200,3 +200,14 @@ def test_nan_weight_is_a_one_line_error():
         model[2].weight[1, 1] = float("nan")
     with pytest.raises(CollapsekitError, match="2.weight contains NaN"):
         index_of(model)
+
+
+def test_a_bf16_bin_holds_one_value_and_costs_two_numbers():
+    torch.manual_seed(0)
+    weights = [torch.randn(300, 200).to(torch.bfloat16)]
+    model = nn.Sequential(nn.Linear(200, 300, bias=False))
+    idx = MagnitudeIndex(find_prunable(model), weights)
+    alloc = idx.allocate(idx.total // 2)
+    assert all(len(v) <= 1 for runs in idx._fine.values() for v, _ in runs)  # bf16: one value per bin
+    mags = weights[0].float().abs().flatten()
+    assert alloc.threshold == float(mags.sort().values[idx.total // 2 - 1])

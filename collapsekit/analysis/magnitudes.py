@@ -108,6 +108,31 @@ def _chunks(tensor: torch.Tensor):
         yield abs_bits(part).numpy()
 
 
+Runs = tuple  # (sorted distinct bit patterns, int64 running counts): one bin of one layer
+
+
+def _runs(sorted_bits: np.ndarray) -> Runs:
+    """Run-length form of sorted bits: a bin of bf16 weights (one value) costs two numbers."""
+    if sorted_bits.size == 0:
+        return sorted_bits, np.zeros(0, dtype=np.int64)
+    change = np.flatnonzero(np.diff(sorted_bits)) + 1
+    values = sorted_bits[np.concatenate([[0], change])]
+    return values, np.concatenate([change, [sorted_bits.size]]).astype(np.int64)
+
+
+def _below(runs: Runs, u: int, side: str) -> int:
+    """How many bits of `runs` are < u (side "left") or <= u ("right")."""
+    values, ends = runs
+    j = int(np.searchsorted(values, u, side=side))
+    return int(ends[j - 1]) if j else 0
+
+
+def _nth(runs: Runs, p: int) -> int:
+    """The p-th (0-based) bit pattern of `runs` in ascending order."""
+    values, ends = runs
+    return int(values[int(np.searchsorted(ends, p, side="right"))])
+
+
 class MagnitudeIndex:
     """Per-layer histograms of |w| bit patterns; answers Global MP questions exactly by counting.
 
@@ -138,8 +163,8 @@ class MagnitudeIndex:
             np.cumsum(hist.numpy(), out=self._cum[i, 1:])
             self._top[i] = top
         self._per_bin = np.diff(self._cum.sum(0))  # weights of all layers per bin
-        self._fine: dict[int, list[np.ndarray]] = {}  # bin -> per layer sorted bits in that bin
-        self._local: dict[tuple[int, int], np.ndarray] = {}  # (layer, bin) read for one layer only
+        self._fine: dict[int, list[Runs]] = {}  # bin -> per layer, the bits found in that bin
+        self._local: dict[tuple[int, int], Runs] = {}  # (layer, bin) read for one layer only
         self._released: set[int] = set()
 
     # -- reading bins -------------------------------------------------------------------
@@ -164,7 +189,7 @@ class MagnitudeIndex:
             cuts = np.searchsorted(found, edges)
             per_layer.append([found[cuts[j]:cuts[j + 1]] for j in range(len(bins))])
         for j, b in enumerate(bins):
-            self._fine[b] = [layer[j] for layer in per_layer]
+            self._fine[b] = [_runs(layer[j]) for layer in per_layer]
 
     def _fetch_around(self, b: int) -> None:
         """Reads bin `b` and its neighbours while they hold at most _WINDOW of all weights."""
@@ -181,27 +206,26 @@ class MagnitudeIndex:
                 break
         self._fetch(b for b in range(lo, hi + 1) if counts[b] > 0 or b in (lo, hi))
 
-    def _bin(self, b: int) -> list[np.ndarray]:
+    def _bin(self, b: int) -> list[Runs]:
         if b not in self._fine:
             self._fetch_around(b)
         return self._fine[b]
 
-    def _layer_bin(self, i: int, b: int) -> np.ndarray:
+    def _layer_bin(self, i: int, b: int) -> Runs:
         """Layer i's sorted bits in bin b, read from that layer alone when not fetched for all."""
         if b in self._fine:
             return self._fine[b][i]
         if (i, b) not in self._local:
             lo, hi = b << _SHIFT, (b + 1) << _SHIFT
             parts = [bits[(bits >= lo) & (bits < hi)] for bits in _chunks(self._tensors[i])]
-            self._local[(i, b)] = np.sort(np.concatenate(parts))
+            self._local[(i, b)] = _runs(np.sort(np.concatenate(parts)))
         return self._local[(i, b)]
 
     # -- counting -----------------------------------------------------------------------
     def _counts(self, u: int, side: str) -> np.ndarray:
         """Per layer, how many |w| bit patterns are < u (side "left") or <= u ("right")."""
         b = u >> _SHIFT
-        return self._cum[:, b] + np.array([np.searchsorted(a, u, side=side) for a in self._bin(b)],
-                                          dtype=np.int64)
+        return self._cum[:, b] + np.array([_below(r, u, side) for r in self._bin(b)], dtype=np.int64)
 
     def _bin_of_kth(self, k: int, limits: np.ndarray) -> int:
         # Smallest bin b with #{candidates in bins <= b} >= k; candidates are each
@@ -220,8 +244,17 @@ class MagnitudeIndex:
         b = self._bin_of_kth(k, limits)
         below = np.minimum(self._cum[:, b], limits)
         rank = k - int(below.sum())  # 1-based rank inside bin b
-        cands = np.concatenate([a[:max(0, int(n - c))] for a, n, c in zip(self._bin(b), limits, self._cum[:, b])])
-        return int(np.partition(cands, rank - 1)[rank - 1])
+        runs = self._bin(b)
+        room = np.maximum(0, limits - self._cum[:, b])  # each layer's candidates inside bin b
+        values = np.unique(np.concatenate([r[0] for r in runs]))
+        lo, hi = 0, len(values) - 1  # smallest value with rank candidates at or below it
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if sum(min(_below(r, int(values[mid]), "right"), int(m)) for r, m in zip(runs, room)) >= rank:
+                hi = mid
+            else:
+                lo = mid + 1
+        return int(values[lo])
 
     # -- allocation ---------------------------------------------------------------------
     def protected(self, mt_count: int) -> np.ndarray:
@@ -286,9 +319,9 @@ class MagnitudeIndex:
         if row[j] == n:
             return (j << _SHIFT) - 1, 0
         b = j - 1
-        arr = self._layer_bin(i, b)
-        v = int(arr[n - 1 - row[b]])
-        le = int(row[b]) + int(np.searchsorted(arr, v, side="right"))
+        run = self._layer_bin(i, b)
+        v = _nth(run, int(n - 1 - row[b]))
+        le = int(row[b]) + _below(run, v, "right")
         return v, le - n
 
     def layer_masks(self, alloc: Allocation, tensors: list[torch.Tensor]):
