@@ -171,11 +171,14 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
         norm2 += g * g
         ratios.append(g / w if w > TINY else (math.inf if g > TINY else 0.0))
     ratios.sort()
+    logits = out.detach()
     reached = sum(r > TINY for r in ratios)
     return {
         "signal": spread / dense.spread,
         "signal_eval": spread_eval / dense.spread_eval if dense.spread_eval > TINY else 0.0,
         "accuracy_pruned": float((out.argmax(1) == y).float().mean()),
+        "class_signal": class_signal(logits, y),
+        "ncm_accuracy": ncm_accuracy(logits, y),
         "accuracy_pruned_eval": acc_eval,
         "gradient_min": ratios[0] if ratios else 0.0,
         "gradient_median": ratios[len(ratios) // 2] if ratios else 0.0,
@@ -183,6 +186,38 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
         "gradient_norm": math.sqrt(norm2),
         "loss": float(loss.detach()),
     }
+
+
+def class_signal(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of the outputs' variance over the batch that the labels explain (between-class / total, R^2).
+
+    Scale-free, so batch norm's re-normalisation of a faint signal does not
+    inflate it: noise amplified to unit variance explains ~(classes - 1) / batch.
+    """
+    centred = out - out.mean(0)
+    total = float((centred ** 2).sum())
+    if total <= TINY:
+        return 0.0
+    between = sum(float((y == c).sum()) * float((centred[y == c].mean(0) ** 2).sum()) for c in y.unique())
+    return between / total
+
+
+def ncm_accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy of nearest-class-mean on the outputs, means from one half of the batch, scored on the other.
+
+    The class information a re-fitted last layer could read, whatever the kept
+    last-layer weights do with it now.
+    """
+    half = len(y) // 2
+    fit, test = slice(0, half), slice(half, None)
+    classes = y[fit].unique()
+    if len(classes) < 2:
+        return 0.0
+    means = torch.stack([out[fit][y[fit] == c].mean(0) for c in classes])
+    scale = out[fit].std(0)
+    scale = scale.clamp_min(float(scale.max()) * 1e-6 + TINY)  # per unit, so one loud unit does not decide alone
+    pred = classes[torch.cdist(out[test] / scale, means / scale).argmin(1)]
+    return float((pred == y[test]).float().mean())
 
 
 def _copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
