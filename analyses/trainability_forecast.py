@@ -124,10 +124,10 @@ def run(name: str, epochs: int, split: str, bundle, outcomes: Outcomes, quick: b
         print(f"  {tag} s={r['sparsity']:.5g}: forecast {r['forecast_trainable']}, acc {r['accuracy']:.3f} "
               f"(signal {r['signal']:.3g}, class {r['class_signal']:.3g}; {r['reason']})", flush=True)
     s_mt = round(1 - (1 - collapse) * (1.5 if quick else 1.1), 5)  # MT matters most just below collapse
+    from collapsekit.validation.mtsearch import default_mts
+
     suggestion = ck.suggest_mt(an, sparsity=s_mt, data=bundle)
-    structural = ck.suggest_mt(an, sparsity=s_mt)
-    mts = sorted({0, *structural.search_range, suggestion.mt} if not quick else {0, suggestion.floor, suggestion.mt})
-    mts = [m for m in mts if m <= suggestion.max_mt]
+    mts = default_mts(suggestion) if not quick else sorted({0, suggestion.floor, suggestion.mt})
     sweep = [point("mt", s_mt, mt) for mt in mts]
     rows += sweep
     best = max(sweep, key=lambda r: (r["accuracy"], -r["mt"]))
