@@ -45,7 +45,7 @@ SEEDS = {"calibration": 0, "test": 1}
 
 def level_grid(collapse: float, quick: bool) -> list[float]:
     """Sparsities to validate: fixed ones, and ones approaching the collapse sparsity from below."""
-    fixed = (0.5, 0.9) if quick else (0.5, 0.8, 0.9, 0.95)
+    fixed = (0.5, 0.9) if quick else (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
     near = (4, 1.5) if quick else (8, 4, 2, 1.4, 1.1)
     return sorted({s for s in fixed if s < collapse} | {round(1 - (1 - collapse) * f, 5) for f in near})
 
@@ -92,8 +92,8 @@ def dense_model(name: str, epochs: int, seed: int, bundle, out: Path):
     return model, acc
 
 
-def run(name: str, epochs: int, split: str, bundle, outcomes: Outcomes, quick: bool, out: Path) -> tuple[list, dict]:
-    """(rows, suggestion row) for one dense model: every level and MT point, forecast beside outcome."""
+def run(name: str, epochs: int, split: str, bundle, outcomes: Outcomes, quick: bool, out: Path) -> tuple[list, list]:
+    """(rows, suggestion rows) for one dense model: every level and MT point, forecast beside outcome."""
     import collapsekit as ck
 
     seed = SEEDS[split]
@@ -123,29 +123,42 @@ def run(name: str, epochs: int, split: str, bundle, outcomes: Outcomes, quick: b
     for r in rows:
         print(f"  {tag} s={r['sparsity']:.5g}: forecast {r['forecast_trainable']}, acc {r['accuracy']:.3f} "
               f"(signal {r['signal']:.3g}, class {r['class_signal']:.3g}; {r['reason']})", flush=True)
-    s_mt = round(1 - (1 - collapse) * (1.5 if quick else 1.1), 5)  # MT matters most just below collapse
+    sugs = [sweep_mt(an, round(1 - (1 - collapse) * f, 5), point, tag, quick, bundle)
+            for f in ((1.5,) if quick else (2.0, 1.1))]  # MT matters most below collapse
+    for sug, sweep in sugs:
+        rows += sweep
+    return rows, [sug for sug, _ in sugs]
+
+
+def sweep_mt(an, s_mt: float, point, tag: str, quick: bool, bundle) -> tuple[dict, list]:
+    """(suggestion row, MT point rows): suggest_mt with data at `s_mt`, then mt-search's sweep plus every
+    candidate the suggestion forecast, each fine-tuned."""
+    import collapsekit as ck
     from collapsekit.validation.mtsearch import default_mts
 
     suggestion = ck.suggest_mt(an, sparsity=s_mt, data=bundle)
-    mts = default_mts(suggestion) if not quick else sorted({0, suggestion.floor, suggestion.mt})
+    mts = sorted({0, suggestion.floor, suggestion.mt} if quick else
+                 {*default_mts(suggestion), *(f["mt"] for f in suggestion.forecasts)})
     sweep = [point("mt", s_mt, mt) for mt in mts]
-    rows += sweep
     best = max(sweep, key=lambda r: (r["accuracy"], -r["mt"]))
     picked = next(r for r in sweep if r["mt"] == suggestion.mt)
     floor = next((r for r in sweep if r["mt"] == suggestion.floor), None)
     print(f"  {tag} MT sweep at {s_mt:g}: suggested {suggestion.mt} (acc {picked['accuracy']:.3f}), floor "
           f"{suggestion.floor}, best {best['mt']} (acc {best['accuracy']:.3f}); {suggestion.seconds:.2f} s",
           flush=True)
-    sug = {"split": split, "model": name, "dense_epochs": epochs, "seed": seed, "sparsity": s_mt,
+    first = sweep[0]
+    sug = {"split": first["split"], "model": first["model"], "dense_epochs": first["dense_epochs"],
+           "seed": first["seed"], "sparsity": s_mt,
            "floor_mt": suggestion.floor, "floor_accuracy": None if floor is None else floor["accuracy"],
            "suggested_mt": suggestion.mt, "suggested_accuracy": picked["accuracy"], "best_mt": best["mt"],
            "best_accuracy": best["accuracy"], "ratio": picked["accuracy"] / best["accuracy"],
-           "within_90": picked["accuracy"] >= 0.9 * best["accuracy"], "suggest_seconds": suggestion.seconds}
-    return rows, sug
+           "within_90": picked["accuracy"] >= 0.9 * best["accuracy"], "suggest_seconds": suggestion.seconds,
+           "candidates": json.dumps(list(suggestion.forecasts))}
+    return sug, sweep
 
 
 EVIDENCE = ("signal", "signal_eval", "class_signal", "ncm_accuracy", "accuracy_pruned", "gradient_norm",
-            "gradient_min", "gradient_reach")
+            "gradient_min", "gradient_reach", "gradient_relative_min", "gradient_relative_median", "batch_norm")
 
 
 def confusion(rows: list[dict]) -> dict:
@@ -173,7 +186,7 @@ def main(argv=None) -> int:
         for name, epochs in runs:
             r, s = run(name, epochs, split, bundle, outcomes, args.quick, args.out)
             rows += r
-            suggestions.append(s)
+            suggestions += s
     _common.write_table(rows, args.out)
     _common.write_table(suggestions, args.out, stem="suggestion")
     per_split = {split: confusion([r for r in rows if r["split"] == split]) for split in plan}
@@ -213,7 +226,9 @@ def figure(rows: list[dict]):
         wrong = [r for r in pts if r["forecast_trainable"] != trained]
         ax.scatter([max(r["signal"], 1e-6) for r in wrong], [r["class_signal"] for r in wrong], s=70,
                    facecolors="none", edgecolors="black", lw=0.8)
-    ax.axvline(forecast.SIGNAL_MIN, color="black", lw=0.8, ls="--", label=f"signal >= {forecast.SIGNAL_MIN:g}")
+    for regime, ls in (("plain", "--"), ("batch_norm", ":")):
+        least = forecast.THRESHOLDS[regime]["signal"]
+        ax.axvline(least, color="black", lw=0.8, ls=ls, label=f"signal >= {least:g} ({regime.replace('_', ' ')})")
     ax.set_xscale("log")
     ax.set_xlabel("signal: logit spread / dense (BN on batch statistics)")
     ax.set_ylabel("class signal (R^2 of logits on labels)")

@@ -34,12 +34,13 @@ def test_signal_is_the_logit_spread_relative_to_dense(synthetic):
     dense = fc.measure(full(model))
     assert dense["signal"] == pytest.approx(1.0) and dense["signal_eval"] == pytest.approx(1.0)
     assert dense["gradient_reach"] == 1.0 and dense["gradient_min"] > 0
+    assert dense["gradient_relative_min"] == pytest.approx(1.0)  # every layer gets what the dense one gets
     faint = copy.deepcopy(model)
     with torch.no_grad():
         faint[3].weight.mul_(1e-4)
     # Measured against the original's spread, as a pruned level of the original is.
     ev = forecast.measure(faint, full(faint), fc.x, fc.y, fc.dense)
-    assert ev["signal"] == pytest.approx(1e-4, rel=1e-3)
+    assert ev["signal"] == pytest.approx(1e-4, rel=1e-3) and ev["batch_norm"] == 0.0
     trainable, reason = decide(ev, chance=0.1)
     assert not trainable and "signal" in reason
 
@@ -74,7 +75,7 @@ def test_batch_norm_is_measured_on_batch_statistics():
         model[1].weight.mul_(1e-2)  # the pruned net: the layer before BN keeps only faint weights
     ev = forecast.measure(model, full(model), fc.x, fc.y, fc.dense)
     assert ev["signal_eval"] < 0.05  # eval mode: the dense statistics see a vanished signal
-    assert ev["signal"] > 0.3  # batch statistics restore it
+    assert ev["signal"] > 0.3 and ev["batch_norm"] == 1.0  # batch statistics restore it
     assert ev["class_signal"] == pytest.approx(dense["class_signal"], rel=0.1)  # the class information is kept
     assert decide(ev, 0.1)[0]
     # And fine-tuning (train-mode BN) does train it, as the batch-statistics forecast says.
@@ -89,20 +90,30 @@ def test_class_signal_and_ncm_read_class_information_whatever_the_scale():
     separated = torch.eye(10)[y] * 1e-6
     assert class_signal(separated, y) == pytest.approx(1.0)
     assert ncm_accuracy(separated, y) == 1.0
+    assert ncm_accuracy(torch.eye(10)[y] * 1e-3 + 10.0, y) == 1.0  # a faint signal on a large constant is read
     noise = torch.randn(200, 10)
     assert class_signal(noise, y) < 0.1
     assert class_signal(torch.ones(200, 10), y) == 0.0
 
 
-@pytest.mark.parametrize("evidence, trainable", [
-    (dict(accuracy_pruned=0.5, signal=0.0, gradient_reach=0.0, gradient_min=0.0), True),
-    (dict(accuracy_pruned=0.1, signal=forecast.SIGNAL_MIN / 2, gradient_reach=1.0, gradient_min=1.0), False),
-    (dict(accuracy_pruned=0.1, signal=1.0, gradient_reach=0.5, gradient_min=1.0), False),
-    (dict(accuracy_pruned=0.1, signal=1.0, gradient_reach=1.0, gradient_min=1.0), True),
+PLAIN, BN = forecast.THRESHOLDS["plain"], forecast.THRESHOLDS["batch_norm"]
+
+
+@pytest.mark.parametrize("evidence, trainable, why", [
+    (dict(accuracy_pruned=0.5, signal=0.0, gradient_relative_min=0.0, gradient_reach=0.0), True, "accurate"),
+    (dict(signal=PLAIN["signal"] / 2), False, "signal"),
+    (dict(gradient_relative_min=PLAIN["gradient_relative_min"] / 2), False, "gradient_relative_min"),
+    (dict(gradient_reach=0.5), False, "gradient reaches 50%"),
+    (dict(signal=PLAIN["signal"], gradient_relative_min=PLAIN["gradient_relative_min"]), True, "plain"),
+    # With batch norm the spread survives re-normalisation, so more of it is asked for; gradients are scale-free.
+    (dict(batch_norm=1.0, signal=BN["signal"] / 2), False, "signal"),
+    (dict(batch_norm=1.0, signal=BN["signal"], gradient_relative_min=BN["gradient_relative_min"]), True, "batch norm"),
 ])
-def test_rule(evidence, trainable):
-    ev = {"class_signal": 1.0, "gradient_norm": 1.0, **evidence}
-    assert decide(ev, chance=0.1)[0] is trainable
+def test_rule(evidence, trainable, why):
+    ev = {"accuracy_pruned": 0.1, "signal": 1.0, "gradient_relative_min": 1.0, "gradient_reach": 1.0,
+          "batch_norm": 0.0, **evidence}
+    got, reason = decide(ev, chance=0.1)
+    assert got is trainable and why in reason
 
 
 def test_empty_data_is_a_one_line_error(synthetic):

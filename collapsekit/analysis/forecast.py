@@ -48,9 +48,13 @@ from collapsekit.errors import CollapsekitError
 BATCH = 256  # training examples per measurement: enough for stable per-class spreads, cheap on CPU
 SEED = 0
 
-# Calibrated thresholds (analyses/trainability_forecast.py, calibration runs; see analyses/README.md).
-SIGNAL_MIN = 1e-2  # pruned logits must keep >= 1 % of the dense logits' spread over the data
-GRADIENT_MIN = 1e-4  # every layer's kept weights must move by >= 1e-4 of their norm per unit learning rate
+# Calibrated thresholds (analyses/trainability_forecast.py, calibration runs; see analyses/README.md), per
+# regime: with batch norm on batch statistics the logit spread is re-normalised at every BN, so a pruned
+# net keeps far more of it, and its layers' gradients are scale-free; without, both shrink together.
+THRESHOLDS = {
+    "plain": {"signal": 3e-3, "gradient_relative_min": 0.1},
+    "batch_norm": {"signal": 0.1, "gradient_relative_min": 0.01},
+}
 TINY = 1e-12
 
 
@@ -75,6 +79,7 @@ class _Dense:
     spread: float
     spread_eval: float
     accuracy: float
+    ratios: dict  # weight name -> |grad| / |weight| of the dense model (every weight of 2+ dimensions)
 
 
 @dataclass
@@ -99,7 +104,9 @@ class Forecaster:
         if spread <= TINY:
             raise CollapsekitError("the dense model's output does not vary over the data batch: "
                                    "nothing to compare the pruned model with")
-        self.dense = _Dense(spread=spread, spread_eval=spread_eval, accuracy=acc)
+        full = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in self.model.named_parameters() if p.ndim > 1}
+        ratios, _, _ = _gradients(net, self.x, self.y, full)
+        self.dense = _Dense(spread=spread, spread_eval=spread_eval, accuracy=acc, ratios=ratios)
 
     @classmethod
     def from_bundle(cls, model: nn.Module, bundle, batch: int = BATCH, seed: int = SEED,
@@ -128,19 +135,22 @@ def decide(evidence: dict, chance: float, margin: float = 0.1) -> tuple[bool, st
 
     Accuracy already above chance + margin right after pruning (BN on batch
     statistics) means the pruned net works before any training. Otherwise it
-    must both carry signal forward (`signal` >= SIGNAL_MIN) and let gradient
-    reach every layer that keeps weights (`gradient_min` >= GRADIENT_MIN):
-    Lee et al.'s two conditions for trainability after pruning.
+    must both carry signal forward (`signal`, the logit spread relative to the
+    dense model's) and let gradient reach every layer that keeps weights, each
+    at a fair share of what the dense model's same layer gets
+    (`gradient_relative_min`): Lee et al.'s two conditions for trainability
+    after pruning (forward signal, backward gradient), with THRESHOLDS for
+    networks with and without batch norm.
     """
     if evidence["accuracy_pruned"] > chance + margin:
         return True, "accurate right after pruning"
-    if evidence["signal"] < SIGNAL_MIN:
-        return False, f"signal {evidence['signal']:.2g} of the dense spread < {SIGNAL_MIN:g}"
     if evidence["gradient_reach"] < 1.0:
-        return False, f"gradient reaches {evidence['gradient_reach']:.0%} of the layers"
-    if evidence["gradient_min"] < GRADIENT_MIN:
-        return False, f"weakest layer gradient {evidence['gradient_min']:.2g} < {GRADIENT_MIN:g}"
-    return True, "signal and gradient reach every layer"
+        return False, f"gradient reaches {evidence['gradient_reach']:.0%} of the layers that keep weights"
+    regime = "batch_norm" if evidence.get("batch_norm") else "plain"
+    for key, least in THRESHOLDS[regime].items():
+        if evidence[key] < least:
+            return False, f"{key} {evidence[key]:.2g} < {least:g} ({regime.replace('_', ' ')})"
+    return True, f"signal and gradient reach every layer ({regime.replace('_', ' ')})"
 
 
 def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -155,23 +165,14 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
     """
     net = _copy(model, masks)
     spread_eval, _, acc_eval = _forward(net, x, y, train=False)
-    _bn_mode(net, train=True)
-    net.zero_grad(set_to_none=True)
-    out = _logits(net(x))
-    loss = F.cross_entropy(out, y)
-    loss.backward()
-    spread = _spread(out.detach())
-    ratios, norm2 = [], 0.0
-    for name, p in net.named_parameters():
-        keep = masks.get(name)
-        if keep is None or not keep.any():
-            continue  # not prunable here, or emptied: the structural verdict speaks for it
-        w = float(p.detach()[keep].norm())
-        g = float(p.grad[keep].norm()) if p.grad is not None else 0.0
-        norm2 += g * g
-        ratios.append(g / w if w > TINY else (math.inf if g > TINY else 0.0))
-    ratios.sort()
-    logits = out.detach()
+    by_layer, logits, loss = _gradients(net, x, y, masks)
+    spread = _spread(logits)
+    out = logits
+    ratios = sorted(by_layer.values())
+    # Each layer's gradient relative to what the dense model's same layer gets: free of the scale
+    # each architecture gives its layers (batch norm makes pre-BN weights scale-invariant).
+    relative = sorted(r / dense.ratios[n] for n, r in by_layer.items() if dense.ratios.get(n, 0.0) > TINY)
+    norm2 = sum((r * float(net.get_parameter(n).detach()[masks[n]].norm())) ** 2 for n, r in by_layer.items())
     reached = sum(r > TINY for r in ratios)
     return {
         "signal": spread / dense.spread,
@@ -183,9 +184,34 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
         "gradient_min": ratios[0] if ratios else 0.0,
         "gradient_median": ratios[len(ratios) // 2] if ratios else 0.0,
         "gradient_reach": reached / len(ratios) if ratios else 0.0,
+        "gradient_relative_min": relative[0] if relative else 0.0,
+        "gradient_relative_median": relative[len(relative) // 2] if relative else 0.0,
         "gradient_norm": math.sqrt(norm2),
         "loss": float(loss.detach()),
+        "batch_norm": float(any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())),
     }
+
+
+def _gradients(net: nn.Module, x, y, masks: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """({weight name: |grad| / |weight| over its kept entries}, logits, loss) of one train-mode-BN pass.
+
+    Only weights in `masks` that keep something: an emptied layer is the
+    structural verdict's business.
+    """
+    _bn_mode(net, train=True)
+    net.zero_grad(set_to_none=True)
+    out = _logits(net(x))
+    loss = F.cross_entropy(out, y)
+    loss.backward()
+    ratios = {}
+    for name, p in net.named_parameters():
+        keep = masks.get(name)
+        if keep is None or not keep.any():
+            continue
+        w = float(p.detach()[keep].norm())
+        g = float(p.grad[keep].norm()) if p.grad is not None else 0.0
+        ratios[name] = g / w if w > TINY else (math.inf if g > TINY else 0.0)
+    return ratios, out.detach(), loss.detach()
 
 
 def class_signal(out: torch.Tensor, y: torch.Tensor) -> float:
@@ -213,10 +239,13 @@ def ncm_accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
     classes = y[fit].unique()
     if len(classes) < 2:
         return 0.0
-    means = torch.stack([out[fit][y[fit] == c].mean(0) for c in classes])
-    scale = out[fit].std(0)
-    scale = scale.clamp_min(float(scale.max()) * 1e-6 + TINY)  # per unit, so one loud unit does not decide alone
-    pred = classes[torch.cdist(out[test] / scale, means / scale).argmin(1)]
+    # Centred and scaled per unit (so one loud unit does not decide alone, and a faint signal
+    # riding on a large constant does not drown in rounding); distances computed directly.
+    centre, scale = out[fit].mean(0), out[fit].std(0)
+    scale = scale.clamp_min(float(scale.max()) * 1e-6 + TINY)
+    z = (out - centre) / scale
+    means = torch.stack([z[fit][y[fit] == c].mean(0) for c in classes])
+    pred = classes[((z[test][:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
     return float((pred == y[test]).float().mean())
 
 
@@ -262,4 +291,4 @@ def _spread(out: torch.Tensor) -> float:
     return float(out.std(dim=0, unbiased=False).mean())
 
 
-__all__ = ["Forecast", "Forecaster", "decide", "measure", "SIGNAL_MIN", "GRADIENT_MIN", "BATCH"]
+__all__ = ["Forecast", "Forecaster", "decide", "measure", "class_signal", "ncm_accuracy", "THRESHOLDS", "BATCH"]

@@ -137,7 +137,9 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
     forecasts = []
     for mt in sorted(m for m in grid if m <= top and m >= structural.mt):
         f = an.with_mt(mt).forecast(bundle, k)
-        forecasts.append({"mt": mt, "trainable": f.trainable, "quality": float(f.evidence.get(QUALITY, 0.0))})
+        forecasts.append({"mt": mt, "trainable": f.trainable, "quality": float(f.evidence.get(QUALITY, 0.0)),
+                          **{key: float(f.evidence.get(key, 0.0)) for key in ("signal", "gradient_relative_min",
+                                                                              "accuracy_pruned", "class_signal")}})
     trainable = [f for f in forecasts if f["trainable"]]
     if not trainable:
         return replace(structural, structural_floor=structural.mt, forecasts=tuple(forecasts),
