@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from collapsekit.cli.common import add_model_args, load_model
+from collapsekit.cli.common import add_data_args, add_model_args, load_data, load_model
 from collapsekit.errors import CollapsekitError
 
 
@@ -18,6 +18,7 @@ def register(subparsers) -> None:
                     "collapses. The model is never modified.")
     add_model_args(p)
     add_analysis_args(p)
+    add_data_args(p)  # optional: with data, each level carries a trainability forecast
     p.add_argument("--format", choices=["text", "md", "json"], default="text", help="output form (default text)")
     p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
     p.set_defaults(func=run)
@@ -70,9 +71,11 @@ def run(args) -> int:
 
     shapes_from_input(args)
     model, meta = load_model(args)
-    report = analyze(model, example_input(args, meta), sparsities=args.sparsity, mt=args.mt,
+    bundle = load_data(args, meta) if args.data else None
+    x = bundle.example_input() if bundle is not None else example_input(args, meta)
+    report = analyze(model, x, sparsities=args.sparsity, mt=args.mt,
                      include=args.include, exclude=args.exclude, progress=args.format != "json",
-                     name=meta.get("model") or args.model)
+                     name=meta.get("model") or args.model, data=bundle)
     document = report.to_dict()
     if args.output:
         with open(args.output, "w") as fh:
