@@ -15,7 +15,7 @@ from collapsekit import data, models
 from collapsekit.training import distributed
 from collapsekit.pruning import masks as mask_io
 from collapsekit.cli import main
-from collapsekit.training.finetune import read_metrics
+from collapsekit.files.runstate import read_metrics
 from collapsekit.training.train import fit, seed_everything
 
 

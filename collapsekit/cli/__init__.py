@@ -15,7 +15,7 @@ _ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one subparser per subcommand module."""
-    from collapsekit import __version__
+    from collapsekit.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="collapsekit",

@@ -29,7 +29,7 @@ def save(model: nn.Module, out_path, meta: dict) -> Path:
     """
     from safetensors.torch import save_model
 
-    from collapsekit import __version__
+    from collapsekit.version import __version__
 
     path = Path(out_path)
     if path.suffix == ".json":
