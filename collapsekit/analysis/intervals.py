@@ -13,7 +13,9 @@ An activation element whose input box lies inside a flat piece (ReLU below
 0, ReLU6 below 0 or above 6, hardswish below -3) outputs a constant for every
 input in the range: it is a *cut*, in the same format as `values.relu_cuts`,
 which the structural flow applies to find channels and outputs constant at
-these weights (`level.value_collapsed`, never `collapsed`).
+these weights (`level.value_collapsed`, never `collapsed`). Rules live in one
+`rules.RuleTable` (INTERVAL_RULES), like the sign analysis's; a module's name
+is read from the node being run, nothing is written on the user's modules.
 
 Sound against float32 forward passes: bounds are computed in float64, an
 unbounded end is BIG (so 0 * unbounded stays 0), and a box cuts only when
@@ -29,14 +31,13 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Callable
-
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.rules import RuleTable
 from collapsekit.analysis.trace import TracedModel
 
 BIG = 1e30  # stands for an unbounded end: finite, so 0 * BIG = 0 in the sign-split products
@@ -45,17 +46,7 @@ DEFAULT_RANGE = (-float("inf"), float("inf"))
 
 Box = tuple  # (lo, hi): float64 tensors of the value's shape
 
-INTERVAL_MODULE_RULES: dict[type, Callable] = {}
-INTERVAL_FUNCTION_RULES: dict[object, Callable] = {}
-INTERVAL_METHOD_RULES: dict[str, Callable] = {}
-
-
-def _register(table, keys):
-    def wrap(fn):
-        for k in keys:
-            table[k] = fn
-        return fn
-    return wrap
+INTERVAL_RULES = RuleTable()
 
 
 def _clip(lo: torch.Tensor, hi: torch.Tensor) -> Box:
@@ -106,42 +97,43 @@ def _above(box: Box, edge: float) -> torch.Tensor:
 
 # -- activations: the box out, and the elements held constant (cut) -----------------------------
 
-def _relu6_like(ip, box: Box, low: float, high: float) -> Box:
+def _clamp_like(ip, box: Box, low: float, high: float) -> Box:
+    """ReLU / ReLU6 / hardtanh: flat below `low` and above `high`."""
     ip.cut(_below(box, low) | _above(box, high))
     return _clip(box[0].clamp(low, high), box[1].clamp(low, high))
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.ReLU])
+@INTERVAL_RULES.module(nn.ReLU)
 def _relu_module(ip, module, x):
-    return _relu6_like(ip, x, 0.0, math.inf)
+    return _clamp_like(ip, x, 0.0, math.inf)
 
 
-@_register(INTERVAL_FUNCTION_RULES, [F.relu, torch.relu])
+@INTERVAL_RULES.function(F.relu, torch.relu)
 def _relu_function(ip, x, *args, **kwargs):
-    return _relu6_like(ip, x, 0.0, math.inf)
+    return _clamp_like(ip, x, 0.0, math.inf)
 
 
-@_register(INTERVAL_METHOD_RULES, ["relu"])
+@INTERVAL_RULES.method("relu")
 def _relu_method(ip, x):
-    return _relu6_like(ip, x, 0.0, math.inf)
+    return _clamp_like(ip, x, 0.0, math.inf)
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.ReLU6, nn.Hardtanh])
+@INTERVAL_RULES.module(nn.ReLU6, nn.Hardtanh)
 def _hardtanh_module(ip, module, x):
-    return _relu6_like(ip, x, float(module.min_val), float(module.max_val))
+    return _clamp_like(ip, x, float(module.min_val), float(module.max_val))
 
 
-@_register(INTERVAL_FUNCTION_RULES, [F.relu6])
+@INTERVAL_RULES.function(F.relu6)
 def _relu6_function(ip, x, *args, **kwargs):
-    return _relu6_like(ip, x, 0.0, 6.0)
+    return _clamp_like(ip, x, 0.0, 6.0)
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.Hardswish])
+@INTERVAL_RULES.module(nn.Hardswish)
 def _hardswish_module(ip, module, x):
     return _hardswish(ip, x)
 
 
-@_register(INTERVAL_FUNCTION_RULES, [F.hardswish])
+@INTERVAL_RULES.function(F.hardswish)
 def _hardswish_function(ip, x, *args, **kwargs):
     return _hardswish(ip, x)
 
@@ -156,19 +148,19 @@ def _hardswish(ip, box: Box) -> Box:
     return _clip(out_lo, torch.maximum(f(lo), f(hi)))
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.Identity, nn.Dropout, nn.Dropout2d])
+@INTERVAL_RULES.module(nn.Identity, nn.Dropout, nn.Dropout2d)
 def _identity_module(ip, module, x):
     return x  # dropout is the identity in eval mode, where value-level claims are made
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-                                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d])
+@INTERVAL_RULES.module(nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
+                       nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 def _monotone_module(ip, module, x):
     # Non-decreasing elementwise maps, reshapes and pooling with non-negative weights.
     return _monotone(module, x)
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.modules.batchnorm._BatchNorm])
+@INTERVAL_RULES.module(nn.modules.batchnorm._BatchNorm)
 def _batch_norm(ip, module, x):
     inv = 1 / torch.sqrt(module.running_var.double() + module.eps)
     a = module.weight.detach().double() * inv if module.affine else inv
@@ -176,7 +168,7 @@ def _batch_norm(ip, module, x):
     return _scale_shift(x, a, torch.as_tensor(b))
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.Conv1d, nn.Conv2d, nn.Conv3d])
+@INTERVAL_RULES.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv(ip, module, x):
     w = ip.weight(module)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x[0].ndim]
@@ -186,48 +178,54 @@ def _conv(ip, module, x):
     return _affine(x, w, module.bias, apply)
 
 
-@_register(INTERVAL_MODULE_RULES, [nn.Linear])
+@INTERVAL_RULES.module(nn.Linear)
 def _linear(ip, module, x):
     return _affine(x, ip.weight(module), module.bias, F.linear)
 
 
-@_register(INTERVAL_FUNCTION_RULES, [operator.add, torch.add])
+@INTERVAL_RULES.function(operator.add, torch.add)
 def _add(ip, a, b, **kwargs):
     (la, ha), (lb, hb) = ip.box_of(a), ip.box_of(b)
     return _clip(la + lb, ha + hb)
 
 
-@_register(INTERVAL_FUNCTION_RULES, [operator.sub, torch.sub])
+@INTERVAL_RULES.function(operator.sub, torch.sub)
 def _sub(ip, a, b, **kwargs):
     (la, ha), (lb, hb) = ip.box_of(a), ip.box_of(b)
     return _clip(la - hb, ha - lb)
 
 
-@_register(INTERVAL_FUNCTION_RULES, [operator.mul, torch.mul])
+@INTERVAL_RULES.function(operator.mul, torch.mul)
 def _mul(ip, a, b, **kwargs):
     (la, ha), (lb, hb) = ip.box_of(a), ip.box_of(b)
     corners = torch.stack(torch.broadcast_tensors(la * lb, la * hb, ha * lb, ha * hb))
     return _clip(corners.amin(0), corners.amax(0))
 
 
-@_register(INTERVAL_FUNCTION_RULES, [torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d,
-                                     torch.sigmoid, torch.tanh])
+@INTERVAL_RULES.function(torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.sigmoid,
+                         torch.tanh, passes_target=True)
 def _monotone_function(ip, fn, x, *args, **kwargs):
     return _monotone(lambda t: fn(t, *args, **kwargs), x)
 
 
-@_register(INTERVAL_FUNCTION_RULES, [torch.cat])
-def _cat(ip, fn, parts, *args, **kwargs):
+@INTERVAL_RULES.function(torch.cat)
+def _cat(ip, parts, *args, **kwargs):
     boxes = [ip.box_of(p) for p in parts]
     return tuple(torch.cat([b[i] for b in boxes], *args, **kwargs) for i in range(2))
 
 
-@_register(INTERVAL_METHOD_RULES, ["view", "reshape", "flatten", "mean", "contiguous", "sigmoid", "tanh"])
+@INTERVAL_RULES.function(operator.getitem)
+def _getitem(ip, x, index):
+    # Indexing a box indexes both ends; anything else (a tuple, a size) is unknown.
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], torch.Tensor) and x[0].ndim > 0 \
+            and not isinstance(index, int):
+        return tuple(t[index] for t in x)
+    return ip.unknown()
+
+
+@INTERVAL_RULES.method("view", "reshape", "flatten", "mean", "contiguous", "sigmoid", "tanh", passes_target=True)
 def _monotone_method(ip, name, x, *args, **kwargs):
     return _monotone(lambda t: getattr(t, name)(*args, **kwargs), x)
-
-
-_TAKES_TARGET = {_monotone_function, _cat, _monotone_method}  # rules that are told which op they stand for
 
 
 class IntervalPass(fx.Interpreter):
@@ -238,13 +236,11 @@ class IntervalPass(fx.Interpreter):
         self.masks = masks
         self.input_range = input_range
         self.cuts: dict[str, torch.Tensor] = {}
-        self._targets = {id(m): name for name, m in traced.gm.named_modules()}
 
     def weight(self, module: nn.Module) -> torch.Tensor:
-        """The module's weight with its keep-mask applied, float64 (read, never written)."""
-        name = f"{self._targets[id(module)]}.weight"
+        """The running module's weight with its keep-mask applied, float64 (read, never written)."""
         w = module.weight.detach().double()
-        keep = self.masks.get(name)
+        keep = self.masks.get(f"{self._node.target}.weight")
         return w * keep if keep is not None else w
 
     def cut(self, constant: torch.Tensor) -> None:
@@ -266,28 +262,25 @@ class IntervalPass(fx.Interpreter):
         lo, hi = (max(-BIG, min(BIG, float(e))) for e in self.input_range)
         return (torch.full(real.shape, lo, dtype=torch.float64), torch.full(real.shape, hi, dtype=torch.float64))
 
+    def _apply_rule(self, rule, lead: tuple, args, kwargs):
+        if rule is None:
+            return self.unknown()
+        if rule.passes_target:
+            lead = (self._node.target, *lead)
+        return rule.fn(self, *lead, *args, **kwargs)
+
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        rule = next((INTERVAL_MODULE_RULES[t] for t in type(module).__mro__ if t in INTERVAL_MODULE_RULES), None)
-        return rule(self, module, *args, **kwargs) if rule else self._unknown()
+        return self._apply_rule(INTERVAL_RULES.for_module(module), (module,), args, kwargs)
 
     def call_function(self, target, args, kwargs):
-        if target is operator.getitem and isinstance(args[0], tuple) and len(args[0]) == 2 \
-                and isinstance(args[0][0], torch.Tensor) and args[0][0].ndim > 0 and not isinstance(args[1], int):
-            return tuple(t[args[1]] for t in args[0])  # indexing a box indexes both ends
-        return self._apply(INTERVAL_FUNCTION_RULES.get(target), target, args, kwargs)
+        return self._apply_rule(INTERVAL_RULES.for_node(self._node), (), args, kwargs)
 
     def call_method(self, target, args, kwargs):
-        return self._apply(INTERVAL_METHOD_RULES.get(target), target, args, kwargs)
+        return self._apply_rule(INTERVAL_RULES.for_node(self._node), (), args, kwargs)
 
-    def _apply(self, rule, target, args, kwargs):
-        if rule is None:
-            return self._unknown()
-        if rule in _TAKES_TARGET:
-            return rule(self, target, *args, **kwargs)
-        return rule(self, *args, **kwargs)
-
-    def _unknown(self) -> Box:
+    def unknown(self) -> Box:
+        """Unbounded, in the node's recorded shape (ops with no rule)."""
         meta = self._node.meta.get("tensor_meta")
         if not hasattr(meta, "shape"):
             raise _Unsupported(self._node.name)
@@ -348,4 +341,4 @@ def data_range(bundle) -> tuple[float, float]:
 
 
 __all__ = ["IntervalPass", "interval_bounds", "interval_cuts", "merge_cuts", "data_range", "DEFAULT_RANGE",
-           "INTERVAL_MODULE_RULES", "INTERVAL_FUNCTION_RULES", "INTERVAL_METHOD_RULES"]
+           "INTERVAL_RULES"]
