@@ -139,14 +139,21 @@ def test_analyze_with_data_carries_forecasts(dense, digits):
 
 
 def test_suggest_mt_with_data_keeps_the_floor(dense, digits):
+    from collapsekit.analysis.suggest import NEAR_TOP
+
     x = digits.example_input()
     an = ck.Analysis(dense, x)
-    s = 0.998
+    s = 0.99
     structural = ck.suggest_mt(an, sparsity=s)
     aware = ck.suggest_mt(an, sparsity=s, data=digits)
+    assert structural.forecast_trainable is None and structural.forecasts == ()
     assert aware.floor == structural.mt == structural.floor and aware.mt >= aware.floor
-    assert aware.seconds > 0 and aware.forecasts
-    picked = next(f for f in aware.forecasts if f["mt"] == aware.mt)
-    assert picked["trainable"]
-    assert an.with_mt(aware.mt).forecast(digits, an.count(s)).trainable
-    assert aware.to_dict()["floor"] == structural.mt and aware.to_dict()["mt"] == aware.mt
+    assert aware.seconds > 0 and len(aware.forecasts) >= 5
+    assert all(aware.floor <= f["mt"] <= aware.max_mt for f in aware.forecasts)
+    trainable = [f for f in aware.forecasts if f["trainable"]]
+    assert trainable and aware.forecast_trainable  # this LeNet trains at 0.99 with enough MT
+    best = max(f["quality"] for f in trainable)
+    assert aware.mt == min(f["mt"] for f in trainable if f["quality"] >= NEAR_TOP * best)
+    assert an.with_mt(aware.mt).forecast(digits, an.count(s)).trainable  # the same forecast, asked directly
+    doc = aware.to_dict()
+    assert doc["floor"] == structural.mt and doc["mt"] == aware.mt and doc["forecast_trainable"] is True

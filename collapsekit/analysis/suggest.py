@@ -31,7 +31,8 @@ class MTSuggestion:
     evaluations: int  # structural flow runs spent
     reason: str
     structural_floor: int | None = None  # with data: the structural answer, kept as the lower bound
-    forecasts: tuple[dict, ...] = field(default=())  # with data: {mt, trainable, quality} per candidate MT
+    forecasts: tuple[dict, ...] = field(default=())  # with data: {mt, trainable, quality, ...} per candidate MT
+    forecast_trainable: bool | None = None  # with data: is `mt` forecast trainable
     seconds: float = 0.0  # wall time of the suggestion itself
 
     @property
@@ -43,7 +44,8 @@ class MTSuggestion:
         return {"sparsity": self.sparsity, "mt": self.mt, "floor": self.floor, "percent": self.percent,
                 "search_range": list(self.search_range), "collapses_without_mt": self.collapses_without_mt,
                 "max_mt": self.max_mt, "total": self.total, "evaluations": self.evaluations,
-                "reason": self.reason, "forecasts": [dict(f) for f in self.forecasts], "seconds": self.seconds}
+                "reason": self.reason, "forecasts": [dict(f) for f in self.forecasts], "seconds": self.seconds,
+                "forecast_trainable": self.forecast_trainable}
 
 
 def suggest_mt(model, example_inputs=None, sparsity: float | None = None, include: list[str] | None = None,
@@ -116,9 +118,10 @@ def _structural(an: Analysis, sparsity: float, require: str) -> MTSuggestion:
 
 
 # Trainability-aware suggestion: candidates from the floor to the largest MT, log-spaced,
-# and the accuracy-vs-MT curve's top read from the forecast's class signal.
+# and the accuracy-vs-MT curve's top read from the forecast's signal, which rises with the
+# fine-tuned accuracy across MT in the calibration sweeps (analyses/trainability_forecast.py).
 CANDIDATES = 9
-QUALITY = "class_signal"  # forecast evidence that tracks accuracy after fine-tuning across MT
+QUALITY = "signal"  # forecast evidence that tracks accuracy after fine-tuning across MT
 NEAR_TOP = 0.9  # the smallest trainable MT whose quality is >= this fraction of the best candidate's
 
 
@@ -126,8 +129,8 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
     """`structural` with `mt` replaced by the smallest trainable MT near the top of the forecast quality curve.
 
     Each candidate costs one forecast (a forward and backward pass on a data
-    batch), no fine-tuning. When no candidate is forecast trainable, `mt` stays
-    the structural floor and `reason` says so.
+    batch), no fine-tuning. When no candidate is forecast trainable, `mt` is the
+    candidate of best quality (the likeliest to train anyway) and `reason` says so.
     """
     k = an.count(structural.sparsity)
     top = structural.max_mt
@@ -141,17 +144,18 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
                           **{key: float(f.evidence.get(key, 0.0)) for key in ("signal", "gradient_relative_min",
                                                                               "accuracy_pruned", "class_signal")}})
     trainable = [f for f in forecasts if f["trainable"]]
-    if not trainable:
-        return replace(structural, structural_floor=structural.mt, forecasts=tuple(forecasts),
-                       reason=f"no MT from {structural.mt} to {top} is forecast trainable at this sparsity; "
-                              f"{structural.reason}")
-    best = max(f["quality"] for f in trainable)
-    pick = next(f for f in trainable if f["quality"] >= NEAR_TOP * best)
+    if trainable:
+        best = max(f["quality"] for f in trainable)
+        pick = next(f for f in trainable if f["quality"] >= NEAR_TOP * best)
+        reason = (f"MT={pick['mt']} is the smallest forecast trainable with {QUALITY} {pick['quality']:.3g} >= "
+                  f"{NEAR_TOP:g} x the best {best:.3g} over {len(forecasts)} candidates; structural floor "
+                  f"{structural.mt}")
+    else:
+        pick = max(forecasts, key=lambda f: (f["quality"], -f["mt"]))
+        reason = (f"no MT from {structural.mt} to {top} is forecast trainable at this sparsity; MT={pick['mt']} "
+                  f"has the best {QUALITY} ({pick['quality']:.3g}); structural floor {structural.mt}")
     return replace(structural, mt=pick["mt"], percent=100.0 * pick["mt"] / an.total, structural_floor=structural.mt,
-                   forecasts=tuple(forecasts),
-                   reason=f"MT={pick['mt']} is the smallest forecast trainable with {QUALITY} "
-                          f"{pick['quality']:.3g} >= {NEAR_TOP:g} x the best {best:.3g} over {len(forecasts)} "
-                          f"candidates; structural floor {structural.mt}")
+                   forecasts=tuple(forecasts), forecast_trainable=bool(pick["trainable"]), reason=reason)
 
 
 def reference_mt(total: int) -> int:
