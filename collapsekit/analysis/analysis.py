@@ -143,7 +143,8 @@ class Analysis:
 
         key = id(bundle)
         if key not in self._forecasters:
-            self._forecasters[key] = (bundle, Forecaster.from_bundle(self.model, bundle))
+            bottlenecks = {w.name for w in self.weights if not self.graph.bypassable[w.name]}
+            self._forecasters[key] = (bundle, Forecaster.from_bundle(self.model, bundle, bottlenecks=bottlenecks))
         return self._forecasters[key][1]
 
     def forecast(self, bundle, k: int, collapsed: bool | None = None):
