@@ -143,7 +143,7 @@ def test_suggest_mt_with_data_keeps_the_floor(dense, digits):
 
     x = digits.example_input()
     an = ck.Analysis(dense, x)
-    s = 0.99
+    s = 0.97
     structural = ck.suggest_mt(an, sparsity=s)
     aware = ck.suggest_mt(an, sparsity=s, data=digits)
     assert structural.forecast_trainable is None and structural.forecasts == ()
@@ -151,7 +151,7 @@ def test_suggest_mt_with_data_keeps_the_floor(dense, digits):
     assert aware.seconds > 0 and len(aware.forecasts) >= 5
     assert all(aware.floor <= f["mt"] <= aware.max_mt for f in aware.forecasts)
     trainable = [f for f in aware.forecasts if f["trainable"]]
-    assert trainable and aware.forecast_trainable  # this LeNet trains at 0.99 with enough MT
+    assert trainable and aware.forecast_trainable  # this LeNet trains at 0.97
     best = max(f["quality"] for f in trainable)
     assert aware.mt == min(f["mt"] for f in trainable if f["quality"] >= NEAR_TOP * best)
     assert an.with_mt(aware.mt).forecast(digits, an.count(s)).trainable  # the same forecast, asked directly
