@@ -114,7 +114,8 @@ def run(name: str, epochs: int, split: str, bundle, outcomes: Outcomes, quick: b
         seconds = time.perf_counter() - started
         o = outcomes.get(f"{tag}|{s:.6g}|{mt}", model, a, k, bundle)
         ev = f.evidence
-        return {**base, "kind": kind, "sparsity": s, "mt": mt, "collapsed": collapsed,
+        kept = "-".join(str(int(m.sum())) for m in a.masks(k=k).values())  # MTs that change nothing share it
+        return {**base, "kind": kind, "sparsity": s, "mt": mt, "collapsed": collapsed, "prune": kept,
                 "forecast_trainable": f.trainable, "trained": o["accuracy"] > chance + MARGIN,
                 "accuracy": o["accuracy"], "accuracy_before": o["accuracy_before"],
                 **{key: ev.get(key, 0.0) for key in EVIDENCE}, "forecast_seconds": seconds, "reason": f.reason}
@@ -161,9 +162,21 @@ EVIDENCE = ("signal", "signal_eval", "class_signal", "ncm_accuracy", "accuracy_p
             "gradient_min", "gradient_reach", "gradient_relative_min", "gradient_relative_median", "batch_norm")
 
 
+def distinct(rows: list[dict]) -> list[dict]:
+    """Rows not decided by structure (below collapse), one per distinct prune: a level and an MT point with
+    the same kept counts per layer (MT 0, or an MT smaller than every layer keeps anyway) count once."""
+    seen, out = set(), []
+    for r in rows:
+        key = (r["split"], r["model"], r["dense_epochs"], r["sparsity"], r["prune"])
+        if not r["collapsed"] and key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def confusion(rows: list[dict]) -> dict:
-    """Forecast vs outcome counts over the rows not decided by structure (levels and MT points below collapse)."""
-    alive = [r for r in rows if not r["collapsed"]]
+    """Forecast vs outcome counts over the distinct prunes not decided by structure."""
+    alive = distinct(rows)
     c = {f"forecast_{f}_trained_{t}": sum(r["forecast_trainable"] == f and r["trained"] == t for r in alive)
          for f in (True, False) for t in (True, False)}
     agree = sum(r["forecast_trainable"] == r["trained"] for r in alive)
@@ -217,7 +230,7 @@ def figure(rows: list[dict]):
     fig = plots.new_figure(7.0, 4.2)
     with plots.style():
         ax = fig.add_subplot()
-    alive = [r for r in rows if not r["collapsed"]]
+    alive = distinct(rows)
     for trained, colour, label in ((True, plots.BYPASSABLE, "trained above chance"),
                                    (False, plots.COLLAPSED, "stayed at chance")):
         pts = [r for r in alive if r["trained"] == trained]

@@ -199,6 +199,7 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
         "gradient_relative_median": relative[len(relative) // 2] if relative else 0.0,
         "gradient_norm": math.sqrt(norm2),
         "loss": float(loss.detach()),
+        "batch": float(len(y)),
         "batch_norm": float(any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())),
     }
 
