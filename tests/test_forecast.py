@@ -136,6 +136,11 @@ def test_analyze_with_data_carries_forecasts(dense, digits):
     assert set(doc["levels"][0]["forecast"]["evidence"]) >= {"signal", "gradient_min", "accuracy_pruned"}
     plain = ck.analyze(dense, x, sparsities=[0.5])
     assert plain.at(0.5).forecast is None and plain.to_dict()["levels"][0]["forecast"] is None
+    from collapsekit.views.render import to_markdown, to_text
+
+    text = to_text(report)
+    assert "forecast" in text and "untrainable (collapsed: no kept path)" in text
+    assert "| forecast |" in to_markdown(report) and "forecast" not in to_text(plain).split("layer ")[0]
 
 
 def test_suggest_mt_with_data_keeps_the_floor(dense, digits):

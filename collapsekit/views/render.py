@@ -36,6 +36,17 @@ def level_rows(report: CollapseReport) -> list[list[str]]:
 
 
 LEVEL_HEADER = ["sparsity", "verdict", "effective", "depth", "dead ch", "emptied", "emptied layers"]
+
+
+def levels_table(report: CollapseReport) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the levels; with data, a `forecast` column (trainable or not, and why)."""
+    rows = level_rows(report)
+    if all(lv.forecast is None for lv in report.levels):
+        return LEVEL_HEADER, rows
+    cells = ["-" if lv.forecast is None else
+             f"{'trainable' if lv.forecast.trainable else 'untrainable'} ({lv.forecast.reason})"
+             for lv in report.levels]
+    return LEVEL_HEADER + ["forecast"], [row + [cell] for row, cell in zip(rows, cells)]
 LAYER_HEADER = ["layer", "kind", "shape", "weights", "path", "critical sparsity"]
 
 
@@ -53,7 +64,7 @@ VALUE_NOTE = ("* constant at the current weights although a kept path remains "
 def to_text(report: CollapseReport) -> str:
     """The terminal form: verdict first, then the levels, then the per-layer table."""
     parts = verdict_lines(report)
-    parts += ["", _table(LEVEL_HEADER, level_rows(report))]
+    parts += ["", _table(*levels_table(report))]
     if any(lv.value_collapsed and not lv.collapsed for lv in report.levels):
         parts.append(VALUE_NOTE)
     parts += ["", _table(LAYER_HEADER, layer_rows(report))]
@@ -63,7 +74,7 @@ def to_text(report: CollapseReport) -> str:
 def to_markdown(report: CollapseReport) -> str:
     """The same content as GitHub markdown."""
     parts = [f"# Collapse report: {report.model}", ""] + [f"- {line}" for line in verdict_lines(report)]
-    parts += ["", "## Levels", "", _md_table(LEVEL_HEADER, level_rows(report))]
+    parts += ["", "## Levels", "", _md_table(*levels_table(report))]
     if any(lv.value_collapsed and not lv.collapsed for lv in report.levels):
         parts += ["", VALUE_NOTE]
     parts += ["", "## Layers", "", _md_table(LAYER_HEADER, layer_rows(report))]
