@@ -33,7 +33,7 @@ class MTSuggestion:
     structural_floor: int | None = None  # with data: the structural answer, kept as the lower bound
     forecasts: tuple[dict, ...] = field(default=())  # with data: {mt, trainable, quality, ...} per candidate MT
     forecast_trainable: bool | None = None  # with data: is `mt` forecast trainable
-    seconds: float = 0.0  # wall time of the suggestion itself
+    seconds: float = field(default=0.0, compare=False)  # wall time of the suggestion itself
 
     @property
     def floor(self) -> int:
