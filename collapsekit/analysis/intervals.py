@@ -32,12 +32,11 @@ from __future__ import annotations
 import math
 import operator
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.analysis.rules import RuleTable
+from collapsekit.analysis.rules import RuleInterpreter, RuleTable
 from collapsekit.analysis.trace import TracedModel
 
 BIG = 1e30  # stands for an unbounded end: finite, so 0 * BIG = 0 in the sign-split products
@@ -228,8 +227,10 @@ def _monotone_method(ip, name, x, *args, **kwargs):
     return _monotone(lambda t: getattr(t, name)(*args, **kwargs), x)
 
 
-class IntervalPass(fx.Interpreter):
+class IntervalPass(RuleInterpreter):
     """Boxes of every value for inputs in `input_range` at the given keep-masks; records the constant elements."""
+
+    RULES = INTERVAL_RULES
 
     def __init__(self, traced: TracedModel, masks: dict[str, torch.Tensor], input_range=DEFAULT_RANGE):
         super().__init__(traced.gm)
@@ -240,7 +241,7 @@ class IntervalPass(fx.Interpreter):
     def weight(self, module: nn.Module) -> torch.Tensor:
         """The running module's weight with its keep-mask applied, float64 (read, never written)."""
         w = module.weight.detach().double()
-        keep = self.masks.get(f"{self._node.target}.weight")
+        keep = self.masks.get(f"{self.target}.weight")
         return w * keep if keep is not None else w
 
     def cut(self, constant: torch.Tensor) -> None:
@@ -253,31 +254,10 @@ class IntervalPass(fx.Interpreter):
         value = torch.as_tensor(v, dtype=torch.float64)
         return value, value
 
-    def run_node(self, n):
-        self._node = n
-        return super().run_node(n)
-
     def placeholder(self, target, args, kwargs):
         real = super().placeholder(target, args, kwargs)
         lo, hi = (max(-BIG, min(BIG, float(e))) for e in self.input_range)
         return (torch.full(real.shape, lo, dtype=torch.float64), torch.full(real.shape, hi, dtype=torch.float64))
-
-    def _apply_rule(self, rule, lead: tuple, args, kwargs):
-        if rule is None:
-            return self.unknown()
-        if rule.passes_target:
-            lead = (self._node.target, *lead)
-        return rule.fn(self, *lead, *args, **kwargs)
-
-    def call_module(self, target, args, kwargs):
-        module = self.fetch_attr(target)
-        return self._apply_rule(INTERVAL_RULES.for_module(module), (module,), args, kwargs)
-
-    def call_function(self, target, args, kwargs):
-        return self._apply_rule(INTERVAL_RULES.for_node(self._node), (), args, kwargs)
-
-    def call_method(self, target, args, kwargs):
-        return self._apply_rule(INTERVAL_RULES.for_node(self._node), (), args, kwargs)
 
     def unknown(self) -> Box:
         """Unbounded, in the node's recorded shape (ops with no rule)."""
