@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import operator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
