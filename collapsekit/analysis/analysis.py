@@ -240,7 +240,8 @@ class Analysis:
         collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
             levels = [lv if lv.collapsed or lv.sparsity < collapse
-                      else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0)
+                      else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0,
+                                   forecast=None if data is None else self.forecast(data, lv.pruned, True))
                       for lv in levels]
         return CollapseReport(
             model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
