@@ -65,20 +65,19 @@ def shapes_from_input(args) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.views.render import to_markdown, to_text
+    """Analyse the model and print the report as text, markdown or JSON."""
     from collapsekit.analysis.report import analyze
+    from collapsekit.files.atomic import atomic_write_text
+    from collapsekit.views.render import report_to_markdown, report_to_text
 
     shapes_from_input(args)
     model, meta = load_model(args)
     report = analyze(model, example_input(args, meta), sparsities=args.sparsity, mt=args.mt,
                      include=args.include, exclude=args.exclude, progress=args.format != "json",
                      name=meta.get("model") or args.model)
-    document = report.to_dict()
+    document = json.dumps(report.to_dict(), indent=2)
     if args.output:
-        with open(args.output, "w") as fh:
-            json.dump(document, fh, indent=2)
-    if args.format == "json":
-        print(json.dumps(document, indent=2))
-    else:
-        print(to_markdown(report) if args.format == "md" else to_text(report))
+        atomic_write_text(args.output, document + "\n")
+    render = {"json": lambda _: document, "md": report_to_markdown, "text": report_to_text}[args.format]
+    print(render(report))
     return 0

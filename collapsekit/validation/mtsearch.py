@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
@@ -96,21 +95,4 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
                           epochs=epochs)
 
 
-def to_text(result: MTSearchResult) -> str:
-    """The accuracy-vs-MT table `collapsekit mt-search` prints, the best row marked."""
-    s = result.suggestion
-    best = result.best
-    lines = [f"sparsity {result.sparsity:g}: suggested MT {s['mt']} ({s['percent']:.4g} % of {s['total']} "
-             f"prunable weights; {s['reason']})",
-             f"{'MT':>8} {'percent':>9} {'predicted':>10} {'emptied':>8} {'acc pruned':>11} {'acc tuned':>10}"]
-    for p in result.points:
-        mark = "  <- best" if p is best else ""
-        lines.append(f"{p.mt:>8} {p.percent:>9.4f} {'collapsed' if p.predicted_collapsed else 'alive':>10} "
-                     f"{p.emptied_layers:>8} {p.accuracy_pruned:>11.4f} {p.accuracy:>10.4f}{mark}")
-    curve = np.array([p.accuracy for p in result.points])
-    lines.append(f"best MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} "
-                 f"(range {curve.min():.4f}-{curve.max():.4f} over {len(curve)} values, {result.epochs} epochs each)")
-    return "\n".join(lines)
-
-
-__all__ = ["search_mt", "MTSearchResult", "MTPoint", "to_text", "DEFAULT_PERCENTS"]
+__all__ = ["search_mt", "MTSearchResult", "MTPoint", "DEFAULT_PERCENTS"]
