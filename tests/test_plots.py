@@ -183,3 +183,39 @@ def test_plot_cli_writes_every_figure(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "mt").iterdir()) == [
         "critical_sparsity.png", "effective_vs_nominal.png", "mt_effect.png", "report.json",
         "sparsity_heatmap.png"]
+
+
+def test_audit_compares_suggest_mts_mt_at_the_first_collapsed_level():
+    from collapsekit.views.audit import audit
+
+    model, x = bottleneck_mlp(), torch.randn(2, 1, 4, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = audit(model, x, sparsities=[0.3, 0.9, 0.97], name="mlp")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert result.without_mt is result.report and result.report.mt == 0
+    first = next(lv.sparsity for lv in result.report.levels if lv.collapsed)
+    suggestion = ck.suggest_mt(model, x, first)
+    assert result.mt_sparsity == first and result.with_mt.mt == suggestion.mt > 0
+    assert not result.with_mt.at(first).collapsed and suggestion.reason in result.mt_note
+    assert list(result.figures()) == ["sparsity_heatmap", "critical_sparsity", "effective_vs_nominal", "mt_effect"]
+
+
+def test_audit_with_mt_reuses_its_report_and_adds_the_mt_sparsity_to_the_mt_free_twin():
+    from collapsekit.views.audit import audit
+
+    result = audit(bottleneck_mlp(), torch.randn(2, 1, 4, 4), sparsities=[0.3, 0.9], mt=4, mt_sparsity=0.95)
+    assert result.report.mt == 4 and result.without_mt.mt == 0
+    assert [lv.sparsity for lv in result.without_mt.levels] == [0.3, 0.9, 0.95]
+    assert result.with_mt.mt == 4 and [lv.sparsity for lv in result.with_mt.levels] == [0.95]
+    same = audit(bottleneck_mlp(), torch.randn(2, 1, 4, 4), sparsities=[0.3, 0.9], mt="4", mt_sparsity=0.9)
+    assert same.with_mt is same.report
+
+
+def test_audit_without_collapse_falls_back_to_the_reference_mt_and_says_why_there_is_no_figure():
+    from collapsekit.views.audit import audit
+
+    torch.manual_seed(1)
+    result = audit(TwoBlockResidual(), torch.randn(2, 6), sparsities=[0.3])
+    assert not result.report.levels[0].collapsed and result.mt_sparsity == 0.3
+    assert result.with_mt is None  # 0.05 % of 200 weights rounds to MT 0: nothing to compare
+    assert "showing the default MT of 0.05 %" in result.mt_note and "mt_effect" not in result.figures()
