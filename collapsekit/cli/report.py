@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from collapsekit.cli.common import add_model_args, load_model
+from collapsekit.cli.common import add_model_args, add_mt_arg, load_model
 from collapsekit.errors import CollapsekitError
 
 
@@ -29,8 +29,7 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                    help="example input shape including the batch, e.g. 1 3 32 32 (default: from the model)")
     p.add_argument("--sparsity", type=float, nargs="+", metavar="S",
                    help="target global sparsities in [0, 1) (default: 21 levels from 0.5 to 0.999)")
-    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
-                                "weights (0.05%%)")
+    add_mt_arg(p)
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
 

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     common.add_data_args(p)
     common.add_device_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", required=True, metavar="S", help="sparsity levels")
-    p.add_argument("--mt", help="Minimum Threshold: a count per layer or a percent (0.05%%)")
+    common.add_mt_arg(p)
     p.add_argument("--margin", type=float, default=0.1,
                    help="'above chance' means accuracy > 1/classes + MARGIN (default: 0.1)")
     add_finetune_args(p)
