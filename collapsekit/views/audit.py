@@ -1,6 +1,6 @@
 """The collapse audit behind `collapsekit plot`: the report, the MT comparison it draws, and its figures.
 
-`audit` answers three questions of one prepared analysis (one trace, one sort):
+`audit` asks one Analysis (one trace, one sort) three questions:
 the report at the requested sparsities and MT, the same without MT, and the
 report at one sparsity under the MT that `suggest_mt` (or the reference default)
 gives there. `Audit.figures()` draws them; nothing is recomputed when drawing.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from collapsekit.analysis.report import CollapseReport
 from collapsekit.errors import CollapsekitError
 
-DEFAULT_MT_PERCENT = 0.05  # Gupta et al.'s reference --min-threshold, in % of all prunable weights
+DEFAULT_MT_PERCENT = 0.05  # Gupta et al.'s reference --min-threshold (suggest.reference_mt), in %
 
 
 @dataclass(frozen=True)
@@ -37,41 +37,42 @@ class Audit:
         return figures
 
 
-def audit(model, example_inputs, sparsities=None, mt=None, include=None, exclude=None, mt_sparsity=None,
+def audit(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None, mt_sparsity=None,
           name: str | None = None, progress: bool = False) -> Audit:
     """Audit of `model` under Global MP (+ `mt`) at `sparsities`, with the MT comparison at `mt_sparsity`.
 
-    `mt_sparsity` defaults to the first level that collapses without MT, else the
-    highest. The compared MT is `mt` when given, else `suggest_mt`'s structural
-    floor there, else (nothing collapses) the reference 0.05 %, capped at the
-    largest MT the sparsity leaves room for. The model is never modified.
+    `model` is an nn.Module (analysed once here: one trace, one sort) or an
+    Analysis already built. `mt_sparsity` defaults to the first level that
+    collapses without MT, else the highest. The compared MT is `mt` when given,
+    else `suggest_mt`'s structural floor there, else (nothing collapses) the
+    reference 0.05 %, capped at the largest MT the sparsity leaves room for.
+    The model is never modified.
     """
-    from collapsekit.analysis.report import analyze_prepared, prepare, with_mt
-    from collapsekit.pruning.prune import suggest_mt
+    from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.suggest import reference_mt, suggest_mt
 
-    name = name or type(model).__name__
-    base = prepare(model, example_inputs, include=include, exclude=exclude)
-    report = analyze_prepared(with_mt(base, mt), sparsities, progress=progress, name=name)
-    without = report if not report.mt else analyze_prepared(base, sparsities, name=name)
+    an = Analysis.of(model, example_inputs, include, exclude, mt=0)
+    report = an.with_mt(mt).report(sparsities, progress=progress, name=name)
+    without = report if not report.mt else an.report(sparsities, name=name)
     s = mt_sparsity if mt_sparsity is not None else \
         next((lv.sparsity for lv in without.levels if lv.collapsed), without.levels[-1].sparsity)
     compared, note = report.mt, ""
     if not report.mt:
-        suggestion = suggest_mt(model, example_inputs, s, include=include, exclude=exclude)
+        suggestion = suggest_mt(an, sparsity=s)
         compared, note = suggestion.mt, f" (suggest_mt: {suggestion.reason})"
         if not suggestion.collapses_without_mt:
-            compared = min(round(DEFAULT_MT_PERCENT / 100 * suggestion.total), suggestion.max_mt)
+            compared = min(reference_mt(suggestion.total), suggestion.max_mt)
             capped = f", capped at {compared}" if compared == suggestion.max_mt else ""
             note = f" (suggest_mt: {suggestion.reason}; showing the default MT of {DEFAULT_MT_PERCENT:g} %{capped})"
     if not compared:
         return Audit(report, without, None, s, note)
     try:
         at_mt = report if report.mt and _has_level(report, s) else \
-            analyze_prepared(with_mt(base, compared), [s], name=name)
+            an.with_mt(compared).report([s], name=name)
     except CollapsekitError as exc:  # the MT does not fit this sparsity's budget
         return Audit(report, without, None, s, f"{note} ({exc})")
     if not _has_level(without, s):
-        without = analyze_prepared(base, sorted({lv.sparsity for lv in without.levels} | {s}), name=name)
+        without = an.report(sorted({lv.sparsity for lv in without.levels} | {s}), name=name)
     return Audit(report, without, at_mt, s, note)
 
 
