@@ -5,6 +5,7 @@ import re
 import pytest
 
 from collapsekit.cli import main
+from test_analysis import counted  # noqa: F401 - the fixture counting traces and sorts
 
 
 def run(capsys, *argv):
@@ -93,3 +94,9 @@ def test_text_report_aligns_columns_and_output_file_matches_json(capsys, tmp_pat
         cells = [m.span() for m in re.finditer(r"\S+", row)]
         assert cells[0][0] == spans[0][0] and cells[1][0] == spans[1][0] and cells[2][1] == spans[2][1]
     assert f"at sparsity {doc['collapse_sparsity']:.6f}" in lines[1]
+
+
+def test_report_traces_and_sorts_the_model_once(capsys, counted):  # noqa: F811 - the fixture
+    code, out, _ = run(capsys, "report", *LENET, "--sparsity", "0.5", "0.99", "--mt", "0.05")
+    assert code == 0 and "MT 25 per layer" in out
+    assert counted == {"traces": 1, "sorts": 1}
