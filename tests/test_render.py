@@ -58,3 +58,19 @@ def test_table_header_rule_and_rows_have_one_width_per_column(align):
     text = table(["aa", "b", "c"], [["x", "yyy", "z"]], align)
     header, rule, row = text.splitlines()
     assert [len(d) for d in rule.split("  ")] == [2, 3, 1]
+
+
+def test_prune_to_text_reads_the_prune_document():
+    from collapsekit.views.render import prune_to_text
+
+    doc = {"pruned": 95, "total": 100, "sparsity": 0.95, "mt_count": 0, "threshold": 0.0123,
+           "emptied_layers": ["b.weight"], "macs": {"dense": 1000, "kept": 50},
+           "layers": [{"name": "a.weight", "size": 90, "kept": 5, "sparsity": 85 / 90, "emptied": False},
+                      {"name": "b.weight", "size": 10, "kept": 0, "sparsity": 1.0, "emptied": True}]}
+    lines = prune_to_text(doc, ["out/pruned.safetensors", "out/prune.json"]).splitlines()
+    assert lines[:3] == ["pruned 95 of 100 weights (sparsity 95.0000%, MT 0 per layer, threshold |w| 0.0123)",
+                         "MACs 1,000 -> 50 (5.00% of dense)", "emptied layers: b.weight"]
+    assert lines[3].split() == ["layer", "size", "kept", "sparsity"]
+    assert lines[5].split() == ["a.weight", "90", "5", "94.44%"]
+    assert lines[6].split() == ["b.weight", "10", "0", "100.00%", "EMPTIED"]
+    assert lines[7] == "wrote out/pruned.safetensors, out/prune.json"

@@ -154,6 +154,21 @@ def mt_search_to_text(result: MTSearchResult) -> str:
         f"{max(accuracies):.4f} over {len(accuracies)} values, {result.epochs} epochs each)"])
 
 
+# -- prune (`collapsekit prune`) --------------------------------------------------------------------------------
+def prune_to_text(document: dict, written) -> str:
+    """What `collapsekit prune` prints from its prune.json document: totals, MACs, then one row per layer."""
+    dense, kept = document["macs"]["dense"], document["macs"]["kept"]
+    rows = [[layer["name"], layer["size"], layer["kept"], f"{layer['sparsity']:.2%}",
+             "EMPTIED" if layer["emptied"] else ""] for layer in document["layers"]]
+    return "\n".join([
+        f"pruned {document['pruned']} of {document['total']} weights (sparsity {document['sparsity']:.4%}, "
+        f"MT {document['mt_count']} per layer, threshold |w| {document['threshold']:.4g})",
+        f"MACs {dense:,} -> {kept:,} ({kept / dense:.2%} of dense)" if dense else "MACs: no conv/linear found",
+        f"emptied layers: {', '.join(document['emptied_layers']) or 'none'}",
+        table(["layer", "size", "kept", "sparsity", ""], rows, "lrrrl"),
+        "wrote " + ", ".join(str(p) for p in written)])
+
+
 # -- plot (`collapsekit plot`) ----------------------------------------------------------------------------------
 def audit_to_text(audit: Audit, written) -> str:
     """What `collapsekit plot` prints: the verdict, the MT-effect figure's MT (or why there is none), the files."""
@@ -170,4 +185,4 @@ def audit_to_text(audit: Audit, written) -> str:
 
 
 __all__ = ["table", "md_table", "report_to_text", "report_to_markdown", "validation_to_text", "mt_search_to_text",
-           "audit_to_text", "verdict_lines", "level_rows", "layer_rows"]
+           "prune_to_text", "audit_to_text", "verdict_lines", "level_rows", "layer_rows"]
