@@ -199,6 +199,8 @@ def test_audit_compares_suggest_mts_mt_at_the_first_collapsed_level():
     assert result.mt_sparsity == first and result.with_mt.mt == suggestion.mt > 0
     assert not result.with_mt.at(first).collapsed and suggestion.reason in result.mt_note
     assert list(result.figures()) == ["sparsity_heatmap", "critical_sparsity", "effective_vs_nominal", "mt_effect"]
+    doc = json.loads(json.dumps(result.to_dict()))
+    assert doc["mt"] == suggestion.mt and doc["mt_sparsity"] == first and doc["report"]["mt"] == 0
 
 
 def test_audit_with_mt_reuses_its_report_and_adds_the_mt_sparsity_to_the_mt_free_twin():

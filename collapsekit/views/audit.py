@@ -23,7 +23,12 @@ class Audit:
     without_mt: CollapseReport  # the same levels (plus mt_sparsity) without MT
     with_mt: CollapseReport | None  # at mt_sparsity under the compared MT; None when no MT applies there
     mt_sparsity: float
-    mt_note: str  # why this MT (suggest_mt's reason) or why there is no comparison
+    mt_note: str  # why this MT (suggest_mt's reason) or why there is no comparison; "" for a given MT
+
+    def to_dict(self) -> dict:
+        """The report's JSON document plus the MT comparison drawn (`mt` None when there is none)."""
+        return {"report": self.report.to_dict(), "mt_sparsity": self.mt_sparsity,
+                "mt": None if self.with_mt is None else self.with_mt.mt, "mt_note": self.mt_note}
 
     def figures(self) -> dict:
         """{file stem: Figure}: heatmap, critical and effective sparsity, and mt_effect when there is an MT."""
@@ -59,18 +64,18 @@ def audit(model, example_inputs=None, sparsities=None, mt=None, include=None, ex
     compared, note = report.mt, ""
     if not report.mt:
         suggestion = suggest_mt(an, sparsity=s)
-        compared, note = suggestion.mt, f" (suggest_mt: {suggestion.reason})"
+        compared, note = suggestion.mt, f"suggest_mt: {suggestion.reason}"
         if not suggestion.collapses_without_mt:
             compared = min(reference_mt(suggestion.total), suggestion.max_mt)
             capped = f", capped at {compared}" if compared == suggestion.max_mt else ""
-            note = f" (suggest_mt: {suggestion.reason}; showing the default MT of {DEFAULT_MT_PERCENT:g} %{capped})"
+            note = f"suggest_mt: {suggestion.reason}; showing the default MT of {DEFAULT_MT_PERCENT:g} %{capped}"
     if not compared:
         return Audit(report, without, None, s, note)
     try:
         at_mt = report if report.mt and _has_level(report, s) else \
             an.with_mt(compared).report([s], name=name)
     except CollapsekitError as exc:  # the MT does not fit this sparsity's budget
-        return Audit(report, without, None, s, f"{note} ({exc})")
+        return Audit(report, without, None, s, f"{note}; {exc}" if note else str(exc))
     if not _has_level(without, s):
         without = an.report(sorted({lv.sparsity for lv in without.levels} | {s}), name=name)
     return Audit(report, without, at_mt, s, note)

@@ -176,10 +176,11 @@ def audit_to_text(audit: Audit, written) -> str:
     verdict = (f"collapses at sparsity {report.collapse_sparsity:.6f}" if report.collapse_sparsity < 1.0
                else "never collapses")
     lines = [f"{report.model}: Global MP{f' + MT {report.mt}' if report.mt else ''} {verdict}"]
+    note = f" ({audit.mt_note})" if audit.mt_note else ""
     if audit.with_mt is None:
-        lines.append(f"no mt_effect figure at sparsity {audit.mt_sparsity:g}{audit.mt_note}")
+        lines.append(f"no mt_effect figure at sparsity {audit.mt_sparsity:g}{note}")
     else:
-        lines.append(f"mt_effect at sparsity {audit.mt_sparsity:g}: MT {audit.with_mt.mt} per layer{audit.mt_note}")
+        lines.append(f"mt_effect at sparsity {audit.mt_sparsity:g}: MT {audit.with_mt.mt} per layer{note}")
     lines.append("wrote " + ", ".join(str(p) for p in written))
     return "\n".join(lines)
 
