@@ -100,3 +100,12 @@ def test_report_traces_and_sorts_the_model_once(capsys, counted):  # noqa: F811 
     code, out, _ = run(capsys, "report", *LENET, "--sparsity", "0.5", "0.99", "--mt", "0.05")
     assert code == 0 and "MT 25 per layer" in out
     assert counted == {"traces": 1, "sorts": 1}
+
+
+@pytest.mark.parametrize("text,count", [("96", 96), ("0.05", 25), ("0.05%", 25)])
+def test_prune_reads_mt_as_report_does(capsys, tmp_path, text, count):
+    code, out, _ = run(capsys, "prune", *LENET, "--sparsity", "0.9", "--mt", text, "--out", str(tmp_path),
+                       "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["mt_count"] == count and min(layer["kept"] for layer in doc["layers"]) >= count
