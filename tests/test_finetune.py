@@ -125,10 +125,10 @@ def test_writes_metrics_checkpoint_model_and_masks(dense, digits, tmp_path):
     result = finetune(model, masks, digits, epochs=2, lr=0.05, device="cpu", out=tmp_path, progress=False,
                       meta={"model": "lenet_300_100"})
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["checkpoint.safetensors", "finetune.json", "masks.safetensors", "metrics.jsonl",
-                     "model.json", "model.safetensors"]
+    assert names == ["checkpoint.safetensors", "finetune.json", "metrics.jsonl", "model.json",
+                     "model.safetensors"]  # the masks travel inside model.safetensors
     assert [m["epoch"] for m in read_metrics(tmp_path)] == [1, 2]
-    saved = mask_io.load(tmp_path / "masks.safetensors")
+    saved = mask_io.load(tmp_path / "model.safetensors")
     assert all(torch.equal(saved[n], masks[n]) for n in masks)
     # The sidecar rebuilds the model, and the weights load with their exact zeros.
     meta = checkpoint.read_meta(tmp_path / "model.safetensors")
@@ -250,7 +250,7 @@ def test_cli_finetune_then_resume_complete(dense, tmp_path, capsys):
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["epochs"] == 2 and doc["accuracy"] > 0.5 and doc["pruning_schedule"] == "oneshot"
-    masks = mask_io.load(tmp_path / "ft" / "masks.safetensors")
+    masks = mask_io.load(tmp_path / "ft" / "model.safetensors")
     total = sum(m.numel() for m in masks.values())
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.95 * total)
     assert main(args) == 2  # the directory holds a run: refuse without --resume
@@ -286,7 +286,7 @@ def test_cli_killed_process_resumes(dense, tmp_path):
     doc = json.loads(resumed.stdout)
     assert doc["resumed_from"] >= done
     assert [m["epoch"] for m in read_metrics(out)] == list(range(1, 21))
-    final = mask_io.load(out / "masks.safetensors")
+    final = mask_io.load(out / "model.safetensors")
     for name, keep in final.items():
         assert torch.equal(keep, killed_masks[f"mask/{name}"])
 

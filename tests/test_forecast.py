@@ -136,7 +136,7 @@ def test_analyze_with_data_carries_forecasts(dense, digits):
     assert set(doc["levels"][0]["forecast"]["evidence"]) >= {"signal", "gradient_min", "accuracy_pruned"}
     plain = ck.analyze(dense, x, sparsities=[0.5])
     assert plain.at(0.5).forecast is None and plain.to_dict()["levels"][0]["forecast"] is None
-    from collapsekit.views.render import to_markdown, to_text
+    from collapsekit.views.render import report_to_markdown as to_markdown, report_to_text as to_text
 
     text = to_text(report)
     assert "forecast" in text and "untrainable (collapsed: no kept path)" in text

@@ -10,7 +10,7 @@ from collapsekit.errors import CollapsekitError
 
 # Order in `collapsekit --help`; any other module of this package with a
 # `register(subparsers)` function is added after these.
-_ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot"]
+_ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,7 +51,7 @@ def register(subparsers) -> None:
                     "layer keeping at least MT), one-shot, gradually (Zhu & Gupta's cubic schedule) or by IMP, "
                     "and fine-tune it with the masks re-applied after every step. Writes OUT/metrics.jsonl, "
                     "OUT/checkpoint.safetensors every epoch (--resume continues a killed run), then "
-                    "OUT/model.safetensors, OUT/masks.safetensors and OUT/finetune.json. Under "
+                    "OUT/model.safetensors (one sparse file carrying the masks) and OUT/finetune.json. Under "
                     "`torchrun --nproc-per-node N -m collapsekit finetune ...` it trains with DDP.")
     common.add_model_args(p)
     common.add_data_args(p)

@@ -30,7 +30,6 @@ from collapsekit.training.train import LR_SCHEDULES, Callback, evaluate, fit
 
 RESULT_FILE = "finetune.json"
 MODEL_FILE = "model.safetensors"
-MASKS_FILE = "masks.safetensors"
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class FinetuneResult:
     masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        """The JSON document (`OUT/finetune.json`); the masks themselves go to `OUT/masks.safetensors`."""
+        """The JSON document (`OUT/finetune.json`); the masks themselves go inside `OUT/model.safetensors`."""
         return {"accuracy": self.accuracy, "accuracy_before": self.accuracy_before, "sparsity": self.sparsity,
                 "pruning_schedule": self.pruning_schedule, "epochs": self.epochs, "resumed_from": self.resumed_from,
                 "history": list(self.history), "device": self.device, "world_size": self.world_size,
@@ -69,8 +68,8 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor] | None, bundle, ep
     `schedules.PruningSchedule`) prunes with `ck.prune(model, s, mt)` before
     its events' epochs; without it the masks stay fixed. `out` receives
     metrics.jsonl and checkpoint.safetensors (every epoch), then
-    model.safetensors (+ sidecar with `meta`), masks.safetensors and
-    finetune.json. `resume=True` continues the run in `out` from its last
+    model.safetensors (one sparse file with the masks, + sidecar with `meta`)
+    and finetune.json. `resume=True` continues the run in `out` from its last
     complete epoch and checks it is the same run (model, masks, settings).
     Under torchrun (WORLD_SIZE > 1) each rank trains a DDP replica on its shard
     with `batch_size // world_size` per step; masks are rank 0's, rank 0 writes.
@@ -117,13 +116,13 @@ def prune_and_finetune(model, bundle, sparsity: float, epochs: int,
 
 
 def save_outputs(out, model: nn.Module, masks: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write the fine-tuned model to `out`/model.safetensors (sidecar: `meta`) and its masks to masks.safetensors."""
+    """Write the fine-tuned model to `out`/model.safetensors (sidecar: `meta`), one sparse file carrying its masks."""
     from collapsekit.files import checkpoint
-    from collapsekit.pruning import masks as mask_io
 
-    checkpoint.save(model, Path(out) / MODEL_FILE, meta)
     if masks:
-        mask_io.save(masks, Path(out) / MASKS_FILE)
+        checkpoint.save_pruned(model, masks, Path(out) / MODEL_FILE, meta)
+    else:
+        checkpoint.save(model, Path(out) / MODEL_FILE, meta)
 
 
 class _MaskedRun(Callback):
@@ -309,4 +308,4 @@ def _bar(total: int, initial: int, enabled: bool):
 
 
 __all__ = ["finetune", "prune_and_finetune", "save_outputs", "FinetuneResult", "BF16Autocast", "check_pruned_zero",
-           "MODEL_FILE", "MASKS_FILE", "RESULT_FILE"]
+           "MODEL_FILE", "RESULT_FILE"]

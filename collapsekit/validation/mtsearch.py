@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
@@ -113,26 +112,4 @@ def default_mts(suggestion) -> list[int]:
     return sorted({m for m in (0, *grid, suggestion.mt) if m <= suggestion.max_mt})
 
 
-def to_text(result: MTSearchResult) -> str:
-    """The accuracy-vs-MT table `collapsekit mt-search` prints, the best row marked."""
-    s = result.suggestion
-    best = result.best
-    forecast = {True: "trainable", False: "untrainable", None: "-"}
-    lines = [f"sparsity {result.sparsity:g}: suggested MT {s['mt']} ({s['percent']:.4g} % of {s['total']} "
-             f"prunable weights; {s['reason']}; {s.get('seconds', 0.0):.2f} s), structural floor {s['floor']}",
-             f"{'MT':>8} {'percent':>9} {'predicted':>10} {'emptied':>8} {'forecast':>12} {'acc pruned':>11} "
-             f"{'acc tuned':>10}"]
-    for p in result.points:
-        marks = [m for m, hit in (("best", p is best), ("suggested", p.mt == s["mt"]), ("floor", p.mt == s["floor"]))
-                 if hit]
-        mark = f"  <- {', '.join(marks)}" if marks else ""
-        lines.append(f"{p.mt:>8} {p.percent:>9.4f} {'collapsed' if p.predicted_collapsed else 'alive':>10} "
-                     f"{p.emptied_layers:>8} {forecast[p.forecast_trainable]:>12} {p.accuracy_pruned:>11.4f} "
-                     f"{p.accuracy:>10.4f}{mark}")
-    curve = np.array([p.accuracy for p in result.points])
-    lines.append(f"best MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} "
-                 f"(range {curve.min():.4f}-{curve.max():.4f} over {len(curve)} values, {result.epochs} epochs each)")
-    return "\n".join(lines)
-
-
-__all__ = ["search_mt", "default_mts", "MTSearchResult", "MTPoint", "to_text", "DEFAULT_PERCENTS"]
+__all__ = ["search_mt", "default_mts", "MTSearchResult", "MTPoint", "DEFAULT_PERCENTS"]

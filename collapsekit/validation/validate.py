@@ -143,27 +143,4 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
                             levels=tuple(levels))
 
 
-def to_text(report: ValidationReport) -> str:
-    """The table `collapsekit validate` prints: one row per level, then the agreement rate."""
-    yes = {True: "yes", False: "no"}
-    head = (f"{report.model}: dense accuracy {report.dense_accuracy:.4f}, MT {report.mt}, predicted collapse "
-            f"sparsity {report.collapse_sparsity:.6g}, {report.epochs} fine-tuning epochs, above chance = "
-            f"> {report.chance + report.margin:.2f}")
-    rows = [["sparsity", "predicted", "emptied", "eff.sparsity", "forecast", "acc pruned", "acc tuned", "trained",
-             "observed", "agree", "structural"]]
-    for lv in report.levels:
-        rows.append([f"{lv.sparsity:g}", "collapsed" if lv.predicted_collapsed else "alive",
-                     str(len(lv.emptied_layers)), f"{lv.effective_sparsity:.4f}",
-                     {True: "trainable", False: "untrainable", None: "-"}[lv.forecast_trainable],
-                     f"{lv.accuracy_pruned:.4f}", f"{lv.accuracy:.4f}", yes[lv.trained],
-                     "collapsed" if lv.observed_collapsed else "alive", yes[lv.forecast_agree], yes[lv.agree]])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    n = len(report.levels)
-    lines.append(f"agreement {sum(lv.forecast_agree for lv in report.levels)}/{n} ({report.agreement:.0%}) "
-                 f"forecast vs trained; structural {sum(lv.agree for lv in report.levels)}/{n} "
-                 f"({report.structural_agreement:.0%})")
-    return "\n".join(lines)
-
-
-__all__ = ["validate", "ValidationReport", "LevelValidation", "to_text", "DEFAULT_MARGIN"]
+__all__ = ["validate", "ValidationReport", "LevelValidation", "DEFAULT_MARGIN"]
