@@ -223,30 +223,35 @@ def main(argv=None) -> int:
 
 
 def figure(rows: list[dict]):
-    """Class signal against signal at the pruned weights, one point per level or MT point, by outcome."""
+    """The rule's two measurements, one point per distinct prune below collapse, by outcome; thresholds drawn."""
     from collapsekit.analysis import forecast
     from collapsekit.views import plots
 
-    fig = plots.new_figure(7.0, 4.2)
+    fig = plots.new_figure(9.0, 4.2)
     with plots.style():
-        ax = fig.add_subplot()
-    alive = distinct(rows)
-    for trained, colour, label in ((True, plots.BYPASSABLE, "trained above chance"),
-                                   (False, plots.COLLAPSED, "stayed at chance")):
-        pts = [r for r in alive if r["trained"] == trained]
-        ax.scatter([max(r["signal"], 1e-6) for r in pts], [r["class_signal"] for r in pts], s=18, color=colour,
-                   label=label, marker="o", alpha=0.8)
-        wrong = [r for r in pts if r["forecast_trainable"] != trained]
-        ax.scatter([max(r["signal"], 1e-6) for r in wrong], [r["class_signal"] for r in wrong], s=70,
-                   facecolors="none", edgecolors="black", lw=0.8)
-    for regime, ls in (("plain", "--"), ("batch_norm", ":")):
-        least = forecast.THRESHOLDS[regime]["signal"]
-        ax.axvline(least, color="black", lw=0.8, ls=ls, label=f"signal >= {least:g} ({regime.replace('_', ' ')})")
-    ax.set_xscale("log")
-    ax.set_xlabel("signal: logit spread / dense (BN on batch statistics)")
-    ax.set_ylabel("class signal (R^2 of logits on labels)")
-    ax.set_title("Trainability forecast vs 3-epoch masked fine-tune (circled: forecast wrong)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+        axes = fig.subplots(1, 2, sharey=True)
+    floor = 1e-6  # zeros drawn at the bottom of the log axes
+    for ax, regime in zip(axes, ("plain", "batch_norm")):
+        alive = [r for r in distinct(rows) if bool(r["batch_norm"]) == (regime == "batch_norm")]
+        for trained, colour, label in ((True, plots.BYPASSABLE, "trained above chance"),
+                                       (False, plots.COLLAPSED, "stayed at chance")):
+            pts = [r for r in alive if r["trained"] == trained]
+            xy = [(max(r["signal"], floor), max(r["gradient_relative_min"], floor)) for r in pts]
+            ax.scatter(*zip(*xy), s=16, color=colour, label=label, alpha=0.8) if xy else None
+            wrong = [p for p, r in zip(xy, pts) if r["forecast_trainable"] != trained]
+            if wrong:
+                ax.scatter(*zip(*wrong), s=60, facecolors="none", edgecolors="black", lw=0.8)
+        least = forecast.THRESHOLDS[regime]
+        ax.axvline(least["signal"], color="black", lw=0.8, ls="--")
+        ax.axhline(least["gradient_relative_min"], color="black", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("signal (logit spread / dense)")
+        ax.set_title(f"{regime.replace('_', ' ')}: forecast trainable up and right of the dashes", fontsize=9)
+    axes[0].set_ylabel("weakest bottleneck gradient / dense")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Forecast vs 3-epoch masked fine-tune (circled: forecast wrong; accurate-after-pruning "
+                 "prunes are trainable anywhere)", fontsize=9)
     return fig
 
 
