@@ -140,3 +140,28 @@ class Recorder(torch.fx.Interpreter):
     def run_node(self, n):
         out = self.seen[n.name] = super().run_node(n)
         return out
+
+
+def test_analyze_with_data_proves_value_collapse_over_the_data_range():
+    """A level constant for every input the data can give, not for every real input: value_collapsed with data."""
+    from collapsekit.data import bundle
+
+    model = BiasCut()
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.tensor([[0.1, 0.0, 0.0, 0.0],  # the only unit that follows the input ...
+                                             [0.5, -0.5, 0.25, -0.25],  # ... these two never beat their bias on [0, 1]
+                                             [0.5, -0.5, 0.25, -0.25]]))
+        model.fc1.bias.copy_(torch.tensor([0.0, -2.0, -2.0]))
+        model.fc2.weight.fill_(1.0)
+    g = torch.Generator().manual_seed(0)
+    x_train, x_test = torch.rand(200, 4, generator=g), torch.rand(50, 4, generator=g)
+    data = bundle("box", x_train, torch.arange(200) % 2, x_test, torch.arange(50) % 2, 2, 4, 4)
+    s = 4 / 18  # Global MP prunes fc1's three zeros, then its 0.1: the unit that follows the input
+    with_data = ck.analyze(model, x_test[:1], sparsities=[s], data=data).at(s)
+    without = ck.analyze(model, x_test[:1], sparsities=[s]).at(s)
+    assert not with_data.collapsed and not without.collapsed  # kept paths remain
+    assert with_data.value_collapsed and not without.value_collapsed
+    assert not with_data.forecast.trainable  # a constant function on the data: nothing to learn from
+    pruned = probe.masked_copy(model, ck.Analysis(model, x_test[:1]).masks(s))
+    out = pruned(torch.rand(256, 4, generator=g))
+    assert torch.equal(out, out[:1].expand_as(out))  # sound on inputs in the range
