@@ -125,6 +125,13 @@ def test_empty_data_is_a_one_line_error(synthetic):
         Forecaster.from_bundle(mlp(), empty)
 
 
+def test_a_model_without_one_logit_per_class_is_a_one_line_error(synthetic):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # 3 outputs, 10 classes
+    with pytest.raises(CollapsekitError, match="one logit per class"):
+        Forecaster.from_bundle(model, synthetic)
+
+
 def test_analyze_with_data_carries_forecasts(dense, digits):
     x = digits.example_input()
     report = ck.analyze(dense, x, sparsities=[0.5, 0.999], data=digits)

@@ -99,6 +99,9 @@ class Forecaster:
     dense: _Dense = field(init=False)
 
     def __post_init__(self):
+        if any(p.is_meta for p in self.model.parameters()):
+            raise CollapsekitError("the trainability forecast runs the model on data: load its weights first "
+                                   "(a meta-device model has none)")
         net = _copy(self.model, {})
         spread, _, acc = _forward(net, self.x, self.y, train=True)
         spread_eval, _, _ = _forward(net, self.x, self.y, train=False)
@@ -213,6 +216,9 @@ def _gradients(net: nn.Module, x, y, masks: dict) -> tuple[dict, torch.Tensor, t
     _bn_mode(net, train=True)
     net.zero_grad(set_to_none=True)
     out = _logits(net(x))
+    if out.shape[1] <= int(y.max()):
+        raise CollapsekitError(f"the model gives {out.shape[1]} outputs per example but the data has label "
+                               f"{int(y.max())}: the forecast needs one logit per class")
     loss = F.cross_entropy(out, y)
     loss.backward()
     ratios = {}
