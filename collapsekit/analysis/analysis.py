@@ -255,7 +255,8 @@ class Analysis:
             else:
                 a = mid
         lo, hi = (cands[a] if a >= 0 else lo), (cands[b] if b < len(cands) else hi)
-        if hi - lo > 1 and cands and not self.collapsed_at(hi - 1, channel_level):
+        # hi is often itself a critical count (the first bottleneck's): prove it with one flow.
+        if hi - lo > 1 and not self.collapsed_at(hi - 1, channel_level):
             return hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
