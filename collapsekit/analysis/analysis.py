@@ -19,6 +19,7 @@ from collapsekit.analysis.cost import count_macs, forward_macs
 from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.flow import FlowResult, run_flow
 from collapsekit.analysis.graph import build_graph, effective_depth
+from collapsekit.analysis.heap import release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import find_prunable, tensors
@@ -159,7 +160,9 @@ class Analysis:
                              channel_level=channel)
             if not quick.collapsed:
                 return False
-        return run_flow(self.traced, self.weights, level, backward=False, channel_level=channel).collapsed
+        collapsed = run_flow(self.traced, self.weights, level, backward=False, channel_level=channel).collapsed
+        release_freed()
+        return collapsed
 
     def cover(self, channel_level: bool | None = None) -> Cover:
         """The cover masks (cover.py) of this model at the flow's granularity, built on first use."""
@@ -167,6 +170,7 @@ class Analysis:
         if channel not in self._covers:
             with self.timings.stage("cover"):
                 self._covers[channel] = Cover(self, channel)
+            release_freed()
         return self._covers[channel]
 
     def value_collapsed_at(self, masks: LevelMasks, input_range=None) -> bool:
@@ -314,7 +318,10 @@ class Analysis:
         an = self if data is None else self.with_data(data)
         with self.timings.stage("index reads"):  # every level's threshold bin in one read of the weights
             self.index.prefetch([self.count(s) for s in wanted], self.mt)
-        levels = [an.level_report(s, data) for s in _progress(wanted, "levels", progress)]
+        levels = []
+        for s in _progress(wanted, "levels", progress):
+            levels.append(an.level_report(s, data))
+            release_freed()  # one level's masks are gone: their heap pages too
         with self.timings.stage("boundary search"):
             collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed

@@ -1,0 +1,28 @@
+"""Hand freed heap memory back to the operating system between the stages of a long analysis.
+
+glibc keeps freed blocks below its (self-raising, up to 32 MiB) mmap threshold on
+the heap, so a report that frees one layer's masks and allocates the next one's
+grows the process's resident memory with blocks it no longer uses. `malloc_trim`
+returns those pages; elsewhere (macOS, musl, Windows) this is a no-op.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def _trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed() -> None:
+    """Returns the heap's free pages to the OS (glibc `malloc_trim(0)`); no-op without glibc."""
+    trim = _trim()
+    if trim is not None:
+        trim(0)
