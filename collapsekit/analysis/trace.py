@@ -1,9 +1,18 @@
-"""Trace a model into an fx graph with tensor shapes: symbolic_trace first, torch.export as fallback."""
+"""Trace a model into an fx graph with tensor shapes: symbolic_trace first, torch.export as fallback.
+
+Example inputs are a tensor, a tuple of tensors, or a dict of keyword inputs
+(Hugging Face models: `input_ids`, `decoder_input_ids`, `pixel_values`). The
+traced graph takes one value per placeholder (`TracedModel.example_inputs`);
+the model itself is called as `model(*call_args, **call_kwargs)`.
+"""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
-from dataclasses import dataclass
+import linecache
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -18,8 +27,15 @@ class TracedModel:
     """The fx graph of a model plus a batch-1 example input, shapes stored on `node.meta`."""
 
     gm: fx.GraphModule
-    example_inputs: tuple
+    example_inputs: tuple  # one value per placeholder of `gm`, in order
     method: str  # "symbolic_trace" or "export"
+    call_args: tuple = ()  # the model's own call, batch of one: model(*call_args, **call_kwargs)
+    call_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the tensor inputs, in placeholder order."""
+        return tuple(tuple(x.shape) for x in self.example_inputs if isinstance(x, torch.Tensor))
 
 
 @contextlib.contextmanager
@@ -34,35 +50,104 @@ def eval_mode(model: nn.Module):
             m.train(flag)
 
 
+def split_inputs(example_inputs) -> tuple[tuple, dict]:
+    """(positional, keyword) example inputs, tensors cut to a batch of one.
+
+    A dict is keyword inputs: tensors, plus python constants (flags such as
+    `use_cache=False`) that tracing specialises.
+    """
+    if isinstance(example_inputs, Mapping):
+        args, kwargs = (), dict(example_inputs)
+        if not all(isinstance(k, str) for k in kwargs) or not any(isinstance(v, torch.Tensor)
+                                                                  for v in kwargs.values()):
+            raise CollapsekitError("keyword example_inputs must map argument names to tensors "
+                                   "(e.g. {'input_ids': ids})")
+    else:
+        args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        kwargs = {}
+        if not args or not all(isinstance(x, torch.Tensor) for x in args):
+            raise CollapsekitError("example_inputs must be a tensor, a tuple of tensors or a dict of keyword "
+                                   "tensors")
+    cut = lambda x: x[:1] if isinstance(x, torch.Tensor) and x.ndim > 0 else x  # noqa: E731
+    return tuple(cut(x) for x in args), {k: cut(v) for k, v in kwargs.items()}
+
+
 def as_tuple(example_inputs) -> tuple:
-    """Example inputs as a tuple of tensors, cut to a batch of one."""
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise CollapsekitError("example_inputs must be a tensor or a tuple of tensors")
-    return tuple(x[:1] if x.ndim > 0 else x for x in inputs)
+    """Positional example inputs as a tuple of tensors, cut to a batch of one."""
+    args, kwargs = split_inputs(example_inputs)
+    if kwargs:
+        raise CollapsekitError("keyword example_inputs are not accepted here; pass a tensor or a tuple")
+    return args
 
 
 def trace(model: nn.Module, example_inputs) -> TracedModel:
     """A TracedModel of `model`; raises CollapsekitError naming the failure when both tracers fail."""
-    inputs = as_tuple(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     with eval_mode(model), torch.no_grad():
         try:
-            gm, method = fx.symbolic_trace(model), "symbolic_trace"
+            gm, method = _symbolic_trace(model, kwargs), "symbolic_trace"
         except Exception as fx_exc:
-            _check_accepts(model, inputs)
+            _check_accepts(model, args, kwargs)
             try:
                 with _quiet_torch_logs():
-                    gm, method = torch.export.export(model, inputs, strict=False).module(), "export"
+                    gm = torch.export.export(model, args, kwargs or None, strict=False).module()
+                    method = "export"
             except Exception as export_exc:
                 raise CollapsekitError(
                     f"cannot trace {type(model).__name__}: torch.fx failed ({_where(fx_exc)}) "
-                    f"and torch.export failed ({_first_line(export_exc)})") from None
+                    f"and torch.export failed ({_where(export_exc)})") from None
+        inputs = _bind_placeholders(gm, args, kwargs)
         try:
             _propagate_shapes(gm, inputs)
         except Exception:
-            _check_accepts(model, inputs)  # names the input as the problem when it is
+            _check_accepts(model, args, kwargs)  # names the input as the problem when it is
             raise
-    return TracedModel(gm, inputs, method)
+    return TracedModel(gm, inputs, method, args, kwargs)
+
+
+def _symbolic_trace(model: nn.Module, kwargs: dict) -> fx.GraphModule:
+    """fx.symbolic_trace; with keyword inputs every other argument is fixed at its default."""
+    if not kwargs:
+        return fx.symbolic_trace(model)
+    params = inspect.signature(model.forward).parameters
+    concrete = {n: p.default for n, p in params.items()
+                if n not in kwargs and p.default is not inspect.Parameter.empty}
+    concrete.update({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
+    return fx.symbolic_trace(model, concrete_args=concrete)
+
+
+def _bind_placeholders(gm: fx.GraphModule, args: tuple, kwargs: dict) -> tuple:
+    """The value of every placeholder of `gm`, which takes positional inputs in order and keyword
+    ones by name. Placeholders the tracer fixed (defaults, constant keywords) are removed with
+    the guards that check them, so the graph's inputs are the user's tensors; one that the
+    computation still reads keeps its default."""
+    positional = list(args)
+    values = []
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        if kwargs and isinstance(kwargs.get(node.target), torch.Tensor):
+            values.append(kwargs[node.target])
+        elif not kwargs and positional:
+            values.append(positional.pop(0))
+        elif not _erase_unless_read(gm.graph, node, order):
+            values.append(node.args[0] if node.args else None)
+    gm.recompile()
+    return tuple(values)
+
+
+def _erase_unless_read(graph: fx.Graph, placeholder: fx.Node, order: dict) -> bool:
+    """Erases `placeholder` and everything computed from it unless the output reads it."""
+    reached, frontier = set(), [placeholder]
+    while frontier:
+        node = frontier.pop()
+        if node.op == "output":
+            return False
+        if node not in reached:
+            reached.add(node)
+            frontier.extend(node.users)
+    for node in sorted(reached, key=order.get, reverse=True):
+        graph.erase_node(node)
+    return True
 
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
@@ -74,7 +159,7 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             with _reparametrize_module(gm, state):
-                ShapeProp(gm).propagate(*(x.to("meta") for x in inputs))
+                ShapeProp(gm).propagate(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs))
             return
         except Exception:
             pass
@@ -94,11 +179,12 @@ def _quiet_torch_logs():
         logging.disable(previous)
 
 
-def _check_accepts(model: nn.Module, inputs: tuple) -> None:
+def _check_accepts(model: nn.Module, args: tuple, kwargs: dict) -> None:
     try:
-        model(*inputs)
+        model(*args, **kwargs)
     except Exception as exc:
-        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        shapes = ", ".join([str(tuple(x.shape)) for x in args] + [
+            f"{k}={tuple(v.shape)}" for k, v in kwargs.items() if isinstance(v, torch.Tensor)])
         raise CollapsekitError(f"the model does not accept an input of shape {shapes}: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from None
 
@@ -109,7 +195,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _where(exc: Exception) -> str:
-    # Name the innermost frame of model code that fx tripped over.
+    # Name the innermost frame of model code the tracer tripped over, and its source line (the op).
     tb, frame = exc.__traceback__, None
     while tb is not None:
         code = tb.tb_frame.f_code
@@ -120,5 +206,7 @@ def _where(exc: Exception) -> str:
     loc = ""
     if frame is not None:
         owner = frame.f_locals.get(frame.f_code.co_varnames[0])
-        loc = f" in {type(owner).__name__}.{frame.f_code.co_name} line {frame.f_lineno}"
+        code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+        loc = f" in {type(owner).__name__}.{frame.f_code.co_name} line {frame.f_lineno}" + (
+            f" `{code[:120]}`" if code else "")
     return f"{type(exc).__name__}{loc}: {_first_line(exc)}"
