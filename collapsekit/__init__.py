@@ -3,7 +3,8 @@ from collapsekit.errors import CollapsekitError
 from collapsekit import models
 
 # The stages' entry points (each stage lives in its own subpackage, see DESIGN.md's data flow).
-from collapsekit.pruning.prune import prune, suggest_mt  # noqa: E402
+from collapsekit.pruning.prune import prune  # noqa: E402
+from collapsekit.analysis.suggest import suggest_mt  # noqa: E402
 from collapsekit.pruning.compact import compact  # noqa: E402
 from collapsekit.training.finetune import finetune  # noqa: E402
 from collapsekit.validation.validate import validate  # noqa: E402
@@ -13,7 +14,8 @@ __version__ = "0.1.0"
 # Heavier entry points are imported lazily so `import collapsekit` stays cheap
 # and a stage that fails to import never hides the others.
 _LAZY = {
-    "analyze": ("collapsekit.analysis.report", "analyze"),
+    "analyze": ("collapsekit.analysis.analysis", "analyze"),
+    "Analysis": ("collapsekit.analysis.analysis", "Analysis"),
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
     "masks": ("collapsekit.pruning.masks", None),
     "data": ("collapsekit.data", None),

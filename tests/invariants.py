@@ -4,7 +4,7 @@ import torch
 from collapsekit.validation import probe
 from collapsekit.analysis.flow import channel_dim, run_flow
 from collapsekit.analysis.magnitudes import sparsity_to_count
-from collapsekit.analysis.report import prepare
+from collapsekit.analysis.analysis import Analysis
 
 
 def scramble(model, seed=0):
@@ -30,7 +30,7 @@ def check_levels(model, example, sparsities, mt=None, channel_level=False):
     At channel level the flow may keep more alive than the positive copy shows,
     never less: its deaths must be a subset of the observed ones.
     """
-    an = prepare(model, example, mt=mt)
+    an = Analysis(model, example, mt=mt)
     inputs = an.traced.example_inputs
     layer_modules = {w.name: w.module for w in an.weights if w.kind in ("conv", "linear")}
     verdicts = []

@@ -169,9 +169,9 @@ def check_soundness_only(model, example, sparsities):
     # apply; predicted death must still be real.
     from collapsekit.validation import probe
     from collapsekit.analysis.magnitudes import sparsity_to_count
-    from collapsekit.analysis.report import prepare
+    from collapsekit.analysis.analysis import Analysis
 
-    an = prepare(model, example)
+    an = Analysis(model, example)
     out = []
     for s in sparsities:
         keep, _, _ = an.keep_masks(sparsity_to_count(s, an.index.total))

@@ -12,7 +12,8 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.magnitudes import resolve_mt
 from collapsekit.analysis.prunable import find_prunable, tensors
-from collapsekit.pruning.prune import apply_masks, check_masks, count_macs
+from collapsekit.analysis.cost import count_macs
+from collapsekit.pruning.prune import apply_masks, check_masks
 from collapsekit.analysis.trace import trace
 
 
@@ -335,10 +336,10 @@ def test_the_analysis_masks_are_the_masks_prune_applies(mt):
     # validate and mt-search prune with the analysis's masks instead of sorting again.
     import copy
 
-    from collapsekit.analysis.report import prepare
+    from collapsekit.analysis.analysis import Analysis
 
     model = collapsing_mlp()
-    an = prepare(model, torch.randn(1, 16), mt=mt)
+    an = Analysis(model, torch.randn(1, 16), mt=mt)
     for sparsity in (0.5, 0.9, 0.97):
         keep, _, _ = an.keep_masks(round(sparsity * an.index.total))
         masks = ck.prune(copy.deepcopy(model), sparsity, mt=mt).masks

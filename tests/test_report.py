@@ -9,7 +9,7 @@ import collapsekit as ck
 from collapsekit.validation import probe
 from collapsekit.analysis.magnitudes import sparsity_to_count
 from collapsekit.views.render import to_markdown, to_text
-from collapsekit.analysis.report import prepare
+from collapsekit.analysis.analysis import Analysis
 from invariants import scramble
 
 
@@ -63,7 +63,7 @@ def test_collapse_sparsity_is_exact_to_the_weight(name, kwargs):
     model = scramble(ck.models.create(name, num_classes=5, in_channels=1, input_size=8, **kwargs), 7)
     x = torch.randn(1, 1, 8, 8)
     report = ck.analyze(model, x, sparsities=[0.5, 0.99])
-    an = prepare(model, x)
+    an = Analysis(model, x)
     k = round(report.collapse_sparsity * report.total)
     assert report.collapse_sparsity < 1.0
     assert not positive_alive(model, an, k)  # collapsed at k ...

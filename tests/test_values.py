@@ -8,7 +8,7 @@ from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.prunable import find_prunable
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import relu_cuts
-from collapsekit.analysis.report import prepare
+from collapsekit.analysis.analysis import Analysis
 
 
 class SignCut(nn.Module):
@@ -82,7 +82,7 @@ def test_value_collapsed_verdicts_are_sound_and_found_on_the_zoo():
         report = ck.analyze(model, x, sparsities=[0.3, 0.5, 0.9])
         claims = [lv for lv in report.levels if lv.value_collapsed and not lv.collapsed]
         assert claims, name  # a kept path remains, yet the output is constant
-        an = prepare(model, x)
+        an = Analysis(model, x)
         for level in claims:
             keep, _, _ = an.keep_masks(level.pruned)
             pruned = probe.masked_copy(model, {w.name: k for w, k in zip(an.weights, keep)})

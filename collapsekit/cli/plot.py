@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from collapsekit.views import plots
-    from collapsekit.analysis.report import analyze
+    from collapsekit.analysis.analysis import analyze
 
     model, meta = load_model(args)
     x = example_input(args, meta)
@@ -73,8 +73,8 @@ def _mt_comparison(model, x, report, args, common):
     without MT, else the highest; the MT is --mt, else suggest_mt's, else (nothing
     collapses there) the reference default, capped at what the sparsity allows.
     """
-    from collapsekit.pruning.prune import suggest_mt
-    from collapsekit.analysis.report import analyze
+    from collapsekit.analysis.suggest import suggest_mt
+    from collapsekit.analysis.analysis import analyze
 
     base = report if not report.mt else analyze(model, x, sparsities=args.sparsity, **common)
     s = args.mt_sparsity if args.mt_sparsity is not None else \

@@ -31,7 +31,8 @@ def run(args) -> int:
     from collapsekit.pruning import masks as mask_io
     from collapsekit.cli.report import example_input
     from collapsekit.pruning.export import save_sparse
-    from collapsekit.pruning.prune import count_macs, prune
+    from collapsekit.analysis.cost import count_macs
+    from collapsekit.pruning.prune import prune
     from collapsekit.analysis.trace import trace
 
     model, meta = load_model(args)

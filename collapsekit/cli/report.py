@@ -66,7 +66,7 @@ def shapes_from_input(args) -> None:
 
 def run(args) -> int:
     from collapsekit.views.render import to_markdown, to_text
-    from collapsekit.analysis.report import analyze
+    from collapsekit.analysis.analysis import analyze
 
     shapes_from_input(args)
     model, meta = load_model(args)

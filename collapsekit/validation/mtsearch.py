@@ -66,12 +66,14 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     MT), capped at the largest MT the sparsity leaves room for. `model` is not
     changed. `finetune_kwargs` go to `finetune.finetune`.
     """
+    from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.suggest import suggest_mt
+    from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
-    from collapsekit.pruning.prune import apply_masks, suggest_mt
-    from collapsekit.analysis.report import analyze_prepared, prepare, with_mt
 
-    example = bundle.example_input()
-    suggestion = suggest_mt(model, example, sparsity)
+    # One trace and one sort serve the suggestion and every MT: only the allocation changes.
+    base = Analysis(model, bundle.example_input(), mt=0)
+    suggestion = suggest_mt(base, sparsity=sparsity)
     if mts is None:
         grid = suggestion.search_range or tuple(int(round(p / 100 * suggestion.total)) for p in DEFAULT_PERCENTS)
         mts = [m for m in (0, *grid) if m <= suggestion.max_mt]
@@ -80,12 +82,10 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
         raise CollapsekitError(f"MT {bad} out of range: sparsity {sparsity} leaves room for MT 0..{suggestion.max_mt}")
     mts = sorted({int(m) for m in mts})
     points = []
-    base = prepare(model, example)  # one trace and one sort for every MT: only the allocation changes
     for mt in mts:
-        an = with_mt(base, mt)
-        level = analyze_prepared(an, [sparsity]).at(sparsity)
-        keep, _, _ = an.keep_masks(level.pruned)
-        masks = {w.name: k for w, k in zip(an.weights, keep)}
+        an = base.with_mt(mt)
+        level = an.level_report(sparsity)
+        masks = an.masks(k=level.pruned)
         pruned = copy.deepcopy(model).cpu()
         apply_masks(pruned, masks)
         run = finetune(pruned, masks, bundle, epochs, lr, batch_size, progress=progress, **finetune_kwargs)

@@ -86,24 +86,23 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     (device, schedule, label_smoothing, seed, optimizer...) go to
     `finetune.finetune`; with `out`, each level's run goes to `out/s<sparsity>/`.
     """
-    from collapsekit.training.finetune import finetune
-    from collapsekit.validation.probe import output_is_constant
+    from collapsekit.analysis.analysis import Analysis
     from collapsekit.pruning.prune import apply_masks
-    from collapsekit.analysis.report import analyze_prepared, prepare
+    from collapsekit.training.finetune import finetune
     from collapsekit.training.train import evaluate
+    from collapsekit.validation.probe import output_is_constant
 
     example = bundle.example_input()
     # One trace and one sort of the magnitudes serve the prediction and every real prune:
     # the analysis's masks are exactly those ck.prune would build.
-    an = prepare(model, example, mt=mt)
-    report = analyze_prepared(an, sparsities, name=name or type(model).__name__)
+    an = Analysis(model, example, mt=mt, name=name)
+    report = an.report(sparsities)
     dense_accuracy = evaluate(model, bundle.test, next(model.parameters()).device)  # where the model lives
     chance = 1.0 / bundle.num_classes
     levels = []
     for level in report.levels:
         pruned = copy.deepcopy(model).cpu()
-        keep, _, _ = an.keep_masks(level.pruned)
-        masks = {w.name: k for w, k in zip(an.weights, keep)}
+        masks = an.masks(k=level.pruned)
         apply_masks(pruned, masks)
         constant_after_prune = output_is_constant(pruned, (example,))
         run = finetune(pruned, masks, bundle, epochs, lr, batch_size, progress=progress,

@@ -1,0 +1,243 @@
+"""The Analysis: what is built once per model (trace, prunable weights, magnitude index, layer graph,
+connectivity), and every question asked of it (report, masks, collapse sparsity, MACs).
+
+Later stages (suggest_mt, prune copies in validate and mt-search, compact, the CLI)
+take an Analysis instead of re-tracing and re-sorting. The analysis never changes
+the model (DESIGN.md Invariant 7): per-node results live on its own graph.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from collapsekit.analysis.connectivity import Connectivity, LevelMasks
+from collapsekit.analysis.cost import count_macs, forward_macs
+from collapsekit.analysis.flow import FlowResult, run_flow
+from collapsekit.analysis.graph import build_graph, effective_depth
+from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
+from collapsekit.analysis.prunable import find_prunable, tensors
+from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
+from collapsekit.analysis.trace import trace
+from collapsekit.analysis.values import relu_cuts
+from collapsekit.errors import CollapsekitError
+
+# Above this many multiply-accumulates per forward pass, the per-level flow runs at
+# channel level (exact collapse sparsity still comes from the element level).
+ELEMENT_LEVEL_MACS = 3e8
+
+# 21 levels from 0.5 to 0.999, denser where collapse usually happens.
+DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985,
+                      0.99, 0.992, 0.994, 0.995, 0.996, 0.997, 0.998, 0.999)
+
+
+class Analysis:
+    """One model's analysis, built once: ask it for reports, masks and boundaries at any sparsity and MT.
+
+    `mt` is the Minimum Threshold (an int count per layer, or a percent of all
+    prunable weights: a float or "0.05%"); `with_mt` gives the same analysis
+    under another MT without a new trace or sort. `exact`: True runs every
+    level's flow per element (exact dead channels), False per channel (sound,
+    fast), "auto" per element for models under ELEMENT_LEVEL_MACS. The collapse
+    sparsity is exact either way.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, include=None, exclude=None, mt=None, exact="auto",
+                 name: str | None = None):
+        if exact not in (True, False, "auto"):
+            raise CollapsekitError(f"exact must be True, False or 'auto', got {exact!r}")
+        self.name = name or type(model).__name__
+        self.traced = trace(model, example_inputs)
+        self.weights = find_prunable(model, include, exclude)
+        self.tensors = tensors(model, self.weights)
+        self.index = MagnitudeIndex(self.weights, self.tensors)
+        self.graph = build_graph(self.traced, self.weights)
+        self.connectivity = Connectivity(self.traced, self.weights, self.tensors, self.index)
+        self.mt = resolve_mt(mt, self.index.total)
+        self.channel_level = (forward_macs(self.traced) > ELEMENT_LEVEL_MACS) if exact == "auto" else not exact
+
+    @classmethod
+    def of(cls, model, example_inputs=None, include=None, exclude=None, mt=None, **kwargs) -> Analysis:
+        """`model` itself when it already is an Analysis (under `mt` when given), else a new one."""
+        if isinstance(model, Analysis):
+            if include is not None or exclude is not None:
+                raise CollapsekitError("include/exclude are fixed when the Analysis is built; build a new one")
+            return model if mt is None else model.with_mt(mt)
+        if example_inputs is None:
+            raise CollapsekitError("example_inputs are needed to analyse a model (a tensor, tuple or dict)")
+        return cls(model, example_inputs, include, exclude, mt, **kwargs)
+
+    # -- the weights --------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        """Number of prunable weights (N of Global MP)."""
+        return self.index.total
+
+    def with_mt(self, mt) -> Analysis:
+        """The same analysis under another Minimum Threshold (no new trace or sort)."""
+        other = copy.copy(self)
+        other.mt = resolve_mt(mt, self.index.total)
+        return other
+
+    def count(self, sparsity: float) -> int:
+        """Weights Global MP prunes at `sparsity`: round(s * N), checked against what MT leaves prunable."""
+        k = sparsity_to_count(sparsity, self.index.total)
+        room = self.index.max_count(self.mt)
+        if k > room:
+            raise CollapsekitError(f"sparsity {sparsity} needs {k} pruned weights but MT={self.mt} per layer "
+                                   f"leaves only {room} prunable")
+        return k
+
+    # -- masks ----------------------------------------------------------------------------
+    def level(self, k: int) -> LevelMasks:
+        """The Global MP (+MT) masks that prune `k` weights, served lazily."""
+        return self.connectivity.level(self.index.allocate(k, self.mt))
+
+    def keep_masks(self, k: int) -> tuple[list[torch.Tensor], object, float]:
+        """Full keep-masks (in `weights` order), per-layer pruned counts and the threshold for `k` pruned."""
+        level = self.level(k)
+        return level.keep_list(), level.alloc.pruned, level.alloc.threshold
+
+    def masks(self, sparsity: float | None = None, k: int | None = None) -> dict[str, torch.Tensor]:
+        """{weight name: bool keep-mask} of Global MP (+MT) at `sparsity` (or `k` pruned): exactly ck.prune's."""
+        if (sparsity is None) == (k is None):
+            raise CollapsekitError("give exactly one of sparsity or k")
+        keep, _, _ = self.keep_masks(self.count(sparsity) if k is None else k)
+        return {w.name: m for w, m in zip(self.weights, keep)}
+
+    # -- questions ------------------------------------------------------------------------
+    def flow(self, k: int, backward: bool = True, channel_level: bool | None = None, cuts=None) -> FlowResult:
+        """The structural flow of the masks that prune `k` weights."""
+        channel = self.channel_level if channel_level is None else channel_level
+        return run_flow(self.traced, self.weights, self.level(k), backward=backward, channel_level=channel,
+                        cuts=cuts)
+
+    def collapsed_at(self, k: int, channel_level: bool | None = None) -> bool:
+        """True if the masks pruning `k` weights leave no kept input-to-output path."""
+        return self.flow(k, backward=False, channel_level=channel_level).collapsed
+
+    def value_collapsed_at(self, masks: LevelMasks) -> bool:
+        """True if the masked network is provably constant at its current weights (sign analysis)."""
+        keep = masks.keep_list()
+        cuts = relu_cuts(self.traced, self.weights, keep)
+        return bool(cuts) and run_flow(self.traced, self.weights, keep, backward=False, cuts=cuts).collapsed
+
+    def collapse_sparsity(self, known: list[tuple[int, bool]] = ()) -> float:
+        """The smallest global sparsity (to the weight) whose Global MP masks collapse the network; 1.0 if none.
+
+        Masks are nested in k, so collapse is monotone and bisection over k is exact;
+        `known` (k, collapsed) pairs and the first bottleneck's critical count bracket
+        it. At channel level the bisection finds an upper bound (channel level keeps
+        at least as much alive), which one element-level flow confirms or, rarely, a
+        second bisection at element level lowers.
+        """
+        lo, hi = -1, self.index.max_count(self.mt)  # lo: known alive; hi: candidate collapsed
+        for k, collapsed in known:
+            if collapsed:
+                hi = min(hi, k)
+            else:
+                lo = max(lo, k)
+        for w, c in zip(self.weights, self.index.critical_counts(self.mt)):
+            if not self.graph.bypassable[w.name] and c >= 0:
+                hi = min(hi, int(c))
+        if not any(c for k, c in known if k == hi) and not self.collapsed_at(hi):
+            return 1.0
+        hi = self._bisect(lo, hi, self.channel_level)
+        if self.channel_level and hi > 0 and self.collapsed_at(hi - 1, channel_level=False):
+            hi = self._bisect(-1, hi - 1, channel_level=False)
+        return hi / self.index.total
+
+    def _bisect(self, lo: int, hi: int, channel_level: bool) -> int:
+        """Smallest k in (lo, hi] that collapses, given that hi does."""
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.collapsed_at(mid, channel_level):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def macs(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, int]]:
+        """Per conv/linear module: dense MACs and MACs counting only the kept weights of `masks`."""
+        return count_macs(self.traced, masks)
+
+    def layers(self) -> tuple[LayerReport, ...]:
+        """Per prunable weight: size, topology, critical sparsity and MT protection under this MT."""
+        crit = self.index.critical_sparsities(self.mt)
+        protected = self.index.protected(self.mt)
+        return tuple(LayerReport(w.name, w.module, w.kind, w.shape, w.numel, self.graph.bypassable[w.name],
+                                 float(c), self.graph.rejoins_at[w.name], int(p))
+                     for w, c, p in zip(self.weights, crit, protected))
+
+    def level_report(self, sparsity: float) -> LevelReport:
+        """What Global MP (+MT) at `sparsity` does, as the masks alone decide (plus the value-level verdict)."""
+        k = self.count(sparsity)
+        masks = self.level(k)
+        pruned = masks.alloc.pruned
+        flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level)
+        emptied = tuple(w.name for w, n in zip(self.weights, pruned) if n == w.numel)
+        bottlenecks = {w.name for w in self.weights if not self.graph.bypassable[w.name]}
+        value_collapsed = flow.collapsed or (not self.channel_level and self.value_collapsed_at(masks))
+        return LevelReport(
+            sparsity=float(sparsity), pruned=k, threshold=masks.alloc.threshold, collapsed=flow.collapsed,
+            emptied_layers=emptied, emptied_bottlenecks=tuple(n for n in emptied if n in bottlenecks),
+            dead_channels=flow.dead_channels, unused_channels=flow.unused_channels,
+            effective_sparsity=1.0 - float(flow.effective.sum()) / self.index.total,
+            effective_depth=effective_depth(self.graph, set(emptied)),
+            layer_sparsity={w.name: float(n) / w.numel for w, n in zip(self.weights, pruned)},
+            value_collapsed=value_collapsed)
+
+    def report(self, sparsities=None, progress: bool = False, name: str | None = None) -> CollapseReport:
+        """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT."""
+        wanted = sparsity_levels(sparsities)
+        levels = [self.level_report(s) for s in _progress(wanted, progress, "levels")]
+        collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
+        if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
+            levels = [lv if lv.collapsed or lv.sparsity < collapse
+                      else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0)
+                      for lv in levels]
+        return CollapseReport(
+            model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
+            layers=self.layers(), levels=tuple(levels), trace_method=self.traced.method,
+            input_shapes=tuple(tuple(x.shape) for x in self.traced.example_inputs))
+
+
+def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,
+            progress: bool = False, name: str | None = None, exact="auto") -> CollapseReport:
+    """The CollapseReport of `model` (an nn.Module, or an Analysis already built) for Global MP at `sparsities`.
+
+    `mt` is the Minimum Threshold: an int count per layer, or a percent of all
+    prunable weights (float or "0.05%"). `example_inputs` (a tensor, a tuple, or a
+    dict of keyword inputs) fixes the input shape. The model is never modified.
+    """
+    sparsity_levels(sparsities)  # a bad level is refused before any work
+    extra = {} if isinstance(model, Analysis) else {"exact": exact}
+    an = Analysis.of(model, example_inputs, include, exclude, mt, **extra)
+    return an.report(sparsities, progress=progress, name=name)
+
+
+def sparsity_levels(sparsities=None) -> list[float]:
+    """The sorted distinct levels to analyse (DEFAULT_SPARSITIES when None); one-line error outside [0, 1)."""
+    if sparsities is None:
+        levels = DEFAULT_SPARSITIES
+    elif isinstance(sparsities, (int, float)):
+        levels = [float(sparsities)]
+    else:
+        levels = [float(s) for s in sparsities]
+    levels = sorted(set(levels))
+    for s in levels:
+        sparsity_to_count(s, 1)  # raises a one-line error for a level outside [0, 1)
+    return levels
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False, disable=None)  # None: silent when not a terminal
+
+
+__all__ = ["Analysis", "analyze", "sparsity_levels", "DEFAULT_SPARSITIES", "ELEMENT_LEVEL_MACS"]

@@ -1,0 +1,101 @@
+"""collapsekit.analysis.analysis: one Analysis per model serves every question (one trace, one sort)."""
+import copy
+
+import pytest
+import torch
+import torch.fx as fx
+
+import collapsekit as ck
+from collapsekit import data
+from collapsekit.analysis.analysis import Analysis
+from collapsekit.analysis.magnitudes import MagnitudeIndex
+from collapsekit.errors import CollapsekitError
+from collapsekit.pruning.prune import prune
+from collapsekit.validation.mtsearch import search_mt
+from test_report import mlp
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts fx traces and magnitude indexes built anywhere while the test runs."""
+    counts = {"traces": 0, "sorts": 0}
+    trace, init = fx.Tracer.trace, MagnitudeIndex.__init__
+
+    def counting_trace(self, *a, **k):
+        counts["traces"] += 1
+        return trace(self, *a, **k)
+
+    def counting_init(self, *a, **k):
+        counts["sorts"] += 1
+        return init(self, *a, **k)
+
+    monkeypatch.setattr(fx.Tracer, "trace", counting_trace)
+    monkeypatch.setattr(MagnitudeIndex, "__init__", counting_init)
+    return counts
+
+
+def tiny_bundle():
+    return data.load("synthetic", input_size=8, channels=1)
+
+
+def tiny_convnet():
+    return ck.models.create("lenet5", num_classes=10, in_channels=1, input_size=8)
+
+
+def test_masks_are_exactly_ck_prune_masks():
+    model = tiny_convnet()
+    an = Analysis(model, torch.randn(1, 1, 8, 8), mt=3)
+    want = prune(copy.deepcopy(model), 0.9, mt=3).masks
+    got = an.masks(0.9)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[n], got[n]) for n in want)
+    assert sum(int((~m).sum()) for m in got.values()) == round(0.9 * an.total)
+
+
+def test_with_mt_changes_only_the_allocation(counted):
+    model = mlp()
+    an = Analysis(model, torch.randn(1, 6))
+    assert counted == {"traces": 1, "sorts": 1}
+    assert an.report([0.9]).at(0.9).emptied_layers
+    protected = an.with_mt(4)
+    assert protected.mt == 4 and an.mt == 0
+    assert not protected.report([0.9]).at(0.9).emptied_layers
+    assert counted == {"traces": 1, "sorts": 1}
+
+
+def test_analyze_accepts_an_analysis_and_refuses_new_filters():
+    model = mlp()
+    an = Analysis(model, torch.randn(1, 6))
+    direct = ck.analyze(model, torch.randn(1, 6), sparsities=[0.9])
+    again = ck.analyze(an, sparsities=[0.9])
+    assert direct.to_dict() == again.to_dict()
+    with pytest.raises(CollapsekitError, match="fixed when the Analysis is built"):
+        ck.suggest_mt(an, sparsity=0.9, include=["*"])
+    with pytest.raises(CollapsekitError, match="example_inputs"):
+        ck.analyze(model)
+
+
+def test_suggest_mt_on_an_analysis_builds_nothing_new(counted):
+    model = mlp()
+    an = Analysis(model, torch.randn(1, 6))
+    from_module = ck.suggest_mt(copy.deepcopy(model), torch.randn(1, 6), sparsity=0.8)
+    assert counted == {"traces": 2, "sorts": 2}
+    from_analysis = ck.suggest_mt(an, sparsity=0.8)
+    assert counted == {"traces": 2, "sorts": 2}
+    assert from_analysis == from_module and from_analysis.mt == 10
+
+
+@pytest.mark.slow
+def test_validate_over_three_levels_traces_and_sorts_once(counted):
+    model, bundle = tiny_convnet(), tiny_bundle()
+    report = ck.validate(model, bundle, [0.5, 0.8, 0.9], epochs=1)
+    assert len(report.levels) == 3
+    assert counted == {"traces": 1, "sorts": 1}
+
+
+@pytest.mark.slow
+def test_search_mt_over_four_values_traces_and_sorts_once(counted):
+    model, bundle = tiny_convnet(), tiny_bundle()
+    result = search_mt(model, bundle, 0.9, mts=[0, 1, 2, 4], epochs=1)
+    assert [p.mt for p in result.points] == [0, 1, 2, 4]
+    assert counted == {"traces": 1, "sorts": 1}
