@@ -150,6 +150,26 @@ def _erase_unless_read(graph: fx.Graph, placeholder: fx.Node, order: dict) -> bo
     return True
 
 
+class _ShapeValueProp(ShapeProp):
+    """ShapeProp that also keeps every plain non-tensor result (sizes, comparisons, python scalars)
+    on `node.meta["value"]`, so later passes evaluate such nodes concretely."""
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if _plain(result):
+            n.meta["value"] = result
+        return result
+
+
+_PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, slice)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (tuple, list)):  # torch.Size too
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
     """ShapeProp on meta tensors (shapes without memory or compute), real tensors if an op refuses."""
     from torch.nn.utils.stateless import _reparametrize_module
@@ -159,11 +179,11 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             with _reparametrize_module(gm, state):
-                ShapeProp(gm).propagate(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs))
+                _ShapeValueProp(gm).propagate(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs))
             return
         except Exception:
             pass
-        ShapeProp(gm).propagate(*inputs)
+        _ShapeValueProp(gm).propagate(*inputs)
 
 
 @contextlib.contextmanager

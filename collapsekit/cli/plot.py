@@ -38,7 +38,7 @@ def run(args) -> int:
     from collapsekit.analysis.analysis import analyze
 
     model, meta = load_model(args)
-    x = example_input(args, meta)
+    x = example_input(args, meta, model)
     name = meta.get("model") or args.model
     common = dict(include=args.include, exclude=args.exclude, name=name)
     report = analyze(model, x, sparsities=args.sparsity, mt=args.mt, progress=True, **common)

@@ -36,7 +36,7 @@ def run(args) -> int:
     from collapsekit.analysis.trace import trace
 
     model, meta = load_model(args)
-    traced = trace(model, example_input(args, meta))  # before pruning: a bad shape fails with nothing written
+    traced = trace(model, example_input(args, meta, model))  # before pruning: a bad shape fails with nothing written
     result = prune(model, args.sparsity, mt=args.mt, include=args.include, exclude=args.exclude)
     macs = count_macs(traced, result.masks)
     document = {"model": meta.get("model") or args.model, **result.to_dict(),

@@ -27,6 +27,9 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that analyses a model."""
     p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
                    help="example input shape including the batch, e.g. 1 3 32 32 (default: from the model)")
+    p.add_argument("--tokens", type=int, metavar="L",
+                   help="token model: random input_ids of sequence length L (and decoder_input_ids for an "
+                        "encoder-decoder), vocabulary from the model's config")
     p.add_argument("--sparsity", type=float, nargs="+", metavar="S",
                    help="target global sparsities in [0, 1) (default: 21 levels from 0.5 to 0.999)")
     p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
@@ -35,10 +38,12 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
 
 
-def example_input(args, meta: dict) -> torch.Tensor:
-    """A random example input: from --input-shape, else from the model's recorded shape."""
+def example_input(args, meta: dict, model=None):
+    """A random example input: token ids from --tokens, a tensor from --input-shape, else the model's recorded shape."""
     from collapsekit import models
 
+    if getattr(args, "tokens", None) is not None:
+        return token_inputs(model, args.tokens)
     if args.input_shape:
         if any(d <= 0 for d in args.input_shape):
             raise CollapsekitError(f"--input-shape must be positive integers, got {args.input_shape}")
@@ -47,6 +52,23 @@ def example_input(args, meta: dict) -> torch.Tensor:
     in_channels = meta.get("in_channels") or args.in_channels or 3
     input_size = meta.get("input_size") or args.input_size or 32
     return torch.randn(*models.input_shape(spec, in_channels, input_size))
+
+
+def token_inputs(model, length: int) -> dict[str, torch.Tensor]:
+    """Keyword inputs of a token model: input_ids (and decoder_input_ids when the config says
+    is_encoder_decoder) of `length` tokens drawn from the config's vocabulary."""
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if length <= 0:
+        raise CollapsekitError(f"--tokens must be a positive length, got {length}")
+    if not vocab:
+        raise CollapsekitError(f"--tokens needs a token model whose config has a vocab_size; "
+                               f"{type(model).__name__} has none (pass --input-shape instead)")
+    g = torch.Generator().manual_seed(0)
+    ids = {"input_ids": torch.randint(0, vocab, (1, length), generator=g)}
+    if getattr(config, "is_encoder_decoder", False):
+        ids["decoder_input_ids"] = torch.randint(0, vocab, (1, length), generator=g)
+    return ids
 
 
 def shapes_from_input(args) -> None:
@@ -70,7 +92,7 @@ def run(args) -> int:
 
     shapes_from_input(args)
     model, meta = load_model(args)
-    report = analyze(model, example_input(args, meta), sparsities=args.sparsity, mt=args.mt,
+    report = analyze(model, example_input(args, meta, model), sparsities=args.sparsity, mt=args.mt,
                      include=args.include, exclude=args.exclude, progress=args.format != "json",
                      name=meta.get("model") or args.model)
     document = report.to_dict()
