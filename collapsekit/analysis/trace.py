@@ -188,13 +188,14 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
 
 @contextlib.contextmanager
 def _quiet_torch_logs():
-    # A failing export logs whole graphs at WARNING; our one-line error says enough.
+    # A failing export logs (and prints) whole graphs; our one-line error says enough.
     import logging
 
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         logging.disable(previous)
 
