@@ -131,13 +131,17 @@ def _varying_any(xs, ys, rtol):
     return any(bool(probe.varying(x, y, rtol=rtol, atol=0).any()) for x, y in zip(xs, ys) if x.is_floating_point())
 
 
-def check_levels(model, example, sparsities, mt=None, channel_level=False, boundary=False, counts=()):
+def check_levels(model, example, sparsities, mt=None, channel_level=False, boundary=False, counts=(),
+                 stats=None):
     """Asserts exactness (oracle copy) and soundness (real weights) at every level; returns verdicts.
 
-    Levels are `sparsities`, the explicit pruned `counts`, and with `boundary` the
-    predicted collapse point and one weight below it. At channel level the flow may
-    keep more alive than the oracle shows, never less: its deaths must be a subset
-    of the observed ones.
+    Levels are `sparsities`, the explicit pruned `counts`, and with `boundary` one
+    weight below the predicted collapse point and the point itself. At channel
+    level the flow may keep more alive than the oracle shows, never less: its
+    deaths must be a subset of the observed ones. With a `stats` dict the same
+    holds for channels (ops interpreted conservatively lose precision, never
+    soundness) while `collapsed` must still equal the oracle; stats["dead"] and
+    stats["missed"] count the oracle's dead channels and those the flow missed.
     """
     an = Analysis(model, example, mt=mt)
     ks = [sparsity_to_count(s, an.total) for s in sparsities] + list(counts)
@@ -175,7 +179,10 @@ def check_levels(model, example, sparsities, mt=None, channel_level=False, bound
                 observed_alive = v if observed_alive is None else observed_alive | v
             observed_dead = torch.nonzero(~observed_alive).flatten().tolist()
             predicted = flow.dead_channels.get(w.name, [])
-            if channel_level:
+            if stats is not None:
+                stats["dead"] += len(observed_dead)
+                stats["missed"] += len(set(observed_dead) - set(predicted))
+            if channel_level or stats is not None:
                 assert set(predicted) <= set(observed_dead), (k, w.name)
             else:
                 assert predicted == observed_dead, (k, w.name)

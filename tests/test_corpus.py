@@ -1,0 +1,151 @@
+"""The corpus: third-party architectures analyse, and soundly (Invariant 4 at 0.5, 0.9, 0.99 and the boundary).
+
+Every model of tests/corpus.py (Hugging Face vision and text models from small
+configs, and hand-written modules for patterns real code uses) must trace and
+analyse; `collapsed` must equal the structural oracle at every level, including
+the predicted collapse point and one weight below it; no channel predicted dead
+may vary in a forward pass with the real weights; and the model must be left as
+it was (Invariant 7). Channels the oracle sees dead but the flow keeps alive
+(where an op was interpreted conservatively) are the precision lost; they are
+printed (`pytest -s`) and measured by benchmarks/bench_corpus.py.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import collapsekit as ck
+from corpus import CORPUS, build
+from invariants import check_levels
+
+pytest.importorskip("transformers")
+
+LEVELS = (0.5, 0.9, 0.99)
+FAST = [n for n, e in CORPUS.items() if not e.slow]
+SLOW = [n for n, e in CORPUS.items() if e.slow]
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything Invariant 7 protects: parameters, buffers, flags and attribute names of every module."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "flags": [(n, m.training) for n, m in model.named_modules()],
+        "attrs": [(n, sorted(vars(m))) for n, m in model.named_modules()],
+        "format": [(n, p.is_contiguous(memory_format=torch.channels_last)) for n, p in model.named_parameters()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["flags"] == before["flags"] and after["attrs"] == before["attrs"]
+    assert after["format"] == before["format"]
+    assert before["state"].keys() == after["state"].keys()
+    for k, v in before["state"].items():
+        assert torch.equal(v, after["state"][k]), k
+
+
+def _check(name: str) -> None:
+    model, inputs = build(name)
+    model.train(name.endswith("_vit"))  # one model in train mode: the analysis must restore it
+    before = snapshot(model)
+    stats = {"missed": 0, "dead": 0}
+    verdicts = check_levels(model, inputs, LEVELS, boundary=True, stats=stats)
+    assert_unchanged(model, before)
+    flags = [v.collapsed for v in verdicts[:len(LEVELS)]]
+    assert flags == sorted(flags)  # nested masks: once collapsed, always collapsed
+    if len(verdicts) > len(LEVELS):  # the boundary: alive one weight below, collapsed at it
+        assert [v.collapsed for v in verdicts[len(LEVELS):]] == [False, True]
+    print(f"\n{name}: structurally dead channels missed {stats['missed']} of {stats['dead']}")
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_corpus_model_is_exact_and_sound(name):
+    _check(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_slow_corpus_model_is_exact_and_sound(name):
+    _check(name)
+
+
+def test_corpus_covers_the_architectures_users_prune():
+    vision = [n for n, e in CORPUS.items() if e.family == "vision"]
+    text = [n for n, e in CORPUS.items() if e.family == "text"]
+    assert len(vision) + len(text) >= 30 and len(text) >= 10
+    for arch in ("vit", "deit", "beit", "dinov2", "swin", "swinv2", "convnext", "convnextv2", "cvt", "pvt",
+                 "mobilevit", "mobilevitv2", "mobilenet_v1", "mobilenet_v2", "efficientnet", "regnet", "resnet",
+                 "levit", "poolformer", "segformer"):
+        assert f"hf_{arch}" in vision
+    for arch in ("bert", "albert", "distilbert", "gpt2", "llama", "mistral", "opt", "bloom", "t5", "bart"):
+        assert f"hf_{arch}" in text
+
+
+def test_report_lists_the_ops_interpreted_conservatively():
+    class Cumulative(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), dim=-1))
+
+    report = ck.analyze(Cumulative(), torch.randn(1, 4), sparsities=[0.5])
+    assert report.conservative_ops == {"cumsum": 1}
+    assert report.to_dict()["conservative_ops"] == {"cumsum": 1}
+    from collapsekit.views.render import to_text
+
+    assert "interpreted conservatively" in to_text(report) and "cumsum x1" in to_text(report)
+    exact = ck.analyze(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(1, 4),
+                       sparsities=[0.5])
+    assert exact.conservative_ops == {}
+
+
+def test_token_model_cli_builds_input_ids_and_decoder_ids(capsys, tmp_path):
+    from collapsekit.cli import main
+
+    code = main(["report", "--model", "test_corpus:tiny_t5", "--tokens", "5", "--sparsity", "0.5", "0.99",
+                 "--format", "json"])
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["input_shapes"] == [[1, 5], [1, 5]]  # input_ids and decoder_input_ids
+    assert doc["trace_method"] == "export"
+
+
+def tiny_t5():
+    """The corpus T5 as a CLI factory (`--model test_corpus:tiny_t5`)."""
+    return build("hf_t5")[0]
+
+
+def test_weight_transform_that_moves_zeros_keeps_the_whole_weight_live():
+    # Invariant 8: standardization subtracts the mean, so an emptied standardized conv is not empty.
+    from corpus import WeightStandardized
+
+    model = WeightStandardized()
+    an = ck.Analysis(model, torch.randn(1, 3, 8, 8))
+    keep = {w.name: torch.ones(w.shape, dtype=torch.bool) for w in an.weights}
+    keep["ws.weight"][:] = False
+    from collapsekit.analysis.flow import run_flow
+
+    flow = run_flow(an.traced, an.weights, [keep[w.name] for w in an.weights])
+    assert not flow.collapsed
+    plain = copy.deepcopy(model)
+    plain.ws = nn.Conv2d(8, 8, 3, padding=1)
+    an2 = ck.Analysis(plain, torch.randn(1, 3, 8, 8))
+    assert run_flow(an2.traced, an2.weights, [keep[w.name] for w in an2.weights]).collapsed
+
+
+def test_parametrizations_are_judged_by_what_they_do_to_a_zero():
+    from corpus import parametrized, weight_normed
+
+    names = {w.name: w.keeps_zeros for w in ck.Analysis(parametrized(), torch.randn(1, 12)).weights}
+    assert names == {"0.parametrizations.weight.original": True, "2.parametrizations.weight.original": False,
+                     "4.weight": True}
+    an = ck.Analysis(weight_normed(), torch.randn(1, 3, 8, 8))
+    assert [w.name for w in an.weights] == ["0.parametrizations.weight.original1",
+                                            "4.parametrizations.weight.original1"]
+    report = an.report([0.5])
+    assert report.total == 8 * 27 + 5 * 8
