@@ -44,7 +44,7 @@ def measure(args) -> dict:
     state = {k: v.clone() for k, v in base.state_dict().items()}
     masks = ck.prune(base, args.sparsity).masks
     hp = dict(lr=0.01, batch_size=args.batch_size, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
-              schedule="cosine", label_smoothing=0.1, device=device, progress=False)
+              lr_schedule="cosine", label_smoothing=0.1, device=device, progress=False)
     samples = len(bundle.train) * args.epochs
     rates: dict[str, list[float]] = {"dense": [], "masked": []}
 

@@ -9,7 +9,7 @@ from collapsekit.pruning.compact import compact  # noqa: E402
 from collapsekit.training.finetune import finetune  # noqa: E402
 from collapsekit.validation.validate import validate  # noqa: E402
 
-__version__ = "0.1.0"
+from collapsekit.version import __version__  # noqa: E402
 
 # Heavier entry points are imported lazily so `import collapsekit` stays cheap
 # and a stage that fails to import never hides the others.
@@ -18,6 +18,7 @@ _LAZY = {
     "Analysis": ("collapsekit.analysis.analysis", "Analysis"),
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
     "masks": ("collapsekit.pruning.masks", None),
+    "load_sparse": ("collapsekit.pruning.export", "load_sparse"),
     "data": ("collapsekit.data", None),
 }
 

@@ -203,3 +203,42 @@ def check_levels(model, example, sparsities, mt=None, channel_level=False, bound
             assert not probe.varying(rows, rows[:1].expand_as(rows)).any(), f"k={k}: predicted collapse, output varies"
         verdicts.append(flow)
     return verdicts
+
+
+def snapshot(model):
+    """Everything Invariant 7 protects: per submodule its attribute names and training flag,
+    and every parameter and buffer bit for bit (with its dtype, device and requires_grad)."""
+    return {
+        "modules": {name: (sorted(vars(m)), m.training) for name, m in model.named_modules(remove_duplicate=False)},
+        "parameters": {name: (p.detach().clone(), p.requires_grad)
+                       for name, p in model.named_parameters(remove_duplicate=False)},
+        "buffers": {name: b.detach().clone() for name, b in model.named_buffers(remove_duplicate=False)},
+    }
+
+
+def _same_bits(a, b):
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8)))
+    return bool(torch.equal(a, b))
+
+
+def assert_unchanged(model, snap):
+    """Asserts `model` is as `snapshot(model)` saw it (Invariant 7); names what changed."""
+    now = snapshot(model)
+    assert now["modules"].keys() == snap["modules"].keys(), "submodules added or removed"
+    for name, (attrs, training) in snap["modules"].items():
+        new_attrs, new_training = now["modules"][name]
+        added, removed = set(new_attrs) - set(attrs), set(attrs) - set(new_attrs)
+        assert not added and not removed, \
+            f"module {name!r}: attributes added {sorted(added)}, removed {sorted(removed)}"
+        assert new_training == training, f"module {name!r}: training flag changed to {new_training}"
+    for kind in ("parameters", "buffers"):
+        assert now[kind].keys() == snap[kind].keys(), f"{kind} added or removed"
+    for name, (value, requires_grad) in snap["parameters"].items():
+        new_value, new_requires_grad = now["parameters"][name]
+        assert _same_bits(new_value, value), f"parameter {name!r} changed"
+        assert new_requires_grad == requires_grad, f"parameter {name!r}: requires_grad changed"
+    for name, value in snap["buffers"].items():
+        assert _same_bits(now["buffers"][name], value), f"buffer {name!r} changed"

@@ -12,6 +12,8 @@ from collapsekit.analysis.magnitudes import MagnitudeIndex
 from collapsekit.errors import CollapsekitError
 from collapsekit.pruning.prune import prune
 from collapsekit.validation.mtsearch import search_mt
+from invariants import assert_unchanged, snapshot
+from test_flow import SharedLinear
 from test_report import mlp
 
 
@@ -99,3 +101,44 @@ def test_search_mt_over_four_values_traces_and_sorts_once(counted):
     result = search_mt(model, bundle, 0.9, mts=[0, 1, 2, 4], epochs=1)
     assert [p.mt for p in result.points] == [0, 1, 2, 4]
     assert counted == {"traces": 1, "sorts": 1}
+
+
+def test_compact_from_an_analysis_reuses_its_trace_and_matches(counted):
+    from collapsekit.pruning.compact import compact
+    from collapsekit.pruning.prune import apply_masks
+
+    model = ck.models.create("resnet20", num_classes=10, in_channels=1, input_size=8)
+    x = torch.randn(4, 1, 8, 8)
+    an = Analysis(model, x[:1], mt=2)
+    masks = an.masks(0.95)
+    snap = snapshot(model)
+    small = compact(an, masks)
+    assert counted == {"traces": 1, "sorts": 1}
+    assert_unchanged(model, snap)
+    reference = apply_masks(copy.deepcopy(model).eval(), masks)
+    from_module = compact(model, masks, x[:1])
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in from_module.parameters())
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    torch.testing.assert_close(small(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", ["zoo", "shared"])
+def test_analyze_and_suggest_mt_leave_the_model_as_it_was(build):
+    if build == "zoo":
+        model, x = ck.models.create("mobilenet_v2", num_classes=10, in_channels=1, input_size=8), torch.randn(1, 1, 8, 8)
+    else:
+        model, x = SharedLinear(), torch.randn(1, 6)
+    model.train()
+    snap = snapshot(model)
+    ck.analyze(model, x, sparsities=[0.5, 0.9, 0.99])
+    ck.suggest_mt(model, x, sparsity=0.99)
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.slow
+def test_validate_leaves_the_model_as_it_was():
+    model, bundle = tiny_convnet(), tiny_bundle()
+    model.train()
+    snap = snapshot(model)
+    ck.validate(model, bundle, [0.9], epochs=1)
+    assert_unchanged(model, snap)

@@ -155,3 +155,19 @@ def test_resolve_device():
             resolve_device("cuda")
     with pytest.raises(CollapsekitError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
+
+
+def test_save_state_writes_a_plain_file_with_tied_names_each_written_out(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = TiedNet()
+    state = model.state_dict()
+    assert state["a.weight"].data_ptr() == state["b.weight"].data_ptr()
+    path = checkpoint.save_state(state, tmp_path / "plain.safetensors", {"model": "conftest:TiedNet"})
+    plain = load_file(str(path))  # no aliases in a plain file: both names, equal values
+    assert sorted(plain) == sorted(state) and all(torch.equal(plain[k], state[k]) for k in state)
+    assert checkpoint.read_meta(path)["model"] == "conftest:TiedNet"
+    fresh = TiedNet()
+    checkpoint.load_into(fresh, path)
+    assert fresh.b.weight is fresh.a.weight and torch.equal(fresh.a.weight, model.a.weight)

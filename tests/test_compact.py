@@ -171,3 +171,40 @@ def test_unsupported_graphs_and_bad_masks_are_clear_errors():
     head = Head(k=1).eval()
     with pytest.raises(CollapsekitError, match="do not fit"):
         ck.compact(head, {"conv1.weight": torch.ones(8, 3, 1, 1, dtype=torch.bool)}, torch.randn(1, 3, 8, 8))
+
+
+def test_compact_leaves_the_model_untouched():
+    from invariants import assert_unchanged, snapshot
+    from test_flow import SharedLinear  # one nn.Linear applied twice
+
+    torch.manual_seed(0)
+    model = ck.models.create("resnet20", num_classes=10, input_size=8).train()
+    masks = ck.prune(copy.deepcopy(model), 0.95, mt=5).masks
+    snap = snapshot(model)
+    small = ck.compact(model, masks, torch.randn(1, 3, 8, 8))
+    assert n_params(small) < n_params(model)
+    assert_unchanged(model, snap)
+    shared = SharedLinear()
+    snap = snapshot(shared)
+    with pytest.raises(CollapsekitError, match="fc \\(Linear\\) called 2 times"):
+        ck.compact(shared, {"fc.weight": torch.ones(6, 6, dtype=torch.bool)}, torch.randn(1, 6))
+    assert_unchanged(shared, snap)
+
+
+def test_a_new_module_type_is_one_registry_entry():
+    # nn.Softsign has no handler: compaction refuses it until one entry says it is per-element.
+    from collapsekit.pruning import compact as compact_module
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.Softsign(), nn.Linear(6, 3)).eval()
+    masks = {"0.weight": torch.ones(6, 4, dtype=torch.bool), "2.weight": torch.ones(3, 6, dtype=torch.bool)}
+    masks["2.weight"][:, [1, 4]] = False  # hidden units 1 and 4 are unused
+    x = torch.randn(1, 4)
+    with pytest.raises(CollapsekitError, match="1 \\(Softsign\\)"):
+        ck.compact(model, masks, x)
+    compact_module.register(compact_module.LayerHandler(compact_module.PASSTHROUGH), nn.Softsign)
+    try:
+        small = ck.compact(model, masks, x)
+    finally:
+        del compact_module.HANDLERS[nn.Softsign]
+    assert small.get_submodule("0").weight.shape == (4, 4) and small.get_submodule("2").weight.shape == (3, 4)
+    assert_same_outputs(apply_masks(copy.deepcopy(model), masks), small, (4,))

@@ -15,7 +15,7 @@ from collapsekit import data, models
 from collapsekit.training import distributed
 from collapsekit.pruning import masks as mask_io
 from collapsekit.cli import main
-from collapsekit.training.finetune import read_metrics
+from collapsekit.files.runstate import read_metrics
 from collapsekit.training.train import fit, seed_everything
 
 
@@ -77,8 +77,8 @@ def test_torchrun_two_processes_same_masks_as_one_and_trains(tmp_path, capsys):
     two = json.loads(stdout)  # rank 0 alone prints
     assert two["world_size"] == 2 and one["world_size"] == 1
 
-    masks_one = mask_io.load(tmp_path / "one" / "masks.safetensors")
-    masks_two = mask_io.load(tmp_path / "two" / "masks.safetensors")
+    masks_one = mask_io.load(tmp_path / "one" / "model.safetensors")
+    masks_two = mask_io.load(tmp_path / "two" / "model.safetensors")
     assert masks_one.keys() == masks_two.keys()
     assert all(torch.equal(masks_one[n], masks_two[n]) for n in masks_one)
     assert [m["epoch"] for m in read_metrics(tmp_path / "two")] == [1, 2, 3]

@@ -8,15 +8,25 @@ import time
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import collapsekit as ck
 from collapsekit.files import checkpoint
 from collapsekit import models
 from collapsekit.pruning import masks as mask_io
 from collapsekit.errors import CollapsekitError
-from collapsekit.training.finetune import STATE_FILE, check_pruned_zero, finetune, read_metrics, read_state
-from collapsekit.training.train import SCHEDULES
+from collapsekit.files.runstate import STATE_FILE, read_metrics, read_state
+from collapsekit.training.finetune import check_pruned_zero, finetune
+from collapsekit.training.train import LR_SCHEDULES, Callback
+
+
+class AfterStep(Callback):
+    """Calls `fn(model)` after every optimizer step, as a test's probe."""
+
+    def __init__(self, model, fn):
+        self.model, self.fn = model, fn
+
+    def on_step_end(self, optimizer, step):
+        self.fn(self.model)
 
 SPARSITY = 0.9
 
@@ -44,7 +54,8 @@ def test_pruned_weights_exactly_zero_after_every_step(dense, digits, optimizer):
         seen.append(1)
 
     result = finetune(model, masks, digits, epochs=2, lr=0.05 if optimizer == "sgd" else 3e-3,
-                      optimizer=optimizer, weight_decay=5e-4, device="cpu", progress=False, after_step=every_step)
+                      optimizer=optimizer, weight_decay=5e-4, device="cpu", progress=False,
+                      callbacks=[AfterStep(model, every_step)])
     assert len(seen) == 2 * 23  # 1437 samples, batch 64
     assert_pruned_plus_zero(model, masks)
     total = sum(m.numel() for m in masks.values())
@@ -70,19 +81,41 @@ def test_gradients_and_momentum_zero_at_pruned_positions(dense, digits):
                     assert not p.detach()[~keep].any()
                     checked.append(name)
 
-    handle = register_optimizer_step_post_hook(post)
-    try:
-        finetune(model, masks, digits, epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-3, device="cpu",
-                 progress=False)
-    finally:
-        handle.remove()
+    class WatchSteps(Callback):
+        """Hooks this run's own optimizer (a per-optimizer hook, not a process-wide one) once."""
+
+        def on_epoch_begin(self, epoch, optimizer):
+            if epoch == 1:
+                optimizer.register_step_post_hook(post)
+
+    finetune(model, masks, digits, epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-3, device="cpu",
+             progress=False, callbacks=[WatchSteps()])
     assert len(checked) == 2 * 23 * len(masks)
+
+
+def test_no_process_wide_optimizer_hook_during_or_after_a_finetune(dense, digits):
+    """Masking reaches the optimizer through fit's callbacks: torch's global step hooks stay empty."""
+    from torch.optim import optimizer as torch_optimizer
+
+    model, masks = pruned_copy(dense)
+    seen = []
+
+    class Watch(Callback):
+        def on_before_step(self, optimizer, step):
+            seen.append((len(torch_optimizer._global_optimizer_pre_hooks),
+                         len(torch_optimizer._global_optimizer_post_hooks)))
+
+    assert not torch_optimizer._global_optimizer_pre_hooks
+    finetune(model, masks, digits, epochs=1, lr=0.05, device="cpu", progress=False, callbacks=[Watch()])
+    assert seen == [(0, 0)] * 23
+    assert not torch_optimizer._global_optimizer_pre_hooks and not torch_optimizer._global_optimizer_post_hooks
+    assert_pruned_plus_zero(model, masks)
 
 
 def test_learning_rate_follows_cosine_per_epoch(dense, digits):
     model, masks = pruned_copy(dense)
     result = finetune(model, masks, digits, epochs=4, lr=0.1, device="cpu", progress=False)
-    expected = [0.1 * SCHEDULES["cosine"](e / 4) for e in range(4)]
+    expected = [0.1 * LR_SCHEDULES["cosine"](e / 4) for e in range(4)]
     assert [m["lr"] for m in result.history] == pytest.approx(expected)
     assert [m["epoch"] for m in result.history] == [1, 2, 3, 4]
 
@@ -92,10 +125,10 @@ def test_writes_metrics_checkpoint_model_and_masks(dense, digits, tmp_path):
     result = finetune(model, masks, digits, epochs=2, lr=0.05, device="cpu", out=tmp_path, progress=False,
                       meta={"model": "lenet_300_100"})
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["checkpoint.safetensors", "finetune.json", "masks.safetensors", "metrics.jsonl",
-                     "model.json", "model.safetensors"]
+    assert names == ["checkpoint.safetensors", "finetune.json", "metrics.jsonl", "model.json",
+                     "model.safetensors"]  # the masks travel inside model.safetensors
     assert [m["epoch"] for m in read_metrics(tmp_path)] == [1, 2]
-    saved = mask_io.load(tmp_path / "masks.safetensors")
+    saved = mask_io.load(tmp_path / "model.safetensors")
     assert all(torch.equal(saved[n], masks[n]) for n in masks)
     # The sidecar rebuilds the model, and the weights load with their exact zeros.
     meta = checkpoint.read_meta(tmp_path / "model.safetensors")
@@ -107,7 +140,7 @@ def test_writes_metrics_checkpoint_model_and_masks(dense, digits, tmp_path):
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
     assert header["__metadata__"]["format"] == "collapsekit-finetune"
-    assert read_state(tmp_path / STATE_FILE)["doc"]["epoch"] == 2
+    assert read_state(tmp_path / STATE_FILE).epoch == 2
 
 
 class Killed(Exception):
@@ -130,9 +163,9 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted_run(dense, digits, t
 
     with pytest.raises(Killed):
         finetune(model, masks2, digits, epochs=4, lr=0.05, device="cpu", out=tmp_path / "run", progress=False,
-                 after_step=die_in_epoch_3)
+                 callbacks=[AfterStep(model, die_in_epoch_3)])
     assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]
-    assert read_state(tmp_path / "run" / STATE_FILE)["doc"]["epoch"] == 2
+    assert read_state(tmp_path / "run" / STATE_FILE).epoch == 2
 
     model, masks3 = pruned_copy(dense)  # what a restarted process rebuilds
     resumed = finetune(model, masks3, digits, epochs=4, lr=0.05, device="cpu", out=tmp_path / "run",
@@ -150,6 +183,32 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted_run(dense, digits, t
         return [{k: v for k, v in m.items() if k != "seconds"} for m in history]
 
     assert timeless(resumed.history) == timeless(clean.history)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_run_resumed_after_an_epoch_matches_uninterrupted_run(dense, digits, tmp_path, optimizer):
+    """Adam's moments and step counts go through the checkpoint: the resumed run is bit-identical."""
+    clean_model, masks = pruned_copy(dense)
+    kw = dict(lr=3e-3, optimizer=optimizer, device="cpu", progress=False)
+    finetune(clean_model, masks, digits, epochs=3, **kw)
+
+    model, masks2 = pruned_copy(dense)
+
+    class DieInEpoch2(Callback):
+        def on_step_end(self, opt, step):
+            if step == 23 + 3:
+                raise Killed
+
+    with pytest.raises(Killed):
+        finetune(model, masks2, digits, epochs=3, out=tmp_path, callbacks=[DieInEpoch2()], **kw)
+    saved = read_state(tmp_path / STATE_FILE).optimizer_state()
+    assert saved is not None and {"exp_avg", "exp_avg_sq", "step"} <= set(saved["state"][0])
+    model, masks3 = pruned_copy(dense)
+    resumed = finetune(model, masks3, digits, epochs=3, out=tmp_path, resume=True, **kw)
+    assert resumed.resumed_from == 1
+    for (name, a), b in zip(clean_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert_pruned_plus_zero(model, masks)
 
 
 def test_resume_checks_it_is_the_same_run(dense, digits, tmp_path):
@@ -190,8 +249,8 @@ def test_cli_finetune_then_resume_complete(dense, tmp_path, capsys):
             "--format", "json"]
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["epochs"] == 2 and doc["accuracy"] > 0.5 and doc["schedule"] == "oneshot"
-    masks = mask_io.load(tmp_path / "ft" / "masks.safetensors")
+    assert doc["epochs"] == 2 and doc["accuracy"] > 0.5 and doc["pruning_schedule"] == "oneshot"
+    masks = mask_io.load(tmp_path / "ft" / "model.safetensors")
     total = sum(m.numel() for m in masks.values())
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.95 * total)
     assert main(args) == 2  # the directory holds a run: refuse without --resume
@@ -221,13 +280,13 @@ def test_cli_killed_process_resumes(dense, tmp_path):
         proc.wait()
     done = len(read_metrics(out))
     assert 2 <= done < 20
-    killed_masks = read_state(out / STATE_FILE)["tensors"]
+    killed_masks = read_state(out / STATE_FILE).tensors
     resumed = subprocess.run(cmd + ["--resume", "--format", "json"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     doc = json.loads(resumed.stdout)
     assert doc["resumed_from"] >= done
     assert [m["epoch"] for m in read_metrics(out)] == list(range(1, 21))
-    final = mask_io.load(out / "masks.safetensors")
+    final = mask_io.load(out / "model.safetensors")
     for name, keep in final.items():
         assert torch.equal(keep, killed_masks[f"mask/{name}"])
 
@@ -245,6 +304,6 @@ def test_bf16_autocast_wrapper_trains_with_exact_masks(dense, digits, monkeypatc
     assert [id(p) for p in wrapped.parameters()] == [id(p) for p in model.parameters()]
     monkeypatch.setattr(engine._MaskedRun, "_wrap", lambda self: engine.BF16Autocast(self.model, "cpu"))
     result = finetune(model, masks, digits, epochs=2, lr=0.05, device="cpu", progress=False,
-                      after_step=lambda m: assert_pruned_plus_zero(m, masks))
+                      callbacks=[AfterStep(model, lambda m: assert_pruned_plus_zero(m, masks))])
     assert_pruned_plus_zero(model, masks)
     assert result.accuracy > 0.7

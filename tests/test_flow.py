@@ -228,3 +228,41 @@ def test_unseen_architectures_stay_sound():
         verdicts = check_soundness_only(model, torch.randn(*shape), (0.5, 0.9, 0.99, 0.999))
         assert verdicts[-1].collapsed, type(model).__name__
         assert all(v.effective is not None for v in verdicts)
+
+
+class SharedLinear(nn.Module):
+    """One nn.Linear applied twice: the traced graph shares it with the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "shared_linear"])
+def test_flow_and_sign_analysis_leave_the_model_untouched(name):
+    from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.magnitudes import sparsity_to_count
+    from collapsekit.analysis.values import relu_cuts
+    from invariants import assert_unchanged, snapshot
+
+    torch.manual_seed(0)
+    if name == "resnet20":
+        model, x = ck.models.create("resnet20", num_classes=10, input_size=8), torch.randn(1, 3, 8, 8)
+    else:
+        model, x = SharedLinear(), torch.randn(1, 6)
+    model.train()  # the flow reads batch norms as in eval mode; the flag must survive
+    snap = snapshot(model)
+    an = Analysis(model, x)
+    k = sparsity_to_count(0.9, an.index.total)
+    keep, _, _ = an.keep_masks(k)
+    element = run_flow(an.traced, an.weights, keep)
+    channel = run_flow(an.traced, an.weights, an.level(k), channel_level=True)
+    cuts = relu_cuts(an.traced, an.weights, keep)
+    value = run_flow(an.traced, an.weights, keep, backward=False, cuts=cuts)
+    assert cuts is not None and element.effective is not None and channel.effective is not None
+    assert value.output_alive <= element.output_alive
+    assert_unchanged(model, snap)

@@ -308,12 +308,12 @@ def test_cli_prune_writes_pruned_masks_and_report(tmp_path):
     code = main(["prune", "--model", "lenet_300_100", "--in-channels", "1", "--input-size", "8",
                  "--sparsity", "0.9", "--mt", "5", "--out", str(out), "--format", "json"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["masks.safetensors", "prune.json", "pruned.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["prune.json", "pruned.safetensors"]  # masks inside
     doc = json.loads((out / "prune.json").read_text())
     total = 64 * 300 + 300 * 100 + 100 * 10
     assert doc["pruned"] == round(0.9 * total) and doc["mt_count"] == 5
     assert doc["macs"]["dense"] == total and doc["macs"]["kept"] == total - doc["pruned"]
-    masks = load_masks(out / "masks.safetensors")
+    masks = load_masks(out / "pruned.safetensors")
     state = load_sparse(out / "pruned.safetensors")
     assert sum(int((~m).sum()) for m in masks.values()) == doc["pruned"]
     for name, keep in masks.items():

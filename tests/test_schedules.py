@@ -4,7 +4,9 @@ import pytest
 from collapsekit import models
 from collapsekit.training import schedules as sch
 from collapsekit.errors import CollapsekitError
-from collapsekit.training.finetune import read_metrics
+from collapsekit.files.runstate import read_metrics
+from collapsekit.training.finetune import prune_and_finetune
+from collapsekit.training.train import EpochEnd
 
 
 def test_cubic_sparsity_endpoints_and_shape():
@@ -65,8 +67,8 @@ def test_schedule_masks_nested_and_exact(dense, digits, name, tmp_path):
     def snapshot(epoch, metrics):
         zeros.append({n: model.get_parameter(n).detach() == 0 for n in names})
 
-    result = sch.prune_and_finetune(model, digits, 0.95, epochs=6, schedule=name, lr=0.05, device="cpu",
-                                    progress=False, on_epoch_end=snapshot, out=tmp_path)
+    result = prune_and_finetune(model, digits, 0.95, epochs=6, pruning_schedule=name, lr=0.05, device="cpu",
+                                progress=False, callbacks=[EpochEnd(snapshot)], out=tmp_path)
     plan = sch.make(name, 0.95, 6)
     # Each epoch trains at exactly round(s_t * N) pruned weights of its plan.
     for metrics in result.history:
@@ -85,8 +87,8 @@ def test_schedule_masks_nested_and_exact(dense, digits, name, tmp_path):
 
 def test_imp_learning_rate_restarts_each_round(dense, digits):
     model = fresh(dense)
-    result = sch.prune_and_finetune(model, digits, 0.9, epochs=4, schedule="imp", rounds=2, lr=0.1, device="cpu",
-                                    progress=False)
+    result = prune_and_finetune(model, digits, 0.9, epochs=4, pruning_schedule="imp", rounds=2, lr=0.1,
+                                device="cpu", progress=False)
     # IMP defaults to a linear decay (Zimmer et al.) restarting at each round: 0.1, 0.05, 0.1, 0.05.
     assert [m["lr"] for m in result.history] == pytest.approx([0.1, 0.05, 0.1, 0.05])
     assert [m["sparsity"] for m in result.history][1:3] == pytest.approx(

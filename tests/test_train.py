@@ -1,7 +1,8 @@
-"""collapsekit.training.train and `collapsekit train`: the fit loop, its hooks, determinism, the command's files and errors."""
+"""collapsekit.training.train and `collapsekit train`: the fit loop, its callbacks, resume, the command's files."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 
@@ -15,7 +16,8 @@ from collapsekit import data
 from collapsekit.cli import main
 from collapsekit.cli.common import load_data, model_shapes
 from collapsekit.errors import CollapsekitError
-from collapsekit.training.train import augment_flip_crop, default_input_size, defaults_for, dense_train, evaluate, fit
+from collapsekit.training.train import (Callback, EpochEnd, augment_flip_crop, default_input_size, defaults_for,
+                                        dense_train, evaluate, fit)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +45,47 @@ def test_evaluate_counts_exactly_and_restores_mode(synthetic):
         evaluate(model, torch.utils.data.TensorDataset(torch.zeros(0, 1), torch.zeros(0)), "cpu")
 
 
-def test_fit_learns_and_calls_hooks(synthetic):
+class Recorder(Callback):
+    """Records every call fit makes, with the optimizer it was handed."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_epoch_begin(self, epoch, optimizer):
+        self.calls.append(("begin", epoch, optimizer))
+
+    def on_before_step(self, optimizer, step):
+        self.calls.append(("before", step, optimizer))
+
+    def on_step_end(self, optimizer, step):
+        self.calls.append(("end", step, optimizer))
+
+    def on_epoch_end(self, epoch, metrics, optimizer):
+        self.calls.append(("epoch", epoch, optimizer))
+
+
+def test_fit_learns_and_calls_back_with_its_one_optimizer_at_every_step(synthetic):
     torch.manual_seed(0)
     model = tiny_mlp()
-    steps, epochs_seen = [], []
+    rec, epochs_seen = Recorder(), []
     result = fit(model, synthetic, epochs=3, lr=0.05, batch_size=64, device="cpu", seed=0,
-                 after_step=lambda m: steps.append(m), on_epoch_end=lambda e, m: epochs_seen.append((e, m)),
-                 progress=False)
-    assert len(steps) == 3 * math.ceil(512 / 64) and steps[0] is model
+                 callbacks=[rec, EpochEnd(lambda e, m: epochs_seen.append((e, m)))], progress=False)
+    per_epoch = math.ceil(512 / 64)
+    # One optimizer, built once, over the whole run: the same object at every call, holding the model's weights.
+    optimizers = {id(opt) for _, _, opt in rec.calls}
+    opt = rec.calls[0][2]
+    assert len(optimizers) == 1 and isinstance(opt, torch.optim.SGD)
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+    # Every step number once, before and after its step, in order; epochs bracket their steps.
+    assert [s for kind, s, _ in rec.calls if kind == "before"] == list(range(3 * per_epoch))
+    assert [s for kind, s, _ in rec.calls if kind == "end"] == list(range(3 * per_epoch))
+    expected = []
+    for epoch in (1, 2, 3):
+        expected.append(("begin", epoch))
+        for s in range((epoch - 1) * per_epoch, epoch * per_epoch):
+            expected += [("before", s), ("end", s)]
+        expected.append(("epoch", epoch))
+    assert [(kind, n) for kind, n, _ in rec.calls] == expected
     assert [e for e, _ in epochs_seen] == [1, 2, 3]
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert set(result.history[0]) == {"epoch", "loss", "train_acc", "test_acc", "seconds", "lr"}
@@ -65,34 +100,113 @@ def test_fit_learns_and_calls_hooks(synthetic):
 
 def test_linear_schedule_and_bad_arguments(synthetic):
     result = fit(tiny_mlp(), synthetic, epochs=4, lr=0.1, batch_size=128, device="cpu", seed=0,
-                 schedule="linear", optimizer="adam", progress=False)
+                 lr_schedule="linear", optimizer="adam", progress=False)
     assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.075, 0.05, 0.025])
     with pytest.raises(CollapsekitError, match="unknown optimizer 'lion'"):
         fit(tiny_mlp(), synthetic, 1, 0.1, 64, "cpu", 0, optimizer="lion", progress=False)
-    with pytest.raises(CollapsekitError, match="unknown schedule 'step'"):
-        fit(tiny_mlp(), synthetic, 1, 0.1, 64, "cpu", 0, schedule="step", progress=False)
+    with pytest.raises(CollapsekitError, match="unknown learning-rate schedule 'step'"):
+        fit(tiny_mlp(), synthetic, 1, 0.1, 64, "cpu", 0, lr_schedule="step", progress=False)
+    with pytest.raises(CollapsekitError, match="start epoch 5 outside 0..4"):
+        fit(tiny_mlp(), synthetic, 4, 0.1, 64, "cpu", 0, start_epoch=5, progress=False)
     with pytest.raises(CollapsekitError, match=r"training diverged \(loss (nan|inf)"):
         fit(tiny_mlp(), synthetic, 2, 1e12, 64, "cpu", 0, progress=False)
 
 
-def test_after_step_masks_survive_momentum_and_weight_decay(synthetic):
-    # What masked fine-tuning does: re-apply masks after every step, so no pruned weight comes back.
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_mask_callback_keeps_weights_and_optimizer_state_zero(synthetic, optimizer):
+    # Masked fine-tuning's callback: after every step the pruned weights are +0.0 and so are the
+    # optimizer's per-weight states there (momentum, Adam's moments), so nothing comes back.
+    from collapsekit.training.masking import MaskCallback
+
     torch.manual_seed(0)
     model = tiny_mlp()
     masks = {name: torch.rand_like(p) > 0.7 for name, p in model.named_parameters() if name.endswith("weight")}
-
-    def apply(m):
-        with torch.no_grad():
-            for name, p in m.named_parameters():
-                if name in masks:
-                    p.mul_(masks[name])
-
-    apply(model)
-    fit(model, synthetic, 2, 0.05, 64, "cpu", 0, momentum=0.9, weight_decay=5e-3, after_step=apply, progress=False)
     params = dict(model.named_parameters())
+    checked = []
+
+    class Probe(Callback):
+        def on_step_end(self, opt, step):
+            for name, keep in masks.items():
+                p = params[name]
+                assert not p.detach()[~keep].any() and not torch.signbit(p.detach()[~keep]).any()
+                states = [v for v in opt.state[p].values() if isinstance(v, torch.Tensor) and v.shape == p.shape]
+                assert states and all(not v[~keep].any() for v in states)
+            checked.append(step)
+
+    fit(model, synthetic, 2, 0.05 if optimizer == "sgd" else 3e-3, 64, "cpu", 0, optimizer=optimizer,
+        momentum=0.9, weight_decay=5e-3, callbacks=[MaskCallback(model, masks), Probe()], progress=False)
+    assert checked == list(range(2 * 8))
     for name, mask in masks.items():
         assert torch.count_nonzero(params[name][~mask]) == 0
         assert torch.count_nonzero(params[name][mask]) == mask.sum()
+
+
+def test_fit_resumed_from_epoch_and_optimizer_state_matches_uninterrupted_run(synthetic):
+    """Run 4 epochs; separately run 2, keep the optimizer state, resume at epoch 2 in a new fit: same bits."""
+    class KeepState(Callback):
+        def on_epoch_end(self, epoch, metrics, optimizer):
+            if epoch == 2:
+                self.state = copy.deepcopy(optimizer.state_dict())
+
+    torch.manual_seed(0)
+    start = tiny_mlp()
+    clean = copy.deepcopy(start)
+    full = fit(clean, synthetic, 4, 0.05, 64, "cpu", 3, momentum=0.9, progress=False)
+
+    part = copy.deepcopy(start)
+    keep = KeepState()
+    with pytest.raises(_Stop):
+        fit(part, synthetic, 4, 0.05, 64, "cpu", 3, momentum=0.9, callbacks=[keep, _StopAfter(2)], progress=False)
+    torch.manual_seed(99)  # the global RNG in between must not matter: each epoch is seeded
+    rest = fit(part, synthetic, 4, 0.05, 64, "cpu", 3, momentum=0.9, start_epoch=2, optimizer_state=keep.state,
+               progress=False)
+    assert [h["epoch"] for h in rest.history] == [3, 4]
+    for (name, a), b in zip(clean.state_dict().items(), part.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in rest.history] == [h["loss"] for h in full.history[2:]]
+    assert [h["lr"] for h in rest.history] == [h["lr"] for h in full.history[2:]]
+    # Without the optimizer state (momentum lost) the resumed weights differ.
+    other = copy.deepcopy(start)
+    with pytest.raises(_Stop):
+        fit(other, synthetic, 4, 0.05, 64, "cpu", 3, momentum=0.9, callbacks=[_StopAfter(2)], progress=False)
+    fit(other, synthetic, 4, 0.05, 64, "cpu", 3, momentum=0.9, start_epoch=2, progress=False)
+    assert not torch.equal(next(other.parameters()), next(clean.parameters()))
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter(Callback):
+    """Ends a run after `epoch` epochs, as a kill would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, metrics, optimizer):
+        if epoch == self.epoch:
+            raise _Stop
+
+
+def test_epoch_data_gives_each_epoch_its_training_set(synthetic):
+    halves = {}
+
+    def half(epoch):
+        x, y = synthetic.train.tensors
+        start = 0 if epoch % 2 else 256
+        halves[epoch] = start
+        return torch.utils.data.TensorDataset(x[start:start + 256], y[start:start + 256])
+
+    rec = Recorder()
+    fit(tiny_mlp(), synthetic, 2, 0.05, 64, "cpu", 0, epoch_data=half, callbacks=[rec], progress=False)
+    assert halves == {1: 0, 2: 256}
+    assert [s for kind, s, _ in rec.calls if kind == "end"] == list(range(2 * 4))  # 256 / 64 steps per epoch
+
+
+def test_lr_restarts_start_the_decay_over():
+    result = fit(tiny_mlp(), data.load("synthetic", seed=0), epochs=4, lr=0.1, batch_size=128, device="cpu",
+                 seed=0, lr_schedule="linear", lr_restarts=(1, 3), progress=False)
+    assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.05, 0.1, 0.05])
 
 
 def test_fit_is_deterministic_per_seed(synthetic):

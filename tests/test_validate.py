@@ -55,11 +55,12 @@ def test_cli_validate_and_mt_search_json(lenet, tmp_path, capsys):
                  "0.05", "--device", "cpu", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [lv["sparsity"] for lv in doc["levels"]] == [0.9, 0.999] and doc["agreement_rate"] == 1.0
-    assert main(["mt-search", "--checkpoint", str(path), "--sparsity", "0.999", "--mt", "0", "10",
+    assert main(["mt-search", "--checkpoint", str(path), "--sparsity", "0.999", "--mt", "0", "16",
                  "--epochs", "1", "--lr", "0.05", "--device", "cpu", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     points = {p["mt"]: p for p in doc["points"]}
-    assert points[0]["predicted_collapsed"] and not points[10]["predicted_collapsed"]
+    # MT 16, the most 0.999 leaves room for, keeps a path (the floor depends on the trained weights: 7-13).
+    assert points[0]["predicted_collapsed"] and not points[16]["predicted_collapsed"]
     best = max(doc["points"], key=lambda p: (p["accuracy"], -p["mt"]))
     assert doc["best_mt"] == best["mt"] and doc["best_accuracy"] == best["accuracy"]
     assert points[0]["accuracy"] <= 0.2  # collapsed: a constant function

@@ -87,3 +87,147 @@ def test_value_collapsed_verdicts_are_sound_and_found_on_the_zoo():
             keep, _, _ = an.keep_masks(level.pruned)
             pruned = probe.masked_copy(model, {w.name: k for w, k in zip(an.weights, keep)})
             assert probe.output_is_constant(pruned, (x,)), (name, level.sparsity)
+
+
+# -- one test per sign rule: a tiny net whose last op is the ReLU the rule decides ----------
+def linear(rows, bias=None):
+    """An nn.Linear with the given weight rows (and bias; none if not given)."""
+    w = torch.tensor(rows, dtype=torch.float32)
+    layer = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        if bias is not None:
+            layer.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return layer
+
+
+def conv_signs(signs, bias=None):
+    """A 1x1 nn.Conv2d from 1 channel to len(signs) channels with those weights."""
+    conv = nn.Conv2d(1, len(signs), 1, bias=bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(signs, dtype=torch.float32).view(-1, 1, 1, 1))
+        if bias is not None:
+            conv.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return conv
+
+
+class Net(nn.Module):
+    """`fn(self, x)` as forward, over the given submodules."""
+
+    def __init__(self, fn, **modules):
+        super().__init__()
+        self.fn = fn
+        for name, m in modules.items():
+            self.add_module(name, m)
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+def only_cut(model, shape):
+    """(node name, bool dead mask) of the one ReLU the sign analysis cuts; a forward pass at
+    several scales confirms it: the model's output (that ReLU's) is 0 exactly on the cut."""
+    traced = trace(model, torch.randn(1, *shape))
+    weights = find_prunable(model)
+    cuts = relu_cuts(traced, weights, [torch.ones(w.shape, dtype=torch.bool) for w in weights])
+    assert cuts is not None and len(cuts) == 1, cuts
+    (node, cut), = cuts.items()
+    dead = cut[0] == 0
+    with torch.no_grad():
+        outs = torch.cat([model(*x) for x in probe.random_inputs((torch.zeros(1, *shape),), batch=16)])
+    assert bool((outs[:, dead] == 0).all())  # proven constant 0 ...
+    assert bool((outs[:, ~dead] != 0).any(0).all())  # ... and every element not cut fires for some input
+    return node, dead.flatten().tolist()
+
+
+def test_relu_module_rule():
+    model = nn.Sequential(nn.ReLU(), linear([[-1.0, -2.0], [1.0, 1.0]]), nn.ReLU())
+    assert only_cut(model, (2,)) == ("_2", [True, False])
+
+
+def test_relu_function_rule():
+    model = Net(lambda m, x: torch.relu(m.fc(torch.relu(x))), fc=linear([[-1.0, -2.0], [1.0, 1.0]]))
+    assert only_cut(model, (2,)) == ("relu_1", [True, False])
+
+
+def test_relu_method_rule():
+    model = Net(lambda m, x: m.fc(x.relu()).relu(), fc=linear([[1.0, 1.0], [-1.0, -2.0]]))
+    assert only_cut(model, (2,)) == ("relu_1", [False, True])
+
+
+def test_linear_rule_reads_the_bias_sign():
+    # Row 0 has a positive weight on a non-negative input; row 1 only a negative bias.
+    model = nn.Sequential(nn.ReLU(), linear([[-1.0, 0.5], [0.0, 0.0]], bias=[0.0, -1.0]), nn.ReLU())
+    assert only_cut(model, (2,)) == ("_2", [False, True])
+
+
+def test_same_sign_module_rule():
+    model = nn.Sequential(nn.ReLU(), linear([[-1.0, -2.0], [1.0, 1.0]]), nn.Tanh(), nn.ReLU())
+    assert only_cut(model, (2,)) == ("_3", [True, False])
+
+
+def test_positive_module_rule():
+    # A sigmoid is never negative: negative weights and bias after it can never fire.
+    model = nn.Sequential(linear([[1.0, -1.0], [2.0, 1.0]]), nn.Sigmoid(),
+                          linear([[-1.0, -1.0], [1.0, -1.0]], bias=[-0.1, 0.0]), nn.ReLU())
+    assert only_cut(model, (2,)) == ("_3", [True, False])
+
+
+def test_batch_norm_rule():
+    bn = nn.BatchNorm1d(2).eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([-1.0, 1.0]))
+        bn.bias.copy_(torch.tensor([-0.1, 0.2]))
+    # Channel 0: a negative scale on a non-negative input and a negative shift.
+    model = nn.Sequential(nn.ReLU(), linear([[1.0, 0.0], [0.0, 1.0]]), bn, nn.ReLU()).eval()
+    assert only_cut(model, (2,)) == ("_3", [True, False])
+
+
+def test_conv_rule():
+    model = nn.Sequential(nn.ReLU(), conv_signs([-1.0, 1.0], bias=[-0.1, 0.0]), nn.ReLU())
+    assert only_cut(model, (1, 2, 2)) == ("_2", [True] * 4 + [False] * 4)
+
+
+def test_avg_pool_module_rule():
+    model = nn.Sequential(nn.ReLU(), conv_signs([-1.0, 1.0]), nn.AvgPool2d(2), nn.ReLU())
+    assert only_cut(model, (1, 4, 4)) == ("_3", [True] * 4 + [False] * 4)
+
+
+def test_max_pool_module_rule():
+    model = nn.Sequential(nn.ReLU(), conv_signs([1.0, -1.0]), nn.MaxPool2d(2), nn.ReLU())
+    assert only_cut(model, (1, 4, 4)) == ("_3", [False] * 4 + [True] * 4)
+
+
+def test_add_rule():
+    # Element 0: both operands non-positive; element 1: one operand can be positive.
+    model = Net(lambda m, x: torch.relu(m.f(torch.relu(x)) + m.g(torch.relu(x))),
+                f=linear([[-1.0, 0.0], [0.0, -1.0]]), g=linear([[-1.0, -1.0], [1.0, 0.0]]))
+    assert only_cut(model, (2,)) == ("relu_2", [True, False])
+
+
+def test_mul_rule():
+    # Non-negative times non-positive is non-positive; non-negative times non-negative is not.
+    model = Net(lambda m, x: torch.relu(m.f(torch.relu(x)) * m.g(torch.relu(x))),
+                f=linear([[1.0, 0.0], [0.0, 1.0]]), g=linear([[-1.0, 0.0], [0.0, 1.0]]))
+    assert only_cut(model, (2,)) == ("relu_2", [True, False])
+
+
+def test_shape_function_rule():
+    model = Net(lambda m, x: torch.relu(torch.flatten(m.conv(torch.relu(x)), 1)), conv=conv_signs([-1.0, 1.0]))
+    assert only_cut(model, (1, 2, 2)) == ("relu_1", [True] * 4 + [False] * 4)
+
+
+def test_cat_rule():
+    model = Net(lambda m, x: torch.relu(torch.cat([m.f(torch.relu(x)), m.g(torch.relu(x))], 1)),
+                f=linear([[-1.0, -1.0]]), g=linear([[1.0, 2.0]]))
+    assert only_cut(model, (2,)) == ("relu_2", [True, False])
+
+
+def test_getitem_rule():
+    model = Net(lambda m, x: torch.relu(m.f(torch.relu(x))[:, 1:3]), f=linear([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
+    assert only_cut(model, (2,)) == ("relu_1", [True, False])
+
+
+def test_method_rule():
+    model = Net(lambda m, x: torch.relu(m.conv(torch.relu(x)).flatten(1)), conv=conv_signs([1.0, -1.0]))
+    assert only_cut(model, (1, 2, 2)) == ("relu_1", [False] * 4 + [True] * 4)

@@ -11,16 +11,18 @@ from the output the "used" analysis: an element whose gradient is positive
 feeds some kept path to the output, and a kept weight whose gradient is positive
 lies on an input-to-output path (Vysogorets & Kempe's effective sparsity).
 
-Transfer rules live in one registry keyed by module type, function or method
-name (STYLE.md 1-2). Unknown ops get the conservative rule: the whole output is
-alive if any input element is, so a prediction of death is never wrong.
+Transfer rules live in one `rules.RuleTable` keyed by module type, function or
+method name, each with its properties as flags (STYLE.md 1-2). Rules read the
+module's name from the node being run (`flow.target`); nothing is written on
+the modules, which the traced graph shares with the user's model (Invariant 7).
+Unknown ops get the conservative rule: the whole output is alive if any input
+element is, so a prediction of death is never wrong.
 """
 from __future__ import annotations
 
 import builtins
 import operator
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.rules import Rule, RuleTable, aten
 from collapsekit.analysis.trace import TracedModel
 
 
@@ -88,38 +91,10 @@ def _mask(x):
 
 
 # -- the registry ------------------------------------------------------------------------
-MODULE_RULES: dict[type, Callable] = {}
-FUNCTION_RULES: dict[object, Callable] = {}
-METHOD_RULES: dict[str, Callable] = {}
-
-
-def _rule_for(table: dict):
-    """Decorator factory: `@rule(key, ...)` files the decorated transfer rule under each key."""
-
-    def rule(*keys):
-        def wrap(fn):
-            for key in keys:
-                table[key] = fn
-            return fn
-        return wrap
-
-    return rule
-
-
-module_rule = _rule_for(MODULE_RULES)  # keyed by module type (looked up along the MRO)
-function_rule = _rule_for(FUNCTION_RULES)  # keyed by the called function or aten overload
-method_rule = _rule_for(METHOD_RULES)  # keyed by tensor method name
-
-
-def _aten(*names):
-    """Overloads of torch.ops.aten that exist in this torch (graphs from torch.export)."""
-    found = []
-    for name in names:
-        packet, _, overload = name.partition(".")
-        op = getattr(torch.ops.aten, packet, None)
-        if op is not None and hasattr(op, overload or "default"):
-            found.append(getattr(op, overload or "default"))
-    return found
+RULES = RuleTable()
+module_rule = RULES.module  # keyed by module type (looked up along the MRO)
+function_rule = RULES.function  # keyed by the called function or aten overload
+method_rule = RULES.method  # keyed by tensor method name
 
 
 # Structure-preserving ops: the abstract value goes through the op itself.
@@ -131,7 +106,7 @@ _IDENTITY_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU,
                      nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
 
 
-@module_rule(*_IDENTITY_MODULES)
+@module_rule(*_IDENTITY_MODULES, reduced_ok=True)
 def _identity_module(flow, module, x, *args, **kwargs):
     return x
 
@@ -141,25 +116,25 @@ _IDENTITY_FUNCTIONS = [F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.s
                        torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.neg, torch.abs,
                        torch.sqrt, torch.rsqrt, torch.square, torch.clamp, torch.clip, torch.sign, F.sigmoid,
                        F.tanh, torch.nn.functional.dropout1d, operator.neg, operator.pos]
-_IDENTITY_FUNCTIONS += _aten("relu.default", "sigmoid.default", "tanh.default", "gelu.default", "silu.default",
-                             "hardtanh.default", "dropout.default", "clone.default", "neg.default",
-                             "batch_norm.default",
-                             "alias.default", "contiguous.default", "hardswish.default", "relu6.default")
+_IDENTITY_FUNCTIONS += aten("relu.default", "sigmoid.default", "tanh.default", "gelu.default", "silu.default",
+                            "hardtanh.default", "dropout.default", "clone.default", "neg.default",
+                            "batch_norm.default",
+                            "alias.default", "contiguous.default", "hardswish.default", "relu6.default")
 
 
-@function_rule(*_IDENTITY_FUNCTIONS)
+@function_rule(*_IDENTITY_FUNCTIONS, reduced_ok=True)
 def _identity_function(flow, x, *args, **kwargs):
     return x
 
 
-@function_rule(*_aten("_native_batch_norm_legit_no_training.default"))
+@function_rule(*aten("_native_batch_norm_legit_no_training.default"))
 def _native_batch_norm(flow, x, *args, **kwargs):
     return (x, None, None)  # (output, saved mean, saved invstd): only the output flows on
 
 
 @method_rule("relu", "relu_", "sigmoid", "tanh", "exp", "log", "neg", "abs", "sqrt", "rsqrt", "clamp", "clamp_",
              "clip", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "pow",
-             "square", "sign", "detach_", "requires_grad_")
+             "square", "sign", "detach_", "requires_grad_", reduced_ok=True)
 def _identity_method(flow, x, *args, **kwargs):
     return x
 
@@ -170,23 +145,24 @@ _SHAPE_FUNCTIONS = [torch.flatten, torch.reshape, torch.permute, torch.transpose
                     torch.roll, torch.t, torch.movedim, torch.swapaxes, torch.unbind, torch.tile, torch.flip,
                     F.interpolate, F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, operator.getitem,
                     builtins.getattr, torch.broadcast_to]
-_SHAPE_FUNCTIONS += _aten("view.default", "reshape.default", "flatten.using_ints", "permute.default",
-                          "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
-                          "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
-                          "split.Tensor", "chunk.default", "channel_shuffle.default", "pixel_shuffle.default",
-                          "upsample_nearest2d.vec", "upsample_bilinear2d.vec")
+_SHAPE_FUNCTIONS += aten("view.default", "reshape.default", "flatten.using_ints", "permute.default",
+                         "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
+                         "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
+                         "split.Tensor", "chunk.default", "channel_shuffle.default", "pixel_shuffle.default",
+                         "upsample_nearest2d.vec", "upsample_bilinear2d.vec")
 
 
-@function_rule(*_SHAPE_FUNCTIONS)
-def _shape_function(flow, *args, **kwargs):
-    return flow.call_real(*args, **kwargs)
+@function_rule(*_SHAPE_FUNCTIONS, passes_target=True)
+def _shape_function(flow, fn, *args, **kwargs):
+    return flow.apply_real(fn, args, kwargs)
 
 
 @method_rule("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as",
              "repeat", "chunk", "split", "narrow", "size", "dim", "t", "movedim", "unbind", "roll", "flip",
-             "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__")
-def _shape_method(flow, *args, **kwargs):
-    return flow.call_real(*args, **kwargs)
+             "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__",
+             passes_target=True)
+def _shape_method(flow, name, *args, **kwargs):
+    return flow.apply_real(lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
 
 
 @module_rule(nn.Flatten, nn.Unflatten, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
@@ -201,7 +177,7 @@ def _constant_pad(flow, module, x):
     return F.pad(x, module.padding, value=0.0)  # the pad value is a constant, not input
 
 
-@function_rule(F.pad, *_aten("constant_pad_nd.default"))
+@function_rule(F.pad, *aten("constant_pad_nd.default"))
 def _pad_function(flow, x, pad, mode="constant", value=None):
     return F.pad(x, pad, mode=mode, value=0.0) if mode == "constant" else F.pad(x, pad, mode=mode)
 
@@ -212,24 +188,24 @@ _JOIN_FUNCTIONS = [operator.add, operator.sub, operator.mul, operator.truediv, o
                    operator.iadd, operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
                    torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.lerp, torch.pow,
                    torch.true_divide, torch.max, torch.min]
-_JOIN_FUNCTIONS += _aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul.Scalar",
-                         "add.Scalar", "div.Scalar", "maximum.default", "minimum.default")
+_JOIN_FUNCTIONS += aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul.Scalar",
+                        "add.Scalar", "div.Scalar", "maximum.default", "minimum.default")
 
 
-@function_rule(*_JOIN_FUNCTIONS)
+@function_rule(*_JOIN_FUNCTIONS, reduced_ok=True)
 def _join_function(flow, *args, **kwargs):
     return flow.join(*args, *kwargs.values())
 
 
 @method_rule("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__", "__sub__",
-             "maximum", "minimum", "masked_fill", "addcmul")
+             "maximum", "minimum", "masked_fill", "addcmul", reduced_ok=True)
 def _join_method(flow, *args, **kwargs):
     return flow.join(*args, *kwargs.values())
 
 
 # Layers with weights: conv and linear on the keep-mask (non-negative, so any kept
 # tap that reads a live element makes the output element live).
-@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, reduced_ok=True)
 def _conv_module(flow, module, x):
     if module.padding_mode != "zeros":
         x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
@@ -237,7 +213,7 @@ def _conv_module(flow, module, x):
     else:
         padding = module.padding
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.ndim - 2]
-    return flow.layer(f"{module._target}.weight", module.weight, x,
+    return flow.layer(f"{flow.target}.weight", module.weight, x,
                       lambda x, w: conv(x, w, None, module.stride, padding, module.dilation, module.groups),
                       channel_op=_channel_conv(module.groups, flow.output_shape()))
 
@@ -246,7 +222,7 @@ def _channel_conv(groups: int, out_shape):
     """Conv at channel level: output channel o is live iff a connected input channel is.
 
     The result is *reduced*: size 1 in every spatial dim. Rules that only
-    broadcast (see _REDUCED_OK) take reduced values as they are; every other
+    broadcast (registered with reduced_ok=True) take reduced values as they are; every other
     rule sees them expanded to the node's recorded shape first.
     """
 
@@ -265,35 +241,36 @@ def _conv_transpose_module(flow, module, x, output_size=None):
     conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.ndim - 2]
     out_pad = module._output_padding(x, output_size, module.stride, module.padding, module.kernel_size,
                                      x.ndim - 2, module.dilation)
-    return flow.layer(f"{module._target}.weight", module.weight, x,
+    return flow.layer(f"{flow.target}.weight", module.weight, x,
                       lambda x, w: conv(x, w, None, module.stride, module.padding, out_pad, module.groups,
                                         module.dilation))
 
 
 @module_rule(nn.Linear)
 def _linear_module(flow, module, x):
-    return flow.layer(f"{module._target}.weight", module.weight, x, F.linear)
+    return flow.layer(f"{flow.target}.weight", module.weight, x, F.linear)
 
 
-@function_rule(F.linear, *_aten("linear.default"))
+@function_rule(F.linear, *aten("linear.default"), weighted=True)
 def _linear_function(flow, x, weight, bias=None):
     return F.linear(x, _mask(weight))
 
 
-@function_rule(F.conv1d, F.conv2d, F.conv3d, *_aten("conv1d.default", "conv2d.default", "conv3d.default"))
+@function_rule(F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"),
+               weighted=True)
 def _conv_function(flow, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.ndim]
     return conv(x, _mask(weight), None, stride, padding, dilation, groups)
 
 
-@function_rule(*_aten("convolution.default"))
+@function_rule(*aten("convolution.default"), weighted=True)
 def _aten_convolution(flow, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     return torch.ops.aten.convolution.default(x, _mask(weight), None, stride, padding, dilation, transposed,
                                                output_padding, groups)
 
 
-@function_rule(torch.matmul, operator.matmul, torch.mm, torch.bmm, *_aten("matmul.default", "mm.default",
-                                                                          "bmm.default"))
+@function_rule(torch.matmul, operator.matmul, torch.mm, torch.bmm, *aten("matmul.default", "mm.default",
+                                                                         "bmm.default"))
 def _matmul_function(flow, a, b):
     return flow.matmul(a, b)
 
@@ -303,7 +280,7 @@ def _matmul_method(flow, a, b):
     return flow.matmul(a, b)
 
 
-@function_rule(torch.addmm, *_aten("addmm.default"))
+@function_rule(torch.addmm, *aten("addmm.default"))
 def _addmm(flow, bias, a, b, **kwargs):
     return flow.join(bias, flow.matmul(a, b))
 
@@ -311,23 +288,23 @@ def _addmm(flow, bias, a, b, **kwargs):
 # Pooling: max pooling becomes average pooling over the same windows. Both make a
 # window's output live iff some element of it is, but only averaging sends the
 # backward pass to every element a max could pick under other weights.
-@module_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+@module_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, reduced_ok=True)
 def _max_pool_module(flow, module, x):
     return flow.window_any(x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
 
 
-@function_rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, *_aten("max_pool2d.default"))
+@function_rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, *aten("max_pool2d.default"), reduced_ok=True)
 def _max_pool_function(flow, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **kwargs):
     return flow.window_any(x, kernel_size, stride or kernel_size, padding, dilation, ceil_mode)
 
 
 @module_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-             nn.AdaptiveAvgPool3d)
+             nn.AdaptiveAvgPool3d, reduced_ok=True)
 def _avg_pool_module(flow, module, x):
     return x if flow.is_reduced(x) else module(x)
 
 
-@module_rule(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+@module_rule(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, reduced_ok=True)
 def _adaptive_max_module(flow, module, x):
     if flow.is_reduced(x):
         return x
@@ -336,13 +313,13 @@ def _adaptive_max_module(flow, module, x):
 
 
 @function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-               F.adaptive_avg_pool3d, *_aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
-                                             "_adaptive_avg_pool2d.default"))
+               F.adaptive_avg_pool3d, *aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
+                                            "_adaptive_avg_pool2d.default"), reduced_ok=True, passes_target=True)
 def _avg_pool_function(flow, fn, x, *args, **kwargs):
     return x if flow.is_reduced(x) else fn(x, *args, **kwargs)
 
 
-@function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+@function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, reduced_ok=True)
 def _adaptive_max_function(flow, x, output_size, return_indices=False):
     if flow.is_reduced(x):
         return x
@@ -352,19 +329,19 @@ def _adaptive_max_function(flow, x, output_size, return_indices=False):
 
 # Reductions and normalisations that mix elements: live if any mixed element is.
 @function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.logsumexp, torch.std, torch.var,
-               *_aten("mean.dim", "sum.dim_IntList", "amax.default"))
+               *aten("mean.dim", "sum.dim_IntList", "amax.default"), reduced_ok=True)
 def _reduce_function(flow, x, dim=None, keepdim=False, *args, **kwargs):
     return flow.any_over(x, dim, keepdim)
 
 
-@method_rule("mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm")
+@method_rule("mean", "sum", "amax", "amin", "std", "var", "logsumexp", "norm", reduced_ok=True)
 def _reduce_method(flow, x, dim=None, keepdim=False, *args, **kwargs):
     if isinstance(dim, str):  # "fro" of norm
         dim = None
     return flow.any_over(x, dim, keepdim)
 
 
-@function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, *_aten("_softmax.default",
+@function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, *aten("_softmax.default",
                                                                                   "softmax.int"))
 def _softmax_function(flow, x, dim=None, *args, **kwargs):
     return flow.any_over(x, dim, keepdim=True).expand_as(x)
@@ -386,13 +363,13 @@ def _layer_norm_module(flow, module, x):
     return flow.any_over(x, dims, keepdim=True).expand_as(x)
 
 
-@function_rule(F.layer_norm, *_aten("layer_norm.default"))
+@function_rule(F.layer_norm, *aten("layer_norm.default"))
 def _layer_norm_function(flow, x, normalized_shape, *args, **kwargs):
     dims = tuple(range(x.ndim - len(normalized_shape), x.ndim))
     return flow.any_over(x, dims, keepdim=True).expand_as(x)
 
 
-@module_rule(nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+@module_rule(nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm, reduced_ok=True)
 def _mixing_norm_module(flow, module, x):
     # Group and instance norms mix within (groups of) channels; mixing over every
     # non-batch dim is coarser and therefore still sound.
@@ -411,7 +388,7 @@ def _sdpa(flow, q, k, v, *args, **kwargs):
 def _multihead_attention(flow, module, query, key, value, *args, **kwargs):
     # Conservative over heads: a context feature is live if any projected query or
     # key element is (they steer the attention weights) or its value feature is.
-    name, e = module._target, module.embed_dim
+    name, e = flow.target, module.embed_dim
     if module._qkv_same_embed_dim:
         projections = [(f"{name}.in_proj_weight", module.in_proj_weight, slice(i * e, (i + 1) * e))
                        for i in range(3)]
@@ -424,15 +401,6 @@ def _multihead_attention(flow, module, query, key, value, *args, **kwargs):
     steer = flow.join(flow.any_over(q, -1, keepdim=True), flow.any_over(k, (seq, -1), keepdim=True))
     context = _bool(flow.join(steer, flow.any_over(v, seq, keepdim=True), torch.zeros_like(q)))
     return flow.layer(f"{name}.out_proj.weight", module.out_proj.weight, context, F.linear), None
-
-
-_WEIGHTED_FUNCTIONS = (_linear_function, _conv_function, _aten_convolution)
-
-# Rules correct on reduced (spatially size-1, broadcasting) channel-level values.
-_REDUCED_OK = {_identity_module, _identity_function, _identity_method, _join_function, _join_method,
-               _conv_module, _max_pool_module, _max_pool_function, _avg_pool_module, _avg_pool_function,
-               _adaptive_max_module, _adaptive_max_function, _reduce_function, _reduce_method,
-               _mixing_norm_module}
 
 
 # -- the interpreter ---------------------------------------------------------------------
@@ -522,10 +490,7 @@ class ChannelFlow(fx.Interpreter):
         return tuple(value.shape)
 
     def output_shape(self) -> torch.Size:
-        return self._current.meta["tensor_meta"].shape
-
-    def call_real(self, fn, *args, **kwargs):
-        return fn(*args, **kwargs)
+        return self.current_node.meta["tensor_meta"].shape
 
     def join(self, *operands):
         live = [x for x in operands if isinstance(x, torch.Tensor)]
@@ -599,18 +564,18 @@ class ChannelFlow(fx.Interpreter):
             and x.shape != self._arg_shape(x)
 
     def _arg_shape(self, x):
-        for arg in self._current.all_input_nodes:
+        for arg in self.current_node.all_input_nodes:
             if self.env.get(arg) is x:
                 meta = arg.meta.get("tensor_meta")
                 return getattr(meta, "shape", None)
         return None
 
-    def _expand_args(self, rule, args, kwargs):
+    def _expand_args(self, reduced_ok: bool, args, kwargs):
         # Reduced values broadcast through the rules that only broadcast; any
         # other rule gets them at their real shape.
-        if not self.channel_level or rule in _REDUCED_OK:
+        if not self.channel_level or reduced_ok:
             return args, kwargs
-        node = self._current
+        node = self.current_node
         shapes = {}
         for arg in node.all_input_nodes:
             meta = arg.meta.get("tensor_meta")
@@ -624,48 +589,44 @@ class ChannelFlow(fx.Interpreter):
 
         return fx.node.map_aggregate(args, widen), fx.node.map_aggregate(kwargs, widen)
 
+    def _apply_rule(self, rule: Rule | None, lead: tuple, args, kwargs):
+        """The node's abstract value by its rule (`lead`: operands before the node's own,
+        the module for module rules), or by the conservative fallback where it has none."""
+        if rule is None:
+            args, kwargs = self._expand_args(False, args, kwargs)
+            return _tree_bool(self._fallback(self.current_node, args, kwargs))
+        args, kwargs = self._expand_args(rule.reduced_ok, args, kwargs)
+        if rule.passes_target:
+            lead = (self.current_node.target, *lead)
+        return _tree_bool(rule.fn(self, *lead, *args, **kwargs))
+
+    @property
+    def target(self) -> str:
+        """The node being run's target: for a module rule, the module's qualified name."""
+        return self.current_node.target
+
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        module._target = target
-        rule = next((MODULE_RULES[t] for t in type(module).__mro__ if t in MODULE_RULES), None)
-        args, kwargs = self._expand_args(rule, args, kwargs)
-        out = rule(self, module, *args, **kwargs) if rule else None
-        if out is None and rule is None:
-            out = self._fallback(self._current, args, kwargs)
-        out = _tree_bool(out)
+        out = self._apply_rule(RULES.for_module(module), (module,), args, kwargs)
         layer = self._layer_of_module.get(target)
         if layer is not None and isinstance(out, torch.Tensor):
             self.outputs_of.setdefault(layer, []).append(out)
         return out
 
     def call_function(self, target, args, kwargs):
-        rule = FUNCTION_RULES.get(target)
-        args, kwargs = self._expand_args(rule, args, kwargs)
-        if rule is _avg_pool_function:
-            return _tree_bool(rule(self, target, *args, **kwargs))
-        if rule is None:
-            return _tree_bool(self._fallback(self._current, args, kwargs))
-        if rule is _shape_function:
-            return _tree_bool(self._apply_real(target, args, kwargs))
-        out = _tree_bool(rule(self, *args, **kwargs))
-        if rule in _WEIGHTED_FUNCTIONS and len(args) > 1 and isinstance(args[1], Weight) and args[1].name:
+        rule = RULES.for_node(self.current_node)
+        out = self._apply_rule(rule, (), args, kwargs)
+        if rule is not None and rule.weighted and len(args) > 1 and isinstance(args[1], Weight) and args[1].name:
             # conv/linear written as functions (torch.export graphs): same per-layer record
             if args[1].name in self._layer_names and isinstance(out, torch.Tensor):
                 self.outputs_of.setdefault(args[1].name, []).append(out)
         return out
 
     def call_method(self, target, args, kwargs):
-        rule = METHOD_RULES.get(target)
-        args, kwargs = self._expand_args(rule, args, kwargs)
-        if rule is None:
-            return _tree_bool(self._fallback(self._current, args, kwargs))
-        if rule is _shape_method:
-            obj, *rest = args
-            return _tree_bool(self._apply_real(lambda o, *a, **k: getattr(o, target)(*a, **k), (obj, *rest), kwargs))
-        return _tree_bool(rule(self, *args, **kwargs))
+        return self._apply_rule(RULES.for_node(self.current_node), (), args, kwargs)
 
     def run_node(self, n):
-        self._current = n
+        self.current_node = n
         if n.op.startswith("call_") and not n.users:
             return None  # side-effect-only nodes (export's guards) carry no data
         out = super().run_node(n)
@@ -674,8 +635,8 @@ class ChannelFlow(fx.Interpreter):
             out = out * cut  # value level: elements proven constant at these weights
         return out
 
-    def _apply_real(self, fn, args, kwargs):
-        # Shape ops act on weights' masks and on live tensors alike.
+    def apply_real(self, fn, args, kwargs):
+        """`fn` itself on the abstract values: shape ops act on weights' masks and live tensors alike."""
         unwrap = lambda v: v.mask if isinstance(v, Weight) else v  # noqa: E731
         wrapped = any(isinstance(a, Weight) for a in args)
         out = fn(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in kwargs.items()})

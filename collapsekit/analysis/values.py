@@ -8,11 +8,12 @@ and outputs that are constant at these weights (`level.value_collapsed`).
 
 Every rule over-approximates the signs a value can take, so a cut is proven;
 ops without a rule may take any sign. Batch norms are read in eval mode.
+Rules live in one `rules.RuleTable` (SIGN_RULES) and read a module's name from
+the node being run (`sp.target`); nothing is written on the user's modules.
 """
 from __future__ import annotations
 
 import operator
-from typing import Callable
 
 import torch
 import torch.fx as fx
@@ -20,57 +21,47 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.rules import RuleTable
 from collapsekit.analysis.trace import TracedModel
 
 Sign = tuple  # (can_be_positive, can_be_negative), float 0/1 tensors of the value's shape
 
-SIGN_MODULE_RULES: dict[type, Callable] = {}
-SIGN_FUNCTION_RULES: dict[object, Callable] = {}
-SIGN_METHOD_RULES: dict[str, Callable] = {}
-_RELU = (nn.ReLU, nn.ReLU6)
+SIGN_RULES = RuleTable()
 _RELU_FUNCTIONS = (F.relu, torch.relu, F.relu6)
-
-
-def _register(table, keys):
-    def wrap(fn):
-        for k in keys:
-            table[k] = fn
-        return fn
-    return wrap
 
 
 def _any(t: torch.Tensor) -> torch.Tensor:
     return (t > 0).to(torch.float32)
 
 
-@_register(SIGN_MODULE_RULES, [nn.ReLU, nn.ReLU6])
+@SIGN_RULES.module(nn.ReLU, nn.ReLU6)
 def _relu_module(sp, module, x):
     return sp.relu(x)
 
 
-@_register(SIGN_FUNCTION_RULES, list(_RELU_FUNCTIONS))
+@SIGN_RULES.function(*_RELU_FUNCTIONS)
 def _relu_function(sp, x, *args, **kwargs):
     return sp.relu(x)
 
 
-@_register(SIGN_METHOD_RULES, ["relu"])
+@SIGN_RULES.method("relu")
 def _relu_method(sp, x):
     return sp.relu(x)
 
 
-@_register(SIGN_MODULE_RULES, [nn.Identity, nn.Dropout, nn.Dropout2d, nn.Tanh, nn.SiLU, nn.GELU, nn.Flatten,
-                               nn.Hardswish, nn.LeakyReLU])
+@SIGN_RULES.module(nn.Identity, nn.Dropout, nn.Dropout2d, nn.Tanh, nn.SiLU, nn.GELU, nn.Flatten, nn.Hardswish,
+                   nn.LeakyReLU)
 def _same_sign_module(sp, module, x):
     # These keep the sign of their input (or of its elements, reshaped).
     return tuple(module(t) if isinstance(module, nn.Flatten) else t for t in x)
 
 
-@_register(SIGN_MODULE_RULES, [nn.Sigmoid, nn.Softmax])
+@SIGN_RULES.module(nn.Sigmoid, nn.Softmax)
 def _positive_module(sp, module, x):
     return (torch.ones_like(x[0]), torch.zeros_like(x[1]))
 
 
-@_register(SIGN_MODULE_RULES, [nn.modules.batchnorm._BatchNorm])
+@SIGN_RULES.module(nn.modules.batchnorm._BatchNorm)
 def _batch_norm(sp, module, x):
     a = module.weight / torch.sqrt(module.running_var + module.eps) if module.affine else \
         1 / torch.sqrt(module.running_var + module.eps)
@@ -81,54 +72,66 @@ def _batch_norm(sp, module, x):
     return (_any(pos * (a > 0) + neg * (a < 0) + (b > 0)), _any(pos * (a < 0) + neg * (a > 0) + (b < 0)))
 
 
-@_register(SIGN_MODULE_RULES, [nn.Conv1d, nn.Conv2d, nn.Conv3d])
+@SIGN_RULES.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv(sp, module, x):
-    w = sp.weight(f"{module._target}.weight", module.weight)
+    w = sp.weight(f"{sp.target}.weight", module.weight)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x[0].ndim]
     def apply(inp, weights):
         return conv(inp, weights, None, module.stride, module.padding, module.dilation, module.groups)
     return sp.affine(x, w, module.bias, apply)
 
 
-@_register(SIGN_MODULE_RULES, [nn.Linear])
+@SIGN_RULES.module(nn.Linear)
 def _linear(sp, module, x):
-    w = sp.weight(f"{module._target}.weight", module.weight)
+    w = sp.weight(f"{sp.target}.weight", module.weight)
     return sp.affine(x, w, module.bias, F.linear)
 
 
-@_register(SIGN_MODULE_RULES, [nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d])
+@SIGN_RULES.module(nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
 def _avg_pool(sp, module, x):
     return tuple(_any(module(t)) for t in x)
 
 
-@_register(SIGN_MODULE_RULES, [nn.MaxPool2d, nn.MaxPool1d])
+@SIGN_RULES.module(nn.MaxPool2d, nn.MaxPool1d)
 def _max_pool(sp, module, x):
     return tuple(_any(module(t)) for t in x)
 
 
-@_register(SIGN_FUNCTION_RULES, [operator.add, torch.add])
+@SIGN_RULES.function(operator.add, torch.add)
 def _add(sp, a, b, **kwargs):
     pa, na = sp.sign_of(a)
     pb, nb = sp.sign_of(b)
     return (_any(pa + pb), _any(na + nb))
 
 
-@_register(SIGN_FUNCTION_RULES, [operator.mul, torch.mul])
+@SIGN_RULES.function(operator.mul, torch.mul)
 def _mul(sp, a, b, **kwargs):
     pa, na = sp.sign_of(a)
     pb, nb = sp.sign_of(b)
     return (_any(pa * pb + na * nb), _any(pa * nb + na * pb))
 
 
-@_register(SIGN_FUNCTION_RULES, [torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, torch.cat])
-def _shape_like(sp, fn, *args, **kwargs):
-    if fn is torch.cat:
-        parts = args[0]
-        return tuple(torch.cat([p[i] for p in parts], *args[1:], **kwargs) for i in range(2))
-    return tuple(_any(fn(t, *args[1:], **kwargs)) for t in args[0])
+@SIGN_RULES.function(torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, passes_target=True)
+def _shape_like(sp, fn, x, *args, **kwargs):
+    # Each element's sign set moves with the element (a pool's output takes any of its window's).
+    return tuple(_any(fn(t, *args, **kwargs)) for t in x)
 
 
-@_register(SIGN_METHOD_RULES, ["view", "reshape", "flatten", "mean", "contiguous"])
+@SIGN_RULES.function(torch.cat)
+def _cat(sp, parts, *args, **kwargs):
+    return tuple(torch.cat([p[i] for p in parts], *args, **kwargs) for i in range(2))
+
+
+@SIGN_RULES.function(operator.getitem)
+def _getitem(sp, x, index):
+    # Indexing a signed tensor indexes both of its sign masks; anything else (a tuple, a size) is unknown.
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], torch.Tensor) and x[0].ndim > 0 \
+            and not isinstance(index, int):
+        return tuple(t[index] for t in x)
+    return sp.unknown()
+
+
+@SIGN_RULES.method("view", "reshape", "flatten", "mean", "contiguous", passes_target=True)
 def _method_like(sp, name, x, *args, **kwargs):
     return tuple(_any(getattr(t, name)(*args, **kwargs)) for t in x)
 
@@ -174,28 +177,30 @@ class SignPass(fx.Interpreter):
         real = super().placeholder(target, args, kwargs)
         return (torch.ones(real.shape), torch.ones(real.shape))
 
+    @property
+    def target(self) -> str:
+        """The node being run's target: for a module rule, the module's qualified name."""
+        return self._node.target
+
+    def _apply_rule(self, rule, lead: tuple, args, kwargs):
+        if rule is None:
+            return self.unknown()
+        if rule.passes_target:
+            lead = (self._node.target, *lead)
+        return rule.fn(self, *lead, *args, **kwargs)
+
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
-        module._target = target
-        rule = next((SIGN_MODULE_RULES[t] for t in type(module).__mro__ if t in SIGN_MODULE_RULES), None)
-        return rule(self, module, *args, **kwargs) if rule else self._unknown()
+        return self._apply_rule(SIGN_RULES.for_module(module), (module,), args, kwargs)
 
     def call_function(self, target, args, kwargs):
-        rule = SIGN_FUNCTION_RULES.get(target)
-        if rule is _shape_like:
-            return rule(self, target, *args, **kwargs)
-        if target is operator.getitem and isinstance(args[0], tuple) and isinstance(args[0][0], torch.Tensor) \
-                and args[0][0].ndim > 0 and len(args[0]) == 2 and not isinstance(args[1], int):
-            return tuple(t[args[1]] for t in args[0])
-        return rule(self, *args, **kwargs) if rule else self._unknown()
+        return self._apply_rule(SIGN_RULES.for_node(self._node), (), args, kwargs)
 
     def call_method(self, target, args, kwargs):
-        rule = SIGN_METHOD_RULES.get(target)
-        if rule is _method_like:
-            return rule(self, target, *args, **kwargs)
-        return rule(self, *args, **kwargs) if rule else self._unknown()
+        return self._apply_rule(SIGN_RULES.for_node(self._node), (), args, kwargs)
 
-    def _unknown(self):
+    def unknown(self) -> Sign:
+        """Any sign, in the node's recorded shape (ops with no rule)."""
         meta = self._node.meta.get("tensor_meta")
         if not hasattr(meta, "shape"):
             raise _Unsupported(self._node.name)
@@ -206,7 +211,8 @@ class _Unsupported(Exception):
     pass
 
 
-def relu_cuts(traced: TracedModel, weights: list[PrunableWeight], keep: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def relu_cuts(traced: TracedModel, weights: list[PrunableWeight],
+              keep: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """ReLU node name -> 0/1 float mask (0: constant 0 at these weights), or None if the signs
     cannot be followed through this graph (then nothing is claimed)."""
     masks = {alias: k for w, k in zip(weights, keep) for alias in (w.name, *w.aliases)}

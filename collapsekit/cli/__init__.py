@@ -10,12 +10,12 @@ from collapsekit.errors import CollapsekitError
 
 # Order in `collapsekit --help`; any other module of this package with a
 # `register(subparsers)` function is added after these.
-_ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot"]
+_ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one subparser per subcommand module."""
-    from collapsekit import __version__
+    from collapsekit.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="collapsekit",

@@ -34,7 +34,7 @@ def finetune_kwargs(args, meta: dict) -> dict:
                   weight_decay=hp["weight_decay"] if args.weight_decay is None else args.weight_decay,
                   label_smoothing=args.label_smoothing, device=args.device, seed=args.seed)
     if args.lr_schedule:
-        kwargs["schedule"] = args.lr_schedule
+        kwargs["lr_schedule"] = args.lr_schedule
     return kwargs
 
 
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
                     "layer keeping at least MT), one-shot, gradually (Zhu & Gupta's cubic schedule) or by IMP, "
                     "and fine-tune it with the masks re-applied after every step. Writes OUT/metrics.jsonl, "
                     "OUT/checkpoint.safetensors every epoch (--resume continues a killed run), then "
-                    "OUT/model.safetensors, OUT/masks.safetensors and OUT/finetune.json. Under "
+                    "OUT/model.safetensors (one sparse file carrying the masks) and OUT/finetune.json. Under "
                     "`torchrun --nproc-per-node N -m collapsekit finetune ...` it trains with DDP.")
     common.add_model_args(p)
     common.add_data_args(p)
@@ -59,8 +59,9 @@ def register(subparsers) -> None:
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="final global sparsity in [0, 1)")
     p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
                                 "weights (0.05%%)")
-    p.add_argument("--schedule", choices=["oneshot", "gradual", "imp"], default="oneshot",
-                   help="pruning schedule (default: oneshot)")
+    p.add_argument("--pruning-schedule", choices=["oneshot", "gradual", "imp"], default="oneshot",
+                   help="when to prune: once before fine-tuning, gradually (cubic) or by IMP rounds "
+                        "(default: oneshot)")
     p.add_argument("--rounds", type=int, default=3, help="IMP rounds (default: 3)")
     p.add_argument("--steps", type=int, help="gradual: pruning steps, one per epoch (default: epochs // 2)")
     add_finetune_args(p)
@@ -75,8 +76,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from collapsekit.errors import CollapsekitError
-    from collapsekit.training.finetune import MODEL_FILE
-    from collapsekit.training.schedules import prune_and_finetune
+    from collapsekit.training.finetune import MODEL_FILE, prune_and_finetune
+    from collapsekit.training.train import EpochEnd
 
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
@@ -94,9 +95,9 @@ def run(args) -> int:
                        f"{m['train_acc']:.2%}  test {m['test_acc']:.2%}  lr {m['lr']:.4g}  ({m['seconds']:.1f} s)",
                        file=sys.stderr)
 
-    result = prune_and_finetune(model, bundle, args.sparsity, args.epochs, schedule=args.schedule, mt=args.mt,
-                                rounds=args.rounds, steps=args.steps, out=args.out, resume=args.resume,
-                                progress=not quiet, on_epoch_end=log_epoch, meta=meta,
+    result = prune_and_finetune(model, bundle, args.sparsity, args.epochs, pruning_schedule=args.pruning_schedule,
+                                mt=args.mt, rounds=args.rounds, steps=args.steps, out=args.out, resume=args.resume,
+                                progress=not quiet, callbacks=[EpochEnd(log_epoch)], meta=meta,
                                 **finetune_kwargs(args, meta))
     if not main:
         return 0
@@ -104,7 +105,7 @@ def run(args) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
-        print(f"{args.schedule} to sparsity {result.sparsity:.4f}: test accuracy {result.accuracy_before:.4f} "
+        print(f"{args.pruning_schedule} to sparsity {result.sparsity:.4f}: test accuracy {result.accuracy_before:.4f} "
               f"before fine-tuning -> {result.accuracy:.4f} after {result.epochs} epochs ({result.device}, "
               f"{result.world_size} process{'es' if result.world_size > 1 else ''}{resumed}); wrote {args.out}")
     return 0

@@ -1,4 +1,4 @@
-"""`collapsekit prune`: Global MP (+ MT) on a model, writing the sparse weights, the masks and a JSON report."""
+"""`collapsekit prune`: Global MP (+ MT) on a model, writing one sparse checkpoint (weights and masks) and a JSON report."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "prune", help="prune a model with Global MP (+ MT) and save it sparse",
         description="Prune the model one-shot with Global Magnitude Pruning at exactly round(S * N) of its N "
                     "prunable weights, every layer keeping at least MT weights. Writes OUT/pruned.safetensors "
-                    "(sparse: kept values + bitmask), OUT/masks.safetensors (bit-packed keep-masks) and "
+                    "(one sparse checkpoint: kept values plus each keep-mask in its shortest code; every command "
+                    "that takes masks reads them from it, `collapsekit export --dense` makes it a plain file) and "
                     "OUT/prune.json (per-layer sparsity, emptied layers, MACs before and after).")
     add_model_args(p)
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="global sparsity in [0, 1)")
@@ -23,13 +24,16 @@ def register(subparsers) -> None:
     p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
                    help="example input shape for the MAC count, e.g. 1 3 32 32 (default: from the model)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--masks-file", metavar="PATH",
+                   help="also write the masks alone to PATH (they are in pruned.safetensors already)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from collapsekit.pruning import masks as mask_io
     from collapsekit.cli.report import example_input
+    from collapsekit.files.atomic import atomic_write_text
+    from collapsekit.files.checkpoint import SHA_KEY
     from collapsekit.pruning.export import save_sparse
     from collapsekit.analysis.cost import count_macs
     from collapsekit.pruning.prune import prune
@@ -43,19 +47,22 @@ def run(args) -> int:
                 "macs": {"dense": sum(m["dense"] for m in macs.values()),
                          "kept": sum(m["kept"] for m in macs.values()), "layers": macs}}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_sparse(model, result.masks, out / "pruned.safetensors",
-                meta={**meta, "prune": {k: document[k] for k in ("target_sparsity", "sparsity", "mt_count")}})
-    mask_io.save(result.masks, out / "masks.safetensors")
-    (out / "prune.json").write_text(json.dumps(document, indent=2) + "\n")
+    meta = {k: v for k, v in meta.items() if k != SHA_KEY}  # the dense file's hash, not this one's
+    written = [save_sparse(model, result.masks, out / "pruned.safetensors",
+                           meta={**meta, "prune": {k: document[k] for k in ("target_sparsity", "sparsity", "mt_count")}})]
+    if args.masks_file:
+        from collapsekit.pruning import masks as mask_io
+
+        written.append(mask_io.save(result.masks, args.masks_file))
+    written.append(atomic_write_text(out / "prune.json", json.dumps(document, indent=2) + "\n"))
     if args.format == "json":
         print(json.dumps(document, indent=2))
     else:
-        print(_text(document, out))
+        print(_text(document, written))
     return 0
 
 
-def _text(doc: dict, out: Path) -> str:
+def _text(doc: dict, written: list[Path]) -> str:
     dense, kept = doc["macs"]["dense"], doc["macs"]["kept"]
     lines = [f"pruned {doc['pruned']} of {doc['total']} weights (sparsity {doc['sparsity']:.4%}, "
              f"MT {doc['mt_count']} per layer, threshold |w| {doc['threshold']:.4g})",
@@ -65,5 +72,5 @@ def _text(doc: dict, out: Path) -> str:
     for layer in doc["layers"]:
         flag = "  EMPTIED" if layer["emptied"] else ""
         lines.append(f"{layer['name']:<40} {layer['size']:>10} {layer['kept']:>10} {layer['sparsity']:>9.2%}{flag}")
-    lines.append(f"wrote {out / 'pruned.safetensors'}, {out / 'masks.safetensors'}, {out / 'prune.json'}")
+    lines.append(f"wrote {', '.join(str(p) for p in written)}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: per family")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight-decay", type=float, help="default: per family (5e-4 with SGD)")
-    p.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine",
+    p.add_argument("--lr-schedule", choices=["cosine", "linear", "constant"], default="cosine",
                    help="learning-rate decay to 0 over the run (default: cosine)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--augment", action="store_true", default=None,
@@ -54,7 +54,7 @@ def run(args) -> int:
     data_path = args.data_path or (meta.get("data_path") if meta.get("data") == bundle.name else None)
     result = dense_train(meta["model"], bundle, args.epochs, args.out, model=model, data_path=data_path, lr=args.lr,
                          batch_size=args.batch_size, optimizer=args.optimizer, momentum=args.momentum,
-                         weight_decay=args.weight_decay, schedule=args.schedule,
+                         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
                          label_smoothing=args.label_smoothing, augment=args.augment, device=args.device,
                          seed=args.seed, progress=not quiet, on_epoch_end=log_epoch)
     out = Path(args.out) / "model.safetensors"

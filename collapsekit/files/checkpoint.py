@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.files.atomic import atomic_write, atomic_write_text
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 SHA_KEY = "weights_sha256"  # sidecar key: lets load_into notice a corrupted payload
@@ -29,28 +29,71 @@ def save(model: nn.Module, out_path, meta: dict) -> Path:
     """
     from safetensors.torch import save_model
 
-    from collapsekit import __version__
+    path = _weights_path(out_path)
+    atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=_plain_header()))
+    return _write_sidecar(path, meta)
 
+
+def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
+    """Path of a plain safetensors file of the state_dict `state`, readable by any safetensors tool, + sidecar.
+
+    Names that share one tensor (tied weights) are each written out, since a
+    plain file has no aliases; `meta` goes to the sidecar as in `save`.
+    """
+    from safetensors.torch import save_file
+
+    path = _weights_path(out_path)
+    seen: set = set()
+    tensors = {}
+    for key, t in state.items():
+        t = t.detach().to("cpu")
+        ptr = _storage_key(t)
+        tensors[key] = t.clone() if (ptr in seen or not t.is_contiguous()) else t
+        seen.add(ptr)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=_plain_header()))
+    return _write_sidecar(path, meta)
+
+
+def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
+    """Path of the one sparse checkpoint (`pruning.export.save_sparse`) of `model` and `masks`, + sidecar.
+
+    `meta` goes into the file's header, so the file alone says which model it
+    is, and to the `<stem>.json` sidecar with the file's sha256, as in `save`.
+    """
+    from collapsekit.pruning.export import save_sparse
+
+    path = save_sparse(model, masks, _weights_path(out_path), meta=meta)
+    return _write_sidecar(path, meta)
+
+
+def _plain_header() -> dict[str, str]:
+    from collapsekit.version import __version__
+
+    return {"format": "pt", "collapsekit": __version__}  # "pt": what transformers' loaders expect
+
+
+def _weights_path(out_path) -> Path:
     path = Path(out_path)
     if path.suffix == ".json":
         raise CollapsekitError(f"checkpoint path {path} must not end in .json (that name is its sidecar)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp), metadata={"format": "pt", "collapsekit": __version__})
-    os.replace(tmp, path)
+    return path
+
+
+def _write_sidecar(path: Path, meta: dict) -> Path:
     document = {**meta, SHA_KEY: _sha256(path)}
     text = json.dumps(document, indent=2, sort_keys=True, default=_json_default) + "\n"
-    side = sidecar_path(path)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, side)
+    atomic_write_text(sidecar_path(path), text)
     return path
 
 
 def read_meta(path) -> dict:
-    """The sidecar metadata of a weights file, or {} when it has none."""
+    """The sidecar metadata of a weights file; a sparse checkpoint's own header meta when it has no sidecar; or {}."""
     side = sidecar_path(path)
     if not side.is_file():
+        from collapsekit.pruning import export
+
+        if Path(path).is_file() and export.is_sparse_checkpoint(path):
+            return export.read_sparse_meta(path)
         return {}
     try:
         meta = json.loads(side.read_text())
@@ -71,25 +114,40 @@ def load_into(model: nn.Module, path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise CollapsekitError(f"checkpoint {path} not found")
-    if _is_safetensors(path):
+    from collapsekit.pruning import export
+
+    if export.is_sparse_checkpoint(path):
+        # Our pruned file: decoded to a plain state_dict, the masks' zeros included.
+        state = export.load_sparse(path)
+        _check_sha(path)
+        _check_fits(model, {k: tuple(v.shape) for k, v in state.items()}, path)
+        _load_state(model, state, path)
+    elif _is_safetensors(path):
         shapes = _safetensors_shapes(path)
         _check_sha(path)
         _check_fits(model, shapes, path)
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
+        # load_file + load_state_dict rather than load_model: a plain file (`save_state`,
+        # other tools) holds every name of a tied tensor, which load_model rejects.
         try:
-            load_model(model, str(path), strict=True)
+            state = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure here is the file's
             raise CollapsekitError(f"checkpoint {path} could not be loaded: {_first_line(exc)}") from None
+        _load_state(model, state, path)
     else:
         state = _torch_state(path)
         _check_fits(model, {k: tuple(v.shape) for k, v in state.items()}, path)
-        _fill_tied(model, state)
-        try:
-            model.load_state_dict(state, strict=True)
-        except Exception as exc:  # noqa: BLE001
-            raise CollapsekitError(f"checkpoint {path} could not be loaded: {_first_line(exc)}") from None
+        _load_state(model, state, path)
     return model
+
+
+def _load_state(model: nn.Module, state: dict, path: Path) -> None:
+    _fill_tied(model, state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CollapsekitError(f"checkpoint {path} could not be loaded: {_first_line(exc)}") from None
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -113,7 +171,8 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _check_sha(path: Path) -> None:
-    expected = read_meta(path).get(SHA_KEY)
+    # The sidecar's hash only: a sparse checkpoint's header meta may carry the hash of the dense file it came from.
+    expected = read_meta(path).get(SHA_KEY) if sidecar_path(path).is_file() else None
     if expected and expected != _sha256(path):
         raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: its sha256 differs from the one "
                                f"recorded in {sidecar_path(path).name}")
@@ -204,4 +263,4 @@ def _json_default(obj):
     return str(obj)  # Path, torch.device, dtype...
 
 
-__all__ = ["save", "read_meta", "load_into", "sidecar_path"]
+__all__ = ["save", "save_state", "save_pruned", "read_meta", "load_into", "sidecar_path"]

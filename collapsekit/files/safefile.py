@@ -1,21 +1,35 @@
-"""Reading collapsekit's own safetensors files: a format tag in the header, no pickles, one-line errors."""
+"""Reading collapsekit's own safetensors files: a format tag and version in the header, no pickles, one-line errors."""
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from collapsekit.errors import CollapsekitError
 
 
-def read_tagged(path, fmt: str, what: str, json_keys: tuple[str, ...] = ()) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(header metadata with `json_keys` decoded, tensors) of a safetensors file whose header says format `fmt`.
+def format_version(meta: dict) -> int:
+    """The header's `format_version` (files before it was introduced say `version`; none at all reads as 1)."""
+    raw = meta.get("format_version", meta.get("version", "1"))
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise CollapsekitError(f"format_version {raw!r} is not an integer") from None
 
-    `what` names the file in errors ("mask file"); a missing, truncated or foreign
-    file raises CollapsekitError rather than a library traceback.
+
+@contextlib.contextmanager
+def open_tagged(path, what: str, newest: dict[str, int]) -> Iterator[tuple[object, dict]]:
+    """Yields (safe_open handle, header metadata) of a safetensors file whose format is a key of `newest`.
+
+    `newest` maps each accepted format tag to the newest format_version this
+    collapsekit reads; a newer file is refused rather than misread. `what`
+    names the file in errors ("mask file"). A missing, truncated, foreign or
+    newer file, and any failure while the caller reads it inside the `with`,
+    raise a one-line CollapsekitError naming the path.
     """
-    import json
-
     from safetensors import safe_open
 
     path = Path(path)
@@ -24,13 +38,40 @@ def read_tagged(path, fmt: str, what: str, json_keys: tuple[str, ...] = ()) -> t
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
-            if meta.get("format") != fmt:
-                raise CollapsekitError(f"{path} is not a collapsekit {what} (format {meta.get('format')!r})")
-            for key in json_keys:
-                meta[key] = json.loads(meta[key])
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    except CollapsekitError:
-        raise
+            fmt = meta.get("format")
+            if fmt not in newest:
+                raise CollapsekitError(f"{path} is not a collapsekit {what} (format {fmt!r})")
+            try:
+                version = format_version(meta)
+            except CollapsekitError as exc:
+                raise CollapsekitError(f"{what} {path}: {exc}") from None
+            if version > newest[fmt]:
+                raise CollapsekitError(f"{what} {path} has format_version {version}, newer than the {newest[fmt]} "
+                                       "this collapsekit reads: upgrade collapsekit")
+            yield fh, meta
+    except CollapsekitError as exc:
+        if str(path) in str(exc):
+            raise
+        raise CollapsekitError(f"{what} {path} is corrupt: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - truncated file, bad header, missing key
-        raise CollapsekitError(f"{what} {path} is corrupt: {type(exc).__name__}: {exc}") from None
+        text = str(exc).strip().splitlines()
+        raise CollapsekitError(f"{what} {path} is corrupt or truncated: {type(exc).__name__}: "
+                               f"{text[0] if text else ''}") from None
+
+
+def read_tagged(path, fmt: str, what: str, json_keys: tuple[str, ...] = (),
+                newest: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(header metadata with `json_keys` decoded, tensors) of a safetensors file whose header says format `fmt`.
+
+    `newest` (default: any) is the newest format_version accepted. `what` names
+    the file in errors; a missing, truncated, foreign or newer file raises
+    CollapsekitError rather than a library traceback.
+    """
+    with open_tagged(path, what, {fmt: newest if newest is not None else 1 << 30}) as (fh, meta):
+        for key in json_keys:
+            meta[key] = json.loads(meta[key])
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     return meta, tensors
+
+
+__all__ = ["open_tagged", "read_tagged", "format_version"]

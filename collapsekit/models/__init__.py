@@ -1,31 +1,11 @@
 """The model zoo: plain-torch factories by name, plus any importable `package.module:factory`."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.models.registry import _LAYOUT, _REGISTRY, register
 from collapsekit.spec import call_with_accepted, load_callable
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_LAYOUT: dict[str, str] = {}
-
-
-def register(name: str, layout: str = "image"):
-    """Decorator that adds a factory `f(num_classes, in_channels, input_size, **kw)` to the zoo.
-
-    `layout` says what the input looks like: "image" is [B, C, S, S] and "sequence"
-    is [B, S, C] (S = input_size steps of C = in_channels features).
-    """
-
-    def wrap(factory):
-        _REGISTRY[name] = factory
-        _LAYOUT[name] = layout
-        return factory
-
-    return wrap
-
 
 def input_shape(spec: str, in_channels: int = 3, input_size: int = 32, batch: int = 1) -> tuple[int, ...]:
     """The input shape a zoo model (or, as an image model, any other spec) takes."""

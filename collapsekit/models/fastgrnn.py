@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from collapsekit.models import register
+from collapsekit.models.registry import register
 
 
 class FastGRNNClassifier(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from collapsekit.models import register
+from collapsekit.models.registry import register
 from collapsekit.models.blocks import PooledClassifier, conv_bn, init_weights
 
 # (output channels, stride) of the 13 depthwise-separable layers (Howard et al. 2017, Table 1).

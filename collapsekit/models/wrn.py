@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from collapsekit.models import register
+from collapsekit.models.registry import register
 from collapsekit.models.blocks import PooledClassifier, bn_relu, init_weights
 
 
@@ -68,25 +68,17 @@ def wrn(depth: int, widen_factor: int, num_classes: int = 10, in_channels: int =
     return init_weights(WideResNet(depth, widen_factor, num_classes, in_channels, dropout))
 
 
-@register("wrn_16_2")
-def wrn_16_2(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw) -> nn.Module:
-    """Returns WRN-16-2 (Zagoruyko & Komodakis 2016): 0.69M parameters for 10 classes."""
-    return wrn(16, 2, num_classes, in_channels, input_size, dropout=kw.get("dropout", 0.0))
+def _register_wrn(depth: int, widen_factor: int, params: str) -> None:
+    """Adds WRN-`depth`-`widen_factor` to the zoo as `wrn_<depth>_<widen_factor>`."""
+
+    def factory(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw) -> nn.Module:
+        return wrn(depth, widen_factor, num_classes, in_channels, input_size, dropout=kw.get("dropout", 0.0))
+
+    factory.__name__ = f"wrn_{depth}_{widen_factor}"
+    factory.__doc__ = f"Returns WRN-{depth}-{widen_factor} (Zagoruyko & Komodakis 2016): {params} parameters for 10 classes."
+    register(factory.__name__)(factory)
 
 
-@register("wrn_16_4")
-def wrn_16_4(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw) -> nn.Module:
-    """Returns WRN-16-4 (Zagoruyko & Komodakis 2016): 2.7M parameters for 10 classes."""
-    return wrn(16, 4, num_classes, in_channels, input_size, dropout=kw.get("dropout", 0.0))
-
-
-@register("wrn_28_8")
-def wrn_28_8(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw) -> nn.Module:
-    """Returns WRN-28-8 (Zagoruyko & Komodakis 2016): 23.4M parameters for 10 classes."""
-    return wrn(28, 8, num_classes, in_channels, input_size, dropout=kw.get("dropout", 0.0))
-
-
-@register("wrn_28_10")
-def wrn_28_10(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kw) -> nn.Module:
-    """Returns WRN-28-10 (Zagoruyko & Komodakis 2016): 36.5M parameters for 10 classes."""
-    return wrn(28, 10, num_classes, in_channels, input_size, dropout=kw.get("dropout", 0.0))
+# The zoo's WideResNets, with the parameter counts the paper reports.
+for _depth, _widen, _params in ((16, 2, "0.69M"), (16, 4, "2.7M"), (28, 8, "23.4M"), (28, 10, "36.5M")):
+    _register_wrn(_depth, _widen, _params)

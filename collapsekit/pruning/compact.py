@@ -18,6 +18,9 @@ channel of a group is removed from every tensor of the group at once when either
 Groups that reach the model's input or output, or an op that may depend on the
 channel count (grouped conv, reshapes with literal sizes, indexing), are pinned:
 kept whole, which is always correct. Ops with no rule raise CollapsekitError.
+Per module type a `LayerHandler` (HANDLERS) says how it reads channels and how
+it is rebuilt; functions and methods have a role rule in ROLES; the channel
+groups are a networkx UnionFind.
 Outputs equal the masked model's in eval mode (batch norm with running stats).
 """
 from __future__ import annotations
@@ -30,98 +33,195 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from networkx.utils import UnionFind
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.prunable import find_prunable
+from collapsekit.analysis.rules import RuleTable
 from collapsekit.pruning.prune import apply_masks, check_masks
-from collapsekit.analysis.trace import trace
+from collapsekit.analysis.trace import TracedModel, trace
 
-# -- roles of nodes (STYLE.md 2: one table per node kind) -----------------------------------
+# -- roles of nodes ----------------------------------------------------------------------------
 LAYER, CHANNELWISE, PASSTHROUGH, JOIN, FLATTEN, PIN, SCALAR = (
     "layer", "channelwise", "passthrough", "join", "flatten", "pin", "scalar")
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_PASSTHROUGH_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-                        nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
-                        nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                        nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-                        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                        nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_PASSTHROUGH_FUNCTIONS = {F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
-                          F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.sigmoid, F.tanh, torch.relu,
-                          torch.sigmoid, torch.tanh, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d,
-                          F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-                          F.adaptive_avg_pool3d, F.adaptive_max_pool2d}
-_JOIN_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, torch.add, torch.sub,
-                   torch.mul}
-_PASSTHROUGH_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach"}
-_JOIN_METHODS = {"add", "add_", "sub", "mul", "mul_", "__add__", "__mul__"}
-# Ops that may select or count channels: kept whole, never an error.
-_PIN_FUNCTIONS = {torch.cat, torch.concat, torch.stack, torch.chunk, torch.split, operator.getitem,
-                  torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze, torch.channel_shuffle,
-                  F.interpolate, F.pad, torch.mean, torch.sum, F.softmax, F.log_softmax, torch.softmax}
-_PIN_METHODS = {"view", "reshape", "permute", "transpose", "unsqueeze", "squeeze", "chunk", "split", "expand",
-                "mean", "sum", "softmax", "log_softmax", "__getitem__", "flatten"}
+
+class LayerHandler:
+    """How compaction reads and rebuilds one module type (STYLE.md 2: Torch-Pruning's per-type pruners).
+
+    `role` says how the module treats channels at a node: LAYER starts a channel
+    group with its output channels, CHANNELWISE maps channel c to channel c with
+    per-channel state, PASSTHROUGH has no state, FLATTEN folds spatial dims into
+    features, PIN may depend on the channel count (its operands are kept whole).
+    """
+
+    weighted = False  # holds a prunable weight whose dead channels the flow reports
+
+    def __init__(self, role: str | None = None):
+        self.fixed_role = role
+
+    def role(self, module: nn.Module, node: fx.Node) -> str:
+        return self.fixed_role
+
+    def resize(self, new: nn.Module, out_channels: int, in_channels: int) -> None:
+        """Updates a rebuilt module's channel counts after its tensors were sliced."""
+        raise NotImplementedError(type(new).__name__)
+
+    def rebuild_layer(self, module: nn.Module, out_idx, in_idx, fold) -> nn.Module:
+        """A copy of a LAYER module keeping output channels `out_idx` and input features `in_idx`
+        (None: all), with `fold` (float64) added to its bias."""
+        new = _slice_layer(module, out_idx, in_idx, fold)
+        self.resize(new, new.weight.shape[0], new.weight.shape[1] * getattr(module, "groups", 1))
+        return new
+
+    def rebuild_channels(self, module: nn.Module, idx: torch.Tensor) -> nn.Module:
+        """A copy of a CHANNELWISE module keeping channels `idx` of every per-channel tensor."""
+        new = _slice_channels(module, idx)
+        self.resize(new, int(idx.numel()), int(idx.numel()))
+        return new
 
 
-def _module_role(module: nn.Module, node: fx.Node) -> str | None:
-    x = _meta_shape(node.args[0]) if node.args else None
-    if isinstance(module, _CONV):
+class _Conv(LayerHandler):
+    weighted = True
+
+    def role(self, module, node):
         if module.groups == 1:
             return LAYER
         if module.groups == module.in_channels == module.out_channels:
             return CHANNELWISE  # depthwise: output channel c reads input channel c only
         return PIN
-    if isinstance(module, nn.Linear):
+
+    def resize(self, new, out_channels, in_channels):
+        if new.groups > 1:  # depthwise, sliced channel by channel
+            new.in_channels = new.out_channels = new.groups = out_channels
+        else:
+            new.out_channels, new.in_channels = out_channels, in_channels
+
+    def contribution(self, module, w64: torch.Tensor, value: torch.Tensor, channel: int, factor: int):
+        """The bias gained from constant input `channel`, or None where zero padding makes it position-dependent."""
+        x = value[channel].double()[None, None]
+        out = module._conv_forward(x, w64[:, channel:channel + 1], None)[0]
+        flat = out.reshape(out.shape[0], -1)
+        spread = (flat - flat[:, :1]).abs().max()
+        if spread > 1e-10 * flat.abs().max() + 1e-300:
+            return None  # zero padding makes the border sums differ: the channel stays
+        return flat[:, 0]
+
+
+class _Linear(LayerHandler):
+    weighted = True
+
+    def role(self, module, node):
+        x = _meta_shape(node.args[0]) if node.args else None
         return LAYER if x is not None and len(x) == 2 else PIN
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+
+    def resize(self, new, out_channels, in_channels):
+        new.out_features, new.in_features = out_channels, in_channels
+
+    def contribution(self, module, w64, value, channel, factor):
+        """The bias gained from constant input `channel` (its `factor` flattened features)."""
+        cols = slice(channel * factor, (channel + 1) * factor)
+        return w64[:, cols] @ value.reshape(-1)[cols].double()
+
+
+class _BatchNorm(LayerHandler):
+    def role(self, module, node):
         return CHANNELWISE
-    if isinstance(module, _PASSTHROUGH_MODULES):
-        return PASSTHROUGH
-    if isinstance(module, nn.Flatten):
+
+    def resize(self, new, out_channels, in_channels):
+        new.num_features = out_channels
+
+
+class _Flatten(LayerHandler):
+    def role(self, module, node):
         return FLATTEN if module.start_dim == 1 and module.end_dim == -1 else PIN
-    if isinstance(module, (nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.Unflatten,
-                           nn.Softmax, nn.LogSoftmax)):
-        return PIN
-    return None
 
 
-def _function_role(node: fx.Node) -> str | None:
-    fn = node.target
-    if fn in _PASSTHROUGH_FUNCTIONS:
-        return PASSTHROUGH
-    if fn in _JOIN_FUNCTIONS:
-        return JOIN
-    if fn is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return FLATTEN if (start, end) == (1, -1) else PIN
-    if fn is operator.getitem and not isinstance(node.args[0], fx.Node):
-        return SCALAR
-    if fn is operator.getitem and _meta_shape(node.args[0]) is None:
+HANDLERS: dict[type, LayerHandler] = {}
+
+
+def register(handler: LayerHandler, *types: type) -> None:
+    """Files `handler` under each module type (subclasses inherit it)."""
+    for t in types:
+        HANDLERS[t] = handler
+
+
+def handler_for(module: nn.Module) -> LayerHandler | None:
+    return next((HANDLERS[t] for t in type(module).__mro__ if t in HANDLERS), None)
+
+
+register(_Conv(), nn.Conv1d, nn.Conv2d, nn.Conv3d)
+register(_Linear(), nn.Linear)
+register(_BatchNorm(), nn.modules.batchnorm._BatchNorm)
+register(_Flatten(), nn.Flatten)
+register(LayerHandler(PASSTHROUGH), nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+         nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
+         nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+         nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+register(LayerHandler(PIN), nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.Unflatten,
+         nn.Softmax, nn.LogSoftmax)
+
+# Functions and tensor methods: rule(node) -> role, in one rules.RuleTable.
+ROLES = RuleTable()
+
+
+def _fixed(role: str):
+    return lambda node: role
+
+
+ROLES.function(F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
+               F.hardtanh, F.softplus, F.dropout, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
+               F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+               F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+               F.adaptive_max_pool2d)(_fixed(PASSTHROUGH))
+ROLES.function(operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, torch.add, torch.sub,
+               torch.mul)(_fixed(JOIN))
+# Ops that may select or count channels: kept whole, never an error. `getattr` is
+# x.shape: whatever uses it sees the group's channel count unchanged.
+ROLES.function(torch.cat, torch.concat, torch.stack, torch.chunk, torch.split, torch.reshape, torch.permute,
+               torch.transpose, torch.squeeze, torch.unsqueeze, torch.channel_shuffle, F.interpolate, F.pad,
+               torch.mean, torch.sum, F.softmax, F.log_softmax, torch.softmax, getattr)(_fixed(PIN))
+ROLES.method("relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach")(_fixed(PASSTHROUGH))
+ROLES.method("add", "add_", "sub", "mul", "mul_", "__add__", "__mul__")(_fixed(JOIN))
+ROLES.method("permute", "transpose", "unsqueeze", "squeeze", "chunk", "split", "expand", "mean", "sum", "softmax",
+             "log_softmax", "__getitem__")(_fixed(PIN))
+
+
+@ROLES.function(torch.flatten)
+def _flatten_function(node):
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    return FLATTEN if (start, end) == (1, -1) else PIN
+
+
+@ROLES.function(operator.getitem)
+def _getitem(node):
+    if not isinstance(node.args[0], fx.Node) or _meta_shape(node.args[0]) is None:
         return SCALAR  # indexing a torch.Size or tuple
-    if fn is getattr:
-        return PIN  # x.shape: whatever uses it sees the group's channel count unchanged
-    if fn in _PIN_FUNCTIONS:
-        return PIN
-    return None
+    return PIN
 
 
-def _method_role(node: fx.Node) -> str | None:
-    name = node.target
-    if name == "size" or name == "dim":
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return SCALAR if (name == "dim" or dim == 0) else PIN
-    if name in _PASSTHROUGH_METHODS:
-        return PASSTHROUGH
-    if name in _JOIN_METHODS:
-        return JOIN
-    if name in ("view", "reshape", "flatten") and _is_flatten_call(node):
-        return FLATTEN
-    if name in _PIN_METHODS:
-        return PIN
-    return None
+@ROLES.method("size", "dim")
+def _size(node):
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return SCALAR if (node.target == "dim" or dim == 0) else PIN
+
+
+@ROLES.method("view", "reshape", "flatten")
+def _reshape(node):
+    return FLATTEN if _is_flatten_call(node) else PIN
+
+
+def _role(node: fx.Node, module: nn.Module | None) -> str | None:
+    """The node's role, or None where compaction has no rule for its op."""
+    if module is not None:
+        handler = handler_for(module)
+        return handler.role(module, node) if handler is not None else None
+    rule = ROLES.for_node(node)
+    return rule.fn(node) if rule is not None else None
 
 
 def _is_flatten_call(node: fx.Node) -> bool:
@@ -148,9 +248,9 @@ def _meta_shape(arg):
 # -- the plan: channel groups over the graph --------------------------------------------------
 @dataclass
 class _Plan:
-    parent: dict[int, int] = field(default_factory=dict)
-    channels: dict[int, int] = field(default_factory=dict)
-    pinned: set[int] = field(default_factory=set)
+    groups: UnionFind = field(default_factory=UnionFind)  # channel groups coupled through joins
+    channels: dict[int, int] = field(default_factory=dict)  # group id -> channel count
+    pinned: set[int] = field(default_factory=set)  # roots of groups kept whole
     of: dict[fx.Node, tuple[int, int]] = field(default_factory=dict)  # node -> (group, factor)
     layers: list[tuple[fx.Node, nn.Module]] = field(default_factory=list)
     channelwise: list[tuple[fx.Node, nn.Module]] = field(default_factory=list)
@@ -158,25 +258,26 @@ class _Plan:
     inputs: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)
 
     def new(self, channels: int, pinned: bool = False) -> int:
-        gid = len(self.parent)
-        self.parent[gid], self.channels[gid] = gid, channels
+        gid = len(self.channels)
+        self.channels[gid] = channels
+        self.groups.union(gid)  # a singleton set
         if pinned:
             self.pinned.add(gid)
         return gid
 
     def find(self, gid: int) -> int:
-        while self.parent[gid] != gid:
-            self.parent[gid] = self.parent[self.parent[gid]]
-            gid = self.parent[gid]
-        return gid
+        return self.groups[gid]
 
     def union(self, a: int, b: int) -> int:
-        a, b = self.find(a), self.find(b)
-        if a != b:
-            self.parent[b] = a
-            if b in self.pinned:
-                self.pinned.add(a)
-        return a
+        pinned = self.is_pinned(a) or self.is_pinned(b)
+        self.groups.union(a, b)
+        root = self.find(a)
+        if pinned:
+            self.pinned.add(root)
+        return root
+
+    def roots(self) -> list[int]:
+        return sorted({self.find(g) for g in self.channels})
 
     def group(self, node: fx.Node) -> int:
         return self.find(self.of[node][0])
@@ -220,16 +321,12 @@ def _plan(gm: fx.GraphModule) -> _Plan:
             unsupported.append(f"get_attr {node.target}")
             continue
         module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        role = _role(node, module)
         if module is not None:
-            role = _module_role(module, node)
             has_state = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
             if role is not None and has_state and calls[node.target] > 1:
                 unsupported.append(f"{node.target} ({type(module).__name__}) called {calls[node.target]} times")
                 continue
-        elif node.op == "call_function":
-            role = _function_role(node)
-        else:
-            role = _method_role(node)
         if role is None:
             what = type(module).__name__ if module is not None else getattr(node.target, "__name__", node.target)
             unsupported.append(f"{node.name} ({what})")
@@ -301,7 +398,7 @@ def _channel_liveness(gm: fx.GraphModule, plan: _Plan, flow) -> dict[fx.Node, to
             continue
         channels = plan.channels[plan.group(node)]
         role, inputs = plan.role.get(node), plan.inputs.get(node, [])
-        if role == LAYER or (role == CHANNELWISE and isinstance(gm.get_submodule(node.target), _CONV)):
+        if role == LAYER or (role == CHANNELWISE and handler_for(gm.get_submodule(node.target)).weighted):
             a = torch.ones(channels, dtype=torch.bool)
             a[flow.dead_channels.get(f"{node.target}.weight", [])] = False
             if role == CHANNELWISE:
@@ -332,20 +429,6 @@ class _Capture(fx.Interpreter):
         return out
 
 
-def _contribution(module: nn.Module, w64: torch.Tensor, value: torch.Tensor, channel: int, factor: int):
-    """The bias a reading layer gains from constant input `channel` (float64), or None if not position-free."""
-    if isinstance(module, nn.Linear):
-        cols = slice(channel * factor, (channel + 1) * factor)
-        return w64[:, cols] @ value.reshape(-1)[cols].double()
-    x = value[channel].double()[None, None]
-    out = module._conv_forward(x, w64[:, channel:channel + 1], None)[0]
-    flat = out.reshape(out.shape[0], -1)
-    spread = (flat - flat[:, :1]).abs().max()
-    if spread > 1e-10 * flat.abs().max() + 1e-300:
-        return None  # zero padding makes the border sums differ: the channel stays
-    return flat[:, 0]
-
-
 @dataclass(frozen=True)
 class _Decision:
     keep: dict[int, torch.Tensor | None]  # group -> kept channel indices (None: all)
@@ -355,7 +438,7 @@ class _Decision:
 def _decide(plan: _Plan, flow, live, values) -> _Decision:
     in_group: dict[int, list[str]] = {}
     for node, module in plan.layers + plan.channelwise:
-        if isinstance(module, _CONV + (nn.Linear,)):
+        if handler_for(module).weighted:
             in_group.setdefault(plan.group(node), []).append(f"{node.target}.weight")
     readers: dict[int, list[tuple[fx.Node, nn.Module, fx.Node]]] = {}
     for node, module in plan.layers:
@@ -364,7 +447,7 @@ def _decide(plan: _Plan, flow, live, values) -> _Decision:
     keep: dict[int, torch.Tensor | None] = {}
     folds: dict[fx.Node, torch.Tensor] = {}
     w64: dict[fx.Node, torch.Tensor] = {}  # readers' weights in float64, converted once
-    for gid in sorted({plan.find(g) for g in plan.parent}):
+    for gid in plan.roots():
         if gid in plan.pinned or gid not in in_group:
             continue
         channels = plan.channels[gid]
@@ -381,7 +464,7 @@ def _decide(plan: _Plan, flow, live, values) -> _Decision:
             for node, module, src in group_readers:
                 if node not in w64:
                     w64[node] = module.weight.detach().double()
-                part = _contribution(module, w64[node], values[src], c, plan.factor(src))
+                part = handler_for(module).contribution(module, w64[node], values[src], c, plan.factor(src))
                 if part is None:
                     break
                 parts.append((node, part))
@@ -415,7 +498,7 @@ def _param(tensor: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(tensor.to(like.dtype).contiguous(), requires_grad=like.requires_grad)
 
 
-def _rebuild_layer(module: nn.Module, out_idx, in_idx, fold) -> nn.Module:
+def _slice_layer(module: nn.Module, out_idx, in_idx, fold) -> nn.Module:
     new = copy.deepcopy(module)
     with torch.no_grad():
         w = module.weight.detach()
@@ -432,14 +515,10 @@ def _rebuild_layer(module: nn.Module, out_idx, in_idx, fold) -> nn.Module:
             bias = nn.Parameter(bias_value, requires_grad=module.weight.requires_grad)
         if bias is not None:
             new.bias = _param(bias.detach()[out_idx] if out_idx is not None else bias.detach(), bias)
-    if isinstance(module, nn.Linear):
-        new.out_features, new.in_features = w.shape[0], w.shape[1]
-    else:
-        new.out_channels, new.in_channels = w.shape[0], w.shape[1] * module.groups
     return new
 
 
-def _rebuild_channelwise(module: nn.Module, idx: torch.Tensor) -> nn.Module:
+def _slice_channels(module: nn.Module, idx: torch.Tensor) -> nn.Module:
     new = copy.deepcopy(module)
     with torch.no_grad():
         for name, p in list(module.named_parameters(recurse=False)):
@@ -447,16 +526,14 @@ def _rebuild_channelwise(module: nn.Module, idx: torch.Tensor) -> nn.Module:
         for name, b in list(module.named_buffers(recurse=False)):
             if b is not None and b.ndim > 0:
                 setattr(new, name, b.detach()[idx].clone())
-    n = int(idx.numel())
-    if isinstance(module, _CONV):
-        new.in_channels = new.out_channels = new.groups = n
-    else:
-        new.num_features = n
     return new
 
 
-def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) -> fx.GraphModule:
+def compact(model, masks: dict[str, torch.Tensor], example_inputs=None) -> fx.GraphModule:
     """A smaller dense fx.GraphModule (eval mode) computing what `model` masked by `masks` computes.
+
+    `model` is an nn.Module (traced here on `example_inputs`) or an Analysis,
+    whose traced graph is copied instead of tracing again.
 
     Dead and unused channels (flow.run_flow) are sliced out of every conv, linear,
     batch norm and depthwise conv; a dead channel's constant is folded into the
@@ -464,16 +541,10 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) ->
     not changed. Outputs match the masked model's in eval mode up to float
     rounding. Raises CollapsekitError for graphs with ops it has no rule for.
     """
-    check_masks(model, masks)
-    masked = copy.deepcopy(model).eval()
-    apply_masks(masked, masks)
-    traced = trace(masked, example_inputs)
-    if traced.method != "symbolic_trace":
-        raise CollapsekitError(f"compact needs a torch.fx symbolic trace; {type(model).__name__} only "
-                               "traces through torch.export")
+    traced = _masked_trace(model, masks, example_inputs)
     gm = traced.gm
     plan = _plan(gm)
-    weights = find_prunable(masked)
+    weights = find_prunable(gm)
     keep = [next((masks[n] for n in (w.name, *w.aliases) if n in masks), None) for w in weights]
     keep = [k.cpu() if k is not None else torch.ones(w.shape, dtype=torch.bool) for k, w in zip(keep, weights)]
     flow = run_flow(traced, weights, keep, backward=True)
@@ -488,12 +559,37 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs) ->
         in_idx = _features(plan, decision, node.args[0])
         fold = decision.folds.get(node)
         if out_idx is not None or in_idx is not None or fold is not None:
-            gm.set_submodule(node.target, _rebuild_layer(module, out_idx, in_idx, fold))
+            gm.set_submodule(node.target, handler_for(module).rebuild_layer(module, out_idx, in_idx, fold))
     for node, module in plan.channelwise:
         idx = _features(plan, decision, node)
         if idx is not None:
-            gm.set_submodule(node.target, _rebuild_channelwise(module, idx))
+            gm.set_submodule(node.target, handler_for(module).rebuild_channels(module, idx))
     return gm.eval()
+
+
+def _masked_trace(model, masks: dict[str, torch.Tensor], example_inputs) -> TracedModel:
+    """The symbolic trace of a masked copy of `model`; an Analysis's trace is copied, not redone."""
+    from collapsekit.analysis.analysis import Analysis
+
+    if isinstance(model, Analysis):
+        source = model.traced
+        _require_symbolic(source, model.name)
+        check_masks(source.gm, masks)  # fx keeps the module hierarchy: the same parameter names
+        gm = copy.deepcopy(source.gm).eval()  # new modules: the user's stay as they are
+        return TracedModel(apply_masks(gm, masks), source.example_inputs, source.method)
+    if example_inputs is None:
+        raise CollapsekitError("compact needs example_inputs (or an Analysis) to trace the model")
+    check_masks(model, masks)
+    masked = copy.deepcopy(model).eval()
+    apply_masks(masked, masks)
+    traced = trace(masked, example_inputs)
+    _require_symbolic(traced, type(model).__name__)
+    return traced
+
+
+def _require_symbolic(traced: TracedModel, name: str) -> None:
+    if traced.method != "symbolic_trace":
+        raise CollapsekitError(f"compact needs a torch.fx symbolic trace; {name} only traces through torch.export")
 
 
 __all__ = ["compact"]

@@ -1,13 +1,17 @@
-"""Masks on disk (bit-packed safetensors) and interop with torch.nn.utils.prune's weight_orig/weight_mask form.
+"""Masks on disk (one code per mask, smallest first) and interop with torch.nn.utils.prune's weight_orig/weight_mask form.
 
-A mask file holds one uint8 tensor per parameter name: the keep-mask flattened
-in C order and packed eight to a byte (`numpy.packbits`, big bit order); the
-shapes live in the safetensors metadata. Loading parses no pickle (Invariant 6).
+The masks of a pruned model travel inside its sparse checkpoint
+(`collapsekit.pruning.export`); `load` reads them from there or from a
+separate mask file, written only on request (`prune --masks-file`). A mask file
+(format "collapsekit-masks", format_version 2) holds one uint8 tensor per
+parameter name: the keep-mask in the shortest code of
+`collapsekit.pruning.maskcode`; shapes, codes and kept counts live in the
+header's `layout`. Version 1 files (packed bits, `shapes`) still load.
+Loading parses no pickle (Invariant 6).
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +19,12 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.files.safefile import read_tagged
+from collapsekit.files.atomic import atomic_write
+from collapsekit.files.safefile import format_version, open_tagged
 
 FORMAT = "collapsekit-masks"
-VERSION = "1"
+VERSION = 2
+WHAT = "mask file"
 
 
 def pack(mask: torch.Tensor) -> torch.Tensor:
@@ -38,35 +44,45 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
 
 
 def save(masks: dict[str, torch.Tensor], path) -> Path:
-    """Path of the safetensors file written with `masks` bit-packed (an eighth of a byte per weight)."""
+    """Path of the safetensors mask file written with each of `masks` in its shortest code, atomically."""
     from safetensors.torch import save_file
+
+    from collapsekit.pruning.export import encode_mask
 
     if not isinstance(masks, dict) or not masks:
         raise CollapsekitError("masks must be a non-empty dict of parameter name -> bool tensor")
-    shapes, packed = {}, {}
+    layout, codes = {}, {}
     for name, mask in masks.items():
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise CollapsekitError(f"mask {name!r} is not a bool tensor")
-        shapes[name] = list(mask.shape)
-        packed[name] = pack(mask)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(packed, str(tmp), metadata={"format": FORMAT, "version": VERSION, "shapes": json.dumps(shapes)})
-    os.replace(tmp, path)
-    return path
+        codes[name], code = encode_mask(mask)
+        layout[name] = [list(mask.shape), *code, int(mask.sum())]
+    metadata = {"format": FORMAT, "format_version": str(VERSION),
+                "layout": json.dumps(layout, separators=(",", ":"))}
+    return atomic_write(path, lambda tmp: save_file(codes, str(tmp), metadata=metadata))
 
 
 def load(path) -> dict[str, torch.Tensor]:
-    """The bool keep-masks stored by `save`, by parameter name."""
-    meta, packed = read_tagged(path, FORMAT, "mask file", json_keys=("shapes",))
-    shapes = meta["shapes"]
-    try:
-        masks = {name: unpack(bits, shapes[name]) for name, bits in packed.items()}
-    except Exception as exc:  # noqa: BLE001 - a missing or wrong shape
-        raise CollapsekitError(f"mask file {path} is corrupt: {type(exc).__name__}: {exc}") from None
+    """The bool keep-masks by parameter name, from a pruned model's sparse checkpoint or a mask file.
+
+    Every command and function that takes masks reads them through here, so
+    both files serve; anything else raises a one-line CollapsekitError.
+    """
+    from collapsekit.pruning import export
+
+    if export.is_sparse_checkpoint(path):
+        return export.read_masks(path)
+    with open_tagged(path, "mask file (or sparse checkpoint)", {FORMAT: VERSION}) as (fh, meta):
+        if format_version(meta) == 1:
+            shapes = json.loads(meta["shapes"])
+            masks = {name: unpack(fh.get_tensor(name), shapes[name]) for name in fh.keys()}
+        else:
+            layout = json.loads(meta["layout"])
+            masks = {name: export.decode_mask(fh.get_tensor(name), form, parameter, shape, kept)
+                     for name, (shape, form, parameter, kept) in layout.items()}
+            shapes = layout
     if set(masks) != set(shapes):
-        raise CollapsekitError(f"mask file {path} lists shapes for masks it does not hold")
+        raise CollapsekitError(f"mask file {path} lists masks it does not hold")
     return masks
 
 

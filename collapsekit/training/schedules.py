@@ -2,15 +2,17 @@
 
 A PruningSchedule says before which epoch to prune to which global sparsity and
 where the learning rate starts over; `finetune.finetune(..., plan=...)` executes
-it, pruning with `ck.prune` (Global MP over the current weights, + MT) at each
-event. Weights already zero go first in Global MP, so each event's masks lie
-inside the previous ones.
+it (`finetune.prune_and_finetune` builds the plan by name), pruning with
+`ck.prune` (Global MP over the current weights, + MT) at each event. Weights
+already zero go first in Global MP, so each event's masks lie inside the
+previous ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.training.train import lr_segment
 
 NAMES = ("oneshot", "gradual", "imp")
 
@@ -47,10 +49,7 @@ class PruningSchedule:
 
     def segment(self, epoch: int) -> tuple[int, int]:
         """(first epoch, number of epochs) of the learning-rate segment holding `epoch`."""
-        starts = sorted(self.restarts)
-        first = max(s for s in starts if s <= epoch)
-        nxt = min((s for s in starts if s > epoch), default=self.epochs + 1)
-        return first, nxt - first
+        return lr_segment(epoch, self.restarts, self.epochs)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "epochs": self.epochs, "events": [list(e) for e in self.events],
@@ -142,28 +141,10 @@ def make(name: str, sparsity: float, epochs: int, rounds: int | None = None, ste
     raise CollapsekitError(f"unknown pruning schedule {name!r} (use {', '.join(NAMES)})")
 
 
-def prune_and_finetune(model, bundle, sparsity: float, epochs: int, schedule: str | PruningSchedule = "oneshot",
-                       mt=None, rounds: int | None = None, steps: int | None = None, **kwargs):
-    """FinetuneResult of pruning `model` in place to `sparsity` with a schedule and fine-tuning it masked.
-
-    Every schedule is a plan of prune events run by the one engine
-    (`finetune.finetune(..., plan=...)`), which prunes with `ck.prune` (+ `mt`)
-    before the events' epochs; a resumed run skips the events it has done and
-    takes the masks from its checkpoint. `kwargs` go to `finetune.finetune`;
-    IMP's LR decay defaults to linear (Zimmer et al.), the others' to cosine.
-    """
-    from collapsekit.training.finetune import finetune
-
-    plan = schedule if isinstance(schedule, PruningSchedule) else make(schedule, sparsity, epochs, rounds, steps)
-    if plan.name == "imp":
-        kwargs.setdefault("schedule", "linear")
-    return finetune(model, None, bundle, plan.epochs, mt=mt, plan=plan, **kwargs)
-
-
 def _check_sparsity(sparsity: float) -> None:
     if not 0.0 <= float(sparsity) < 1.0:
         raise CollapsekitError(f"sparsity must lie in [0, 1), got {sparsity}")
 
 
 __all__ = ["PruningSchedule", "cubic_sparsity", "imp_rate", "imp_sparsity", "oneshot", "gradual", "imp", "make",
-           "prune_and_finetune", "NAMES"]
+           "NAMES"]

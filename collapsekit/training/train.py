@@ -1,4 +1,4 @@
-"""Dense training and evaluation: one `fit` loop that pruning's masked fine-tune reuses through hooks."""
+"""Dense training and evaluation: one `fit` loop that masked fine-tuning reuses through callbacks."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -120,8 +120,8 @@ def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     raise CollapsekitError(f"unknown optimizer {name!r} (use sgd, adam or adamw)")
 
 
-# Learning-rate factor at progress t in [0, 1), applied after every step.
-SCHEDULES: dict[str, Callable[[float], float]] = {
+# Learning-rate factor at progress t in [0, 1) of a decay, set before every step.
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
     # Linear decay to zero: Zimmer et al.'s short retraining after pruning.
     "linear": lambda t: 1.0 - t,
@@ -144,47 +144,115 @@ def augment_flip_crop(x: torch.Tensor, generator: torch.Generator | None = None,
     return padded[batch, chan, rows, cols]
 
 
+class Callback:
+    """What `fit` calls around its epochs and steps; every method here does nothing, subclasses override some.
+
+    As OpenLTH's `train()` hands its optimizer to callbacks, each call receives
+    the run's one optimizer, so a callback reads or changes its state (masked
+    fine-tuning zeroes momentum and Adam moments at pruned positions) without
+    torch's process-wide optimizer hooks. `step` counts optimizer steps from 0
+    over the whole run; a resumed run continues the count.
+    """
+
+    def on_epoch_begin(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        """Before the first step of 1-based `epoch`."""
+
+    def on_before_step(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Gradients are computed; `optimizer.step()` comes next."""
+
+    def on_step_end(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Right after `optimizer.step()`."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict, optimizer: torch.optim.Optimizer) -> None:
+        """After the epoch's test; entries added to `metrics` reach later callbacks and the history."""
+
+
+class EpochEnd(Callback):
+    """A plain `fn(epoch, metrics)` run after each epoch (a progress line, a snapshot)."""
+
+    def __init__(self, fn: Callable[[int, dict], None]):
+        self.fn = fn
+
+    def on_epoch_end(self, epoch: int, metrics: dict, optimizer) -> None:
+        self.fn(epoch, dict(metrics))
+
+
+def lr_segment(epoch: int, restarts, epochs: int) -> tuple[int, int]:
+    """(first epoch, number of epochs) of the learning-rate segment holding 1-based `epoch`.
+
+    The decay starts from the peak again at each epoch in `restarts` (IMP's
+    rounds); (1,) is one decay over the whole run.
+    """
+    starts = sorted(restarts)
+    first = max(s for s in starts if s <= epoch)
+    nxt = min((s for s in starts if s > epoch), default=epochs + 1)
+    return first, nxt - first
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: a function of (seed, epoch) only, so an epoch run after a resume repeats exactly."""
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63)
+
+
 def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, device, seed: int,
-        optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "cosine",
-        label_smoothing: float = 0.0, after_step: Callable[[nn.Module], None] | None = None,
-        on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
-        augment: bool = False) -> TrainResult:
+        optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4, lr_schedule: str = "cosine",
+        label_smoothing: float = 0.0, callbacks: Sequence[Callback] = (), progress: bool = True,
+        augment: bool = False, start_epoch: int = 0, optimizer_state: dict | None = None,
+        lr_restarts: Sequence[int] = (1,), epoch_data: Callable[[int], Dataset] | None = None) -> TrainResult:
     """TrainResult of training `model` in place on `bundle.train`, testing on `bundle.test` after each epoch.
 
-    The learning rate follows `schedule` ("cosine", "linear" or "constant")
-    per step from `lr` to 0. `after_step(model)` runs after every optimizer
-    step (masked fine-tuning re-applies its masks there, so momentum and weight
-    decay never revive a pruned weight); `on_epoch_end(epoch, metrics)` after
-    each epoch (1-based). `augment` flips and shifts image batches (CIFAR).
+    One optimizer serves the whole run. The learning rate follows `lr_schedule`
+    ("cosine", "linear" or "constant") per step from `lr` to 0, starting over
+    at each epoch of `lr_restarts`. `callbacks` (`Callback`s) are called in
+    order around every epoch and optimizer step. Each epoch shuffles and seeds
+    torch, numpy and python from `epoch_seed(seed, epoch)`, so
+    `start_epoch=e` with the optimizer's `optimizer_state` after epoch e (and
+    the weights then) runs epochs e+1.. exactly as an uninterrupted run would;
+    the history holds those epochs only. `epoch_data(epoch)` gives an epoch's
+    training set (a DDP rank's shard; default `bundle.train`). `augment` flips
+    and shifts image batches (CIFAR).
     """
     device = resolve_device(device)
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise CollapsekitError(f"need epochs >= 0, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
-    if schedule not in SCHEDULES:
-        raise CollapsekitError(f"unknown schedule {schedule!r} (use {', '.join(SCHEDULES)})")
-    seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    if lr_schedule not in LR_SCHEDULES:
+        raise CollapsekitError(f"unknown learning-rate schedule {lr_schedule!r} (use {', '.join(LR_SCHEDULES)})")
+    if not 0 <= start_epoch <= epochs:
+        raise CollapsekitError(f"start epoch {start_epoch} outside 0..{epochs}")
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _make_optimizer(optimizer, params, lr, momentum, weight_decay)
-    steps_per_epoch = math.ceil(len(bundle.train) / batch_size)
-    total = max(1, epochs * steps_per_epoch)
-    factor = SCHEDULES[schedule]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(min(step, total) / total))
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    factor = LR_SCHEDULES[lr_schedule]
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    generator = torch.Generator()
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=epochs * steps_per_epoch, desc="train", unit="step", leave=False, dynamic_ncols=True,
-               disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(total=(epochs - start_epoch) * math.ceil(len(bundle.train) / batch_size), desc="train", unit="step",
+               leave=False, dynamic_ncols=True, disable=not (progress and sys.stderr.isatty()))
     history = []
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start_epoch + 1, epochs + 1):
             start = time.perf_counter()
+            seed_everything(epoch_seed(seed, epoch))
+            generator.manual_seed(epoch_seed(seed, epoch))
+            train = bundle.train if epoch_data is None else epoch_data(epoch)
+            steps_per_epoch = math.ceil(len(train) / batch_size)
+            bar.total = (epochs - start_epoch) * steps_per_epoch  # a shard may be smaller than bundle.train
+            first, length = lr_segment(epoch, lr_restarts, epochs)
             model.train()
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch, opt)
             loss_sum, correct, seen = 0.0, 0, 0
-            epoch_lr = opt.param_groups[0]["lr"]
-            for x, y in _batches(bundle.train, batch_size, shuffle=True, generator=generator):
+            epoch_lr = None
+            for i, (x, y) in enumerate(_batches(train, batch_size, shuffle=True, generator=generator)):
+                step = (epoch - 1) * steps_per_epoch + i
+                step_lr = lr * factor(((epoch - first) * steps_per_epoch + i) / (length * steps_per_epoch))
+                epoch_lr = step_lr if epoch_lr is None else epoch_lr
+                for group in opt.param_groups:
+                    group["lr"] = step_lr
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 if augment and x.dim() == 4:
@@ -193,10 +261,11 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
                 loss = criterion(out, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for cb in callbacks:
+                    cb.on_before_step(opt, step)
                 opt.step()
-                scheduler.step()
-                if after_step is not None:
-                    after_step(model)
+                for cb in callbacks:
+                    cb.on_step_end(opt, step)
                 batch_loss = loss.item()
                 if not math.isfinite(batch_loss):
                     raise CollapsekitError(f"training diverged (loss {batch_loss} in epoch {epoch}); lower the lr "
@@ -207,11 +276,11 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
             test_acc = evaluate(model, bundle.test, device)
-            metrics = {"epoch": epoch, "loss": loss_sum / seen, "train_acc": correct / seen,
+            metrics = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                        "test_acc": test_acc, "seconds": time.perf_counter() - start, "lr": epoch_lr}
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, metrics, opt)
             history.append(metrics)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, dict(metrics))
     finally:
         bar.close()
     accuracy = history[-1]["test_acc"] if history else evaluate(model, bundle.test, device)
@@ -221,7 +290,7 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
 def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | None = None,
                 data_path=None, input_size: int | None = None, channels: int | None = None,
                 lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
-                momentum: float = 0.9, weight_decay: float | None = None, schedule: str = "cosine",
+                momentum: float = 0.9, weight_decay: float | None = None, lr_schedule: str = "cosine",
                 label_smoothing: float = 0.0, augment: bool | None = None, device="auto", seed: int = 0,
                 progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
     """TrainResult of training model `spec` on `data`; writes `out/model.safetensors` and `out/model.json`.
@@ -253,9 +322,10 @@ def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | 
     device = resolve_device(device)
     result = fit(model, bundle, epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"], device=device,
                  seed=seed, optimizer=hp["optimizer"], momentum=momentum, weight_decay=hp["weight_decay"],
-                 schedule=schedule, label_smoothing=label_smoothing, on_epoch_end=on_epoch_end,
-                 progress=progress, augment=augment)
-    args = dict(hp, momentum=momentum, schedule=schedule, label_smoothing=label_smoothing, augment=augment,
+                 lr_schedule=lr_schedule, label_smoothing=label_smoothing,
+                 callbacks=() if on_epoch_end is None else (EpochEnd(on_epoch_end),), progress=progress,
+                 augment=augment)
+    args = dict(hp, momentum=momentum, lr_schedule=lr_schedule, label_smoothing=label_smoothing, augment=augment,
                 device=str(device))
     meta = {
         "model": spec,
@@ -292,5 +362,5 @@ def _check_model_fits_data(spec: str, model: nn.Module, bundle) -> None:
                                f"{bundle.num_classes} classes (pass --num-classes {bundle.num_classes})")
 
 
-__all__ = ["TrainResult", "evaluate", "fit", "dense_train", "defaults_for", "default_input_size", "seed_everything",
-           "augment_flip_crop", "FAMILY_DEFAULTS", "SCHEDULES"]
+__all__ = ["TrainResult", "Callback", "EpochEnd", "evaluate", "fit", "lr_segment", "epoch_seed", "dense_train",
+           "defaults_for", "default_input_size", "seed_everything", "augment_flip_crop", "FAMILY_DEFAULTS", "LR_SCHEDULES"]

@@ -83,7 +83,7 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     """ValidationReport of Global MP (+ MT) at each of `sparsities`: prediction beside prune + fine-tune.
 
     `model` is left unchanged (each level prunes a deep copy). `finetune_kwargs`
-    (device, schedule, label_smoothing, seed, optimizer...) go to
+    (device, lr_schedule, label_smoothing, seed, optimizer...) go to
     `finetune.finetune`; with `out`, each level's run goes to `out/s<sparsity>/`.
     """
     from collapsekit.analysis.analysis import Analysis

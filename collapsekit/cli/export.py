@@ -1,0 +1,36 @@
+"""`collapsekit export`: a sparse checkpoint written out as a plain dense safetensors file (and its masks, on request)."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    """Add the `export` subcommand."""
+    p = subparsers.add_parser(
+        "export", help="write a pruned (sparse) checkpoint as a plain dense safetensors file",
+        description="Decode a collapsekit sparse checkpoint (what `prune --out` and `finetune --out` write) into "
+                    "a plain safetensors state_dict that any torch or safetensors tool loads (pruned weights as "
+                    "+0.0, tied names each written out), with a .json sidecar naming the model for collapsekit; "
+                    "--masks-file writes the masks alone. The same decoding in Python: ck.load_sparse(path).")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="the sparse checkpoint to read")
+    p.add_argument("--dense", metavar="OUT", help="plain safetensors file to write, e.g. pruned-dense.safetensors")
+    p.add_argument("--masks-file", metavar="PATH", help="also write the masks alone to PATH")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Decode, write what was asked, print one line per file written."""
+    from collapsekit.errors import CollapsekitError
+    from collapsekit.files.checkpoint import save_state
+    from collapsekit.pruning import masks as mask_io
+    from collapsekit.pruning.export import load_sparse, read_sparse_meta
+
+    if not args.dense and not args.masks_file:
+        raise CollapsekitError("nothing to write: pass --dense OUT and/or --masks-file PATH")
+    state, masks = load_sparse(args.checkpoint, with_masks=True)
+    written = []
+    if args.dense:
+        written.append(save_state(state, args.dense, read_sparse_meta(args.checkpoint)))
+    if args.masks_file:
+        written.append(mask_io.save(masks, args.masks_file))
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,95 @@
+"""collapsekit.analysis.connectivity: lazily served Global MP masks and per-conv reachable taps."""
+import numpy as np
+import torch
+import torch.nn as nn
+
+from collapsekit.analysis.connectivity import Connectivity, reachable_taps
+from collapsekit.analysis.magnitudes import MagnitudeIndex
+from collapsekit.analysis.prunable import find_prunable, tensors
+from collapsekit.analysis.trace import trace
+from test_flow import TwoBlockResNet  # stem -> two identity residual blocks of 3x3 convs (8 channels) -> fc
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+def build(model, x):
+    traced = trace(model, x)
+    weights = find_prunable(model)
+    params = tensors(model, weights)
+    index = MagnitudeIndex(weights, params)
+    return Connectivity(traced, weights, params, index), weights, params, index
+
+
+def global_mp(params, k):
+    """Reference Global MP keep-masks: drop the k smallest |w| of all layers together (no ties here)."""
+    flat = torch.cat([p.detach().abs().flatten() for p in params])
+    v = flat.sort().values[k - 1] if k else -1.0
+    return [p.detach().abs() > v for p in params]
+
+
+def test_level_masks_equal_global_mp_and_the_index_on_an_mlp():
+    torch.manual_seed(0)
+    model = mlp()
+    conn, weights, params, index = build(model, torch.randn(1, 4))
+    assert index.total == 32 + 48 + 18 and conn.kmax == {} and conn.taps == {}  # no convs: no reduction
+    for k in (0, 10, 49, 90, 97):
+        level = conn.level(index.allocate(k))
+        keep = level.keep_list()
+        assert sum(int((~m).sum()) for m in keep) == k
+        for w, m, ref in zip(weights, keep, global_mp(params, k)):
+            assert torch.equal(m, ref), (k, w.name)
+            assert level.channel_conn(w.name) is None  # linear layers: only the full mask
+    assert "0.weight" in level and "0.bias" not in level
+
+
+def test_reachable_taps_by_map_size_stride_and_padding():
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    assert reachable_taps(conv, (8, 8)).tolist() == [True] * 9
+    assert torch.nonzero(reachable_taps(conv, (1, 1))).flatten().tolist() == [4]  # centre only
+    strided = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    assert torch.nonzero(reachable_taps(strided, (2, 2))).flatten().tolist() == [4, 5, 7, 8]
+    assert reachable_taps(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), (1, 1)).all()
+    assert reachable_taps(nn.Conv1d(1, 1, 5, padding=2), (2,)).tolist() == [False, True, True, True, False]
+
+
+def test_residual_net_reduces_each_conv_over_its_reachable_taps():
+    torch.manual_seed(0)
+    model = TwoBlockResNet()
+    conn, weights, params, index = build(model, torch.randn(1, 3, 1, 1))
+    names = [w.name for w in weights]
+    assert names == ["stem.weight", "b1.weight", "b2.weight", "fc.weight"]
+    assert sorted(conn.kmax) == [0, 1, 2]  # the three convs; fc has none
+    for i in (0, 1, 2):
+        assert torch.nonzero(conn.taps[i]).flatten().tolist() == [4]  # a 1x1 map: only the centre tap
+        assert torch.equal(conn.kmax[i], params[i].detach().abs()[:, :, 1, 1])
+    big, _, _, _ = build(model, torch.randn(1, 3, 8, 8))
+    assert all(bool(big.taps[i].all()) for i in (0, 1, 2))
+    assert torch.equal(big.kmax[1], params[1].detach().abs().amax((2, 3)))
+
+
+def test_channel_connectivity_equals_the_full_masks_reduced_over_reachable_taps():
+    torch.manual_seed(0)
+    model = TwoBlockResNet()
+    with torch.no_grad():  # ties at one magnitude in b1: the non-exact branch must serve them too
+        model.b1.weight.copy_(0.05 * torch.sign(model.b1.weight))
+    conn, weights, params, index = build(model, torch.randn(1, 3, 1, 1))
+    b1_kept = []
+    for k in range(0, 1401, 175):
+        level = conn.level(index.allocate(k))
+        b1_kept.append(int(level.keep("b1.weight").sum()))
+        for i, w in enumerate(weights[:3]):
+            keep = level.keep(w.name)
+            assert torch.equal(keep, index.layer_mask(i, int(level.alloc.pruned[i]), params[i]))
+            conn_pairs = level.channel_conn(w.name)
+            expected = keep.reshape(*keep.shape[:2], -1)[:, :, conn.taps[i]].any(-1)
+            assert torch.equal(conn_pairs, expected), (k, w.name)
+            # Reached pairs select which kept centre taps count as effective.
+            reached = torch.zeros_like(conn_pairs)
+            reached[:, :2] = True
+            assert level.effective_count(w.name, reached) == int(keep[:, :2, 1, 1].sum())
+            assert level.effective_count(w.name, torch.ones_like(conn_pairs)) == int(keep[:, :, 1, 1].sum())
+    assert index.total == 216 + 576 + 576 + 32
+    assert b1_kept[0] == 576 and b1_kept[-1] == 0 and np.all(np.diff(b1_kept) <= 0)
+    assert any(0 < n < 576 for n in b1_kept)  # some level cuts through b1's ties
