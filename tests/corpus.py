@@ -168,6 +168,7 @@ class ClsTokenViT(nn.Module):
     def forward(self, x):
         t = self.patch(x).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        t = t + t.mean(1, keepdim=True)  # token mixing: the cls token hears the patches
         t = t + self.mlp(t)
         return self.head(t[:, 0])
 
@@ -222,12 +223,13 @@ class EinsumAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.head = nn.Linear(dim, 4)
+        self.mix = nn.Parameter(torch.randn(dim, dim))  # a bare weight matrix, applied by einsum
         self.register_buffer("causal", torch.triu(torch.ones(6, 6, dtype=torch.bool), 1))
 
     def forward(self, x):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         scores = torch.einsum("bqd,bkd->bqk", q, k).masked_fill(self.causal, float("-inf"))
-        ctx = torch.einsum("bqk,bkd->bqd", scores.softmax(-1), v)
+        ctx = scores.softmax(-1) @ torch.einsum("bkd,de->bke", v, self.mix)
         last = torch.gather(self.out(ctx), 1, torch.full((x.shape[0], 1, ctx.shape[-1]), 5))
         picked = torch.index_select(ctx, 1, torch.tensor([0, 2]))
         return self.head(last.squeeze(1) + picked.sum(1))
@@ -323,8 +325,10 @@ def parametrized():
 def weight_normed():
     from torch.nn.utils.parametrizations import weight_norm
 
-    return nn.Sequential(weight_norm(nn.Conv2d(3, 8, 3, padding=1)), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), weight_norm(nn.Linear(8, 5)))
+    # dim=None: one norm per tensor. Per-row norms (dim=0) turn an emptied row into 0/0 = NaN,
+    # which no structural analysis can follow.
+    return nn.Sequential(weight_norm(nn.Conv2d(3, 8, 3, padding=1), dim=None), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), weight_norm(nn.Linear(8, 5), dim=None))
 
 
 class RelPosTable(nn.Module):

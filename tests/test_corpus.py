@@ -17,32 +17,13 @@ import torch.nn as nn
 
 import collapsekit as ck
 from corpus import CORPUS, build
-from invariants import check_levels
+from invariants import assert_unchanged, check_levels, snapshot
 
 pytest.importorskip("transformers")
 
 LEVELS = (0.5, 0.9, 0.99)
 FAST = [n for n, e in CORPUS.items() if not e.slow]
 SLOW = [n for n, e in CORPUS.items() if e.slow]
-
-
-def snapshot(model: nn.Module) -> dict:
-    """Everything Invariant 7 protects: parameters, buffers, flags and attribute names of every module."""
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "flags": [(n, m.training) for n, m in model.named_modules()],
-        "attrs": [(n, sorted(vars(m))) for n, m in model.named_modules()],
-        "format": [(n, p.is_contiguous(memory_format=torch.channels_last)) for n, p in model.named_parameters()],
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert after["flags"] == before["flags"] and after["attrs"] == before["attrs"]
-    assert after["format"] == before["format"]
-    assert before["state"].keys() == after["state"].keys()
-    for k, v in before["state"].items():
-        assert torch.equal(v, after["state"][k]), k
 
 
 def _check(name: str) -> None:
@@ -121,21 +102,26 @@ def tiny_t5():
 
 
 def test_weight_transform_that_moves_zeros_keeps_the_whole_weight_live():
-    # Invariant 8: standardization subtracts the mean, so an emptied standardized conv is not empty.
+    # Invariant 8: standardization subtracts the row mean, so a row that keeps one weight (reading a
+    # dead channel) becomes dense after the transform and reads the live channels too.
+    from collapsekit.analysis.flow import run_flow
     from corpus import WeightStandardized
 
     model = WeightStandardized()
-    an = ck.Analysis(model, torch.randn(1, 3, 8, 8))
-    keep = {w.name: torch.ones(w.shape, dtype=torch.bool) for w in an.weights}
-    keep["ws.weight"][:] = False
-    from collapsekit.analysis.flow import run_flow
-
-    flow = run_flow(an.traced, an.weights, [keep[w.name] for w in an.weights])
-    assert not flow.collapsed
     plain = copy.deepcopy(model)
     plain.ws = nn.Conv2d(8, 8, 3, padding=1)
-    an2 = ck.Analysis(plain, torch.randn(1, 3, 8, 8))
-    assert run_flow(an2.traced, an2.weights, [keep[w.name] for w in an2.weights]).collapsed
+    keep = {"a.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool), "ws.weight": torch.zeros(8, 8, 3, 3, dtype=torch.bool),
+            "fc.weight": torch.ones(5, 8, dtype=torch.bool)}
+    keep["a.weight"][3] = False  # channel 3 of `a` is dead
+    keep["ws.weight"][0, 3, 1, 1] = True  # the only kept weight of ws reads it
+    verdicts = {}
+    for label, net in (("standardized", model), ("plain", plain)):
+        an = ck.Analysis(net, torch.randn(1, 3, 8, 8))
+        verdicts[label] = run_flow(an.traced, an.weights, [keep[w.name] for w in an.weights])
+    assert verdicts["plain"].collapsed
+    assert not verdicts["standardized"].collapsed
+    assert verdicts["standardized"].dead_channels["ws.weight"] == list(range(1, 8))  # rows with no kept weight
+    assert verdicts["standardized"].effective[1] == 1  # transformed: its one kept weight counts as effective
 
 
 def test_parametrizations_are_judged_by_what_they_do_to_a_zero():

@@ -27,12 +27,15 @@ class Rule:
         output is recorded as that layer's output.
     passes_target: receives the node's target (the called function, or the
         method name) right after the interpreter, before the operands.
+    rearranges: only moves, copies or selects elements (reshape, cat, getitem,
+        gather), so it applies to a weight's keep-mask as to activations.
     """
 
     fn: Callable
     reduced_ok: bool = False
     weighted: bool = False
     passes_target: bool = False
+    rearranges: bool = False
 
 
 class RuleTable:

@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import io
 import linecache
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -107,13 +108,20 @@ def trace(model: nn.Module, example_inputs) -> TracedModel:
 
 def _symbolic_trace(model: nn.Module, kwargs: dict) -> fx.GraphModule:
     """fx.symbolic_trace; with keyword inputs every other argument is fixed at its default."""
-    if not kwargs:
-        return fx.symbolic_trace(model)
-    params = inspect.signature(model.forward).parameters
-    concrete = {n: p.default for n, p in params.items()
-                if n not in kwargs and p.default is not inspect.Parameter.empty}
-    concrete.update({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
-    return fx.symbolic_trace(model, concrete_args=concrete)
+    concrete = None
+    if kwargs:
+        params = inspect.signature(model.forward).parameters
+        concrete = {n: p.default for n, p in params.items()
+                    if n not in kwargs and p.default is not inspect.Parameter.empty}
+        concrete.update({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
+    # fx files tensors created in forward (torch.tensor([...])) as attributes of the root module;
+    # the GraphModule keeps its own copies, so the user's model gets back exactly what it had.
+    before = set(vars(model))
+    try:
+        return fx.symbolic_trace(model, concrete_args=concrete)
+    finally:
+        for name in set(vars(model)) - before:
+            delattr(model, name)
 
 
 def _bind_placeholders(gm: fx.GraphModule, args: tuple, kwargs: dict) -> tuple:
@@ -168,6 +176,27 @@ def _plain(value) -> bool:
     if isinstance(value, (tuple, list)):  # torch.Size too
         return all(_plain(v) for v in value)
     return isinstance(value, _PLAIN)
+
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
+
+
+def mutates_first_operand(node: fx.Node) -> bool:
+    """In-place ops (relu_, add_, +=, slice assignment): later readers of the operand read the result.
+    fx records them as ordinary nodes, so every pass that follows data must re-route those readers."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    return node.op == "call_function" and node.target in _INPLACE_FUNCTIONS
+
+
+def aliases_of(node: fx.Node) -> list[fx.Node]:
+    """The nodes an in-place op's result aliases: its operand, and that operand's own operand while
+    it too was produced in place."""
+    found = []
+    while mutates_first_operand(node) and node.args and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+        found.append(node)
+    return found
 
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
