@@ -7,8 +7,8 @@ constant whatever the weights: the output feature is dead although the
 attention weights are live. If the rows differ (position embeddings, border
 effects of padding), the average moves with the weights and stays live.
 Telling the two apart needs the constants' values, so the values the rule
-reads are computed once per mask set by the masked network itself
-(`constant_values`), only for the `v` operands of such averages.
+reads are computed once per mask set by a generic network with the same
+pruning pattern (`constant_values`), only for the `v` operands of such averages.
 """
 from __future__ import annotations
 
@@ -76,25 +76,65 @@ class _Values(fx.Interpreter):
 
 
 def constant_values(traced, weights, masks, wanted: set[str]) -> dict[str, torch.Tensor]:
-    """Real values of the `wanted` nodes in the network pruned by `masks` (the model is restored)."""
+    """Values of the `wanted` nodes in a *generic* network with the pruning pattern of `masks`.
+
+    Generic, not real: kept weights are random positive over their kept fan-in,
+    other parameters random positive constants, norm scales one, batch norms
+    identity, float inputs random positive (integer inputs such as token ids as
+    given), all in float64. A column equal in every row there is equal for any
+    values of the kept weights (a structural fact, such as a broadcast bias),
+    never because the real weights happen to make a ReLU output zero everywhere.
+    Float32 where the graph will not run in float64; an empty dict where it will
+    not run at all (nothing is then declared dead).
+    """
+    for dtype in (torch.float64, torch.float32):  # some graphs fix float32 constants inside
+        values = _generic_run(traced, weights, masks, wanted, dtype)
+        if values is not None:
+            return values
+    return {}
+
+
+def _generic_run(traced, weights, masks, wanted, dtype):
     from torch.nn.utils.stateless import _reparametrize_module
 
-    params = dict(traced.gm.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    prunable = {w.name for w in weights}
     state = {}
-    for w in weights:
-        if w.name in params:
-            p = params[w.name]
-            state[w.name] = torch.where(masks.keep(w.name), p.detach(), torch.zeros((), dtype=p.dtype))
+    for name, p in traced.gm.named_parameters():
+        if not p.is_floating_point():
+            continue
+        rand = torch.rand(p.shape, generator=g, dtype=dtype) + 0.5
+        if name in prunable:
+            keep = masks.keep(name).to(dtype)
+            kept = keep.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (p.ndim - 1)) if p.ndim > 1 else 1.0
+            state[name] = keep * rand / kept
+        elif name.endswith("weight") and p.ndim == 1:
+            state[name] = torch.ones(p.shape, dtype=dtype)
+        else:
+            state[name] = rand * 0.1
+    for name, b in traced.gm.named_buffers():
+        if name.endswith("running_mean"):
+            state[name] = torch.zeros(b.shape, dtype=dtype)
+        elif name.endswith("running_var"):
+            state[name] = torch.ones(b.shape, dtype=dtype)
+        elif b.is_floating_point():
+            state[name] = b.detach().to(dtype)
+    inputs = [torch.rand(x.shape, generator=g, dtype=dtype) + 0.5
+              if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in traced.example_inputs]
     runner = _Values(traced.gm, wanted)
-    with torch.no_grad(), _reparametrize_module(traced.gm, state):
-        runner.run(*traced.example_inputs)
+    try:
+        with torch.no_grad(), _reparametrize_module(traced.gm, state):
+            runner.run(*inputs)
+    except Exception:  # noqa: BLE001 - e.g. an op that insists on float32
+        return None
     return runner.values
 
 
 def uniform_dead_columns(live: torch.Tensor | None, values: torch.Tensor, rows: int = -2) -> torch.Tensor:
     """Bool, size 1 along `rows`: features that no live element reaches and whose constant is the
     same in every row (the average of such a column is that constant)."""
-    same = torch.isclose(values.amax(rows, keepdim=True), values.amin(rows, keepdim=True), rtol=1e-6, atol=1e-7)
+    tol = 1e-12 if values.dtype == torch.float64 else 1e-6
+    same = torch.isclose(values.amax(rows, keepdim=True), values.amin(rows, keepdim=True), rtol=tol, atol=0)
     if live is None:
         return same
     dead = live.detach().sum(rows, keepdim=True) == 0

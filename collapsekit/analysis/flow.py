@@ -140,7 +140,12 @@ _IDENTITY_FUNCTIONS += aten("relu.default", "sigmoid.default", "tanh.default", "
                             "alias.default", "contiguous.default", "hardswish.default", "relu6.default",
                             "dropout_.default", "relu_.default", "gelu_.default", "silu_.default",
                             "hardtanh_.default", "hardswish_.default", "detach.default", "lift_fresh_copy.default",
-                            "_to_copy.default", "to.dtype", "to.dtype_layout", "type_as.default")
+                            "_to_copy.default", "to.dtype", "to.dtype_layout", "type_as.default",
+                            "rsqrt.default", "sqrt.default", "exp.default", "log.default", "abs.default",
+                            "clamp.default", "clamp_min.default", "clamp_max.default", "sign.default",
+                            "square.default", "reciprocal.default", "erf.default", "sin.default", "cos.default",
+                            "softplus.default", "mish.default", "leaky_relu.default", "elu.default",
+                            "log_sigmoid.default", "hardsigmoid.default", "silu_.default")
 
 
 @function_rule(*_IDENTITY_FUNCTIONS, reduced_ok=True)
@@ -170,7 +175,12 @@ _SHAPE_FUNCTIONS += aten("view.default", "reshape.default", "flatten.using_ints"
                          "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
                          "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
                          "split.Tensor", "chunk.default", "channel_shuffle.default", "pixel_shuffle.default",
-                         "upsample_nearest2d.vec", "upsample_bilinear2d.vec")
+                         "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "expand_as.default",
+                         "reshape_as.default", "split_with_sizes.default", "unflatten.int", "repeat.default",
+                         "roll.default", "flip.default", "movedim.int", "unbind.int", "stack.default",
+                         "squeeze.dims", "squeeze.default", "narrow.default", "select.int", "tile.default",
+                         "view_as.default", "im2col.default", "col2im.default", "pixel_unshuffle.default")
+_SHAPE_FUNCTIONS += [F.unfold, F.fold]  # patches: copies (unfold) and sums of copies (fold) of elements
 
 
 @function_rule(*_SHAPE_FUNCTIONS, passes_target=True, rearranges=True)
@@ -259,7 +269,10 @@ _JOIN_FUNCTIONS = [operator.add, operator.sub, operator.mul, operator.truediv, o
 _JOIN_FUNCTIONS += aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul.Scalar",
                         "add.Scalar", "div.Scalar", "maximum.default", "minimum.default", "where.self",
                         "masked_fill.Scalar", "masked_fill.Tensor", "sub.Scalar", "rsub.Scalar", "pow.Tensor_Scalar")
-_JOIN_FUNCTIONS += [torch.masked_fill, operator.itruediv, torch.eq, torch.ne, torch.ge, torch.gt, torch.le, torch.lt,
+_JOIN_FUNCTIONS += aten("__and__.Tensor", "__or__.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor",
+                        "logical_and.default", "logical_or.default", "where.ScalarOther", "where.ScalarSelf",
+                        "where.Scalar", "add_.Tensor", "mul_.Tensor")
+_JOIN_FUNCTIONS += [torch.masked_fill, operator.itruediv, operator.and_, operator.or_, torch.eq, torch.ne, torch.ge, torch.gt, torch.le, torch.lt,
                     operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt]
 # Comparisons are joins too: the result depends on every operand element it reads.
 _JOIN_FUNCTIONS += aten("eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "ge.Scalar", "ge.Tensor", "gt.Scalar",
@@ -379,6 +392,39 @@ def _einsum(flow, equation, *operands):
     return out
 
 
+@function_rule(torch.baddbmm, *aten("baddbmm.default"))
+def _baddbmm(flow, bias, a, b, **kwargs):
+    return flow.join(bias, flow.matmul(a, b))
+
+
+@function_rule(torch.cumsum, *aten("cumsum.default"))
+def _cumsum(flow, x, dim, **kwargs):
+    return x.cumsum(dim)  # element i sums elements up to i: exactly their support
+
+
+@method_rule("cumsum")
+def _cumsum_method(flow, x, dim, **kwargs):
+    return x.cumsum(dim)
+
+
+# Tensors built from another's shape and dtype alone are constants.
+@function_rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
+               *aten("zeros_like.default", "ones_like.default", "full_like.default", "new_ones.default",
+                     "new_zeros.default", "new_full.default", "new_empty.default", "empty_like.default"),
+               passes_target=True)
+def _like(flow, fn, x, *args, **kwargs):
+    meta = flow.current_node.meta.get("tensor_meta")
+    real = torch.zeros(x.shape, dtype=meta.dtype if meta is not None else x.dtype)
+    return _as_constant(fn(real, *args, **kwargs), flow._dtype)
+
+
+@method_rule("new_ones", "new_zeros", "new_full", "new_empty", "new_tensor", passes_target=True)
+def _like_method(flow, name, x, *args, **kwargs):
+    meta = flow.current_node.meta.get("tensor_meta")
+    real = torch.zeros(x.shape, dtype=meta.dtype if meta is not None else x.dtype)
+    return _as_constant(getattr(real, name)(*args, **kwargs), flow._dtype)
+
+
 @function_rule(torch.addmm, *aten("addmm.default"))
 def _addmm(flow, bias, a, b, **kwargs):
     return flow.join(bias, flow.matmul(a, b))
@@ -413,7 +459,9 @@ def _adaptive_max_module(flow, module, x):
 
 @function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                F.adaptive_avg_pool3d, *aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
-                                            "_adaptive_avg_pool2d.default"), reduced_ok=True, passes_target=True)
+                                            "_adaptive_avg_pool2d.default", "adaptive_avg_pool1d.default",
+                                            "avg_pool1d.default", "avg_pool3d.default",
+                                            "adaptive_avg_pool3d.default"), reduced_ok=True, passes_target=True)
 def _avg_pool_function(flow, fn, x, *args, **kwargs):
     return x if flow.is_reduced(x) else fn(x, *args, **kwargs)
 
@@ -428,7 +476,8 @@ def _adaptive_max_function(flow, x, output_size, return_indices=False):
 
 # Reductions and normalisations that mix elements: live if any mixed element is.
 @function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.logsumexp, torch.std, torch.var,
-               *aten("mean.dim", "sum.dim_IntList", "amax.default"), reduced_ok=True)
+               *aten("mean.dim", "sum.dim_IntList", "amax.default", "amin.default", "var.correction",
+                     "std.correction", "logsumexp.default", "sum.default", "mean.default"), reduced_ok=True)
 def _reduce_function(flow, x, dim=None, keepdim=False, *args, **kwargs):
     return flow.any_over(x, dim, keepdim)
 
@@ -444,6 +493,16 @@ def _reduce_method(flow, x, dim=None, keepdim=False, *args, **kwargs):
                                                                                   "softmax.int"))
 def _softmax_function(flow, x, dim=None, *args, **kwargs):
     return flow.normalise_over(x, dim)
+
+
+@function_rule(torch.linalg.vector_norm, *aten("linalg_vector_norm.default"), reduced_ok=True)
+def _vector_norm(flow, x, ord=2, dim=None, keepdim=False, **kwargs):
+    return flow.any_over(x, dim, keepdim)
+
+
+@function_rule(F.group_norm, *aten("group_norm.default"))
+def _group_norm(flow, x, num_groups, *args, **kwargs):
+    return flow.group_mix(x, num_groups)
 
 
 @method_rule("softmax", "log_softmax")
@@ -466,11 +525,21 @@ def _layer_norm_function(flow, x, normalized_shape, *args, **kwargs):
     return flow.normalise_over(x, tuple(range(x.ndim - len(normalized_shape), x.ndim)))
 
 
-@module_rule(nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm, reduced_ok=True)
+@module_rule(nn.LocalResponseNorm, reduced_ok=True)
 def _mixing_norm_module(flow, module, x):
-    # Group and instance norms mix within (groups of) channels; mixing over every
-    # non-batch dim is coarser and therefore still sound.
+    # Local response norm mixes neighbouring channels; mixing over every non-batch
+    # dim is coarser and therefore still sound.
     return flow.any_over(x, tuple(range(1, x.ndim)), keepdim=True).expand_as(x)
+
+
+@module_rule(nn.GroupNorm)
+def _group_norm_module(flow, module, x):
+    return flow.group_mix(x, module.num_groups)
+
+
+@module_rule(nn.modules.instancenorm._InstanceNorm)
+def _instance_norm_module(flow, module, x):
+    return flow.group_mix(x, x.shape[1])  # each channel over its positions
 
 
 @function_rule(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention.default"))
@@ -653,6 +722,14 @@ class ChannelFlow(fx.Interpreter):
         if all(x.shape[d] == 1 for d in dims) and not self.is_reduced(x):
             return torch.zeros_like(x)
         return self.any_over(x, dims, keepdim=True).expand_as(x)
+
+    def group_mix(self, x, groups: int):
+        """A group norm: every element live iff one of its group (channels x positions) is."""
+        n = x.shape[0]
+        mixed = x.reshape(n, groups, -1)
+        if mixed.shape[-1] == 1:
+            return torch.zeros_like(x)  # one element per group: a constant
+        return mixed.sum(-1, keepdim=True).expand_as(mixed).reshape(x.shape)
 
     def any_over(self, x, dim=None, keepdim=False):
         if not isinstance(x, torch.Tensor):
@@ -840,7 +917,7 @@ class ChannelFlow(fx.Interpreter):
         their masks (and witnesses) as it moves elements; next to live values a float constant is
         dead (zeros) and an integer or bool one is an index or selector, read at its real value."""
         if not _has_live((args, kwargs)):
-            a, k = _unwrap((args, kwargs), lambda w: w.mask)
+            a, k = _unwrap((args, kwargs), _as_mask)
             out = fn(*a, **k)
             witness = _unwrap((args, kwargs), Weight.witness)
             real = fn(*witness[0], **witness[1]) if witness is not None else None
@@ -926,6 +1003,11 @@ def _unwrap(value, fn):
 
     out = fx.node.map_aggregate(value, one)
     return None if missing else out
+
+
+def _as_mask(w: Weight):
+    # Among constants alone: a float constant moves as its mask; an index selects by its value.
+    return w.real if w.real is not None and not w.real.is_floating_point() else w.mask
 
 
 def _as_operand(w: Weight):
