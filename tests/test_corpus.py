@@ -135,3 +135,21 @@ def test_parametrizations_are_judged_by_what_they_do_to_a_zero():
                                             "4.parametrizations.weight.original1"]
     report = an.report([0.5])
     assert report.total == 8 * 27 + 5 * 8
+
+
+def test_docs_hugging_face_command_prints_the_documented_verdict(monkeypatch, capsys):
+    import shlex
+    from pathlib import Path
+
+    from collapsekit.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "own-model.md").read_text()
+    command = doc.split("<!-- hf-model-command", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0].strip()
+    env, program, *args = shlex.split(command)
+    monkeypatch.syspath_prepend(str(root / env.partition("=")[2]))
+    assert program == "collapsekit" and main(args) == 0
+    printed = capsys.readouterr().out
+    shown = doc.split(command, 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    for line in shown.strip().splitlines():
+        assert line in printed, line  # the doc shows this command's real output

@@ -933,11 +933,26 @@ class ChannelFlow(fx.Interpreter):
         flat = []
         fx.node.map_aggregate((args, kwargs), lambda v: flat.append(v) if isinstance(v, torch.Tensor) else None)
         total = sum(t.sum() for t in flat) if flat else torch.zeros(())
+        structure = self._structure(node, args, kwargs)
+        if structure is not None:  # the op's own output type (a named tuple such as sort's values/indices)
+            return _tree_map_tensors(structure, lambda t: torch.ones(t.shape, dtype=self._dtype) * total)
         meta = node.meta.get("tensor_meta", node.meta.get("val"))
         if meta is None:
             from collapsekit.errors import CollapsekitError
             raise CollapsekitError(f"no transfer rule and no recorded shape for node {node.name} ({node.target})")
         return _ones_like_meta(meta, total, self._dtype)
+
+    def _structure(self, node: fx.Node, args, kwargs):
+        """The op run on the abstract values, for the type and shapes of its output only; None if it fails."""
+        if node.op not in ("call_function", "call_method") or mutates_first_operand(node):
+            return None
+        a, k = _unwrap((args, kwargs), _as_operand)
+        try:
+            if node.op == "call_method":
+                return getattr(a[0], node.target)(*a[1:], **k)
+            return node.target(*a, **k)
+        except Exception:  # noqa: BLE001 - then the recorded shapes say it
+            return None
 
 
 def _ones_like_meta(meta, total, dtype):
@@ -1001,7 +1016,7 @@ def _unwrap(value, fn):
             missing.append(v)
         return out
 
-    out = fx.node.map_aggregate(value, one)
+    out = _tree_map(value, one)
     return None if missing else out
 
 
@@ -1032,6 +1047,20 @@ def _as_constant(out, dtype, known: bool = True):
     if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
         return type(out)(_as_constant(o, dtype, known) for o in out)
     return out
+
+
+def _tree_map(value, fn):
+    """fn on every leaf of nested tuples (named ones and torch's return types kept), lists and dicts."""
+    if isinstance(value, (tuple, list)):
+        items = [_tree_map(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return {k: _tree_map(v, fn) for k, v in value.items()}
+    return fn(value)
+
+
+def _tree_map_tensors(value, fn):
+    return _tree_map(value, lambda v: fn(v) if isinstance(v, torch.Tensor) else v)
 
 
 def _with_origin(value, origin: str | None):
