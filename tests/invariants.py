@@ -4,7 +4,6 @@ Inputs may be positional tensors or keyword inputs (a dict, token ids included);
 outputs may be tensors, tuples, dicts, dataclasses or Hugging Face ModelOutputs.
 """
 import copy
-import dataclasses
 
 import torch
 import torch.nn as nn
@@ -69,19 +68,6 @@ def random_calls(traced, vocab, batch=1, positive=False, scales=(1.0,), seed=1):
     return out
 
 
-def flat_outputs(out) -> list[torch.Tensor]:
-    """The tensors of a model output: tensors, tuples, lists, dicts, dataclasses (ModelOutput is a dict)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
-        out = [getattr(out, f.name) for f in dataclasses.fields(out)]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flat_outputs(o)]
-    return []
-
-
 def capture(model, modules, call):
     """(output tensors, {weight name: outputs of its module per call}) for model(*args, **kwargs)."""
     seen = {name: [] for name in modules}
@@ -94,7 +80,7 @@ def capture(model, modules, call):
     finally:
         for h in handles:
             h.remove()
-    return flat_outputs(out), seen
+    return probe.flat_outputs(out), seen
 
 
 def oracle_copy(model: nn.Module, masks: dict[str, torch.Tensor], seed: int = 0) -> nn.Module:

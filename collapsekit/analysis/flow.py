@@ -368,6 +368,18 @@ def _matmul_method(flow, a, b):
     return flow.constant_average(flow.matmul(a, b), b)
 
 
+@function_rule(*aten("copy_.default"))
+def _copy(flow, dst, src, *args, **kwargs):
+    """dst.copy_(src): dst takes src's liveness (a constant src leaves it dead)."""
+    live = _live(src)
+    return (live if live is not None else torch.zeros(())).expand(_mask(dst).shape).clone()
+
+
+@method_rule("copy_")
+def _copy_method(flow, dst, src, *args, **kwargs):
+    return _copy(flow, dst, src)
+
+
 @function_rule(operator.setitem)
 def _setitem(flow, x, index, value):
     """`x[index] = value` (in place): the assigned elements take the value's liveness."""
@@ -848,7 +860,7 @@ class ChannelFlow(fx.Interpreter):
         if layer is not None:
             # A layer applied to constants: its output is constant (dead), its weights on no input path.
             self.interpreted.add(layer)
-            for o in _output_tensors(out)[:1]:
+            for o in output_tensors(out)[:1]:
                 self.outputs_of.setdefault(layer, []).append(torch.zeros(o.shape, dtype=self._dtype))
         elif names:
             self.transformed |= names  # a prunable weight changed before use: its paths are not tracked
@@ -905,8 +917,14 @@ class ChannelFlow(fx.Interpreter):
             return None  # side-effect-only nodes (export's guards) carry no data
         out = super().run_node(n)
         if inplace and isinstance(out, (torch.Tensor, Weight)):
-            for alias in aliases_of(n):
-                self.env[alias] = out  # later readers of the mutated tensor see the new value
+            for alias, whole in aliases_of(n):  # later readers of the mutated tensor see the new value
+                before = self.env.get(alias)
+                if whole:
+                    self.env[alias] = out
+                elif isinstance(before, torch.Tensor) and isinstance(out, torch.Tensor):
+                    # Written through a view: elements are not tracked back to the base, so the
+                    # whole base is live where the written part may be (coarse, sound).
+                    self.env[alias] = _bool(before + out.sum())
         cut = self.cuts.get(n.name)
         if cut is not None and isinstance(out, torch.Tensor):
             out = out * cut  # value level: elements proven constant at these weights
@@ -974,7 +992,7 @@ def _tree_bool(out):
     return out
 
 
-def _output_tensors(value) -> list[torch.Tensor]:
+def output_tensors(value) -> list[torch.Tensor]:
     """The tensors of a value: nested tuples, lists, dicts and dataclasses (Weights are constants, not outputs)."""
     if isinstance(value, torch.Tensor):
         return [value]
@@ -985,13 +1003,13 @@ def _output_tensors(value) -> list[torch.Tensor]:
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = [getattr(value, f.name) for f in dataclasses.fields(value)]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _output_tensors(v)]
+        return [t for v in value for t in output_tensors(v)]
     return []
 
 
 def _has_live(value) -> bool:
     """True if a liveness tensor (an activation, not a constant) is anywhere in `value`."""
-    return bool(_output_tensors(value))
+    return bool(output_tensors(value))
 
 
 def _weights(value) -> list[Weight]:
@@ -1127,7 +1145,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         # The input is the only leaf that needs a gradient: it makes every live
         # element part of the autograd graph, and weights never need one.
         result = flow.run(*traced.example_inputs)
-        outs = _output_tensors(result)
+        outs = output_tensors(result)
         alive_count = sum(int((o > 0).sum()) for o in outs)
         size = sum(int(np.prod(flow.output_shape_of(o))) for o in outs) or 1
         collapsed = alive_count == 0

@@ -45,7 +45,7 @@ def build_graph(traced: TracedModel, weights: list[PrunableWeight]) -> LayerGrap
             g.add_edge(inp.name, n.name)
         if n.op == "placeholder":
             g.add_edge(SOURCE, n.name)
-        for alias in aliases_of(n):  # readers of a tensor after an in-place op on it read the result
+        for alias, _ in aliases_of(n):  # readers of a tensor after an in-place op on it read the result
             for user in alias.users:
                 if order[user] > order[n]:
                     g.add_edge(n.name, user.name)

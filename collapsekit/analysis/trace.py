@@ -179,23 +179,46 @@ def _plain(value) -> bool:
 
 
 _INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
+# Ops whose result shares its operand's storage: writing into the result writes into the operand.
+_VIEW_METHODS = {"view", "view_as", "select", "narrow", "transpose", "permute", "expand", "expand_as", "unsqueeze",
+                 "squeeze", "t", "diagonal", "unflatten", "__getitem__"}
+_VIEW_ATEN = {"view", "_unsafe_view", "select", "slice", "transpose", "permute", "expand", "unsqueeze", "squeeze",
+              "t", "alias", "as_strided", "diagonal", "narrow", "unfold", "unflatten"}
 
 
 def mutates_first_operand(node: fx.Node) -> bool:
-    """In-place ops (relu_, add_, +=, slice assignment): later readers of the operand read the result.
-    fx records them as ordinary nodes, so every pass that follows data must re-route those readers."""
+    """In-place ops (relu_, add_, +=, slice assignment, aten's copy_): later readers of the operand read
+    the result. Graphs record them as ordinary nodes, so every pass that follows data re-routes those readers."""
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.startswith("_")
-    return node.op == "call_function" and node.target in _INPLACE_FUNCTIONS
+    if node.op != "call_function":
+        return False
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._schema.name.endswith("_")
+    return node.target in _INPLACE_FUNCTIONS
 
 
-def aliases_of(node: fx.Node) -> list[fx.Node]:
-    """The nodes an in-place op's result aliases: its operand, and that operand's own operand while
-    it too was produced in place."""
-    found = []
-    while mutates_first_operand(node) and node.args and isinstance(node.args[0], fx.Node):
+def _is_view(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    if node.op != "call_function":
+        return False
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._schema.name.partition("::")[2] in _VIEW_ATEN
+    return node.target is operator.getitem and isinstance(node.args[0], fx.Node) and \
+        "tensor_meta" in node.args[0].meta and not isinstance(node.args[0].meta["tensor_meta"], (tuple, list))
+
+
+def aliases_of(node: fx.Node) -> list[tuple[fx.Node, bool]]:
+    """(node, whole) for every tensor an in-place op writes into: its operand (whole), that operand's own
+    operand while it too was written in place (whole), and the base of a view it writes through (part)."""
+    found, whole = [], True
+    if not mutates_first_operand(node):
+        return found
+    while node.args and isinstance(node.args[0], fx.Node) and (mutates_first_operand(node) or _is_view(node)):
+        whole = whole and mutates_first_operand(node)
         node = node.args[0]
-        found.append(node)
+        found.append((node, whole))
     return found
 
 
