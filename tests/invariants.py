@@ -3,6 +3,7 @@
 Inputs may be positional tensors or keyword inputs (a dict, token ids included);
 outputs may be tensors, tuples, dicts, dataclasses or Hugging Face ModelOutputs.
 """
+import contextlib
 import copy
 
 import torch
@@ -68,6 +69,29 @@ def random_calls(traced, vocab, batch=1, positive=False, scales=(1.0,), seed=1):
     return out
 
 
+def _leaky(x, *args, **kwargs):
+    return torch.nn.functional.leaky_relu(x, 0.1)
+
+
+@contextlib.contextmanager
+def unsaturated():
+    """For the oracle's forward: tanh and sigmoid as asinh, ReLU as a leaky ReLU. A saturated tanh, or a
+    ReLU after a layer norm (whose output has both signs), would hide a live path by value; model code
+    calls them as functions too, reached only by patching torch itself."""
+    stand_ins = [(torch, "tanh", torch.asinh), (torch, "sigmoid", torch.asinh), (torch, "relu", _leaky),
+                 (torch.nn.functional, "tanh", torch.asinh), (torch.nn.functional, "sigmoid", torch.asinh),
+                 (torch.nn.functional, "relu", _leaky), (torch.Tensor, "tanh", torch.asinh),
+                 (torch.Tensor, "sigmoid", torch.asinh), (torch.Tensor, "relu", _leaky)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in stand_ins]
+    try:
+        for owner, name, fn in stand_ins:
+            setattr(owner, name, fn)
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
 def capture(model, modules, call):
     """(output tensors, {weight name: outputs of its module per call}) for model(*args, **kwargs)."""
     seen = {name: [] for name in modules}
@@ -105,7 +129,7 @@ def oracle_copy(model: nn.Module, masks: dict[str, torch.Tensor], seed: int = 0)
             elif name.endswith("weight") and p.ndim == 1:
                 p.fill_(1.0)
             else:
-                p.copy_(rand * 0.1)
+                p.copy_(rand * CONSTANT_SCALE)
         for m in clone.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.zero_()
@@ -120,6 +144,9 @@ def oracle_copy(model: nn.Module, masks: dict[str, torch.Tensor], seed: int = 0)
     return clone
 
 
+# The oracle's constants (biases, embeddings, tables) are small next to its inputs: a sparse path's
+# variation shrinks with every layer it shares with constants, and must stay above float noise.
+CONSTANT_SCALE = 1e-3
 # Float64 noise of equal computations is ~1e-16; a sparse live path through a deep net can vary an
 # output by 1e-10 of its constant part, so the oracle's threshold sits between the two.
 ORACLE_RTOL = 1e-12
@@ -159,8 +186,9 @@ def check_levels(model, example, sparsities, mt=None, channel_level=False, bound
         # Exact: the oracle's output varies with a positive input iff a kept path remains.
         pos = oracle_copy(model, masks)
         call_a, call_b = random_calls(an.traced, vocab, positive=True, scales=(1.0, 1.0), seed=1)
-        out_a, seen_a = capture(pos, layer_modules, call_a)
-        out_b, seen_b = capture(pos, layer_modules, call_b)
+        with unsaturated():
+            out_a, seen_a = capture(pos, layer_modules, call_a)
+            out_b, seen_b = capture(pos, layer_modules, call_b)
         alive = _varying_any(out_a, out_b, rtol=ORACLE_RTOL)
         if channel_level:
             assert not flow.collapsed or not alive, f"k={k}: channel level predicts a false collapse"

@@ -26,6 +26,8 @@ _PASS = {"to", "type_as", "contiguous", "float", "clone", "dropout", torch.nn.fu
                "alias.default")}
 _AVERAGE = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__",
             *aten("matmul.default", "bmm.default")}
+# Generic inputs and constants are small, so that no tanh or sigmoid saturates into a spurious uniform column.
+_SCALE = 0.01
 _SDPA = {torch.nn.functional.scaled_dot_product_attention, *aten("scaled_dot_product_attention.default")}
 
 
@@ -61,12 +63,45 @@ def _row_normalised(node) -> bool:
     return isinstance(dim, int) and ndim is not None and dim % ndim == ndim - 1
 
 
+# Activations that saturate or cut by sign get unbounded, strictly monotone stand-ins in the generic
+# network: a saturated tanh, or a ReLU zeroing a negative constant, would make a column equal in every
+# row although structurally it varies.
+def _leaky(x, *args, **kwargs):
+    return torch.nn.functional.leaky_relu(x, 0.1)
+
+
+_F = torch.nn.functional
+_UNSATURATED = {torch.tanh: torch.asinh, torch.sigmoid: torch.asinh, _F.tanh: torch.asinh, _F.sigmoid: torch.asinh,
+                _F.hardtanh: _leaky, _F.relu6: _leaky, _F.hardsigmoid: torch.asinh, _F.relu: _leaky, torch.relu: _leaky,
+                **{op: torch.asinh for op in aten("tanh.default", "sigmoid.default", "hardsigmoid.default")},
+                **{op: _leaky for op in aten("hardtanh.default", "relu6.default", "relu.default", "relu_.default")}}
+_UNSATURATED_METHODS = {"tanh": torch.asinh, "sigmoid": torch.asinh, "relu": _leaky, "relu_": _leaky}
+_UNSATURATED_MODULES = ((torch.nn.Tanh, torch.asinh), (torch.nn.Sigmoid, torch.asinh), (torch.nn.Hardsigmoid, torch.asinh),
+                        (torch.nn.ReLU6, _leaky), (torch.nn.Hardtanh, _leaky), (torch.nn.ReLU, _leaky))
+
+
 class _Values(fx.Interpreter):
-    """The masked network's real values at the nodes asked for."""
+    """The generic network's values at the nodes asked for."""
 
     def __init__(self, gm: fx.GraphModule, wanted: set[str]):
         super().__init__(gm)
         self.wanted, self.values = wanted, {}
+
+    def call_function(self, target, args, kwargs):
+        try:
+            stand_in = _UNSATURATED.get(target)
+        except TypeError:  # unhashable target
+            stand_in = None
+        return stand_in(args[0]) if stand_in is not None else super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        stand_in = _UNSATURATED_METHODS.get(target)
+        return stand_in(args[0]) if stand_in is not None else super().call_method(target, args, kwargs)
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        stand_in = next((fn for cls, fn in _UNSATURATED_MODULES if isinstance(module, cls)), None)
+        return stand_in(args[0]) if stand_in is not None else super().call_module(target, args, kwargs)
 
     def run_node(self, n):
         out = super().run_node(n)
@@ -111,7 +146,7 @@ def _generic_run(traced, weights, masks, wanted, dtype):
         elif name.endswith("weight") and p.ndim == 1:
             state[name] = torch.ones(p.shape, dtype=dtype)
         else:
-            state[name] = rand * 0.1
+            state[name] = rand * _SCALE
     for name, b in traced.gm.named_buffers():
         if name.endswith("running_mean"):
             state[name] = torch.zeros(b.shape, dtype=dtype)
@@ -119,7 +154,7 @@ def _generic_run(traced, weights, masks, wanted, dtype):
             state[name] = torch.ones(b.shape, dtype=dtype)
         elif b.is_floating_point():
             state[name] = b.detach().to(dtype)
-    inputs = [torch.rand(x.shape, generator=g, dtype=dtype) + 0.5
+    inputs = [(torch.rand(x.shape, generator=g, dtype=dtype) + 0.5) * _SCALE
               if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in traced.example_inputs]
     runner = _Values(traced.gm, wanted)
     try:

@@ -272,7 +272,9 @@ _JOIN_FUNCTIONS += aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", 
 _JOIN_FUNCTIONS += aten("__and__.Tensor", "__or__.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor",
                         "logical_and.default", "logical_or.default", "where.ScalarOther", "where.ScalarSelf",
                         "where.Scalar", "add_.Tensor", "mul_.Tensor")
-_JOIN_FUNCTIONS += [torch.masked_fill, operator.itruediv, operator.and_, operator.or_, torch.eq, torch.ne, torch.ge, torch.gt, torch.le, torch.lt,
+_JOIN_FUNCTIONS += aten("multiply.Tensor", "multiply.Scalar", "true_divide.Tensor", "subtract.Tensor")
+_JOIN_FUNCTIONS += [torch.masked_fill, operator.itruediv, operator.and_, operator.or_, torch.multiply,
+                    torch.eq, torch.ne, torch.ge, torch.gt, torch.le, torch.lt,
                     operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt]
 # Comparisons are joins too: the result depends on every operand element it reads.
 _JOIN_FUNCTIONS += aten("eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "ge.Scalar", "ge.Tensor", "gt.Scalar",
