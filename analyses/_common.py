@@ -34,9 +34,9 @@ def write_table(rows: list[dict], out: Path, stem: str = "table", floatfmt: str 
     def cell(v) -> str:
         return format(v, floatfmt) if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
-    md_path.write_text("\n".join(lines) + "\n")
+    from collapsekit.views.render import md_table
+
+    md_path.write_text(md_table(keys, [[cell(r[k]) for k in keys] for r in rows]) + "\n")
     return csv_path, md_path
 
 

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     import collapsekit as ck
     from collapsekit import data
     from collapsekit.views import plots
-    from collapsekit.validation.mtsearch import search_mt, to_text
+    from collapsekit.validation.mtsearch import search_mt
+    from collapsekit.views.render import mt_search_to_text
     from collapsekit.training.train import defaults_for
 
     cfg = QUICK if args.quick else FULL
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
         suggestion = ck.suggest_mt(model, bundle.example_input(), s)
         result = search_mt(model, bundle, s, mts=mt_grid(suggestion.max_mt, cfg["grid"]), epochs=cfg["epochs"],
                            lr=lr, device="cpu", seed=args.seed)
-        print(to_text(result), flush=True)
+        print(mt_search_to_text(result), flush=True)
         for p in result.points:
             rows.append({"sparsity": s, "mt": p.mt, "mt_percent": p.percent,
                          "predicted": "collapsed" if p.predicted_collapsed else "alive",

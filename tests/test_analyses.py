@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
-NAMES = ["wrn_vs_mobilenet", "mt_ablation", "lenet_l1_vs_global_mp"]
+NAMES = ["wrn_vs_mobilenet", "mt_ablation", "lenet_l1_vs_global_mp", "trainability_forecast"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,3 +86,29 @@ def test_lenet_l1_vs_global_mp(tmp_path):
     assert by_s[0.99]["global_mp_finetuned"] > 0.8
     assert by_s[0.5]["layerwise_l1_no_finetune"] > 0.9  # mild pruning costs little either way
     assert summary["literature"]["layerwise_l1_no_finetune"] == {"0.9": 0.81, "0.95": 0.38}
+
+
+@pytest.mark.slow
+def test_trainability_forecast(tmp_path):
+    summary, rows = outputs(tmp_path, "trainability_forecast")
+    assert {r["split"] for r in rows} == {"calibration", "test"}
+    assert {(r["split"], r["model"]) for r in rows} == {("calibration", "lenet5"), ("test", "lenet_300_100")}
+    for split, c in summary["confusion"].items():
+        # One count per distinct prune below collapse (an MT that changes no mask is the same prune).
+        alive = {(r["sparsity"], r["prune"]): r for r in rows if r["split"] == split and r["collapsed"] == "False"}
+        alive = list(alive.values())
+        assert c["counted"] == len(alive) > 0
+        agree = sum(r["forecast_trainable"] == r["trained"] for r in alive)
+        assert c["agreement"] == pytest.approx(agree / len(alive))
+        assert 0.0 <= c["agreement"] <= 1.0
+    levels = [r for r in rows if r["kind"] == "level"]
+    mild = [r for r in levels if float(r["sparsity"]) == 0.5]
+    assert mild and all(r["forecast_trainable"] == "True" and r["trained"] == "True" for r in mild)
+    assert all(float(r["forecast_seconds"]) < 30 for r in rows)  # a forecast is one forward + backward pass
+    with open(tmp_path / "suggestion.csv") as fh:
+        suggestions = list(csv.DictReader(fh))
+    assert len(suggestions) == 2
+    for s in suggestions:
+        assert int(s["suggested_mt"]) >= int(s["floor_mt"])
+        assert float(s["ratio"]) == pytest.approx(float(s["suggested_accuracy"]) / float(s["best_accuracy"]))
+    assert (tmp_path / "confusion.md").read_text().startswith("| split |")

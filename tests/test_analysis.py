@@ -142,3 +142,13 @@ def test_validate_leaves_the_model_as_it_was():
     snap = snapshot(model)
     ck.validate(model, bundle, [0.9], epochs=1)
     assert_unchanged(model, snap)
+
+
+def test_collapsekit_plot_traces_and_sorts_once(counted, tmp_path, capsys):
+    from collapsekit.cli import main
+
+    rc = main(["plot", "--model", "lenet5", "--in-channels", "1", "--input-size", "8", "--sparsity", "0.5", "0.9", "0.99",
+               "--out", str(tmp_path), "--format", "png"])
+    assert rc == 0
+    assert (tmp_path / "report.json").exists() and list(tmp_path.glob("*.png"))
+    assert counted == {"traces": 1, "sorts": 1}

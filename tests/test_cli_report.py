@@ -5,6 +5,7 @@ import re
 import pytest
 
 from collapsekit.cli import main
+from test_analysis import counted  # noqa: F401 - the fixture counting traces and sorts
 
 
 def run(capsys, *argv):
@@ -44,3 +45,67 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
     code, out, err = run(capsys, "report", *argv)
     assert code == 2
     assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+LENET = ["--model", "lenet_300_100", "--in-channels", "1", "--input-size", "8"]  # 50,200 prunable weights
+
+
+@pytest.mark.parametrize("text,python", [("96", 96), ("0.05", 0.05), ("0.05%", "0.05%"), ("1%", 1.0),
+                                         ("2.5", 2.5), ("0", 0)])
+def test_mt_on_the_command_line_reads_as_mt_in_python(capsys, text, python):
+    import torch
+
+    import collapsekit as ck
+    from collapsekit import models
+    from collapsekit.analysis.magnitudes import resolve_mt
+
+    code, out, _ = run(capsys, "report", *LENET, "--sparsity", "0.5", "--mt", text, "--format", "json")
+    assert code == 0
+    cli_count = json.loads(out)["mt"]
+    model = models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
+    assert ck.analyze(model, torch.randn(1, 1, 8, 8), sparsities=[0.5], mt=python).mt == cli_count
+    assert cli_count == resolve_mt(text, 50_200) == resolve_mt(python, 50_200)
+    expected = {"96": 96, "0.05": 25, "0.05%": 25, "1%": 502, "2.5": 1255, "0": 0}[text]  # percents of 50,200
+    assert cli_count == expected
+
+
+@pytest.mark.parametrize("mt,fragment", [("abc", "neither a count"), ("-3", "count must be >= 0"),
+                                         ("nan", "percent must lie in [0, 100]"),
+                                         ("150%", "percent must lie in [0, 100]")])
+def test_bad_mt_is_one_line_and_exit_2(capsys, mt, fragment):
+    code, out, err = run(capsys, "report", *LENET, "--sparsity", "0.5", f"--mt={mt}")
+    assert code == 2 and out == ""
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_text_report_aligns_columns_and_output_file_matches_json(capsys, tmp_path):
+    path = tmp_path / "sub" / "report.json"
+    code, out, _ = run(capsys, "report", *LENET, "--sparsity", "0.5", "0.999", "--output", str(path))
+    assert code == 0
+    doc = json.loads(path.read_text())
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("sparsity"))
+    rule, rows = lines[header + 1], lines[header + 2:header + 4]
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert rows[0].split()[:2] == ["0.5", "ok"] and rows[1].split()[:2] == ["0.999", "COLLAPSED"]
+    assert rows[1].split()[2] == f"{doc['levels'][1]['effective_sparsity']:.4f}"
+    spans = [m.span() for m in re.finditer(r"-+", rule)]
+    for row in rows:  # sparsity and verdict left-aligned, effective sparsity right-aligned
+        cells = [m.span() for m in re.finditer(r"\S+", row)]
+        assert cells[0][0] == spans[0][0] and cells[1][0] == spans[1][0] and cells[2][1] == spans[2][1]
+    assert f"at sparsity {doc['collapse_sparsity']:.6f}" in lines[1]
+
+
+def test_report_traces_and_sorts_the_model_once(capsys, counted):  # noqa: F811 - the fixture
+    code, out, _ = run(capsys, "report", *LENET, "--sparsity", "0.5", "0.99", "--mt", "0.05")
+    assert code == 0 and "MT 25 per layer" in out
+    assert counted == {"traces": 1, "sorts": 1}
+
+
+@pytest.mark.parametrize("text,count", [("96", 96), ("0.05", 25), ("0.05%", 25)])
+def test_prune_reads_mt_as_report_does(capsys, tmp_path, text, count):
+    code, out, _ = run(capsys, "prune", *LENET, "--sparsity", "0.9", "--mt", text, "--out", str(tmp_path),
+                       "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["mt_count"] == count and min(layer["kept"] for layer in doc["layers"]) >= count

@@ -1,4 +1,6 @@
 """MagnitudeIndex: exact Global MP counts, deterministic ties, MT, critical sparsities (Invariants 1-2)."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -106,15 +108,28 @@ def test_critical_sparsity_is_the_first_count_that_empties_the_layer():
     assert (idx.critical_sparsities(mt_count=3) == 1.0).all()  # MT >= 1 never empties a layer
 
 
-def test_resolve_mt_counts_and_percents():
-    assert resolve_mt(None, 1000) == 0
-    assert resolve_mt(7, 1000) == 7
-    assert resolve_mt(0.05, 1_000_000) == 500  # reference --min-threshold 0.05 (%)
-    assert resolve_mt("0.05%", 1_000_000) == 500
-    assert resolve_mt("12", 1000) == 12
-    for bad in (-1, 150.0, "lots", [3]):
-        with pytest.raises(CollapsekitError):
-            resolve_mt(bad, 1000)
+@pytest.mark.parametrize("mt,count", [
+    (None, 0), (7, 7), (np.int64(7), 7), ("12", 12), (" 96 ", 96), (96, 96),  # integers are counts
+    (0.05, 500), ("0.05", 500), ("0.05%", 500), ("0.05 %", 500), ("5e-2", 500),  # decimals and N% are percents
+    (96.0, 960_000), ("96.0", 960_000), ("96%", 960_000), ("100%", 1_000_000),
+    (0, 0), (0.0, 0), ("0%", 0), (0.00001, 1),  # a positive percent keeps at least one weight
+])
+def test_resolve_mt_reads_integers_as_counts_and_decimals_or_percent_signs_as_percents(mt, count):
+    assert resolve_mt(mt, 1_000_000) == count
+
+
+@pytest.mark.parametrize("bad,fragment", [
+    (-1, "count must be >= 0"), ("-3", "count must be >= 0"), (-0.5, "percent must lie in [0, 100]"),
+    ("-0.5%", "percent must lie in [0, 100]"), (150.0, "percent must lie in [0, 100]"),
+    ("101%", "percent must lie in [0, 100]"), (float("nan"), "percent must lie in [0, 100]"),
+    ("nan", "percent must lie in [0, 100]"), ("inf", "percent must lie in [0, 100]"),
+    ("abc", "neither a count"), ("", "neither a count"), ("%", "neither a count"), ("5%%", "neither a count"),
+    ([3], "must be a count"), (True, "must be a count"),
+])
+def test_resolve_mt_refuses_bad_values_in_one_line(bad, fragment):
+    with pytest.raises(CollapsekitError, match=re.escape(fragment)) as err:
+        resolve_mt(bad, 1000)
+    assert "\n" not in str(err.value)
 
 
 def test_bad_sparsity_and_overlarge_k_are_clear_errors():

@@ -11,6 +11,7 @@ import torch.nn as nn
 import collapsekit as ck
 from collapsekit.views import plots
 from collapsekit.cli import main
+from test_analysis import counted  # noqa: F401 - the fixture counting traces and sorts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPARSITIES = [0.3, 0.6, 0.9, 0.97]
@@ -183,3 +184,59 @@ def test_plot_cli_writes_every_figure(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "mt").iterdir()) == [
         "critical_sparsity.png", "effective_vs_nominal.png", "mt_effect.png", "report.json",
         "sparsity_heatmap.png"]
+
+
+def test_audit_compares_suggest_mts_mt_at_the_first_collapsed_level():
+    from collapsekit.views.audit import audit
+
+    model, x = bottleneck_mlp(), torch.randn(2, 1, 4, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = audit(model, x, sparsities=[0.3, 0.9, 0.97], name="mlp")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert result.without_mt is result.report and result.report.mt == 0
+    first = next(lv.sparsity for lv in result.report.levels if lv.collapsed)
+    suggestion = ck.suggest_mt(model, x, first)
+    assert result.mt_sparsity == first and result.with_mt.mt == suggestion.mt > 0
+    assert not result.with_mt.at(first).collapsed and suggestion.reason in result.mt_note
+    assert list(result.figures()) == ["sparsity_heatmap", "critical_sparsity", "effective_vs_nominal", "mt_effect"]
+    doc = json.loads(json.dumps(result.to_dict()))
+    assert doc["mt"] == suggestion.mt and doc["mt_sparsity"] == first and doc["report"]["mt"] == 0
+
+
+def test_audit_with_mt_reuses_its_report_and_adds_the_mt_sparsity_to_the_mt_free_twin():
+    from collapsekit.views.audit import audit
+
+    result = audit(bottleneck_mlp(), torch.randn(2, 1, 4, 4), sparsities=[0.3, 0.9], mt=4, mt_sparsity=0.95)
+    assert result.report.mt == 4 and result.without_mt.mt == 0
+    assert [lv.sparsity for lv in result.without_mt.levels] == [0.3, 0.9, 0.95]
+    assert result.with_mt.mt == 4 and [lv.sparsity for lv in result.with_mt.levels] == [0.95]
+    same = audit(bottleneck_mlp(), torch.randn(2, 1, 4, 4), sparsities=[0.3, 0.9], mt="4", mt_sparsity=0.9)
+    assert same.with_mt is same.report
+
+
+def test_audit_without_collapse_falls_back_to_the_reference_mt():
+    from collapsekit.analysis.suggest import reference_mt
+    from collapsekit.views.audit import audit
+
+    torch.manual_seed(1)
+    result = audit(TwoBlockResidual(), torch.randn(2, 6), sparsities=[0.3])
+    assert not result.report.levels[0].collapsed and result.mt_sparsity == 0.3
+    assert result.with_mt.mt == reference_mt(result.report.total) == 1  # 0.05 % of 200 weights, at least one
+    assert "showing the default MT of 0.05 %" in result.mt_note and "mt_effect" in result.figures()
+
+
+def test_audit_says_why_there_is_no_mt_figure_when_no_mt_helps():
+    from collapsekit.views.audit import audit
+
+    # 312 weights at 0.99 keep 3: MT 1 per layer is the most there is room for, too little for 3 outputs
+    result = audit(bottleneck_mlp(), torch.randn(2, 1, 4, 4), sparsities=[0.5], mt_sparsity=0.99)
+    assert result.mt_sparsity == 0.99 and result.with_mt is None
+    assert "no MT helps" in result.mt_note and "mt_effect" not in result.figures()
+
+
+def test_plot_cli_traces_and_sorts_the_model_once(tmp_path, capsys, counted):  # noqa: F811 - the fixture
+    assert main(["plot", "--model", "test_plots:bottleneck_mlp", *SHAPE, "--sparsity", "0.5", "0.9",
+                 "--mt-sparsity", "0.7", "--format", "png", "--out", str(tmp_path)]) == 0
+    # suggest_mt, the report under its MT and the MT-free report at 0.7 asked the same Analysis
+    assert "mt_effect at sparsity 0.7: MT" in capsys.readouterr().out
+    assert counted == {"traces": 1, "sorts": 1}

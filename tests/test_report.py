@@ -8,7 +8,7 @@ import torch.nn as nn
 import collapsekit as ck
 from collapsekit.validation import probe
 from collapsekit.analysis.magnitudes import sparsity_to_count
-from collapsekit.views.render import to_markdown, to_text
+from collapsekit.views.render import report_to_markdown, report_to_text
 from collapsekit.analysis.analysis import Analysis
 from invariants import scramble
 
@@ -102,10 +102,10 @@ def test_analysis_never_changes_the_model():
 
 def test_text_and_markdown_lead_with_the_verdict():
     report = ck.analyze(mlp(), torch.randn(1, 6), sparsities=[0.5, 0.9])
-    text = to_text(report)
+    text = report_to_text(report)
     assert text.splitlines()[1].startswith("verdict: Global MP collapses the network at sparsity")
     assert "first bottleneck to empty: 2.weight" in text
-    assert "| 0.9 | COLLAPSED |" in to_markdown(report)
+    assert "| 0.9 | COLLAPSED |" in report_to_markdown(report)
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.2, 1.5])

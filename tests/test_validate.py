@@ -9,9 +9,9 @@ import collapsekit as ck
 from collapsekit.files import checkpoint
 from collapsekit import models
 from collapsekit.validation.mtsearch import search_mt
-from collapsekit.validation.mtsearch import to_text as mt_text
 from collapsekit.training.train import fit, seed_everything
-from collapsekit.validation.validate import to_text, validate
+from collapsekit.validation.validate import validate
+from collapsekit.views.render import mt_search_to_text, validation_to_text
 
 
 def trained(name, digits, epochs, lr, **kw):
@@ -38,7 +38,7 @@ def test_validate_mlp_agrees_at_alive_and_collapsed_levels(lenet, digits):
     assert dead.constant_after_prune and dead.observed_collapsed and not dead.trained
     assert dead.accuracy <= report.chance + report.margin and dead.effective_sparsity == 1.0
     assert report.agreement_rate == 1.0
-    text = to_text(report)
+    text = validation_to_text(report)
     assert "agreement 2/2 (100%)" in text and "collapsed" in text
     doc = json.loads(json.dumps(report.to_dict()))
     assert doc["agreement_rate"] == 1.0 and [lv["agree"] for lv in doc["levels"]] == [True, True]
@@ -102,7 +102,7 @@ def wrn(digits):
 def test_mobilenet_collapses_at_predicted_sparsity_and_validate_agrees(mobilenet, digits, sparsity):
 
     report = validate(mobilenet, digits, [0.5, sparsity], epochs=3, lr=0.02, device="cpu", name="mobilenet_v1")
-    print(to_text(report))
+    print(validation_to_text(report))
     assert report.collapse_sparsity < sparsity
     collapsed = report.at(sparsity)
     assert collapsed.predicted_collapsed and collapsed.observed_collapsed
@@ -119,7 +119,7 @@ def test_mobilenet_with_suggested_mt_trains_above_chance(mobilenet, digits, spar
     # that thin do not train in 4 epochs, so, as mt-search does, take its search range.
     mt = suggestion.search_range[-1]
     result = search_mt(mobilenet, digits, sparsity, mts=[0, mt], epochs=4, lr=0.02, device="cpu")
-    print(mt_text(result))
+    print(mt_search_to_text(result))
     by_mt = {p.mt: p for p in result.points}
     assert by_mt[0].predicted_collapsed and by_mt[0].accuracy <= 0.2
     assert not by_mt[mt].predicted_collapsed
@@ -130,7 +130,7 @@ def test_mobilenet_with_suggested_mt_trains_above_chance(mobilenet, digits, spar
 def test_wrn_does_not_collapse_at_that_sparsity(wrn, digits, sparsity):
 
     report = validate(wrn, digits, [sparsity], epochs=2, lr=0.05, device="cpu", name="wrn_16_2")
-    print(to_text(report))
+    print(validation_to_text(report))
     level = report.at(sparsity)
     assert report.collapse_sparsity > 0.99
     assert not level.predicted_collapsed and not level.observed_collapsed

@@ -17,6 +17,7 @@ from collapsekit.analysis.connectivity import Connectivity, LevelMasks
 from collapsekit.analysis.cost import count_macs, forward_macs
 from collapsekit.analysis.flow import FlowResult, run_flow
 from collapsekit.analysis.graph import build_graph, effective_depth
+from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
@@ -49,6 +50,9 @@ class Analysis:
         if exact not in (True, False, "auto"):
             raise CollapsekitError(f"exact must be True, False or 'auto', got {exact!r}")
         self.name = name or type(model).__name__
+        self.model = model  # read (copied) by the data-aware forecast, never changed
+        self.input_range = DEFAULT_RANGE  # what the value level assumes of inputs; with data, the data's min/max
+        self._forecasters: dict[int, object] = {}
         self.traced = trace(model, example_inputs)
         self.weights = find_prunable(model, include, exclude)
         self.tensors = tensors(model, self.weights)
@@ -118,11 +122,44 @@ class Analysis:
         """True if the masks pruning `k` weights leave no kept input-to-output path."""
         return self.flow(k, backward=False, channel_level=channel_level).collapsed
 
-    def value_collapsed_at(self, masks: LevelMasks) -> bool:
-        """True if the masked network is provably constant at its current weights (sign analysis)."""
+    def value_collapsed_at(self, masks: LevelMasks, input_range=None) -> bool:
+        """True if the masked network is provably constant at its current weights, for inputs in `input_range`
+        (default `self.input_range`): sign analysis and interval domain, either's cuts count."""
         keep = masks.keep_list()
-        cuts = relu_cuts(self.traced, self.weights, keep)
+        rng = self.input_range if input_range is None else input_range
+        cuts = merge_cuts(relu_cuts(self.traced, self.weights, keep),
+                          interval_cuts(self.traced, self.weights, keep, rng))
         return bool(cuts) and run_flow(self.traced, self.weights, keep, backward=False, cuts=cuts).collapsed
+
+    def with_data(self, bundle) -> Analysis:
+        """The same analysis whose value level assumes inputs within `bundle`'s min and max (no new trace)."""
+        other = copy.copy(self)
+        other.input_range = data_range(bundle)
+        return other
+
+    def forecaster(self, bundle):
+        """The trainability Forecaster on a batch of `bundle`'s training data (built once per data set)."""
+        from collapsekit.analysis.forecast import Forecaster
+
+        key = id(bundle)
+        if key not in self._forecasters:
+            bottlenecks = {w.name for w in self.weights if not self.graph.bypassable[w.name]}
+            self._forecasters[key] = (bundle, Forecaster.from_bundle(self.model, bundle, bottlenecks=bottlenecks))
+        return self._forecasters[key][1]
+
+    def forecast(self, bundle, k: int, collapsed: bool | None = None):
+        """forecast.Forecast for the masks that prune `k` weights: will masked fine-tuning train them?
+
+        A structurally collapsed level is a constant function: untrainable
+        without measuring (pass `collapsed` when the flow has already run).
+        """
+        from collapsekit.analysis.forecast import Forecast
+
+        if collapsed is None:
+            collapsed = self.collapsed_at(k)
+        if collapsed:
+            return Forecast(trainable=False, evidence={}, reason="collapsed: no kept path", batch=0)
+        return self.forecaster(bundle)(self.masks(k=k))
 
     def collapse_sparsity(self, known: list[tuple[int, bool]] = ()) -> float:
         """The smallest global sparsity (to the weight) whose Global MP masks collapse the network; 1.0 if none.
@@ -175,8 +212,9 @@ class Analysis:
                                  float(c), self.graph.rejoins_at[w.name], int(p))
                      for w, c, p in zip(self.weights, crit, protected))
 
-    def level_report(self, sparsity: float) -> LevelReport:
-        """What Global MP (+MT) at `sparsity` does, as the masks alone decide (plus the value-level verdict)."""
+    def level_report(self, sparsity: float, data=None) -> LevelReport:
+        """What Global MP (+MT) at `sparsity` does, as the masks alone decide (plus the value-level verdict);
+        with `data` (a DataBundle) also the trainability forecast."""
         k = self.count(sparsity)
         masks = self.level(k)
         pruned = masks.alloc.pruned
@@ -191,16 +229,23 @@ class Analysis:
             effective_sparsity=1.0 - float(flow.effective.sum()) / self.index.total,
             effective_depth=effective_depth(self.graph, set(emptied)),
             layer_sparsity={w.name: float(n) / w.numel for w, n in zip(self.weights, pruned)},
-            value_collapsed=value_collapsed)
+            value_collapsed=value_collapsed,
+            forecast=None if data is None else self.forecast(data, k, flow.collapsed))
 
-    def report(self, sparsities=None, progress: bool = False, name: str | None = None) -> CollapseReport:
-        """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT."""
+    def report(self, sparsities=None, progress: bool = False, name: str | None = None, data=None) -> CollapseReport:
+        """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT.
+
+        With `data` (a DataBundle) each level carries its trainability forecast
+        and the value level assumes inputs within the data's min and max.
+        """
         wanted = sparsity_levels(sparsities)
-        levels = [self.level_report(s) for s in _progress(wanted, progress, "levels")]
+        an = self if data is None else self.with_data(data)
+        levels = [an.level_report(s, data) for s in _progress(wanted, progress, "levels")]
         collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
             levels = [lv if lv.collapsed or lv.sparsity < collapse
-                      else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0)
+                      else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0,
+                                   forecast=None if data is None else self.forecast(data, lv.pruned, True))
                       for lv in levels]
         return CollapseReport(
             model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
@@ -209,17 +254,18 @@ class Analysis:
 
 
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,
-            progress: bool = False, name: str | None = None, exact="auto") -> CollapseReport:
+            progress: bool = False, name: str | None = None, exact="auto", data=None) -> CollapseReport:
     """The CollapseReport of `model` (an nn.Module, or an Analysis already built) for Global MP at `sparsities`.
 
     `mt` is the Minimum Threshold: an int count per layer, or a percent of all
     prunable weights (float or "0.05%"). `example_inputs` (a tensor, a tuple, or a
     dict of keyword inputs) fixes the input shape. The model is never modified.
+    With `data` (a `collapsekit.data.DataBundle`) each level carries `level.forecast`.
     """
     sparsity_levels(sparsities)  # a bad level is refused before any work
     extra = {} if isinstance(model, Analysis) else {"exact": exact}
     an = Analysis.of(model, example_inputs, include, exclude, mt, **extra)
-    return an.report(sparsities, progress=progress, name=name)
+    return an.report(sparsities, progress=progress, name=name, data=data)
 
 
 def sparsity_levels(sparsities=None) -> list[float]:

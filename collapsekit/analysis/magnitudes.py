@@ -30,25 +30,39 @@ _FLOAT32_INF_BITS = 0x7F800000
 
 
 def resolve_mt(mt, total: int) -> int:
-    """The per-layer MT count for `mt`: an int is a count; a float, or a string ending in '%',
-    is a percent of all `total` prunable weights (the reference code's ``--min-threshold``)."""
+    """The per-layer MT count for `mt`, read the same in Python and on the command line.
+
+    An integer (``96``, ``"96"``) is a count of weights per layer; a decimal
+    (``0.05``, ``"0.05"``) or ``"N%"`` is a percent of all `total` prunable weights,
+    as the reference code's ``--min-threshold`` (Gupta et al.; default 0.05 %). A
+    positive percent keeps at least one weight. None means no MT.
+    """
     if mt is None or mt is False:
         return 0
-    if isinstance(mt, str):
-        text = mt.strip()
+    value = _mt_from_text(mt) if isinstance(mt, str) else mt
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise CollapsekitError(f"MT must be a count (96) or a percent (0.05 or 0.05%), got {type(mt).__name__}")
+    if isinstance(value, (int, np.integer)):
+        if value < 0:
+            raise CollapsekitError(f"MT count must be >= 0, got {mt!r}")
+        return int(value)
+    if math.isnan(value) or not 0.0 <= value <= 100.0:
+        raise CollapsekitError(f"MT percent must lie in [0, 100], got {mt!r}")
+    return max(1, round(value / 100.0 * total)) if value > 0 else 0
+
+
+def _mt_from_text(text: str) -> int | float:
+    """"96" -> 96 (a count); "0.05", "1e-3" and "0.05%" -> percents as floats."""
+    body = text.strip()
+    try:
+        if body.endswith("%"):
+            return float(body[:-1])
         try:
-            return resolve_mt(float(text[:-1]) if text.endswith("%") else int(text), total)
+            return int(body)
         except ValueError:
-            raise CollapsekitError(f"MT {mt!r} is neither a count (e.g. 500) nor a percent (e.g. 0.05%)") from None
-    if isinstance(mt, bool) or not isinstance(mt, (int, float, np.integer, np.floating)):
-        raise CollapsekitError(f"MT must be a count or a percent, got {type(mt).__name__}")
-    if isinstance(mt, (int, np.integer)):
-        if mt < 0:
-            raise CollapsekitError(f"MT count must be >= 0, got {mt}")
-        return int(mt)
-    if not (0.0 <= mt <= 100.0) or math.isnan(mt):
-        raise CollapsekitError(f"MT percent must lie in [0, 100], got {mt}")
-    return max(1, round(mt / 100.0 * total)) if mt > 0 else 0
+            return float(body)
+    except ValueError:
+        raise CollapsekitError(f"MT {text!r} is neither a count (96) nor a percent (0.05 or 0.05%)") from None
 
 
 def sparsity_to_count(sparsity: float, total: int) -> int:

@@ -38,6 +38,7 @@ class LevelReport:
     effective_depth: int
     layer_sparsity: dict[str, float]
     value_collapsed: bool = False  # proven constant at the current weights (True implies nothing structural)
+    forecast: object = None  # forecast.Forecast with data (will masked fine-tuning train it?), else None
 
     @property
     def dead_channel_count(self) -> int:
@@ -88,7 +89,8 @@ class CollapseReport:
             "layers": [{**asdict(lay), "shape": list(lay.shape)} for lay in self.layers],
             "levels": [{**asdict(lv), "emptied_layers": list(lv.emptied_layers),
                         "emptied_bottlenecks": list(lv.emptied_bottlenecks),
-                        "dead_channel_count": lv.dead_channel_count} for lv in self.levels],
+                        "dead_channel_count": lv.dead_channel_count,
+                        "forecast": None if lv.forecast is None else lv.forecast.to_dict()} for lv in self.levels],
         }
 
 

@@ -83,6 +83,47 @@ class RuleTable:
         return None
 
 
+class RuleInterpreter(fx.Interpreter):
+    """An fx.Interpreter whose call nodes run the rules of one `RuleTable` (`RULES`, set by the subclass).
+
+    A rule is called as `rule.fn(self, [target,] [module,] *args, **kwargs)`; a
+    node without a rule gets the subclass's `unknown()` value. `self._node` is
+    the node being run.
+    """
+
+    RULES: RuleTable
+
+    def run_node(self, n):
+        self._node = n
+        return super().run_node(n)
+
+    @property
+    def target(self) -> str:
+        """The node being run's target: for a module rule, the module's qualified name."""
+        return self._node.target
+
+    def _apply_rule(self, rule, lead: tuple, args, kwargs):
+        if rule is None:
+            return self.unknown()
+        if rule.passes_target:
+            lead = (self._node.target, *lead)
+        return rule.fn(self, *lead, *args, **kwargs)
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        return self._apply_rule(self.RULES.for_module(module), (module,), args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        return self._apply_rule(self.RULES.for_node(self._node), (), args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        return self._apply_rule(self.RULES.for_node(self._node), (), args, kwargs)
+
+    def unknown(self):
+        """The value of an op no rule knows (the subclass's top element)."""
+        raise NotImplementedError
+
+
 def aten(*names: str) -> list:
     """Overloads of torch.ops.aten that exist in this torch (graphs from torch.export), e.g. "relu.default"."""
     found = []

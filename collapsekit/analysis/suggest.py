@@ -5,7 +5,8 @@ the one magnitude index, and each check is one forward structural flow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,22 +30,31 @@ class MTSuggestion:
     total: int
     evaluations: int  # structural flow runs spent
     reason: str
+    structural_floor: int | None = None  # with data: the structural answer, kept as the lower bound
+    forecasts: tuple[dict, ...] = field(default=())  # with data: {mt, trainable, quality, ...} per candidate MT
+    forecast_trainable: bool | None = None  # with data: is `mt` forecast trainable
+    seconds: float = field(default=0.0, compare=False)  # wall time of the suggestion itself
 
     @property
     def floor(self) -> int:
         """The structural floor: the smallest MT at which a kept path reaches what `require` asks (a lower bound)."""
-        return self.mt
+        return self.mt if self.structural_floor is None else self.structural_floor
 
     def to_dict(self) -> dict:
         return {"sparsity": self.sparsity, "mt": self.mt, "floor": self.floor, "percent": self.percent,
                 "search_range": list(self.search_range), "collapses_without_mt": self.collapses_without_mt,
                 "max_mt": self.max_mt, "total": self.total, "evaluations": self.evaluations,
-                "reason": self.reason}
+                "reason": self.reason, "forecasts": [dict(f) for f in self.forecasts], "seconds": self.seconds,
+                "forecast_trainable": self.forecast_trainable}
 
 
 def suggest_mt(model, example_inputs=None, sparsity: float | None = None, include: list[str] | None = None,
-               exclude: list[str] | None = None, require: str = "every_output") -> MTSuggestion:
+               exclude: list[str] | None = None, require: str = "every_output", data=None) -> MTSuggestion:
     """MTSuggestion: the smallest MT count with which Global MP at `sparsity` keeps the net alive.
+
+    With `data` (a DataBundle), `mt` is the smallest MT the trainability
+    forecast calls trainable and whose forecast quality is near the best of the
+    candidates (`trainable_mt`); the structural answer stays as `floor`.
 
     `model` is an nn.Module (traced and indexed once here) or an Analysis already
     built. `require="every_output"` (default) asks that a kept path reach every
@@ -55,11 +65,20 @@ def suggest_mt(model, example_inputs=None, sparsity: float | None = None, includ
     collapse need not be monotone in MT, so the answer is a verified boundary:
     `mt` does not collapse and `mt - 1` does. The model is never changed.
     """
+    started = time.perf_counter()
     if require not in REQUIREMENTS:
         raise CollapsekitError(f"require must be 'every_output' or 'any_output', got {require!r}")
     if sparsity is None:
         raise CollapsekitError("suggest_mt needs a sparsity")
     an = Analysis.of(model, example_inputs, include, exclude, mt=0)
+    structural = _structural(an, sparsity, require)
+    if data is not None:
+        structural = trainable_mt(an, structural, data)
+    return replace(structural, seconds=time.perf_counter() - started)
+
+
+def _structural(an: Analysis, sparsity: float, require: str) -> MTSuggestion:
+    """The structural floor (see suggest_mt) and the search range above it."""
     total = an.total
     k = an.count(sparsity)
     runs = 0
@@ -98,6 +117,47 @@ def suggest_mt(model, example_inputs=None, sparsity: float | None = None, includ
                         else f"MT={hi} keeps a path; MT={lo} collapses", **base)
 
 
+# Trainability-aware suggestion: candidates from the floor to the largest MT, log-spaced,
+# and the accuracy-vs-MT curve's top read from the forecast's signal, which rises with the
+# fine-tuned accuracy across MT in the calibration sweeps (analyses/trainability_forecast.py).
+CANDIDATES = 9
+QUALITY = "signal"  # forecast evidence that tracks accuracy after fine-tuning across MT
+NEAR_TOP = 0.9  # the smallest trainable MT whose quality is >= this fraction of the best candidate's
+
+
+def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion:
+    """`structural` with `mt` replaced by the smallest trainable MT near the top of the forecast quality curve.
+
+    Each candidate costs one forecast (a forward and backward pass on a data
+    batch), no fine-tuning. When no candidate is forecast trainable, `mt` is the
+    candidate of best quality (the likeliest to train anyway) and `reason` says so.
+    """
+    k = an.count(structural.sparsity)
+    top = structural.max_mt
+    grid = {0, structural.mt, *structural.search_range}
+    if top > 0:
+        grid |= {int(round(v)) for v in np.geomspace(max(1, structural.mt), top, CANDIDATES)}
+    forecasts = []
+    for mt in sorted(m for m in grid if m <= top and m >= structural.mt):
+        f = an.with_mt(mt).forecast(bundle, k)
+        forecasts.append({"mt": mt, "trainable": f.trainable, "quality": float(f.evidence.get(QUALITY, 0.0)),
+                          **{key: float(f.evidence.get(key, 0.0)) for key in ("signal", "gradient_relative_min",
+                                                                              "accuracy_pruned", "class_signal")}})
+    trainable = [f for f in forecasts if f["trainable"]]
+    if trainable:
+        best = max(f["quality"] for f in trainable)
+        pick = next(f for f in trainable if f["quality"] >= NEAR_TOP * best)
+        reason = (f"MT={pick['mt']} is the smallest forecast trainable with {QUALITY} {pick['quality']:.3g} >= "
+                  f"{NEAR_TOP:g} x the best {best:.3g} over {len(forecasts)} candidates; structural floor "
+                  f"{structural.mt}")
+    else:
+        pick = max(forecasts, key=lambda f: (f["quality"], -f["mt"]))
+        reason = (f"no MT from {structural.mt} to {top} is forecast trainable at this sparsity; MT={pick['mt']} "
+                  f"has the best {QUALITY} ({pick['quality']:.3g}); structural floor {structural.mt}")
+    return replace(structural, mt=pick["mt"], percent=100.0 * pick["mt"] / an.total, structural_floor=structural.mt,
+                   forecasts=tuple(forecasts), forecast_trainable=bool(pick["trainable"]), reason=reason)
+
+
 def reference_mt(total: int) -> int:
     """The reference code's default Minimum Threshold, 0.05 % of the prunable weights, as a count."""
     return resolve_mt(0.05, total)
@@ -115,4 +175,4 @@ def largest_mt(index: MagnitudeIndex, k: int) -> int:
     return lo
 
 
-__all__ = ["suggest_mt", "MTSuggestion", "reference_mt", "largest_mt"]
+__all__ = ["suggest_mt", "MTSuggestion", "trainable_mt", "reference_mt", "largest_mt"]

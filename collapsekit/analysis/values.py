@@ -16,12 +16,11 @@ from __future__ import annotations
 import operator
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.analysis.rules import RuleTable
+from collapsekit.analysis.rules import RuleInterpreter, RuleTable
 from collapsekit.analysis.trace import TracedModel
 
 Sign = tuple  # (can_be_positive, can_be_negative), float 0/1 tensors of the value's shape
@@ -136,8 +135,10 @@ def _method_like(sp, name, x, *args, **kwargs):
     return tuple(_any(getattr(t, name)(*args, **kwargs)) for t in x)
 
 
-class SignPass(fx.Interpreter):
+class SignPass(RuleInterpreter):
     """Signs every value can take at the given keep-masks; records the ReLU elements cut to constant 0."""
+
+    RULES = SIGN_RULES
 
     def __init__(self, traced: TracedModel, masks: dict[str, torch.Tensor]):
         super().__init__(traced.gm)
@@ -169,35 +170,9 @@ class SignPass(fx.Interpreter):
         value = torch.as_tensor(v, dtype=torch.float32)
         return ((value > 0).float(), (value < 0).float())
 
-    def run_node(self, n):
-        self._node = n
-        return super().run_node(n)
-
     def placeholder(self, target, args, kwargs):
         real = super().placeholder(target, args, kwargs)
         return (torch.ones(real.shape), torch.ones(real.shape))
-
-    @property
-    def target(self) -> str:
-        """The node being run's target: for a module rule, the module's qualified name."""
-        return self._node.target
-
-    def _apply_rule(self, rule, lead: tuple, args, kwargs):
-        if rule is None:
-            return self.unknown()
-        if rule.passes_target:
-            lead = (self._node.target, *lead)
-        return rule.fn(self, *lead, *args, **kwargs)
-
-    def call_module(self, target, args, kwargs):
-        module = self.fetch_attr(target)
-        return self._apply_rule(SIGN_RULES.for_module(module), (module,), args, kwargs)
-
-    def call_function(self, target, args, kwargs):
-        return self._apply_rule(SIGN_RULES.for_node(self._node), (), args, kwargs)
-
-    def call_method(self, target, args, kwargs):
-        return self._apply_rule(SIGN_RULES.for_node(self._node), (), args, kwargs)
 
     def unknown(self) -> Sign:
         """Any sign, in the node's recorded shape (ops with no rule)."""

@@ -42,6 +42,15 @@ def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> No
               help="resize images to S x S (digits is 8 x 8; 32 fits CIFAR-shaped nets)")
 
 
+MT_HELP = ("Minimum Threshold, read as mt= in Python: an integer is a count of weights per layer (96), a "
+           "decimal or N%% a percent of all prunable weights (0.05 and 0.05%% are both 0.05 %%)")
+
+
+def add_mt_arg(parser: argparse.ArgumentParser) -> None:
+    """Add --mt, resolved by `collapsekit.analysis.magnitudes.resolve_mt` exactly as the Python `mt=`."""
+    _add_once(parser, "--mt", metavar="MT", help=MT_HELP)
+
+
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """Add --device (auto picks CUDA when present) and --seed."""
     _add_once(parser, "--device", default="auto", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -123,4 +132,4 @@ def load_data(args: argparse.Namespace, meta: dict):
     return bundle
 
 
-__all__ = ["add_model_args", "add_data_args", "add_device_args", "load_model", "load_data", "model_shapes"]
+__all__ = ["add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "MT_HELP", "load_model", "load_data", "model_shapes"]

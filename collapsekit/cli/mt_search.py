@@ -27,12 +27,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.validation.mtsearch import search_mt, to_text
+    """Sweep MT, print the accuracy-vs-MT table (rank 0 only)."""
+    from collapsekit.validation.mtsearch import search_mt
+    from collapsekit.views.render import mt_search_to_text
 
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)
     result = search_mt(model, bundle, args.sparsity, mts=args.mt, epochs=args.epochs,
                        progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta))
     if is_main_process():  # under torchrun every rank sweeps; rank 0 prints
-        print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else to_text(result))
+        print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else mt_search_to_text(result))
     return 0

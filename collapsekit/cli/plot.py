@@ -6,10 +6,8 @@ from pathlib import Path
 
 from collapsekit.cli.common import add_model_args, load_model
 from collapsekit.cli.report import add_analysis_args, example_input
-from collapsekit.errors import CollapsekitError
 
 HELP = "draw the collapse report as figures (PNG and SVG)"
-DEFAULT_MT_PERCENT = 0.05  # Gupta et al.'s reference --min-threshold, in % of all prunable weights
 
 
 def register(subparsers) -> None:
@@ -34,67 +32,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Audit the model, save the report and every figure, print the verdict and the files written."""
+    from collapsekit.files.atomic import atomic_write_text
     from collapsekit.views import plots
-    from collapsekit.analysis.analysis import analyze
+    from collapsekit.views.audit import audit
+    from collapsekit.views.render import audit_to_text
 
     model, meta = load_model(args)
-    x = example_input(args, meta, model)
-    name = meta.get("model") or args.model
-    common = dict(include=args.include, exclude=args.exclude, name=name)
-    report = analyze(model, x, sparsities=args.sparsity, mt=args.mt, progress=True, **common)
+    result = audit(model, example_input(args, meta, model), sparsities=args.sparsity, mt=args.mt,
+                   include=args.include, exclude=args.exclude, mt_sparsity=args.mt_sparsity,
+                   name=meta.get("model") or args.model, progress=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    figures = {"sparsity_heatmap": plots.sparsity_heatmap(report),
-               "critical_sparsity": plots.critical_sparsity_plot(report),
-               "effective_vs_nominal": plots.effective_vs_nominal(report)}
-    base, with_mt, s, note = _mt_comparison(model, x, report, args, common)
-    if with_mt is not None:
-        figures["mt_effect"] = plots.mt_effect(base, with_mt, s)
-
-    written = []
-    for stem, fig in figures.items():
+    written = [atomic_write_text(out / "report.json", json.dumps(result.report.to_dict(), indent=2) + "\n")]
+    for stem, fig in result.figures().items():
         written += plots.save(fig, out / stem, args.format, dpi=args.dpi)
-    verdict = (f"collapses at sparsity {report.collapse_sparsity:.6f}" if report.collapse_sparsity < 1.0
-               else "never collapses")
-    print(f"{name}: Global MP{f' + MT {report.mt}' if report.mt else ''} {verdict}")
-    if with_mt is None:
-        print(f"no mt_effect figure at sparsity {s:g}{note}")
-    else:
-        print(f"mt_effect at sparsity {s:g}: MT {with_mt.mt} per layer{note}")
-    print("wrote " + ", ".join(str(p) for p in [out / "report.json", *written]))
+    print(audit_to_text(result, written))
     return 0
-
-
-def _mt_comparison(model, x, report, args, common):
-    """(report without MT, report with MT or None, sparsity, note) for the mt_effect figure.
-
-    The sparsity is --mt-sparsity, else the first analysed level that collapses
-    without MT, else the highest; the MT is --mt, else suggest_mt's, else (nothing
-    collapses there) the reference default, capped at what the sparsity allows.
-    """
-    from collapsekit.analysis.suggest import suggest_mt
-    from collapsekit.analysis.analysis import analyze
-
-    base = report if not report.mt else analyze(model, x, sparsities=args.sparsity, **common)
-    s = args.mt_sparsity if args.mt_sparsity is not None else \
-        next((lv.sparsity for lv in base.levels if lv.collapsed), base.levels[-1].sparsity)
-    mt, note = args.mt, ""
-    if not report.mt:
-        suggestion = suggest_mt(model, x, s, include=args.include, exclude=args.exclude)
-        mt, note = suggestion.mt or None, f" (suggest_mt: {suggestion.reason})"
-        if not suggestion.collapses_without_mt:
-            mt = min(int(round(DEFAULT_MT_PERCENT / 100 * suggestion.total)), suggestion.max_mt) or None
-            capped = f", capped at {mt}" if mt == suggestion.max_mt else ""
-            note = f" (suggest_mt: {suggestion.reason}; showing the default MT of {DEFAULT_MT_PERCENT:g} %{capped})"
-    if mt is None:
-        return base, None, s, note
-    try:
-        with_mt = analyze(model, x, sparsities=[s], mt=mt, **common)
-    except CollapsekitError as exc:  # the MT does not fit this sparsity's budget
-        return base, None, s, note + f" ({exc})"
-    if not with_mt.mt:
-        return base, None, s, note
-    if all(abs(lv.sparsity - s) > 1e-9 for lv in base.levels):
-        base = analyze(model, x, sparsities=[s], **common)
-    return base, with_mt, s, note

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from collapsekit.cli.common import add_model_args, load_model
+from collapsekit.cli.common import add_data_args, add_model_args, add_mt_arg, load_data, load_model
 from collapsekit.errors import CollapsekitError
 
 
@@ -18,6 +18,7 @@ def register(subparsers) -> None:
                     "collapses. The model is never modified.")
     add_model_args(p)
     add_analysis_args(p)
+    add_data_args(p)  # optional: with data, each level carries a trainability forecast
     p.add_argument("--format", choices=["text", "md", "json"], default="text", help="output form (default text)")
     p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
     p.set_defaults(func=run)
@@ -32,8 +33,7 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
                         "encoder-decoder), vocabulary from the model's config")
     p.add_argument("--sparsity", type=float, nargs="+", metavar="S",
                    help="target global sparsities in [0, 1) (default: 21 levels from 0.5 to 0.999)")
-    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
-                                "weights (0.05%%)")
+    add_mt_arg(p)
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
 
@@ -87,20 +87,21 @@ def shapes_from_input(args) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.views.render import to_markdown, to_text
+    """Analyse the model and print the report as text, markdown or JSON."""
     from collapsekit.analysis.analysis import analyze
+    from collapsekit.files.atomic import atomic_write_text
+    from collapsekit.views.render import report_to_markdown, report_to_text
 
     shapes_from_input(args)
     model, meta = load_model(args)
-    report = analyze(model, example_input(args, meta, model), sparsities=args.sparsity, mt=args.mt,
+    bundle = load_data(args, meta) if args.data else None
+    x = bundle.example_input() if bundle is not None else example_input(args, meta, model)
+    report = analyze(model, x, sparsities=args.sparsity, mt=args.mt,
                      include=args.include, exclude=args.exclude, progress=args.format != "json",
-                     name=meta.get("model") or args.model)
-    document = report.to_dict()
+                     name=meta.get("model") or args.model, data=bundle)
+    document = json.dumps(report.to_dict(), indent=2)
     if args.output:
-        with open(args.output, "w") as fh:
-            json.dump(document, fh, indent=2)
-    if args.format == "json":
-        print(json.dumps(document, indent=2))
-    else:
-        print(to_markdown(report) if args.format == "md" else to_text(report))
+        atomic_write_text(args.output, document + "\n")
+    render = {"json": lambda _: document, "md": report_to_markdown, "text": report_to_text}[args.format]
+    print(render(report))
     return 0

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     common.add_data_args(p)
     common.add_device_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", required=True, metavar="S", help="sparsity levels")
-    p.add_argument("--mt", help="Minimum Threshold: a count per layer or a percent (0.05%%)")
+    common.add_mt_arg(p)
     p.add_argument("--margin", type=float, default=0.1,
                    help="'above chance' means accuracy > 1/classes + MARGIN (default: 0.1)")
     add_finetune_args(p)
@@ -31,7 +31,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.validation.validate import to_text, validate
+    """Validate the prediction at each sparsity and print the table (rank 0 only)."""
+    from collapsekit.validation.validate import validate
+    from collapsekit.views.render import validation_to_text
 
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)
@@ -40,5 +42,5 @@ def run(args) -> int:
                       name=meta.get("model"), out=args.out,
                       progress=not args.no_progress and args.format != "json", **kwargs)
     if is_main_process():  # under torchrun every rank validates; rank 0 prints
-        print(json.dumps(report.to_dict(), indent=2) if args.format == "json" else to_text(report))
+        print(json.dumps(report.to_dict(), indent=2) if args.format == "json" else validation_to_text(report))
     return 0

@@ -1,15 +1,17 @@
 """MT as a hyper-parameter: prune + fine-tune over a sweep of Minimum Threshold values and pick the best.
 
 Accuracy first rises then falls with MT (DESIGN.md), so the sweep starts from
-`ck.suggest_mt` (the smallest MT that keeps a path) and tries its
-`search_range`, plus MT = 0 as the baseline that shows the collapse.
+`ck.suggest_mt`'s structural floor (the smallest MT that keeps a path) and tries
+its `search_range`, plus MT = 0 as the baseline that shows the collapse, plus
+the suggestion made with the data (`suggest_mt(..., data=bundle)`: the
+smallest MT forecast trainable near the top of the curve). Each point carries
+its trainability forecast beside the fine-tuned accuracy.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
@@ -29,11 +31,13 @@ class MTPoint:
     emptied_layers: int
     accuracy_pruned: float
     accuracy: float  # after fine-tuning
+    forecast_trainable: bool | None = None  # the trainability forecast, made before fine-tuning
+    trained: bool | None = None  # accuracy > chance + validate's margin
 
     def to_dict(self) -> dict:
         return {"mt": self.mt, "percent": self.percent, "predicted_collapsed": self.predicted_collapsed,
                 "emptied_layers": self.emptied_layers, "accuracy_pruned": self.accuracy_pruned,
-                "accuracy": self.accuracy}
+                "accuracy": self.accuracy, "forecast_trainable": self.forecast_trainable, "trained": self.trained}
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,13 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
 
     `mts` are counts per layer; by default 0 plus `suggest_mt(...).search_range`
     (or DEFAULT_PERCENTS of all prunable weights when nothing collapses without
-    MT), capped at the largest MT the sparsity leaves room for. `model` is not
-    changed. `finetune_kwargs` go to `finetune.finetune`.
+    MT) plus the data-aware suggestion, capped at the largest MT the sparsity
+    leaves room for. `suggestion` is `suggest_mt(..., data=bundle)`'s (its `mt`
+    trainability-aware, its `floor` structural). `model` is not changed.
+    `finetune_kwargs` go to `finetune.finetune`.
     """
+    from collapsekit.validation.validate import DEFAULT_MARGIN
+
     from collapsekit.analysis.analysis import Analysis
     from collapsekit.analysis.suggest import suggest_mt
     from collapsekit.pruning.prune import apply_masks
@@ -73,10 +81,9 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
 
     # One trace and one sort serve the suggestion and every MT: only the allocation changes.
     base = Analysis(model, bundle.example_input(), mt=0)
-    suggestion = suggest_mt(base, sparsity=sparsity)
+    suggestion = suggest_mt(base, sparsity=sparsity, data=bundle)
     if mts is None:
-        grid = suggestion.search_range or tuple(int(round(p / 100 * suggestion.total)) for p in DEFAULT_PERCENTS)
-        mts = [m for m in (0, *grid) if m <= suggestion.max_mt]
+        mts = default_mts(suggestion)
     bad = [m for m in mts if not 0 <= int(m) <= suggestion.max_mt]
     if bad:
         raise CollapsekitError(f"MT {bad} out of range: sparsity {sparsity} leaves room for MT 0..{suggestion.max_mt}")
@@ -88,29 +95,21 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
         masks = an.masks(k=level.pruned)
         pruned = copy.deepcopy(model).cpu()
         apply_masks(pruned, masks)
+        forecast = an.forecast(bundle, level.pruned, level.collapsed)  # before fine-tuning
         run = finetune(pruned, masks, bundle, epochs, lr, batch_size, progress=progress, **finetune_kwargs)
         points.append(MTPoint(mt=mt, percent=100.0 * mt / suggestion.total, predicted_collapsed=level.collapsed,
                               emptied_layers=len(level.emptied_layers), accuracy_pruned=run.accuracy_before,
-                              accuracy=run.accuracy))
+                              accuracy=run.accuracy, forecast_trainable=forecast.trainable,
+                              trained=run.accuracy > 1.0 / bundle.num_classes + DEFAULT_MARGIN))
     return MTSearchResult(sparsity=float(sparsity), suggestion=suggestion.to_dict(), points=tuple(points),
                           epochs=epochs)
 
 
-def to_text(result: MTSearchResult) -> str:
-    """The accuracy-vs-MT table `collapsekit mt-search` prints, the best row marked."""
-    s = result.suggestion
-    best = result.best
-    lines = [f"sparsity {result.sparsity:g}: suggested MT {s['mt']} ({s['percent']:.4g} % of {s['total']} "
-             f"prunable weights; {s['reason']})",
-             f"{'MT':>8} {'percent':>9} {'predicted':>10} {'emptied':>8} {'acc pruned':>11} {'acc tuned':>10}"]
-    for p in result.points:
-        mark = "  <- best" if p is best else ""
-        lines.append(f"{p.mt:>8} {p.percent:>9.4f} {'collapsed' if p.predicted_collapsed else 'alive':>10} "
-                     f"{p.emptied_layers:>8} {p.accuracy_pruned:>11.4f} {p.accuracy:>10.4f}{mark}")
-    curve = np.array([p.accuracy for p in result.points])
-    lines.append(f"best MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} "
-                 f"(range {curve.min():.4f}-{curve.max():.4f} over {len(curve)} values, {result.epochs} epochs each)")
-    return "\n".join(lines)
+def default_mts(suggestion) -> list[int]:
+    """The default sweep: 0, the structural search range (DEFAULT_PERCENTS of all prunable weights when
+    nothing collapses without MT) and the suggestion's own MT, capped at the largest MT allowed."""
+    grid = suggestion.search_range or tuple(int(round(p / 100 * suggestion.total)) for p in DEFAULT_PERCENTS)
+    return sorted({m for m in (0, *grid, suggestion.mt) if m <= suggestion.max_mt})
 
 
-__all__ = ["search_mt", "MTSearchResult", "MTPoint", "to_text", "DEFAULT_PERCENTS"]
+__all__ = ["search_mt", "default_mts", "MTSearchResult", "MTPoint", "DEFAULT_PERCENTS"]

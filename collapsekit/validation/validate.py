@@ -7,6 +7,12 @@ prune a copy of the model, which is checked by a forward pass (`probe.output_is_
 exactly where the analyzer predicts it, and no network predicted collapsed
 trains above chance (a collapsed network is a constant function, so its
 accuracy is at most the largest class share).
+
+Beside that structural check, each level carries the data-aware trainability
+forecast (`forecast.Forecast`, measured on a batch of the training data before
+fine-tuning) and the outcome it forecasts: `trained`, the fine-tuned accuracy
+above chance + margin. `agreement` is the fraction of levels where the two
+match; the structural check's fraction is `structural_agreement`.
 """
 from __future__ import annotations
 
@@ -33,7 +39,14 @@ class LevelValidation:
     trained: bool  # accuracy > chance + margin
     constant_after_prune: bool  # forward check on the pruned model, real weights
     observed_collapsed: bool  # forward check on the pruned model after fine-tuning
-    agree: bool
+    agree: bool  # the structural check: predicted collapse matches the forward checks and the outcome
+    forecast_trainable: bool | None = None  # the trainability forecast, made before fine-tuning
+    forecast: dict | None = None  # forecast.Forecast.to_dict(): its evidence and reason
+
+    @property
+    def forecast_agree(self) -> bool:
+        """The forecast matches the fine-tune's outcome."""
+        return self.forecast_trainable == self.trained
 
     def to_dict(self) -> dict:
         return {"sparsity": self.sparsity, "predicted_collapsed": self.predicted_collapsed,
@@ -41,7 +54,8 @@ class LevelValidation:
                 "dead_channel_count": self.dead_channel_count, "accuracy_pruned": self.accuracy_pruned,
                 "accuracy": self.accuracy, "trained": self.trained,
                 "constant_after_prune": self.constant_after_prune, "observed_collapsed": self.observed_collapsed,
-                "agree": self.agree}
+                "agree": self.agree, "forecast_trainable": self.forecast_trainable,
+                "forecast_agree": self.forecast_agree, "forecast": self.forecast}
 
 
 @dataclass(frozen=True)
@@ -58,9 +72,16 @@ class ValidationReport:
     levels: tuple[LevelValidation, ...] = field(default=())
 
     @property
-    def agreement_rate(self) -> float:
-        """Fraction of levels whose prediction the prune + fine-tune confirmed."""
+    def structural_agreement(self) -> float:
+        """Fraction of levels whose structural prediction the prune + fine-tune confirmed."""
         return sum(lv.agree for lv in self.levels) / len(self.levels) if self.levels else 1.0
+
+    agreement_rate = structural_agreement  # the name before the forecast existed
+
+    @property
+    def agreement(self) -> float:
+        """Fraction of levels where the trainability forecast matched the fine-tune's outcome (`trained`)."""
+        return sum(lv.forecast_agree for lv in self.levels) / len(self.levels) if self.levels else 1.0
 
     def at(self, sparsity: float) -> LevelValidation:
         """The level validated at `sparsity` (nearest within 1e-9)."""
@@ -73,7 +94,8 @@ class ValidationReport:
         """The JSON document `collapsekit validate --format json` prints."""
         return {"model": self.model, "mt": self.mt, "collapse_sparsity": self.collapse_sparsity,
                 "dense_accuracy": self.dense_accuracy, "chance": self.chance, "margin": self.margin,
-                "epochs": self.epochs, "agreement_rate": self.agreement_rate,
+                "epochs": self.epochs, "agreement": self.agreement,
+                "structural_agreement": self.structural_agreement, "agreement_rate": self.structural_agreement,
                 "levels": [lv.to_dict() for lv in self.levels]}
 
 
@@ -96,7 +118,7 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     # One trace and one sort of the magnitudes serve the prediction and every real prune:
     # the analysis's masks are exactly those ck.prune would build.
     an = Analysis(model, example, mt=mt, name=name)
-    report = an.report(sparsities)
+    report = an.report(sparsities, data=bundle)  # levels carry the forecast, made before any fine-tuning
     dense_accuracy = evaluate(model, bundle.test, next(model.parameters()).device)  # where the model lives
     chance = 1.0 / bundle.num_classes
     levels = []
@@ -114,30 +136,11 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
             sparsity=level.sparsity, predicted_collapsed=level.collapsed, emptied_layers=level.emptied_layers,
             effective_sparsity=level.effective_sparsity, dead_channel_count=level.dead_channel_count,
             accuracy_pruned=run.accuracy_before, accuracy=run.accuracy, trained=trained,
-            constant_after_prune=constant_after_prune, observed_collapsed=observed, agree=agree))
+            constant_after_prune=constant_after_prune, observed_collapsed=observed, agree=agree,
+            forecast_trainable=level.forecast.trainable, forecast=level.forecast.to_dict()))
     return ValidationReport(model=report.model, mt=report.mt, collapse_sparsity=report.collapse_sparsity,
                             dense_accuracy=dense_accuracy, chance=chance, margin=margin, epochs=epochs,
                             levels=tuple(levels))
 
 
-def to_text(report: ValidationReport) -> str:
-    """The table `collapsekit validate` prints: one row per level, then the agreement rate."""
-    yes = {True: "yes", False: "no"}
-    head = (f"{report.model}: dense accuracy {report.dense_accuracy:.4f}, MT {report.mt}, predicted collapse "
-            f"sparsity {report.collapse_sparsity:.6g}, {report.epochs} fine-tuning epochs, above chance = "
-            f"> {report.chance + report.margin:.2f}")
-    rows = [["sparsity", "predicted", "emptied", "eff.sparsity", "acc pruned", "acc tuned", "trained",
-             "observed", "agree"]]
-    for lv in report.levels:
-        rows.append([f"{lv.sparsity:g}", "collapsed" if lv.predicted_collapsed else "alive",
-                     str(len(lv.emptied_layers)), f"{lv.effective_sparsity:.4f}", f"{lv.accuracy_pruned:.4f}",
-                     f"{lv.accuracy:.4f}", yes[lv.trained], "collapsed" if lv.observed_collapsed else "alive",
-                     yes[lv.agree]])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    agreed = sum(lv.agree for lv in report.levels)
-    lines.append(f"agreement {agreed}/{len(report.levels)} ({report.agreement_rate:.0%})")
-    return "\n".join(lines)
-
-
-__all__ = ["validate", "ValidationReport", "LevelValidation", "to_text", "DEFAULT_MARGIN"]
+__all__ = ["validate", "ValidationReport", "LevelValidation", "DEFAULT_MARGIN"]

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from collapsekit.analysis.report import CollapseReport, LevelReport
+from collapsekit.files.atomic import atomic_write
 
 # One palette for the whole toolkit: a bottleneck is always red, a bypassable layer always blue.
 BOTTLENECK = "#c0392b"
@@ -432,8 +433,8 @@ def save(fig: Figure, path, formats=FORMATS, dpi: int = 110) -> list[Path]:
     written = []
     for fmt in formats:
         out = base.with_name(f"{base.name}.{fmt}")
-        fig.savefig(out, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-        written.append(out)
+        written.append(atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi,
+                                                                 metadata=_metadata(fmt))))
     return written
 
 
