@@ -122,10 +122,14 @@ def constant_values(traced, weights, masks, wanted: set[str]) -> dict[str, torch
     Float32 where the graph will not run in float64; an empty dict where it will
     not run at all (nothing is then declared dead).
     """
-    for dtype in (torch.float64, torch.float32):  # some graphs fix float32 constants inside
+    # Some graphs fix float32 constants inside; the dtype that ran is remembered on the graph.
+    dtypes = traced.gm.meta.get("generic_dtypes", (torch.float64, torch.float32))
+    for dtype in dtypes:
         values = _generic_run(traced, weights, masks, wanted, dtype)
         if values is not None:
+            traced.gm.meta["generic_dtypes"] = (dtype,)
             return values
+    traced.gm.meta["generic_dtypes"] = ()
     return {}
 
 
