@@ -154,3 +154,15 @@ def test_docs_hugging_face_command_prints_the_documented_verdict(monkeypatch, ca
     shown = doc.split(command, 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     for line in shown.strip().splitlines():
         assert line in printed, line  # the doc shows this command's real output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hf_mobilevit", "hf_mobilevitv2", "hf_mobilenet_v2"])
+def test_default_report_of_the_slowest_corpus_models_takes_under_30_s(name):
+    import time
+
+    model, inputs = build(name)
+    start = time.perf_counter()
+    report = ck.analyze(model, inputs)  # the default 21 levels and the exact collapse sparsity
+    assert time.perf_counter() - start < 30.0
+    assert len(report.levels) == 21 and 0.9 < report.collapse_sparsity < 1.0
