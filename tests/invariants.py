@@ -80,8 +80,8 @@ def unsaturated():
     calls them as functions too, reached only by patching torch itself."""
     stand_ins = [(torch, "tanh", torch.asinh), (torch, "sigmoid", torch.asinh), (torch, "relu", _leaky),
                  (torch.nn.functional, "tanh", torch.asinh), (torch.nn.functional, "sigmoid", torch.asinh),
-                 (torch.nn.functional, "relu", _leaky), (torch.Tensor, "tanh", torch.asinh),
-                 (torch.Tensor, "sigmoid", torch.asinh), (torch.Tensor, "relu", _leaky)]
+                 (torch.nn.functional, "relu", _leaky), (torch.Tensor, "tanh", torch.Tensor.asinh),
+                 (torch.Tensor, "sigmoid", torch.Tensor.asinh), (torch.Tensor, "relu", _leaky)]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in stand_ins]
     try:
         for owner, name, fn in stand_ins:
