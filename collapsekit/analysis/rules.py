@@ -124,6 +124,15 @@ class RuleInterpreter(fx.Interpreter):
         raise NotImplementedError
 
 
+def index_pair(x, index):
+    """`x` indexed at `index` when `x` is a pair of same-shaped tensors (a sign set or an interval's two
+    ends: indexing the value indexes both), else None (a tuple of values, a size, an integer index)."""
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], torch.Tensor) and x[0].ndim > 0 \
+            and not isinstance(index, int):
+        return tuple(t[index] for t in x)
+    return None
+
+
 def aten(*names: str) -> list:
     """Overloads of torch.ops.aten that exist in this torch (graphs from torch.export), e.g. "relu.default"."""
     found = []

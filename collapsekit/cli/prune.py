@@ -7,14 +7,17 @@ from pathlib import Path
 from collapsekit.cli.common import add_model_args, load_model
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prune", help="prune a model with Global MP (+ MT) and save it sparse",
-        description="Prune the model one-shot with Global Magnitude Pruning at exactly round(S * N) of its N "
-                    "prunable weights, every layer keeping at least MT weights. Writes OUT/pruned.safetensors "
-                    "(one sparse checkpoint: kept values plus each keep-mask in its shortest code; every command "
-                    "that takes masks reads them from it, `collapsekit export --dense` makes it a plain file) and "
-                    "OUT/prune.json (per-layer sparsity, emptied layers, MACs before and after).")
+HELP = "prune a model with Global MP (+ MT) and save it sparse"
+DESCRIPTION = (
+    "Prune the model one-shot with Global Magnitude Pruning at exactly round(S * N) of its N "
+    "prunable weights, every layer keeping at least MT weights. Writes OUT/pruned.safetensors "
+    "(one sparse checkpoint: kept values plus each keep-mask in its shortest code; every command "
+    "that takes masks reads them from it, `collapsekit export --dense` makes it a plain file) and "
+    "OUT/prune.json (per-layer sparsity, emptied layers, MACs before and after).")
+
+
+def add_arguments(p) -> None:
+    """The `prune` subcommand's arguments."""
     add_model_args(p)
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="global sparsity in [0, 1)")
     p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
@@ -27,7 +30,6 @@ def register(subparsers) -> None:
     p.add_argument("--masks-file", metavar="PATH",
                    help="also write the masks alone to PATH (they are in pruned.safetensors already)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -10,18 +10,20 @@ from collapsekit.cli.common import add_data_args, add_model_args, add_mt_arg, lo
 from collapsekit.errors import CollapsekitError
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="predict where Global MP collapses a model (no pruning)",
-        description="Trace the model and predict, for each target sparsity, which layers Global MP empties, "
-                    "which channels die, the effective sparsity and the sparsity at which the network "
-                    "collapses. The model is never modified.")
+HELP = "predict where Global MP collapses a model (no pruning)"
+DESCRIPTION = (
+    "Trace the model and predict, for each target sparsity, which layers Global MP empties, "
+    "which channels die, the effective sparsity and the sparsity at which the network "
+    "collapses. The model is never modified.")
+
+
+def add_arguments(p) -> None:
+    """The `report` subcommand's arguments."""
     add_model_args(p)
     add_analysis_args(p)
     add_data_args(p)  # optional: with data, each level carries a trainability forecast
     p.add_argument("--format", choices=["text", "md", "json"], default="text", help="output form (default text)")
     p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
-    p.set_defaults(func=run)
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
