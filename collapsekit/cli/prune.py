@@ -40,6 +40,7 @@ def run(args) -> int:
     from collapsekit.analysis.cost import count_macs
     from collapsekit.pruning.prune import prune
     from collapsekit.analysis.trace import trace
+    from collapsekit.views.render import prune_to_text
 
     model, meta = load_model(args)
     traced = trace(model, example_input(args, meta, model))  # before pruning: a bad shape fails with nothing written
@@ -60,19 +61,6 @@ def run(args) -> int:
     if args.format == "json":
         print(json.dumps(document, indent=2))
     else:
-        print(_text(document, written))
+        print(prune_to_text(document, written))
     return 0
 
-
-def _text(doc: dict, written: list[Path]) -> str:
-    dense, kept = doc["macs"]["dense"], doc["macs"]["kept"]
-    lines = [f"pruned {doc['pruned']} of {doc['total']} weights (sparsity {doc['sparsity']:.4%}, "
-             f"MT {doc['mt_count']} per layer, threshold |w| {doc['threshold']:.4g})",
-             f"MACs {dense:,} -> {kept:,} ({kept / dense:.2%} of dense)" if dense else "MACs: no conv/linear found",
-             f"emptied layers: {', '.join(doc['emptied_layers']) or 'none'}",
-             f"{'layer':<40} {'size':>10} {'kept':>10} {'sparsity':>9}"]
-    for layer in doc["layers"]:
-        flag = "  EMPTIED" if layer["emptied"] else ""
-        lines.append(f"{layer['name']:<40} {layer['size']:>10} {layer['kept']:>10} {layer['sparsity']:>9.2%}{flag}")
-    lines.append(f"wrote {', '.join(str(p) for p in written)}")
-    return "\n".join(lines)
