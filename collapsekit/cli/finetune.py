@@ -56,8 +56,7 @@ def add_arguments(p) -> None:
     """The `finetune` subcommand's arguments."""
     common.add_training_job_args(p)
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="final global sparsity in [0, 1)")
-    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
-                                "weights (0.05%%)")
+    common.add_mt_arg(p)
     p.add_argument("--pruning-schedule", choices=["oneshot", "gradual", "imp"], default="oneshot",
                    help="when to prune: once before fine-tuning, gradually (cubic) or by IMP rounds "
                         "(default: oneshot)")
