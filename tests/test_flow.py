@@ -287,3 +287,51 @@ def test_linear_backward_in_row_blocks_matches_autograd(monkeypatch):
         assert torch.equal(gx > 0, gx_want > 0) and torch.equal(reached, gw_want > 0)
         out = flow_mod._apply(torch.nn.functional.linear, x, keep)
         assert torch.equal(out > 0, torch.nn.functional.linear(x, keep.float()) > 0)
+
+
+def test_a_rule_that_cannot_read_a_node_falls_back_conservatively(monkeypatch):
+    # The flow never crashes on a graph that traced: a raising rule becomes the conservative
+    # rule (every output element depends on every input element), counted in the report.
+    from collapsekit.analysis.flow import RULES
+    from collapsekit.analysis.rules import Rule
+
+    def broken(flow, *args, **kwargs):
+        raise RuntimeError("this rule cannot read the node")
+
+    monkeypatch.setitem(RULES.functions, torch.cumsum, Rule(broken))
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    class Cumulative(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return self.net[2](torch.cumsum(self.net[1](self.net[0](x)), dim=-1))
+
+    an = ck.Analysis(Cumulative(), torch.randn(1, 4))
+    keep = [torch.ones(w.shape, dtype=torch.bool) for w in an.weights]
+    keep[0][:3] = False  # hidden units 0-2 dead: cumsum would keep unit 0 dead, the fallback cannot
+    flow = run_flow(an.traced, an.weights, keep)
+    assert flow.conservative_ops == {"cumsum": 1}
+    assert not flow.collapsed and flow.dead_channels == {"net.0.weight": [0, 1, 2]}
+    assert an.report([0.5]).conservative_ops == {"cumsum": 1}
+
+
+def test_sizes_and_shape_assertions_are_evaluated_concretely():
+    class Asserting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            torch._assert(h == 8, "height")
+            y = self.conv(x).view(b, 4, h * w)  # view on sizes computed from the input
+            return self.fc(y.mean(-1))
+
+    an = ck.Analysis(Asserting(), torch.randn(1, 3, 8, 8))
+    assert an.traced.method == "symbolic_trace"
+    assert an.conservative_ops() == {}
+    check_levels(Asserting(), torch.randn(1, 3, 8, 8), (0.5, 0.9), boundary=True)

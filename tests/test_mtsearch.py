@@ -85,3 +85,12 @@ def test_given_mts_are_swept_as_counts_and_out_of_range_is_a_clear_error(mlp, sy
     assert [p.mt for p in result.points] == [0, 5]
     with pytest.raises(CollapsekitError, match="out of range"):
         search_mt(mlp, synthetic, SPARSITY, mts=[10_000], epochs=1, device="cpu")
+
+
+def test_given_mts_read_as_mt_everywhere(mlp, synthetic):
+    from collapsekit.analysis.magnitudes import resolve_mt
+
+    total = sum(m.weight.numel() for m in mlp.modules() if isinstance(m, torch.nn.Linear))
+    result = search_mt(mlp, synthetic, SPARSITY, mts=["0.5%", 2, "3"], epochs=1, lr=0.05, device="cpu")
+    assert [p.mt for p in result.points] == sorted({resolve_mt("0.5%", total), 2, 3})
+    assert resolve_mt("0.5%", total) == round(0.005 * total)

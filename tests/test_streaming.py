@@ -131,13 +131,12 @@ def test_cli_streams_a_factory_model_from_a_sharded_checkpoint(tmp_path, monkeyp
 
     reads, read = [], stream.Checkpoint.read
     monkeypatch.setattr(stream.Checkpoint, "read", lambda self, name: reads.append(name) or read(self, name))
-    code = main(["report", "--model", "stream_factory:llama", "--checkpoint", str(path), "--input-shape", "1", "6",
+    code = main(["report", "--model", "stream_factory:llama", "--checkpoint", str(path), "--tokens", "6",
                  "--sparsity", "0.5", "0.9", "0.99", "--format", "json"])
     out, _ = capsys.readouterr()
     assert code == 0 and "lm_head.weight" in reads  # streamed, not loaded into the model
     doc = json.loads(out)
-    torch.manual_seed(0)
-    x = torch.randint(0, 97, (1, 6))
+    x = {"input_ids": torch.randint(0, 97, (1, 6))}
     memory = ck.analyze(loaded(tiny_llama(), path), x, sparsities=[0.5, 0.9, 0.99], name="stream_factory:llama")
     assert doc == json.loads(json.dumps(memory.to_dict()))
 

@@ -58,3 +58,84 @@ def test_untraceable_model_names_the_module_and_both_failures():
     assert "\n" not in message
     assert "torch.fx failed" in message and "in ValueBranch.forward" in message
     assert "torch.export failed" in message
+
+
+class KeywordNet(nn.Module):
+    """A forward with keyword inputs, an optional mask and a flag, as Hugging Face models have."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(4, 3)
+        self.dec = nn.Linear(2, 3)
+
+    def forward(self, x, mask=None, flag=False, y=None):
+        out = self.enc(x)
+        if mask is not None:
+            out = out * mask
+        if flag:
+            out = -out
+        return out + self.dec(y)
+
+
+def test_keyword_inputs_trace_with_fx_and_only_the_given_tensors_are_inputs():
+    traced = trace(KeywordNet(), {"x": torch.randn(3, 4), "y": torch.randn(3, 2)})
+    assert traced.method == "symbolic_trace"
+    placeholders = [n.target for n in traced.gm.graph.nodes if n.op == "placeholder"]
+    assert placeholders == ["x", "y"]  # mask and flag were fixed at their defaults, guards removed
+    assert traced.input_shapes == ((1, 4), (1, 2))
+    assert set(traced.call_kwargs) == {"x", "y"} and traced.call_args == ()
+
+
+def test_keyword_inputs_fall_back_to_export_in_keyword_order():
+    class Branchy(KeywordNet):
+        def forward(self, x, y=None):
+            out = self.enc(x)
+            if x.shape[0] > 0:  # shape control flow: fx fails, export specialises
+                out = out + self.dec(y)
+            return out
+
+    traced = trace(Branchy(), {"y": torch.randn(1, 2), "x": torch.randn(1, 4)})
+    assert traced.method == "export"
+    shapes = {n.target: tuple(n.meta["tensor_meta"].shape) for n in traced.gm.graph.nodes if n.op == "placeholder"}
+    inputs = dict(zip([n.target for n in traced.gm.graph.nodes if n.op == "placeholder"], traced.example_inputs))
+    assert {k: tuple(v.shape) for k, v in inputs.items()} == shapes == {"x": (1, 4), "y": (1, 2)}
+
+
+def test_plain_values_are_recorded_for_concrete_evaluation():
+    class Sized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x):
+            b, c = x.shape
+            torch._assert(c == 6, "width")
+            return self.fc(x.view(b, c))
+
+    traced = trace(Sized(), torch.randn(1, 6))
+    values = {n.name: n.meta.get("value") for n in traced.gm.graph.nodes if n.op == "call_function"}
+    assert values["eq"] is True and values["getitem_1"] == 6
+
+
+def test_bad_example_inputs_are_one_line_errors():
+    for bad in ({"x": 3}, {}, [1, 2], "pixels"):
+        with pytest.raises(ck.CollapsekitError) as err:
+            trace(KeywordNet(), bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ck.CollapsekitError, match="does not accept"):
+        trace(KeywordNet(), {"x": torch.randn(1, 5), "y": torch.randn(1, 2)})
+
+
+def test_untraceable_model_names_the_op_source_line():
+    with pytest.raises(ck.CollapsekitError) as err:
+        trace(ValueBranch(), torch.randn(1, 3))
+    assert "`if x.sum() > 0:`" in str(err.value)
+
+
+def test_cli_untraceable_model_exits_2_with_one_line(capsys):
+    from collapsekit.cli import main
+
+    code = main(["report", "--model", "test_trace:ValueBranch", "--input-shape", "1", "3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "cannot trace ValueBranch" in err and "ValueBranch.forward" in err

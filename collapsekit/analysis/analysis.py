@@ -270,6 +270,10 @@ class Analysis:
                 lo = mid
         return hi
 
+    def conservative_ops(self) -> dict[str, int]:
+        """{op: nodes} the flow interpreted conservatively (no exact rule): where precision is lost."""
+        return self.flow(0, backward=False).conservative_ops
+
     def macs(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, int]]:
         """Per conv/linear module: dense MACs and MACs counting only the kept weights of `masks`."""
         return count_macs(self.traced, masks)
@@ -332,7 +336,7 @@ class Analysis:
         return CollapseReport(
             model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
             layers=self.layers(), levels=tuple(levels), trace_method=self.traced.method,
-            input_shapes=tuple(tuple(x.shape) for x in self.traced.example_inputs))
+            input_shapes=self.traced.input_shapes, conservative_ops=self.conservative_ops())
 
 
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,

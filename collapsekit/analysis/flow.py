@@ -21,8 +21,9 @@ element is, so a prediction of death is never wrong.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,9 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
+from collapsekit.analysis.averages import averaged_values, constant_values, uniform_dead_columns
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleTable, aten
-from collapsekit.analysis.trace import TracedModel
+from collapsekit.analysis.trace import TracedModel, aliases_of, mutates_first_operand
 
 
 class _Bool(torch.autograd.Function):
@@ -167,10 +169,26 @@ def count_bits(packed) -> int:
 
 @dataclass
 class Weight:
-    """Abstract value of a weight tensor: its keep-mask as 0/1 floats (dense for non-prunable)."""
+    """Abstract value of a constant: a weight, a buffer, or anything computed from constants alone.
+
+    `mask` is 1.0 where the entry may be non-zero (a prunable weight's keep-mask;
+    dense for others). `real` is the constant's value where known (None: unknown):
+    ops over constants alone run on the *witness*, the value with pruned entries
+    zeroed, so a transform inside `forward` is judged by what it does to a pruned
+    zero (DESIGN.md Invariant 8: mean subtraction makes the whole weight live).
+    """
 
     mask: torch.Tensor
     name: str | None = None  # the prunable weight it is, if any
+    real: torch.Tensor | None = None
+    origin: str | None = None  # the one prunable weight a derived constant was computed from
+
+    def witness(self) -> torch.Tensor | None:
+        if self.real is None or self.name is None:
+            return self.real
+        # Kept entries that happen to be exactly zero stand in as 1: only pruning makes a structural zero.
+        kept = torch.where(self.real == 0, torch.ones((), dtype=self.real.dtype), self.real)
+        return torch.where(self.mask.detach() > 0, kept, torch.zeros((), dtype=self.real.dtype))
 
 
 def _live(x):
@@ -184,7 +202,8 @@ class _LazyWeight(Weight):
     asks for `.mask` gets the float leaf whose gradient records reached positions."""
 
     def __init__(self, flow, target: str, name: str, real: torch.Tensor):
-        self._flow, self._target, self.name, self.real, self._float = flow, target, name, real, None
+        self._flow, self._target, self.name, self.real, self._float = flow, target, name, real.detach(), None
+        self.origin = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -226,7 +245,15 @@ _IDENTITY_FUNCTIONS = [F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.s
 _IDENTITY_FUNCTIONS += aten("relu.default", "sigmoid.default", "tanh.default", "gelu.default", "silu.default",
                             "hardtanh.default", "dropout.default", "clone.default", "neg.default",
                             "batch_norm.default",
-                            "alias.default", "contiguous.default", "hardswish.default", "relu6.default")
+                            "alias.default", "contiguous.default", "hardswish.default", "relu6.default",
+                            "dropout_.default", "relu_.default", "gelu_.default", "silu_.default",
+                            "hardtanh_.default", "hardswish_.default", "detach.default", "lift_fresh_copy.default",
+                            "_to_copy.default", "to.dtype", "to.dtype_layout", "type_as.default",
+                            "rsqrt.default", "sqrt.default", "exp.default", "log.default", "abs.default",
+                            "clamp.default", "clamp_min.default", "clamp_max.default", "sign.default",
+                            "square.default", "reciprocal.default", "erf.default", "sin.default", "cos.default",
+                            "softplus.default", "mish.default", "leaky_relu.default", "elu.default",
+                            "log_sigmoid.default", "hardsigmoid.default", "silu_.default")
 
 
 @function_rule(*_IDENTITY_FUNCTIONS, reduced_ok=True)
@@ -256,10 +283,15 @@ _SHAPE_FUNCTIONS += aten("view.default", "reshape.default", "flatten.using_ints"
                          "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
                          "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
                          "split.Tensor", "chunk.default", "channel_shuffle.default", "pixel_shuffle.default",
-                         "upsample_nearest2d.vec", "upsample_bilinear2d.vec")
+                         "upsample_nearest2d.vec", "upsample_bilinear2d.vec", "expand_as.default",
+                         "reshape_as.default", "split_with_sizes.default", "unflatten.int", "repeat.default",
+                         "roll.default", "flip.default", "movedim.int", "unbind.int", "stack.default",
+                         "squeeze.dims", "squeeze.default", "narrow.default", "select.int", "tile.default",
+                         "view_as.default", "im2col.default", "col2im.default", "pixel_unshuffle.default")
+_SHAPE_FUNCTIONS += [F.unfold, F.fold]  # patches: copies (unfold) and sums of copies (fold) of elements
 
 
-@function_rule(*_SHAPE_FUNCTIONS, passes_target=True)
+@function_rule(*_SHAPE_FUNCTIONS, passes_target=True, rearranges=True)
 def _shape_function(flow, fn, *args, **kwargs):
     return flow.apply_real(fn, args, kwargs)
 
@@ -267,16 +299,63 @@ def _shape_function(flow, fn, *args, **kwargs):
 @method_rule("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as",
              "repeat", "chunk", "split", "narrow", "size", "dim", "t", "movedim", "unbind", "roll", "flip",
              "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__",
-             passes_target=True)
+             passes_target=True, rearranges=True)
 def _shape_method(flow, name, *args, **kwargs):
     return flow.apply_real(lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
 
 
 @module_rule(nn.Flatten, nn.Unflatten, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
              nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.modules.padding._ReflectionPadNd,
-             nn.modules.padding._ReplicationPadNd, nn.CircularPad2d)
+             nn.modules.padding._ReplicationPadNd, nn.CircularPad2d, rearranges=True)
 def _shape_module(flow, module, x, *args, **kwargs):
     return module(x)
+
+
+# `view` reads a liveness tensor in the element order of the real (contiguous) one;
+# liveness tensors may be strided differently (expanded, permuted), so reshape.
+@method_rule("view", passes_target=True, rearranges=True)
+def _view_method(flow, name, x, *shape):
+    if len(shape) == 1 and isinstance(shape[0], torch.dtype):
+        raise TypeError("a view as another dtype has no structural reading")
+    return flow.apply_real(lambda t, *s: t.reshape(*s), (x, *shape), {})
+
+
+@function_rule(*aten("view.default", "_unsafe_view.default"), rearranges=True)
+def _aten_view(flow, x, shape):
+    return flow.apply_real(torch.reshape, (x, shape), {})
+
+
+# Selections by index: the index is a constant (its real values select), the source moves as it is.
+@function_rule(torch.gather, torch.index_select, torch.take_along_dim, torch.masked_select,
+               *aten("gather.default", "index_select.default", "index.Tensor"), passes_target=True,
+               rearranges=True)
+def _select_function(flow, fn, *args, **kwargs):
+    return flow.apply_real(fn, args, kwargs)
+
+
+@method_rule("gather", "index_select", "take_along_dim", passes_target=True, rearranges=True)
+def _select_method(flow, name, *args, **kwargs):
+    return flow.apply_real(lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
+
+
+# Embedding lookups: every feature of a looked-up row is live iff its index is.
+@function_rule(F.embedding)
+def _embedding_function(flow, ids, weight, *args, **kwargs):
+    return _lookup(ids, _mask(weight).shape[-1])
+
+
+@function_rule(*aten("embedding.default"))
+def _aten_embedding(flow, weight, ids, *args, **kwargs):
+    return _lookup(ids, _mask(weight).shape[-1])
+
+
+@module_rule(nn.Embedding)
+def _embedding_module(flow, module, ids, *args, **kwargs):
+    return _lookup(ids, module.embedding_dim)
+
+
+def _lookup(ids, dim: int):
+    return ids.unsqueeze(-1).expand(*ids.shape, dim)
 
 
 @module_rule(nn.modules.padding._ConstantPadNd)
@@ -284,7 +363,7 @@ def _constant_pad(flow, module, x):
     return F.pad(x, module.padding, value=0.0)  # the pad value is a constant, not input
 
 
-@function_rule(F.pad, *aten("constant_pad_nd.default"))
+@function_rule(F.pad, *aten("constant_pad_nd.default", "pad.default"))
 def _pad_function(flow, x, pad, mode="constant", value=None):
     return F.pad(x, pad, mode=mode, value=0.0) if mode == "constant" else F.pad(x, pad, mode=mode)
 
@@ -296,7 +375,18 @@ _JOIN_FUNCTIONS = [operator.add, operator.sub, operator.mul, operator.truediv, o
                    torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.lerp, torch.pow,
                    torch.true_divide, torch.max, torch.min]
 _JOIN_FUNCTIONS += aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul.Scalar",
-                        "add.Scalar", "div.Scalar", "maximum.default", "minimum.default")
+                        "add.Scalar", "div.Scalar", "maximum.default", "minimum.default", "where.self",
+                        "masked_fill.Scalar", "masked_fill.Tensor", "sub.Scalar", "rsub.Scalar", "pow.Tensor_Scalar")
+_JOIN_FUNCTIONS += aten("__and__.Tensor", "__or__.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor",
+                        "logical_and.default", "logical_or.default", "where.ScalarOther", "where.ScalarSelf",
+                        "where.Scalar", "add_.Tensor", "mul_.Tensor")
+_JOIN_FUNCTIONS += aten("multiply.Tensor", "multiply.Scalar", "true_divide.Tensor", "subtract.Tensor")
+_JOIN_FUNCTIONS += [torch.masked_fill, operator.itruediv, operator.and_, operator.or_, torch.multiply,
+                    torch.eq, torch.ne, torch.ge, torch.gt, torch.le, torch.lt,
+                    operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt]
+# Comparisons are joins too: the result depends on every operand element it reads.
+_JOIN_FUNCTIONS += aten("eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "ge.Scalar", "ge.Tensor", "gt.Scalar",
+                        "gt.Tensor", "le.Scalar", "le.Tensor", "lt.Scalar", "lt.Tensor")
 
 
 @function_rule(*_JOIN_FUNCTIONS, reduced_ok=True)
@@ -365,7 +455,8 @@ def _linear_function(flow, x, weight, bias=None):
     return F.linear(x, _mask(weight))
 
 
-@function_rule(F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default"),
+@function_rule(F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default",
+                                                  "conv1d.padding", "conv2d.padding", "conv3d.padding"),
                weighted=True)
 def _conv_function(flow, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.ndim]
@@ -381,12 +472,81 @@ def _aten_convolution(flow, x, weight, bias, stride, padding, dilation, transpos
 @function_rule(torch.matmul, operator.matmul, torch.mm, torch.bmm, *aten("matmul.default", "mm.default",
                                                                          "bmm.default"))
 def _matmul_function(flow, a, b):
-    return flow.matmul(a, b)
+    return flow.constant_average(flow.matmul(a, b), b)
 
 
 @method_rule("matmul", "mm", "bmm", "__matmul__")
 def _matmul_method(flow, a, b):
-    return flow.matmul(a, b)
+    return flow.constant_average(flow.matmul(a, b), b)
+
+
+@function_rule(*aten("copy_.default"))
+def _copy(flow, dst, src, *args, **kwargs):
+    """dst.copy_(src): dst takes src's liveness (a constant src leaves it dead)."""
+    live = _live(src)
+    return (live if live is not None else torch.zeros(())).expand(_mask(dst).shape).clone()
+
+
+@method_rule("copy_")
+def _copy_method(flow, dst, src, *args, **kwargs):
+    return _copy(flow, dst, src)
+
+
+@function_rule(operator.setitem)
+def _setitem(flow, x, index, value):
+    """`x[index] = value` (in place): the assigned elements take the value's liveness."""
+    out = x.clone()
+    index = _unwrap(index, _as_operand)
+    out[index] = value if _live(value) is not None else 0.0
+    return out
+
+
+@function_rule(torch.einsum, *aten("einsum.default"))
+def _einsum(flow, equation, *operands):
+    """A sum of products: an output element is live iff one of its terms has a live factor whose
+    other factors are not structural zeros (the +1 keeps a live factor's partners non-zero)."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    live = [i for i, x in enumerate(operands) if _live(x) is not None]
+    partner = [x.mask if isinstance(x, Weight) else x + 1 for x in operands]
+    out = None
+    for i in live:
+        term = torch.einsum(equation, *[operands[j] if j == i else partner[j] for j in range(len(operands))])
+        out = term if out is None else out + term
+    return out
+
+
+@function_rule(torch.baddbmm, *aten("baddbmm.default"))
+def _baddbmm(flow, bias, a, b, **kwargs):
+    return flow.join(bias, flow.matmul(a, b))
+
+
+@function_rule(torch.cumsum, *aten("cumsum.default"))
+def _cumsum(flow, x, dim, **kwargs):
+    return x.cumsum(dim)  # element i sums elements up to i: exactly their support
+
+
+@method_rule("cumsum")
+def _cumsum_method(flow, x, dim, **kwargs):
+    return x.cumsum(dim)
+
+
+# Tensors built from another's shape and dtype alone are constants.
+@function_rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like,
+               *aten("zeros_like.default", "ones_like.default", "full_like.default", "new_ones.default",
+                     "new_zeros.default", "new_full.default", "new_empty.default", "empty_like.default"),
+               passes_target=True)
+def _like(flow, fn, x, *args, **kwargs):
+    meta = flow.current_node.meta.get("tensor_meta")
+    real = torch.zeros(x.shape, dtype=meta.dtype if meta is not None else x.dtype)
+    return _as_constant(fn(real, *args, **kwargs), flow._dtype)
+
+
+@method_rule("new_ones", "new_zeros", "new_full", "new_empty", "new_tensor", passes_target=True)
+def _like_method(flow, name, x, *args, **kwargs):
+    meta = flow.current_node.meta.get("tensor_meta")
+    real = torch.zeros(x.shape, dtype=meta.dtype if meta is not None else x.dtype)
+    return _as_constant(getattr(real, name)(*args, **kwargs), flow._dtype)
 
 
 @function_rule(torch.addmm, *aten("addmm.default"))
@@ -423,7 +583,9 @@ def _adaptive_max_module(flow, module, x):
 
 @function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                F.adaptive_avg_pool3d, *aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
-                                            "_adaptive_avg_pool2d.default"), reduced_ok=True, passes_target=True)
+                                            "_adaptive_avg_pool2d.default", "adaptive_avg_pool1d.default",
+                                            "avg_pool1d.default", "avg_pool3d.default",
+                                            "adaptive_avg_pool3d.default"), reduced_ok=True, passes_target=True)
 def _avg_pool_function(flow, fn, x, *args, **kwargs):
     return x if flow.is_reduced(x) else fn(x, *args, **kwargs)
 
@@ -438,7 +600,8 @@ def _adaptive_max_function(flow, x, output_size, return_indices=False):
 
 # Reductions and normalisations that mix elements: live if any mixed element is.
 @function_rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.logsumexp, torch.std, torch.var,
-               *aten("mean.dim", "sum.dim_IntList", "amax.default"), reduced_ok=True)
+               *aten("mean.dim", "sum.dim_IntList", "amax.default", "amin.default", "var.correction",
+                     "std.correction", "logsumexp.default", "sum.default", "mean.default"), reduced_ok=True)
 def _reduce_function(flow, x, dim=None, keepdim=False, *args, **kwargs):
     return flow.any_over(x, dim, keepdim)
 
@@ -453,44 +616,62 @@ def _reduce_method(flow, x, dim=None, keepdim=False, *args, **kwargs):
 @function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, *aten("_softmax.default",
                                                                                   "softmax.int"))
 def _softmax_function(flow, x, dim=None, *args, **kwargs):
-    return flow.any_over(x, dim, keepdim=True).expand_as(x)
+    return flow.normalise_over(x, dim)
+
+
+@function_rule(torch.linalg.vector_norm, *aten("linalg_vector_norm.default"), reduced_ok=True)
+def _vector_norm(flow, x, ord=2, dim=None, keepdim=False, **kwargs):
+    return flow.any_over(x, dim, keepdim)
+
+
+@function_rule(F.group_norm, *aten("group_norm.default"))
+def _group_norm(flow, x, num_groups, *args, **kwargs):
+    return flow.group_mix(x, num_groups)
 
 
 @method_rule("softmax", "log_softmax")
 def _softmax_method(flow, x, dim=None, *args, **kwargs):
-    return flow.any_over(x, dim, keepdim=True).expand_as(x)
+    return flow.normalise_over(x, dim)
 
 
 @module_rule(nn.Softmax, nn.LogSoftmax, nn.Softmin)
 def _softmax_module(flow, module, x):
-    return flow.any_over(x, module.dim, keepdim=True).expand_as(x)
+    return flow.normalise_over(x, module.dim)
 
 
 @module_rule(nn.LayerNorm)
 def _layer_norm_module(flow, module, x):
-    dims = tuple(range(x.ndim - len(module.normalized_shape), x.ndim))
-    return flow.any_over(x, dims, keepdim=True).expand_as(x)
+    return flow.normalise_over(x, tuple(range(x.ndim - len(module.normalized_shape), x.ndim)))
 
 
 @function_rule(F.layer_norm, *aten("layer_norm.default"))
 def _layer_norm_function(flow, x, normalized_shape, *args, **kwargs):
-    dims = tuple(range(x.ndim - len(normalized_shape), x.ndim))
-    return flow.any_over(x, dims, keepdim=True).expand_as(x)
+    return flow.normalise_over(x, tuple(range(x.ndim - len(normalized_shape), x.ndim)))
 
 
-@module_rule(nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm, reduced_ok=True)
+@module_rule(nn.LocalResponseNorm, reduced_ok=True)
 def _mixing_norm_module(flow, module, x):
-    # Group and instance norms mix within (groups of) channels; mixing over every
-    # non-batch dim is coarser and therefore still sound.
+    # Local response norm mixes neighbouring channels; mixing over every non-batch
+    # dim is coarser and therefore still sound.
     return flow.any_over(x, tuple(range(1, x.ndim)), keepdim=True).expand_as(x)
 
 
-@function_rule(F.scaled_dot_product_attention)
+@module_rule(nn.GroupNorm)
+def _group_norm_module(flow, module, x):
+    return flow.group_mix(x, module.num_groups)
+
+
+@module_rule(nn.modules.instancenorm._InstanceNorm)
+def _instance_norm_module(flow, module, x):
+    return flow.group_mix(x, x.shape[1])  # each channel over its positions
+
+
+@function_rule(F.scaled_dot_product_attention, *aten("scaled_dot_product_attention.default"))
 def _sdpa(flow, q, k, v, *args, **kwargs):
     q_live = flow.any_over(q, -1, keepdim=True)
     k_live = flow.any_over(k, (-2, -1), keepdim=True)
     v_live = flow.any_over(v, -2, keepdim=True)
-    return flow.join(q_live, k_live, v_live, torch.zeros(*q.shape[:-1], v.shape[-1]))
+    return flow.constant_average(flow.join(q_live, k_live, v_live, torch.zeros(*q.shape[:-1], v.shape[-1])), v)
 
 
 @module_rule(nn.MultiheadAttention)
@@ -522,6 +703,7 @@ class FlowResult:
     unused_channels: dict[str, list[int]]
     effective: np.ndarray | None  # kept weights on an input-to-output path, per prunable layer
     output_alive: float = 0.0  # fraction of output elements some kept path reaches
+    conservative_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes interpreted conservatively
 
 
 class ChannelFlow(fx.Interpreter):
@@ -546,6 +728,11 @@ class ChannelFlow(fx.Interpreter):
         self._layer_of_module = {alias.rpartition(".")[0]: w.name for w in weights if w.kind in ("conv", "linear")
                                  for alias in (w.name, *w.aliases)}
         self._layer_names = set(self._layer_of_module.values())
+        self.weights = weights
+        self._averages = averaged_values(traced.gm)  # softmax averages: their rows' constants matter
+        self._constants: dict[str, torch.Tensor] | None = None
+        self.conservative: dict[str, set[str]] = {}  # op -> names of the nodes the conservative rule ran
+        self.transformed: set[str] = set()  # weights transformed before use: paths unknown, all kept effective
 
     # helpers the rules call ------------------------------------------------------------
     def layer(self, name: str, tensor: torch.Tensor, x, op, channel_op=None):
@@ -636,6 +823,21 @@ class ChannelFlow(fx.Interpreter):
             return torch.matmul(a_t, torch.ones_like(_mask(b)))
         return torch.matmul(a_t, b_t + 1) + torch.matmul(a_t + 1, b_t)
 
+    def constant_average(self, out, values):
+        """`out` with the features dead that average a constant equal in every row (averages.py)."""
+        source = self._averages.get(self.current_node.name)
+        if source is None or not isinstance(out, torch.Tensor):
+            return out
+        if self._constants is None:
+            wanted = {n.name for n in self._averages.values()}
+            self._constants = constant_values(self.traced, self.weights, self.masks, wanted)
+        real = self._constants.get(source.name)
+        live = _live(values)
+        if real is None or (live is not None and live.shape != real.shape):
+            return out
+        constant = uniform_dead_columns(live, real)
+        return out * (~constant).to(out.dtype)
+
     def window_any(self, x, kernel_size, stride, padding, dilation, ceil_mode):
         if self.is_reduced(x):
             return x
@@ -645,6 +847,22 @@ class ChannelFlow(fx.Interpreter):
         if any(d != 1 for d in dil):
             return self._conservative_like(x, (x,))
         return pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad=True)
+
+    def normalise_over(self, x, dims):
+        """Softmax or normalisation over `dims`: every element live iff one of the mixed ones is;
+        over a single element the result is a constant (softmax 1, a layer norm's bias)."""
+        dims = tuple(range(x.ndim)) if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+        if all(x.shape[d] == 1 for d in dims) and not self.is_reduced(x):
+            return torch.zeros_like(x)
+        return self.any_over(x, dims, keepdim=True).expand_as(x)
+
+    def group_mix(self, x, groups: int):
+        """A group norm: every element live iff one of its group (channels x positions) is."""
+        n = x.shape[0]
+        mixed = x.reshape(n, groups, -1)
+        if mixed.shape[-1] == 1:
+            return torch.zeros_like(x)  # one element per group: a constant
+        return mixed.sum(-1, keepdim=True).expand_as(mixed).reshape(x.shape)
 
     def any_over(self, x, dim=None, keepdim=False):
         if not isinstance(x, torch.Tensor):
@@ -673,7 +891,7 @@ class ChannelFlow(fx.Interpreter):
             self.interpreted.add(name)
             if name in self.masks:
                 return _LazyWeight(self, target, name, real)
-        return Weight(self._attr_mask(target, name, real), name)
+        return Weight(self._attr_mask(target, name, real), name, real.detach())
 
     def _attr_mask(self, target, name, real) -> torch.Tensor:
         """The float 0/1 mask of a weight read through get_attr; its gradient records reached positions."""
@@ -715,14 +933,82 @@ class ChannelFlow(fx.Interpreter):
 
     def _apply_rule(self, rule: Rule | None, lead: tuple, args, kwargs):
         """The node's abstract value by its rule (`lead`: operands before the node's own,
-        the module for module rules), or by the conservative fallback where it has none."""
+        the module for module rules); over constants alone, the op itself on their witnesses;
+        by the conservative fallback where there is no rule or the rule cannot handle the node."""
+        if not _has_live((args, kwargs)) and not (rule is not None and rule.rearranges and _has_weight(args)):
+            return self._constant(rule, lead, args, kwargs)
         if rule is None:
-            args, kwargs = self._expand_args(False, args, kwargs)
-            return _tree_bool(self._fallback(self.current_node, args, kwargs))
+            return self._conservative(args, kwargs)
         args, kwargs = self._expand_args(rule.reduced_ok, args, kwargs)
         if rule.passes_target:
             lead = (self.current_node.target, *lead)
-        return _tree_bool(rule.fn(self, *lead, *args, **kwargs))
+        try:
+            return _tree_bool(rule.fn(self, *lead, *args, **kwargs))
+        except Exception:  # noqa: BLE001 - a rule that cannot read this node loses precision, never soundness
+            return self._conservative(args, kwargs)
+
+    def _conservative(self, args, kwargs):
+        """Every output element live iff any input element is, in the node's recorded shape.
+        Containers (dataclasses, named tuples, dicts) are built as they are."""
+        node = self.current_node
+        if node.op == "call_function" and _is_container(node.target):
+            return node.target(*args, **kwargs)
+        self.conservative.setdefault(_op_name(node, self), set()).add(node.name)
+        args, kwargs = self._expand_args(False, args, kwargs)
+        return _tree_bool(self._fallback(node, args, kwargs))
+
+    def _constant(self, rule: Rule | None, lead: tuple, args, kwargs):
+        """A node over constants alone is a constant: the op itself on the witnesses gives its
+        value and where it is non-zero; an unknown witness or a failing op gives a dense constant."""
+        node = self.current_node
+        operands = _weights((args, kwargs))
+        names = {w.name or w.origin for w in operands} - {None}
+        origin = next(iter(names)) if len(names) == 1 else None
+        witness = _unwrap((args, kwargs), Weight.witness)
+        if witness is not None and mutates_first_operand(node):  # never write into the model's own tensors
+            witness = fx.node.map_aggregate(witness, lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
+        try:
+            if witness is None:
+                raise ValueError("a constant of unknown value")
+            if node.op == "call_module":
+                out = self._module_on_constants(node.target, *witness[0], **witness[1])
+            elif node.op == "call_method":
+                obj, *rest = witness[0]
+                out = getattr(obj, node.target)(*rest, **witness[1])
+            else:
+                out = node.target(*witness[0], **witness[1])
+        except Exception:  # noqa: BLE001 - unknown values: every entry may be non-zero
+            if names:
+                self.transformed |= names
+            return _with_origin(self._dense_constant(node), origin)
+        layer = self._layer_of_module.get(node.target) if node.op == "call_module" else None
+        if layer is None and rule is not None and rule.weighted and len(args) > 1 and isinstance(args[1], Weight):
+            layer = args[1].name if args[1].name in self._layer_names else None
+        if layer is not None:
+            # A layer applied to constants: its output is constant (dead), its weights on no input path.
+            self.interpreted.add(layer)
+            for o in output_tensors(out)[:1]:
+                self.outputs_of.setdefault(layer, []).append(torch.zeros(o.shape, dtype=self._dtype))
+        elif names:
+            self.transformed |= names  # a prunable weight changed before use: its paths are not tracked
+        return _with_origin(_as_constant(out, self._dtype), origin)
+
+    def _module_on_constants(self, target: str, *args, **kwargs):
+        # The module's own forward with its prunable weights masked; the module is restored after.
+        from torch.nn.utils.stateless import _reparametrize_module
+
+        module = self.fetch_attr(target)
+        state = {}
+        for pname, p in module.named_parameters():
+            name = self._canonical.get(f"{target}.{pname}")
+            if name is not None and name in self.masks:
+                state[pname] = Weight(self.masks.keep(name).to(p.dtype), name, p.detach()).witness()
+        with _reparametrize_module(module, state):
+            return module(*args, **kwargs)
+
+    def _dense_constant(self, node: fx.Node):
+        meta = node.meta.get("tensor_meta", node.meta.get("val"))
+        return _as_constant(_ones_like_meta(meta, torch.ones(()), self._dtype), self._dtype, known=False)
 
     @property
     def target(self) -> str:
@@ -740,10 +1026,10 @@ class ChannelFlow(fx.Interpreter):
     def call_function(self, target, args, kwargs):
         rule = RULES.for_node(self.current_node)
         out = self._apply_rule(rule, (), args, kwargs)
-        if rule is not None and rule.weighted and len(args) > 1 and isinstance(args[1], Weight) and args[1].name:
-            # conv/linear written as functions (torch.export graphs): same per-layer record
-            if args[1].name in self._layer_names and isinstance(out, torch.Tensor):
-                self.outputs_of.setdefault(args[1].name, []).append(out)
+        layer = (args[1].name or args[1].origin) if len(args) > 1 and isinstance(args[1], Weight) else None
+        if rule is not None and rule.weighted and layer in self._layer_names and isinstance(out, torch.Tensor):
+            # conv/linear written as functions (torch.export graphs, weights transformed in forward)
+            self.outputs_of.setdefault(layer, []).append(out)
         return out
 
     def call_method(self, target, args, kwargs):
@@ -751,36 +1037,73 @@ class ChannelFlow(fx.Interpreter):
 
     def run_node(self, n):
         self.current_node = n
-        if n.op.startswith("call_") and not n.users:
+        if n.op.startswith("call_") and "value" in n.meta:
+            return n.meta["value"]  # sizes, comparisons, python scalars: concrete (trace recorded them)
+        inplace = mutates_first_operand(n)
+        if n.op.startswith("call_") and not n.users and not inplace:
             return None  # side-effect-only nodes (export's guards) carry no data
         out = super().run_node(n)
+        if inplace and isinstance(out, (torch.Tensor, Weight)):
+            for alias, whole in aliases_of(n):  # later readers of the mutated tensor see the new value
+                before = self.env.get(alias)
+                if whole:
+                    self.env[alias] = out
+                elif isinstance(before, torch.Tensor) and isinstance(out, torch.Tensor):
+                    # Written through a view: elements are not tracked back to the base, so the
+                    # whole base is live where the written part may be (coarse, sound).
+                    self.env[alias] = _bool(before + out.sum())
         cut = self.cuts.get(n.name)
         if cut is not None and isinstance(out, torch.Tensor):
             out = out * cut  # value level: elements proven constant at these weights
         return out
 
     def apply_real(self, fn, args, kwargs):
-        """`fn` itself on the abstract values: shape ops act on weights' masks and live tensors alike."""
-        unwrap = lambda v: v.mask if isinstance(v, Weight) else v  # noqa: E731
-        wrapped = any(isinstance(a, Weight) for a in args)
-        out = fn(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in kwargs.items()})
-        return Weight(out) if wrapped and isinstance(out, torch.Tensor) else out
+        """`fn` itself on the abstract values of a rearranging op. Over constants alone it moves
+        their masks (and witnesses) as it moves elements; next to live values a float constant is
+        dead (zeros) and an integer or bool one is an index or selector, read at its real value."""
+        if not _has_live((args, kwargs)):
+            a, k = _unwrap((args, kwargs), _as_mask)
+            out = fn(*a, **k)
+            witness = _unwrap((args, kwargs), Weight.witness)
+            real = fn(*witness[0], **witness[1]) if witness is not None else None
+            names = {w.name or w.origin for w in _weights((args, kwargs))} - {None}
+            if isinstance(out, torch.Tensor):
+                return Weight(out, None, real if isinstance(real, torch.Tensor) else None,
+                              next(iter(names)) if len(names) == 1 else None)
+            return out
+        a, k = _unwrap((args, kwargs), _as_operand)
+        return fn(*a, **k)
 
     def _fallback(self, node: fx.Node, args, kwargs):
         flat = []
         fx.node.map_aggregate((args, kwargs), lambda v: flat.append(v) if isinstance(v, torch.Tensor) else None)
         total = sum(t.sum() for t in flat) if flat else torch.zeros(())
-        meta = node.meta.get("tensor_meta")
+        structure = self._structure(node, args, kwargs)
+        if structure is not None:  # the op's own output type (a named tuple such as sort's values/indices)
+            return _tree_map_tensors(structure, lambda t: torch.ones(t.shape, dtype=self._dtype) * total)
+        meta = node.meta.get("tensor_meta", node.meta.get("val"))
         if meta is None:
             from collapsekit.errors import CollapsekitError
             raise CollapsekitError(f"no transfer rule and no recorded shape for node {node.name} ({node.target})")
         return _ones_like_meta(meta, total, self._dtype)
 
+    def _structure(self, node: fx.Node, args, kwargs):
+        """The op run on the abstract values, for the type and shapes of its output only; None if it fails."""
+        if node.op not in ("call_function", "call_method") or mutates_first_operand(node):
+            return None
+        a, k = _unwrap((args, kwargs), _as_operand)
+        try:
+            if node.op == "call_method":
+                return getattr(a[0], node.target)(*a[1:], **k)
+            return node.target(*a, **k)
+        except Exception:  # noqa: BLE001 - then the recorded shapes say it
+            return None
+
 
 def _ones_like_meta(meta, total, dtype):
-    """Every element alive iff any input element is, in the shape(s) ShapeProp recorded."""
-    if isinstance(meta, TensorMetadata):
-        return torch.ones(meta.shape, dtype=dtype) * total
+    """Every element alive iff any input element is, in the shape(s) ShapeProp (or export) recorded."""
+    if isinstance(meta, (TensorMetadata, torch.Tensor)):
+        return torch.ones(tuple(meta.shape), dtype=dtype) * total
     if isinstance(meta, (tuple, list)):
         return type(meta)(_ones_like_meta(m, total, dtype) for m in meta)
     if isinstance(meta, dict):
@@ -796,13 +1119,113 @@ def _tree_bool(out):
     return out
 
 
-def _output_tensors(value) -> list[torch.Tensor]:
-    found = []
-    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
+def output_tensors(value) -> list[torch.Tensor]:
+    """The tensors of a value: nested tuples, lists, dicts and dataclasses (Weights are constants, not outputs)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Weight):
+        return []
     if isinstance(value, dict):
-        for v in value.values():
-            found.extend(_output_tensors(v))
+        value = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in output_tensors(v)]
+    return []
+
+
+def _has_live(value) -> bool:
+    """True if a liveness tensor (an activation, not a constant) is anywhere in `value`."""
+    return bool(output_tensors(value))
+
+
+def _weights(value) -> list[Weight]:
+    found = []
+    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, Weight) else None)
     return found
+
+
+def _has_weight(value) -> bool:
+    return bool(_weights(value))
+
+
+def _unwrap(value, fn):
+    """`value` with every Weight replaced by fn(weight); None if fn gives None for one."""
+    missing = []
+
+    def one(v):
+        if not isinstance(v, Weight):
+            return v
+        out = fn(v)
+        if out is None:
+            missing.append(v)
+        return out
+
+    out = _tree_map(value, one)
+    return None if missing else out
+
+
+def _as_mask(w: Weight):
+    # Among constants alone: a float constant moves as its mask; an index selects by its value.
+    return w.real if w.real is not None and not w.real.is_floating_point() else w.mask
+
+
+def _as_operand(w: Weight):
+    # Next to live values: a float constant carries no liveness; an index is read at its value.
+    if w.real is not None and not w.real.is_floating_point():
+        return w.real
+    return torch.zeros(w.mask.shape, dtype=w.mask.dtype)
+
+
+def _as_constant(out, dtype, known: bool = True):
+    """Real values computed from constants alone, as Weights (mask: where non-zero)."""
+    def one(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if not known:
+            return Weight(torch.ones(t.shape, dtype=dtype))
+        nonzero = (t != 0) if t.is_floating_point() or t.is_complex() else torch.ones(t.shape, dtype=torch.bool)
+        return Weight(nonzero.to(dtype), None, t.detach())
+
+    if isinstance(out, torch.Tensor):
+        return one(out)
+    if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+        return type(out)(_as_constant(o, dtype, known) for o in out)
+    return out
+
+
+def _tree_map(value, fn):
+    """fn on every leaf of nested tuples (named ones and torch's return types kept), lists and dicts."""
+    if isinstance(value, (tuple, list)):
+        items = [_tree_map(v, fn) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return {k: _tree_map(v, fn) for k, v in value.items()}
+    return fn(value)
+
+
+def _tree_map_tensors(value, fn):
+    return _tree_map(value, lambda v: fn(v) if isinstance(v, torch.Tensor) else v)
+
+
+def _with_origin(value, origin: str | None):
+    if origin is None:
+        return value
+    return fx.node.map_aggregate(value, lambda v: dataclasses.replace(v, origin=origin) if isinstance(v, Weight) else v)
+
+
+def _is_container(target) -> bool:
+    return isinstance(target, type) and (dataclasses.is_dataclass(target) or issubclass(target, (tuple, dict)))
+
+
+def _op_name(node: fx.Node, flow: fx.Interpreter) -> str:
+    if node.op == "call_module":
+        return type(flow.fetch_attr(node.target)).__name__
+    if node.op == "call_method":
+        return str(node.target)
+    if isinstance(node.target, torch._ops.OpOverload):
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
 
 
 def channel_dim(weight: PrunableWeight, out: torch.Tensor) -> int:
@@ -851,7 +1274,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         # The input is the only leaf that needs a gradient: it makes every live
         # element part of the autograd graph, and weights never need one.
         result = flow.run(*traced.example_inputs)
-        outs = _output_tensors(result)
+        outs = output_tensors(result)
         alive_count = sum(int((o > 0).sum()) for o in outs)
         size = sum(int(np.prod(flow.output_shape_of(o))) for o in outs) or 1
         collapsed = alive_count == 0
@@ -896,15 +1319,16 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     flow.outputs_of.clear()
     flow.env.clear()
     flow._attr_masks.clear()
-    return FlowResult(collapsed, dead, unused, effective, min(1.0, alive_count / size))
+    conservative = {op: len(nodes) for op, nodes in sorted(flow.conservative.items())}
+    return FlowResult(collapsed, dead, unused, effective, min(1.0, alive_count / size), conservative)
 
 
 def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> int:
     if collapsed:
         return 0  # no input-output path at all
-    if name not in flow.interpreted:
-        # Applied inside a module with no rule (or never applied): its paths are
-        # unknown, so every kept weight counts as effective (never overstate sparsity).
+    if name not in flow.interpreted or name in flow.transformed:
+        # Applied inside a module with no rule, transformed before use, or never applied:
+        # its paths are unknown, so every kept weight counts as effective (never overstate sparsity).
         return int(torch.count_nonzero(masks.keep(name)))
     count = count_bits(flow.effective[name]) if name in flow.effective else 0
     if name in flow.reached_pairs:

@@ -17,7 +17,7 @@ import networkx as nx
 import torch.fx as fx
 
 from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.analysis.trace import TracedModel
+from collapsekit.analysis.trace import TracedModel, aliases_of
 
 SOURCE = "__input__"
 
@@ -38,12 +38,17 @@ def build_graph(traced: TracedModel, weights: list[PrunableWeight]) -> LayerGrap
     g = nx.DiGraph()
     nodes = list(traced.gm.graph.nodes)
     sink = next(n.name for n in nodes if n.op == "output")
+    order = {n: i for i, n in enumerate(nodes)}
     for n in nodes:
         g.add_node(n.name, op=n.op, target=str(n.target))
         for inp in n.all_input_nodes:
             g.add_edge(inp.name, n.name)
         if n.op == "placeholder":
             g.add_edge(SOURCE, n.name)
+        for alias, _ in aliases_of(n):  # readers of a tensor after an in-place op on it read the result
+            for user in alias.users:
+                if order[user] > order[n]:
+                    g.add_edge(n.name, user.name)
     on_path = (nx.descendants(g, SOURCE) | {SOURCE}) & (nx.ancestors(g, sink) | {sink})
     g = g.subgraph(on_path).copy()
 

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.analysis.rules import RuleInterpreter, RuleTable
+from collapsekit.analysis.rules import RuleInterpreter, RuleTable, index_pair
 from collapsekit.analysis.trace import TracedModel
 
 BIG = 1e30  # stands for an unbounded end: finite, so 0 * BIG = 0 in the sign-split products
@@ -217,10 +217,8 @@ def _cat(ip, parts, *args, **kwargs):
 @INTERVAL_RULES.function(operator.getitem)
 def _getitem(ip, x, index):
     # Indexing a box indexes both ends; anything else (a tuple, a size) is unknown.
-    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], torch.Tensor) and x[0].ndim > 0 \
-            and not isinstance(index, int):
-        return tuple(t[index] for t in x)
-    return ip.unknown()
+    picked = index_pair(x, index)
+    return ip.unknown() if picked is None else picked
 
 
 @INTERVAL_RULES.method("view", "reshape", "flatten", "mean", "contiguous", "sigmoid", "tanh", passes_target=True)

@@ -1,8 +1,17 @@
-"""Which weight tensors take part in the global magnitude ranking (DESIGN.md: prunable weight)."""
+"""Which weight tensors take part in the global magnitude ranking (DESIGN.md: prunable weight).
+
+A Conv/Linear weight under `torch.nn.utils.parametrize` (weight_norm, spectral
+norm, a user's transform) is ranked through the stored tensor of its shape
+(`<module>.parametrizations.weight.original`, weight_norm's direction
+`original1`): that is what Global MP zeroes. DESIGN.md Invariant 8: the layer is
+applied as a pruned layer (the alias `<module>.weight`) only when the transform
+keeps a pruned zero at zero; otherwise its computed weight is dense whatever the
+mask, and the flow treats the layer as unpruned.
+"""
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -23,6 +32,7 @@ class PrunableWeight:
     kind: str  # "conv", "linear" or "matrix" (a bare weight matrix such as in_proj_weight)
     shape: tuple[int, ...]
     aliases: tuple[str, ...] = field(default=())  # other names of the same (shared) tensor
+    keeps_zeros: bool = True  # False: a transform in forward may turn a pruned zero non-zero (Invariant 8)
 
     @property
     def numel(self) -> int:
@@ -37,7 +47,7 @@ class PrunableWeight:
 
 
 def _kind(module: nn.Module, param_name: str, tensor: torch.Tensor) -> str | None:
-    if isinstance(module, _NOT_PRUNABLE) or tensor.ndim < 2:
+    if isinstance(module, _NOT_PRUNABLE) or tensor.ndim < 2 or _parametrized(module, param_name):
         return None
     if isinstance(module, _CONV) and param_name == "weight":
         return "conv"
@@ -46,6 +56,47 @@ def _kind(module: nn.Module, param_name: str, tensor: torch.Tensor) -> str | Non
     # Bare matrices (MultiheadAttention.in_proj_weight, q_proj_weight, a custom W) are
     # weights by name; positional embeddings and tokens are not.
     return "matrix" if "weight" in param_name.lower() else None
+
+
+def _parametrized(module: nn.Module, param_name: str) -> bool:
+    parametrizations = getattr(module, "parametrizations", None)
+    return parametrizations is not None and param_name in parametrizations
+
+
+def _parametrized_weights(model: nn.Module):
+    """(owner name, owner, stored tensor's name, stored tensor, keeps zeros) of parametrized Conv/Linear weights."""
+    for name, module in model.named_modules():
+        plist = getattr(getattr(module, "parametrizations", None), "weight", None)
+        kind = "conv" if isinstance(module, _CONV) else "linear" if isinstance(module, nn.Linear) else None
+        if plist is None or kind is None:
+            continue
+        originals = [(n, t) for n, t in plist.named_parameters(recurse=False)]
+        shape = module.weight.shape
+        same = [(n, t) for n, t in originals if t.shape == shape]
+        if len(same) != 1:
+            continue  # no stored tensor is the weight itself: nothing to rank
+        stored_name, stored = same[0]
+        yield name, kind, f"{name}.parametrizations.weight.{stored_name}", stored, _keeps_zeros(plist, stored_name)
+
+
+def _keeps_zeros(plist, stored_name: str, trials: int = 3) -> bool:
+    """True if the parametrization maps every pruned zero of the stored tensor to zero (random masks and
+    values; evaluated on copies, the module is untouched)."""
+    g = torch.Generator().manual_seed(0)
+    names = [n for n, _ in plist.named_parameters(recurse=False)]
+    with torch.no_grad():
+        for _ in range(trials):
+            values = {n: getattr(plist, n).detach().clone() for n in names}
+            probe = values[stored_name]
+            zero = torch.rand(probe.shape, generator=g) < 0.5
+            values[stored_name] = torch.where(zero, 0.0, torch.randn(probe.shape, generator=g).to(probe.dtype) + 3)
+            originals = [values[n] for n in names]
+            out = plist[0](originals[0]) if plist.is_tensor else plist[0](*originals)
+            for p in list(plist)[1:]:
+                out = p(out)
+            if out.shape != probe.shape or bool(out[zero].ne(0).any()):
+                return False
+    return True
 
 
 def find_prunable(model: nn.Module, include: list[str] | None = None,
@@ -70,8 +121,15 @@ def find_prunable(model: nn.Module, include: list[str] | None = None,
             if kind is None or not _selected(full, include, exclude):
                 continue
             found[key] = PrunableWeight(full, module_name, kind, tuple(tensor.shape))
-    weights = [PrunableWeight(w.name, w.module, w.kind, w.shape, tuple(dict.fromkeys(aliases[k])))
-               for k, w in found.items()]
+    for owner, kind, full, tensor, keeps in _parametrized_weights(model):
+        if id(tensor) in found or not _selected(full, include, exclude):
+            continue
+        found[id(tensor)] = PrunableWeight(full, owner, kind, tuple(tensor.shape), keeps_zeros=keeps)
+        # A zero-keeping transform: the module applies this tensor's pattern under its own name.
+        aliases.setdefault(id(tensor), []).extend([f"{owner}.weight"] if keeps else [])
+    order = {id(t): i for i, t in enumerate(model.parameters())}
+    weights = [replace(w, aliases=tuple(dict.fromkeys(aliases.get(k, ()))))
+               for k, w in sorted(found.items(), key=lambda kw: order.get(kw[0], 0))]
     if not weights:
         raise CollapsekitError(f"{type(model).__name__} has no prunable weights "
                                "(no Conv*d/Linear weight or weight matrix matched)")

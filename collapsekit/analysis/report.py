@@ -57,6 +57,7 @@ class CollapseReport:
     levels: tuple[LevelReport, ...]
     trace_method: str
     input_shapes: tuple[tuple[int, ...], ...] = field(default=())
+    conservative_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes no exact rule interpreted
 
     def at(self, sparsity: float) -> LevelReport:
         """The level analysed at `sparsity` (nearest within 1e-9)."""
@@ -84,6 +85,7 @@ class CollapseReport:
                                                             "critical_sparsity": first.critical_sparsity},
             "trace_method": self.trace_method,
             "input_shapes": [list(s) for s in self.input_shapes],
+            "conservative_ops": dict(self.conservative_ops),
             "layers": [{**asdict(lay), "shape": list(lay.shape)} for lay in self.layers],
             "levels": [{**asdict(lv), "emptied_layers": list(lv.emptied_layers),
                         "emptied_bottlenecks": list(lv.emptied_bottlenecks),

@@ -27,12 +27,15 @@ class Rule:
         output is recorded as that layer's output.
     passes_target: receives the node's target (the called function, or the
         method name) right after the interpreter, before the operands.
+    rearranges: only moves, copies or selects elements (reshape, cat, getitem,
+        gather), so it applies to a weight's keep-mask as to activations.
     """
 
     fn: Callable
     reduced_ok: bool = False
     weighted: bool = False
     passes_target: bool = False
+    rearranges: bool = False
 
 
 class RuleTable:
@@ -119,6 +122,15 @@ class RuleInterpreter(fx.Interpreter):
     def unknown(self):
         """The value of an op no rule knows (the subclass's top element)."""
         raise NotImplementedError
+
+
+def index_pair(x, index):
+    """`x` indexed at `index` when `x` is a pair of same-shaped tensors (a sign set or an interval's two
+    ends: indexing the value indexes both), else None (a tuple of values, a size, an integer index)."""
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], torch.Tensor) and x[0].ndim > 0 \
+            and not isinstance(index, int):
+        return tuple(t[index] for t in x)
+    return None
 
 
 def aten(*names: str) -> list:

@@ -1,9 +1,19 @@
-"""Trace a model into an fx graph with tensor shapes: symbolic_trace first, torch.export as fallback."""
+"""Trace a model into an fx graph with tensor shapes: symbolic_trace first, torch.export as fallback.
+
+Example inputs are a tensor, a tuple of tensors, or a dict of keyword inputs
+(Hugging Face models: `input_ids`, `decoder_input_ids`, `pixel_values`). The
+traced graph takes one value per placeholder (`TracedModel.example_inputs`);
+the model itself is called as `model(*call_args, **call_kwargs)`.
+"""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
-from dataclasses import dataclass
+import linecache
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
@@ -18,8 +28,15 @@ class TracedModel:
     """The fx graph of a model plus a batch-1 example input, shapes stored on `node.meta`."""
 
     gm: fx.GraphModule
-    example_inputs: tuple
+    example_inputs: tuple  # one value per placeholder of `gm`, in order
     method: str  # "symbolic_trace" or "export"
+    call_args: tuple = ()  # the model's own call, batch of one: model(*call_args, **call_kwargs)
+    call_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the tensor inputs, in placeholder order."""
+        return tuple(tuple(x.shape) for x in self.example_inputs if isinstance(x, torch.Tensor))
 
 
 @contextlib.contextmanager
@@ -34,35 +51,175 @@ def eval_mode(model: nn.Module):
             m.train(flag)
 
 
+def split_inputs(example_inputs) -> tuple[tuple, dict]:
+    """(positional, keyword) example inputs, tensors cut to a batch of one.
+
+    A dict is keyword inputs: tensors, plus python constants (flags such as
+    `use_cache=False`) that tracing specialises.
+    """
+    if isinstance(example_inputs, Mapping):
+        args, kwargs = (), dict(example_inputs)
+        if not all(isinstance(k, str) for k in kwargs) or not any(isinstance(v, torch.Tensor)
+                                                                  for v in kwargs.values()):
+            raise CollapsekitError("keyword example_inputs must map argument names to tensors "
+                                   "(e.g. {'input_ids': ids})")
+    else:
+        args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        kwargs = {}
+        if not args or not all(isinstance(x, torch.Tensor) for x in args):
+            raise CollapsekitError("example_inputs must be a tensor, a tuple of tensors or a dict of keyword "
+                                   "tensors")
+    cut = lambda x: x[:1] if isinstance(x, torch.Tensor) and x.ndim > 0 else x  # noqa: E731
+    return tuple(cut(x) for x in args), {k: cut(v) for k, v in kwargs.items()}
+
+
 def as_tuple(example_inputs) -> tuple:
-    """Example inputs as a tuple of tensors, cut to a batch of one."""
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise CollapsekitError("example_inputs must be a tensor or a tuple of tensors")
-    return tuple(x[:1] if x.ndim > 0 else x for x in inputs)
+    """Positional example inputs as a tuple of tensors, cut to a batch of one."""
+    args, kwargs = split_inputs(example_inputs)
+    if kwargs:
+        raise CollapsekitError("keyword example_inputs are not accepted here; pass a tensor or a tuple")
+    return args
 
 
 def trace(model: nn.Module, example_inputs) -> TracedModel:
     """A TracedModel of `model`; raises CollapsekitError naming the failure when both tracers fail."""
-    inputs = as_tuple(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     with eval_mode(model), torch.no_grad():
         try:
-            gm, method = fx.symbolic_trace(model), "symbolic_trace"
+            gm, method = _symbolic_trace(model, kwargs), "symbolic_trace"
         except Exception as fx_exc:
-            _check_accepts(model, inputs)
+            _check_accepts(model, args, kwargs)
             try:
                 with _quiet_torch_logs():
-                    gm, method = torch.export.export(model, inputs, strict=False).module(), "export"
+                    gm = torch.export.export(model, args, kwargs or None, strict=False).module()
+                    method = "export"
             except Exception as export_exc:
                 raise CollapsekitError(
                     f"cannot trace {type(model).__name__}: torch.fx failed ({_where(fx_exc)}) "
-                    f"and torch.export failed ({_first_line(export_exc)})") from None
+                    f"and torch.export failed ({_where(export_exc)})") from None
+        inputs = _bind_placeholders(gm, args, kwargs)
         try:
             _propagate_shapes(gm, inputs)
         except Exception:
-            _check_accepts(model, inputs)  # names the input as the problem when it is
+            _check_accepts(model, args, kwargs)  # names the input as the problem when it is
             raise
-    return TracedModel(gm, inputs, method)
+    return TracedModel(gm, inputs, method, args, kwargs)
+
+
+def _symbolic_trace(model: nn.Module, kwargs: dict) -> fx.GraphModule:
+    """fx.symbolic_trace; with keyword inputs every other argument is fixed at its default."""
+    concrete = None
+    if kwargs:
+        params = inspect.signature(model.forward).parameters
+        concrete = {n: p.default for n, p in params.items()
+                    if n not in kwargs and p.default is not inspect.Parameter.empty}
+        concrete.update({k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
+    # fx files tensors created in forward (torch.tensor([...])) as attributes of the root module;
+    # the GraphModule keeps its own copies, so the user's model gets back exactly what it had.
+    before = set(vars(model))
+    try:
+        return fx.symbolic_trace(model, concrete_args=concrete)
+    finally:
+        for name in set(vars(model)) - before:
+            delattr(model, name)
+
+
+def _bind_placeholders(gm: fx.GraphModule, args: tuple, kwargs: dict) -> tuple:
+    """The value of every placeholder of `gm`, which takes positional inputs in order and keyword
+    ones by name. Placeholders the tracer fixed (defaults, constant keywords) are removed with
+    the guards that check them, so the graph's inputs are the user's tensors; one that the
+    computation still reads keeps its default."""
+    positional = list(args)
+    values = []
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in [n for n in gm.graph.nodes if n.op == "placeholder"]:
+        if kwargs and isinstance(kwargs.get(node.target), torch.Tensor):
+            values.append(kwargs[node.target])
+        elif not kwargs and positional:
+            values.append(positional.pop(0))
+        elif not _erase_unless_read(gm.graph, node, order):
+            values.append(node.args[0] if node.args else None)
+    gm.recompile()
+    return tuple(values)
+
+
+def _erase_unless_read(graph: fx.Graph, placeholder: fx.Node, order: dict) -> bool:
+    """Erases `placeholder` and everything computed from it unless the output reads it."""
+    reached, frontier = set(), [placeholder]
+    while frontier:
+        node = frontier.pop()
+        if node.op == "output":
+            return False
+        if node not in reached:
+            reached.add(node)
+            frontier.extend(node.users)
+    for node in sorted(reached, key=order.get, reverse=True):
+        graph.erase_node(node)
+    return True
+
+
+class _ShapeValueProp(ShapeProp):
+    """ShapeProp that also keeps every plain non-tensor result (sizes, comparisons, python scalars)
+    on `node.meta["value"]`, so later passes evaluate such nodes concretely."""
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if _plain(result):
+            n.meta["value"] = result
+        return result
+
+
+_PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, slice)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (tuple, list)):  # torch.Size too
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
+# Ops whose result shares its operand's storage: writing into the result writes into the operand.
+_VIEW_METHODS = {"view", "view_as", "select", "narrow", "transpose", "permute", "expand", "expand_as", "unsqueeze",
+                 "squeeze", "t", "diagonal", "unflatten", "__getitem__"}
+_VIEW_ATEN = {"view", "_unsafe_view", "select", "slice", "transpose", "permute", "expand", "unsqueeze", "squeeze",
+              "t", "alias", "as_strided", "diagonal", "narrow", "unfold", "unflatten"}
+
+
+def mutates_first_operand(node: fx.Node) -> bool:
+    """In-place ops (relu_, add_, +=, slice assignment, aten's copy_): later readers of the operand read
+    the result. Graphs record them as ordinary nodes, so every pass that follows data re-routes those readers."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    if node.op != "call_function":
+        return False
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._schema.name.endswith("_")
+    return node.target in _INPLACE_FUNCTIONS
+
+
+def _is_view(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS
+    if node.op != "call_function":
+        return False
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._schema.name.partition("::")[2] in _VIEW_ATEN
+    return node.target is operator.getitem and isinstance(node.args[0], fx.Node) and \
+        "tensor_meta" in node.args[0].meta and not isinstance(node.args[0].meta["tensor_meta"], (tuple, list))
+
+
+def aliases_of(node: fx.Node) -> list[tuple[fx.Node, bool]]:
+    """(node, whole) for every tensor an in-place op writes into: its operand (whole), that operand's own
+    operand while it too was written in place (whole), and the base of a view it writes through (part)."""
+    found, whole = [], True
+    if not mutates_first_operand(node):
+        return found
+    while node.args and isinstance(node.args[0], fx.Node) and (mutates_first_operand(node) or _is_view(node)):
+        whole = whole and mutates_first_operand(node)
+        node = node.args[0]
+        found.append((node, whole))
+    return found
 
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
@@ -74,31 +231,33 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             with _reparametrize_module(gm, state):
-                ShapeProp(gm).propagate(*(x.to("meta") for x in inputs))
+                _ShapeValueProp(gm).propagate(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs))
             return
         except Exception:
             pass
-        ShapeProp(gm).propagate(*inputs)
+        _ShapeValueProp(gm).propagate(*inputs)
 
 
 @contextlib.contextmanager
 def _quiet_torch_logs():
-    # A failing export logs whole graphs at WARNING; our one-line error says enough.
+    # A failing export logs (and prints) whole graphs; our one-line error says enough.
     import logging
 
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         logging.disable(previous)
 
 
-def _check_accepts(model: nn.Module, inputs: tuple) -> None:
+def _check_accepts(model: nn.Module, args: tuple, kwargs: dict) -> None:
     try:
-        model(*inputs)
+        model(*args, **kwargs)
     except Exception as exc:
-        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        shapes = ", ".join([str(tuple(x.shape)) for x in args] + [
+            f"{k}={tuple(v.shape)}" for k, v in kwargs.items() if isinstance(v, torch.Tensor)])
         raise CollapsekitError(f"the model does not accept an input of shape {shapes}: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from None
 
@@ -109,7 +268,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _where(exc: Exception) -> str:
-    # Name the innermost frame of model code that fx tripped over.
+    # Name the innermost frame of model code the tracer tripped over, and its source line (the op).
     tb, frame = exc.__traceback__, None
     while tb is not None:
         code = tb.tb_frame.f_code
@@ -120,5 +279,7 @@ def _where(exc: Exception) -> str:
     loc = ""
     if frame is not None:
         owner = frame.f_locals.get(frame.f_code.co_varnames[0])
-        loc = f" in {type(owner).__name__}.{frame.f_code.co_name} line {frame.f_lineno}"
+        code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+        loc = f" in {type(owner).__name__}.{frame.f_code.co_name} line {frame.f_lineno}" + (
+            f" `{code[:120]}`" if code else "")
     return f"{type(exc).__name__}{loc}: {_first_line(exc)}"

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.analysis.rules import RuleInterpreter, RuleTable
+from collapsekit.analysis.rules import RuleInterpreter, RuleTable, index_pair
 from collapsekit.analysis.trace import TracedModel
 
 Sign = tuple  # (can_be_positive, can_be_negative), float 0/1 tensors of the value's shape
@@ -124,10 +124,8 @@ def _cat(sp, parts, *args, **kwargs):
 @SIGN_RULES.function(operator.getitem)
 def _getitem(sp, x, index):
     # Indexing a signed tensor indexes both of its sign masks; anything else (a tuple, a size) is unknown.
-    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], torch.Tensor) and x[0].ndim > 0 \
-            and not isinstance(index, int):
-        return tuple(t[index] for t in x)
-    return sp.unknown()
+    picked = index_pair(x, index)
+    return sp.unknown() if picked is None else picked
 
 
 @SIGN_RULES.method("view", "reshape", "flatten", "mean", "contiguous", passes_target=True)

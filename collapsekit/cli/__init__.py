@@ -8,8 +8,8 @@ import sys
 
 from collapsekit.errors import CollapsekitError
 
-# Order in `collapsekit --help`; any other module of this package with a
-# `register(subparsers)` function is added after these.
+# Order in `collapsekit --help`; any other module of this package that defines HELP,
+# DESCRIPTION, add_arguments(parser) and run(args) is added after these.
 _ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot", "export"]
 
 
@@ -26,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "common"]
     for name in sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n)):
         module = importlib.import_module(f"{__name__}.{name}")
-        if hasattr(module, "register"):
-            module.register(subparsers)
+        if hasattr(module, "add_arguments"):
+            p = subparsers.add_parser(name.replace("_", "-"), help=module.HELP, description=module.DESCRIPTION)
+            module.add_arguments(p)
+            p.set_defaults(func=module.run)
     return parser
 
 

@@ -57,6 +57,13 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     _add_once(parser, "--seed", type=int, default=0, help="seed for initialisation, shuffling and synthetic data")
 
 
+def add_training_job_args(parser: argparse.ArgumentParser) -> None:
+    """Add what every command that trains needs: the model, the data and the device options."""
+    add_model_args(parser)
+    add_data_args(parser)
+    add_device_args(parser)
+
+
 def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int, int, int]:
     """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data, then the zoo's.
 

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 
-def register(subparsers) -> None:
-    """Add the `export` subcommand."""
-    p = subparsers.add_parser(
-        "export", help="write a pruned (sparse) checkpoint as a plain dense safetensors file",
-        description="Decode a collapsekit sparse checkpoint (what `prune --out` and `finetune --out` write) into "
-                    "a plain safetensors state_dict that any torch or safetensors tool loads (pruned weights as "
-                    "+0.0, tied names each written out), with a .json sidecar naming the model for collapsekit; "
-                    "--masks-file writes the masks alone. The same decoding in Python: ck.load_sparse(path).")
+HELP = "write a pruned (sparse) checkpoint as a plain dense safetensors file"
+DESCRIPTION = (
+    "Decode a collapsekit sparse checkpoint (what `prune --out` and `finetune --out` write) into "
+    "a plain safetensors state_dict that any torch or safetensors tool loads (pruned weights as "
+    "+0.0, tied names each written out), with a .json sidecar naming the model for collapsekit; "
+    "--masks-file writes the masks alone. The same decoding in Python: ck.load_sparse(path).")
+
+
+def add_arguments(p) -> None:
+    """The `export` subcommand's arguments."""
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="the sparse checkpoint to read")
     p.add_argument("--dense", metavar="OUT", help="plain safetensors file to write, e.g. pruned-dense.safetensors")
     p.add_argument("--masks-file", metavar="PATH", help="also write the masks alone to PATH")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -43,22 +43,20 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def register(subparsers) -> None:
-    """Add the `finetune` subcommand."""
-    p = subparsers.add_parser(
-        "finetune", help=HELP,
-        description="Prune the model with Global MP at exactly round(S * N) of its N prunable weights (every "
-                    "layer keeping at least MT), one-shot, gradually (Zhu & Gupta's cubic schedule) or by IMP, "
-                    "and fine-tune it with the masks re-applied after every step. Writes OUT/metrics.jsonl, "
-                    "OUT/checkpoint.safetensors every epoch (--resume continues a killed run), then "
-                    "OUT/model.safetensors (one sparse file carrying the masks) and OUT/finetune.json. Under "
-                    "`torchrun --nproc-per-node N -m collapsekit finetune ...` it trains with DDP.")
-    common.add_model_args(p)
-    common.add_data_args(p)
-    common.add_device_args(p)
+DESCRIPTION = (
+    "Prune the model with Global MP at exactly round(S * N) of its N prunable weights (every "
+    "layer keeping at least MT), one-shot, gradually (Zhu & Gupta's cubic schedule) or by IMP, "
+    "and fine-tune it with the masks re-applied after every step. Writes OUT/metrics.jsonl, "
+    "OUT/checkpoint.safetensors every epoch (--resume continues a killed run), then "
+    "OUT/model.safetensors (one sparse file carrying the masks) and OUT/finetune.json. Under "
+    "`torchrun --nproc-per-node N -m collapsekit finetune ...` it trains with DDP.")
+
+
+def add_arguments(p) -> None:
+    """The `finetune` subcommand's arguments."""
+    common.add_training_job_args(p)
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="final global sparsity in [0, 1)")
-    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
-                                "weights (0.05%%)")
+    common.add_mt_arg(p)
     p.add_argument("--pruning-schedule", choices=["oneshot", "gradual", "imp"], default="oneshot",
                    help="when to prune: once before fine-tuning, gradually (cubic) or by IMP rounds "
                         "(default: oneshot)")
@@ -68,7 +66,6 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last complete epoch")
     p.add_argument("--format", choices=["text", "json"], default="text", help="json prints the FinetuneResult")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

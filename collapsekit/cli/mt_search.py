@@ -9,21 +9,20 @@ from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main
 HELP = "sweep the Minimum Threshold (prune + fine-tune each) and report the best"
 
 
-def register(subparsers) -> None:
-    """Add the `mt-search` subcommand."""
-    p = subparsers.add_parser(
-        "mt-search", help=HELP,
-        description="Start from suggest_mt (the smallest MT that keeps a path at S), prune a copy with each MT "
-                    "of its search range (and MT=0), fine-tune it, and report accuracy against MT and the best MT.")
-    common.add_model_args(p)
-    common.add_data_args(p)
-    common.add_device_args(p)
+DESCRIPTION = (
+    "Start from suggest_mt (the smallest MT that keeps a path at S), prune a copy with each MT "
+    "of its search range (and MT=0), fine-tune it, and report accuracy against MT and the best MT.")
+
+
+def add_arguments(p) -> None:
+    """The `mt-search` subcommand's arguments."""
+    common.add_training_job_args(p)
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="global sparsity")
-    p.add_argument("--mt", type=int, nargs="+", metavar="COUNT",
-                   help="MT counts to try instead of 0 + suggest_mt's search range")
+    p.add_argument("--mt", nargs="+", metavar="MT",
+                   help="MT values to try instead of 0 + suggest_mt's search range (each read as --mt elsewhere: "
+                        "an integer is a count per layer, a decimal or N%% a percent of all prunable weights)")
     add_finetune_args(p)
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

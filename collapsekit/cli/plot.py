@@ -10,15 +10,16 @@ from collapsekit.cli.report import add_analysis_args, example_input
 HELP = "draw the collapse report as figures (PNG and SVG)"
 
 
-def register(subparsers) -> None:
-    """Add the `plot` subcommand."""
-    p = subparsers.add_parser(
-        "plot", help=HELP,
-        description="Analyse the model as `collapsekit report` does and write OUT/sparsity_heatmap, "
-                    "OUT/critical_sparsity, OUT/effective_vs_nominal and OUT/mt_effect in each --format, plus "
-                    "OUT/report.json. The first three show Global MP (+ --mt when given); mt_effect compares the "
-                    "kept weights per layer without MT and with --mt (without --mt: suggest_mt's MT, or 0.05% "
-                    "of the weights when nothing collapses) at --mt-sparsity. The model is never modified.")
+DESCRIPTION = (
+    "Analyse the model as `collapsekit report` does and write OUT/sparsity_heatmap, "
+    "OUT/critical_sparsity, OUT/effective_vs_nominal and OUT/mt_effect in each --format, plus "
+    "OUT/report.json. The first three show Global MP (+ --mt when given); mt_effect compares the "
+    "kept weights per layer without MT and with --mt (without --mt: suggest_mt's MT, or 0.05% "
+    "of the weights when nothing collapses) at --mt-sparsity. The model is never modified.")
+
+
+def add_arguments(p) -> None:
+    """The `plot` subcommand's arguments."""
     add_model_args(p)
     add_analysis_args(p)
     p.add_argument("--mt-sparsity", type=float, metavar="S",
@@ -28,7 +29,6 @@ def register(subparsers) -> None:
     p.add_argument("--format", nargs="+", choices=["png", "svg"], default=["png", "svg"],
                    help="file formats (default: png svg)")
     p.add_argument("--dpi", type=int, default=110, help="PNG resolution (default: 110)")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
@@ -39,9 +39,9 @@ def run(args) -> int:
     from collapsekit.views.render import audit_to_text
 
     model, meta = load_model(args)
-    result = audit(model, example_input(args, meta), sparsities=args.sparsity, mt=args.mt, include=args.include,
-                   exclude=args.exclude, mt_sparsity=args.mt_sparsity, name=meta.get("model") or args.model,
-                   progress=True)
+    result = audit(model, example_input(args, meta, model), sparsities=args.sparsity, mt=args.mt,
+                   include=args.include, exclude=args.exclude, mt_sparsity=args.mt_sparsity,
+                   name=meta.get("model") or args.model, progress=True)
     out = Path(args.out)
     written = [atomic_write_text(out / "report.json", json.dumps(result.report.to_dict(), indent=2) + "\n")]
     for stem, fig in result.figures().items():

@@ -4,21 +4,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collapsekit.cli.common import add_model_args, load_model
+from collapsekit.cli.common import add_model_args, add_mt_arg, load_model
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prune", help="prune a model with Global MP (+ MT) and save it sparse",
-        description="Prune the model one-shot with Global Magnitude Pruning at exactly round(S * N) of its N "
-                    "prunable weights, every layer keeping at least MT weights. Writes OUT/pruned.safetensors "
-                    "(one sparse checkpoint: kept values plus each keep-mask in its shortest code; every command "
-                    "that takes masks reads them from it, `collapsekit export --dense` makes it a plain file) and "
-                    "OUT/prune.json (per-layer sparsity, emptied layers, MACs before and after).")
+HELP = "prune a model with Global MP (+ MT) and save it sparse"
+DESCRIPTION = (
+    "Prune the model one-shot with Global Magnitude Pruning at exactly round(S * N) of its N "
+    "prunable weights, every layer keeping at least MT weights. Writes OUT/pruned.safetensors "
+    "(one sparse checkpoint: kept values plus each keep-mask in its shortest code; every command "
+    "that takes masks reads them from it, `collapsekit export --dense` makes it a plain file) and "
+    "OUT/prune.json (per-layer sparsity, emptied layers, MACs before and after).")
+
+
+def add_arguments(p) -> None:
+    """The `prune` subcommand's arguments."""
     add_model_args(p)
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="global sparsity in [0, 1)")
-    p.add_argument("--mt", help="Minimum Threshold: a count per layer (500) or a percent of all prunable "
-                                "weights (0.05%%)")
+    add_mt_arg(p)
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
     p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
@@ -27,7 +29,6 @@ def register(subparsers) -> None:
     p.add_argument("--masks-file", metavar="PATH",
                    help="also write the masks alone to PATH (they are in pruned.safetensors already)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
@@ -38,9 +39,10 @@ def run(args) -> int:
     from collapsekit.analysis.cost import count_macs
     from collapsekit.pruning.prune import prune
     from collapsekit.analysis.trace import trace
+    from collapsekit.views.render import prune_to_text
 
     model, meta = load_model(args)
-    traced = trace(model, example_input(args, meta))  # before pruning: a bad shape fails with nothing written
+    traced = trace(model, example_input(args, meta, model))  # before pruning: a bad shape fails with nothing written
     result = prune(model, args.sparsity, mt=args.mt, include=args.include, exclude=args.exclude)
     macs = count_macs(traced, result.masks)
     document = {"model": meta.get("model") or args.model, **result.to_dict(),
@@ -58,19 +60,6 @@ def run(args) -> int:
     if args.format == "json":
         print(json.dumps(document, indent=2))
     else:
-        print(_text(document, written))
+        print(prune_to_text(document, written))
     return 0
 
-
-def _text(doc: dict, written: list[Path]) -> str:
-    dense, kept = doc["macs"]["dense"], doc["macs"]["kept"]
-    lines = [f"pruned {doc['pruned']} of {doc['total']} weights (sparsity {doc['sparsity']:.4%}, "
-             f"MT {doc['mt_count']} per layer, threshold |w| {doc['threshold']:.4g})",
-             f"MACs {dense:,} -> {kept:,} ({kept / dense:.2%} of dense)" if dense else "MACs: no conv/linear found",
-             f"emptied layers: {', '.join(doc['emptied_layers']) or 'none'}",
-             f"{'layer':<40} {'size':>10} {'kept':>10} {'sparsity':>9}"]
-    for layer in doc["layers"]:
-        flag = "  EMPTIED" if layer["emptied"] else ""
-        lines.append(f"{layer['name']:<40} {layer['size']:>10} {layer['kept']:>10} {layer['sparsity']:>9.2%}{flag}")
-    lines.append(f"wrote {', '.join(str(p) for p in written)}")
-    return "\n".join(lines)

@@ -10,24 +10,29 @@ from collapsekit.cli.common import add_data_args, add_model_args, add_mt_arg, lo
 from collapsekit.errors import CollapsekitError
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report", help="predict where Global MP collapses a model (no pruning)",
-        description="Trace the model and predict, for each target sparsity, which layers Global MP empties, "
-                    "which channels die, the effective sparsity and the sparsity at which the network "
-                    "collapses. The model is never modified.")
+HELP = "predict where Global MP collapses a model (no pruning)"
+DESCRIPTION = (
+    "Trace the model and predict, for each target sparsity, which layers Global MP empties, "
+    "which channels die, the effective sparsity and the sparsity at which the network "
+    "collapses. The model is never modified.")
+
+
+def add_arguments(p) -> None:
+    """The `report` subcommand's arguments."""
     add_model_args(p)
     add_analysis_args(p)
     add_data_args(p)  # optional: with data, each level carries a trainability forecast
     p.add_argument("--format", choices=["text", "md", "json"], default="text", help="output form (default text)")
     p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
-    p.set_defaults(func=run)
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that analyses a model."""
     p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
                    help="example input shape including the batch, e.g. 1 3 32 32 (default: from the model)")
+    p.add_argument("--tokens", type=int, metavar="L",
+                   help="token model: random input_ids of sequence length L (and decoder_input_ids for an "
+                        "encoder-decoder), vocabulary from the model's config")
     p.add_argument("--sparsity", type=float, nargs="+", metavar="S",
                    help="target global sparsities in [0, 1) (default: 21 levels from 0.5 to 0.999)")
     add_mt_arg(p)
@@ -35,13 +40,12 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
 
 
-def example_input(args, meta: dict, model=None) -> torch.Tensor:
-    """A random example input: from --input-shape, else from the model's recorded shape.
-
-    A model that reads token ids (a Hugging Face model whose input embeddings are
-    an nn.Embedding) gets random ids of that shape instead of floats."""
+def example_input(args, meta: dict, model=None):
+    """A random example input: token ids from --tokens, a tensor from --input-shape, else the model's recorded shape."""
     from collapsekit import models
 
+    if getattr(args, "tokens", None) is not None:
+        return token_inputs(model, args.tokens)
     if args.input_shape:
         if any(d <= 0 for d in args.input_shape):
             raise CollapsekitError(f"--input-shape must be positive integers, got {args.input_shape}")
@@ -53,6 +57,23 @@ def example_input(args, meta: dict, model=None) -> torch.Tensor:
     in_channels = meta.get("in_channels") or args.in_channels or 3
     input_size = meta.get("input_size") or args.input_size or 32
     return torch.randn(*models.input_shape(spec, in_channels, input_size))
+
+
+def token_inputs(model, length: int) -> dict[str, torch.Tensor]:
+    """Keyword inputs of a token model: input_ids (and decoder_input_ids when the config says
+    is_encoder_decoder) of `length` tokens drawn from the config's vocabulary."""
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if length <= 0:
+        raise CollapsekitError(f"--tokens must be a positive length, got {length}")
+    if not vocab:
+        raise CollapsekitError(f"--tokens needs a token model whose config has a vocab_size; "
+                               f"{type(model).__name__} has none (pass --input-shape instead)")
+    g = torch.Generator().manual_seed(0)
+    ids = {"input_ids": torch.randint(0, vocab, (1, length), generator=g)}
+    if getattr(config, "is_encoder_decoder", False):
+        ids["decoder_input_ids"] = torch.randint(0, vocab, (1, length), generator=g)
+    return ids
 
 
 def shapes_from_input(args) -> None:

@@ -10,14 +10,14 @@ from collapsekit.cli import common
 HELP = "train a dense model (the network to analyse and prune) and save it"
 
 
-def register(subparsers) -> None:
-    """Add the `train` subcommand."""
-    p = subparsers.add_parser(
-        "train", help=HELP, description=HELP + ". Unset hyper-parameters take per-family defaults "
-        "(collapsekit.training.train.FAMILY_DEFAULTS); --checkpoint starts from saved weights.")
-    common.add_model_args(p)
-    common.add_data_args(p)
-    common.add_device_args(p)
+DESCRIPTION = (
+    HELP + ". Unset hyper-parameters take per-family defaults "
+    "(collapsekit.training.train.FAMILY_DEFAULTS); --checkpoint starts from saved weights.")
+
+
+def add_arguments(p) -> None:
+    """The `train` subcommand's arguments."""
+    common.add_training_job_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/model.json")
     p.add_argument("--epochs", type=int, help="epochs (default: per family, e.g. 8 for resnet20)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: per family)")
@@ -32,7 +32,6 @@ def register(subparsers) -> None:
                    help="random flips and shifts (default: on for cifar10 only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--format", choices=["text", "json"], default="text", help="json prints the TrainResult")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -9,17 +9,16 @@ from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main
 HELP = "check predicted collapse against real Global MP + fine-tuning"
 
 
-def register(subparsers) -> None:
-    """Add the `validate` subcommand."""
-    p = subparsers.add_parser(
-        "validate", help=HELP,
-        description="For each sparsity: the report's prediction (collapsed, emptied layers, effective sparsity) "
-                    "beside a real Global MP prune of a copy, a forward-pass collapse check and masked "
-                    "fine-tuning; a level agrees when the forward check sees collapse exactly where predicted "
-                    "and no predicted-collapsed network trains above chance.")
-    common.add_model_args(p)
-    common.add_data_args(p)
-    common.add_device_args(p)
+DESCRIPTION = (
+    "For each sparsity: the report's prediction (collapsed, emptied layers, effective sparsity) "
+    "beside a real Global MP prune of a copy, a forward-pass collapse check and masked "
+    "fine-tuning; a level agrees when the forward check sees collapse exactly where predicted "
+    "and no predicted-collapsed network trains above chance.")
+
+
+def add_arguments(p) -> None:
+    """The `validate` subcommand's arguments."""
+    common.add_training_job_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", required=True, metavar="S", help="sparsity levels")
     common.add_mt_arg(p)
     p.add_argument("--margin", type=float, default=0.1,
@@ -27,7 +26,6 @@ def register(subparsers) -> None:
     add_finetune_args(p)
     p.add_argument("--out", metavar="DIR", help="keep each level's fine-tuning run under DIR/s<sparsity>/")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -75,6 +75,7 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     from collapsekit.validation.validate import DEFAULT_MARGIN
 
     from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.magnitudes import resolve_mt
     from collapsekit.analysis.suggest import suggest_mt
     from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
@@ -84,10 +85,12 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     suggestion = suggest_mt(base, sparsity=sparsity, data=bundle)
     if mts is None:
         mts = default_mts(suggestion)
-    bad = [m for m in mts if not 0 <= int(m) <= suggestion.max_mt]
+    # Each MT reads as `mt=` does everywhere: an int is a count, a decimal or "N%" a percent.
+    mts = [resolve_mt(m, suggestion.total) for m in mts]
+    bad = [m for m in mts if not 0 <= m <= suggestion.max_mt]
     if bad:
         raise CollapsekitError(f"MT {bad} out of range: sparsity {sparsity} leaves room for MT 0..{suggestion.max_mt}")
-    mts = sorted({int(m) for m in mts})
+    mts = sorted(set(mts))
     points = []
     for mt in mts:
         an = base.with_mt(mt)

@@ -15,6 +15,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from collapsekit.analysis.flow import output_tensors
 from collapsekit.analysis.prunable import PrunableWeight
 
 
@@ -72,14 +73,8 @@ def varying(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5, atol: float = 
 
 
 def flat_outputs(out) -> list[torch.Tensor]:
-    """The tensors of a model output (a tensor, tuple or dict)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flat_outputs(o)]
-    return []
+    """The tensors of a model output (a tensor, tuple, dict, dataclass or Hugging Face ModelOutput)."""
+    return output_tensors(out)
 
 
 def random_inputs(example_inputs: tuple, batch: int, scales=(0.1, 1.0, 10.0), seed: int = 0) -> list[tuple]:

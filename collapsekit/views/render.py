@@ -67,6 +67,11 @@ def verdict_lines(report: CollapseReport) -> list[str]:
         lines.append("no layer ever empties" + (f" (MT keeps {report.mt} weights in each)" if report.mt else ""))
     bypassable = sum(lay.bypassable for lay in report.layers)
     lines.append(f"bypassable layers: {bypassable} of {len(report.layers)} (a residual path avoids them)")
+    if report.conservative_ops:
+        ops = sorted(report.conservative_ops.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append(f"interpreted conservatively (every output element depends on every input element; "
+                     f"sound, less precise): {sum(n for _, n in ops)} ops: "
+                     + ", ".join(f"{op} x{n}" for op, n in ops[:6]) + (" ..." if len(ops) > 6 else ""))
     return lines
 
 
