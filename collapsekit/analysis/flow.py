@@ -828,11 +828,13 @@ class ChannelFlow(fx.Interpreter):
         source = self._averages.get(self.current_node.name)
         if source is None or not isinstance(out, torch.Tensor):
             return out
+        live = _live(values)
+        if live is not None and bool((live > 0).all()):
+            return out  # no dead feature to be constant: spares the generic network's run (O(weights))
         if self._constants is None:
             wanted = {n.name for n in self._averages.values()}
             self._constants = constant_values(self.traced, self.weights, self.masks, wanted)
         real = self._constants.get(source.name)
-        live = _live(values)
         if real is None or (live is not None and live.shape != real.shape):
             return out
         constant = uniform_dead_columns(live, real)
