@@ -173,3 +173,20 @@ def test_collapsekit_plot_traces_and_sorts_once(counted, tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "report.json").exists() and list(tmp_path.glob("*.png"))
     assert counted == {"traces": 1, "sorts": 1}
+
+
+def test_flow_results_live_on_the_analysis_graph_not_on_the_model():
+    from collapsekit.analysis.flow import FLOW_META
+
+    model = mlp()
+    snap = snapshot(model)
+    an = Analysis(model, torch.randn(1, 6))
+    head = next(n for n in an.traced.gm.graph.nodes if n.op == "call_module" and n.target == "4")
+    an.flow(0)
+    assert head.meta[FLOW_META].live == head.meta[FLOW_META].size == 3
+    collapse = round(an.collapse_sparsity() * an.total)
+    an.flow(collapse)
+    assert head.meta[FLOW_META].live == 0  # no kept path reaches any logit
+    an.flow(collapse - 1)
+    assert head.meta[FLOW_META].live > 0
+    assert_unchanged(model, snap)

@@ -706,6 +706,17 @@ class FlowResult:
     conservative_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes interpreted conservatively
 
 
+FLOW_META = "collapsekit_flow"  # node.meta key of the latest flow's per-node result
+
+
+@dataclass(frozen=True)
+class FlowMeta:
+    """A node's forward liveness under the masks of the latest flow run on its graph."""
+
+    live: int  # elements (channels, at channel level) some kept input path reaches
+    size: int  # elements of the node's abstract value
+
+
 class ChannelFlow(fx.Interpreter):
     """Runs the transfer rules over a traced graph for one set of keep-masks."""
 
@@ -1057,6 +1068,10 @@ class ChannelFlow(fx.Interpreter):
         cut = self.cuts.get(n.name)
         if cut is not None and isinstance(out, torch.Tensor):
             out = out * cut  # value level: elements proven constant at these weights
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            # Per-node result on the analysis's own graph, as ShapeProp stores tensor_meta: how many of
+            # this node's elements a kept input path reaches, under the masks of this (latest) flow.
+            n.meta[FLOW_META] = FlowMeta(int(torch.count_nonzero(out.detach() > 0)), out.numel())
         return out
 
     def apply_real(self, fn, args, kwargs):
