@@ -8,6 +8,7 @@ the model (DESIGN.md Invariant 7): per-node results live on its own graph.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -103,6 +104,11 @@ class Analysis:
         """Number of prunable weights (N of Global MP)."""
         return self.index.total
 
+    @functools.cached_property
+    def bottlenecks(self) -> frozenset[str]:
+        """Names of the prunable weights no input-output path avoids (emptying one cuts every path)."""
+        return frozenset(w.name for w in self.weights if not self.graph.bypassable[w.name])
+
     def with_mt(self, mt) -> Analysis:
         """The same analysis under another Minimum Threshold (no new trace or sort)."""
         other = copy.copy(self)
@@ -197,8 +203,8 @@ class Analysis:
 
         key = id(bundle)
         if key not in self._forecasters:
-            bottlenecks = {w.name for w in self.weights if not self.graph.bypassable[w.name]}
-            self._forecasters[key] = (bundle, Forecaster.from_bundle(self.model, bundle, bottlenecks=bottlenecks))
+            forecaster = Forecaster.from_bundle(self.model, bundle, bottlenecks=self.bottlenecks)
+            self._forecasters[key] = (bundle, forecaster)
         return self._forecasters[key][1]
 
     def forecast(self, bundle, k: int, collapsed: bool | None = None):
@@ -232,7 +238,7 @@ class Analysis:
                 lo = max(lo, k)
         critical = self.index.critical_counts(self.mt)
         for w, c in zip(self.weights, critical):
-            if not self.graph.bypassable[w.name] and c >= 0:
+            if w.name in self.bottlenecks and c >= 0:
                 hi = min(hi, int(c))
         if not any(c for k, c in known if k == hi) and not self.collapsed_at(hi):
             return 1.0
@@ -299,12 +305,11 @@ class Analysis:
             with self.timings.stage("flow per level"):
                 flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level)
         emptied = tuple(w.name for w, n in zip(self.weights, pruned) if n == w.numel)
-        bottlenecks = {w.name for w in self.weights if not self.graph.bypassable[w.name]}
         with self.timings.stage("value level"):
             value_collapsed = flow.collapsed or (not self.channel_level and self.value_collapsed_at(masks))
         return LevelReport(
             sparsity=float(sparsity), pruned=k, threshold=masks.alloc.threshold, collapsed=flow.collapsed,
-            emptied_layers=emptied, emptied_bottlenecks=tuple(n for n in emptied if n in bottlenecks),
+            emptied_layers=emptied, emptied_bottlenecks=tuple(n for n in emptied if n in self.bottlenecks),
             dead_channels=flow.dead_channels, unused_channels=flow.unused_channels,
             effective_sparsity=1.0 - float(flow.effective.sum()) / self.index.total,
             effective_depth=effective_depth(self.graph, set(emptied)),

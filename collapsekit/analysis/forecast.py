@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.pruning.prune import apply_masks
 
 BATCH = 256  # training examples per measurement: enough for stable per-class spreads, cheap on CPU
 SEED = 0
@@ -270,10 +271,8 @@ def ncm_accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
 def _copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """A float32 CPU deep copy with `masks` applied (+0.0 at pruned positions)."""
     net = copy.deepcopy(model).cpu().float()
-    with torch.no_grad():
-        for name, keep in masks.items():
-            p = net.get_parameter(name)
-            p.mul_(keep.to(p.dtype))
+    if masks:  # {} is the dense reference
+        apply_masks(net, masks)  # the one masked write ck.prune uses
     for p in net.parameters():
         p.requires_grad_(True)
     return net

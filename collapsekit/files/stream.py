@@ -58,7 +58,7 @@ class Checkpoint:
             with safe_open(str(shard), framework="pt") as fh:
                 return fh.get_tensor(name)
         except Exception as exc:  # noqa: BLE001 - a shard changed or broke since it was opened
-            raise CollapsekitError(f"checkpoint shard {shard} is corrupt: {_first_line(exc)}") from None
+            raise _corrupt(shard, exc) from None
 
     def first_of(self, names) -> str | None:
         """The first of `names` (a weight and its aliases) the checkpoint holds."""
@@ -189,11 +189,16 @@ def _header(shard: Path) -> dict:
     except CollapsekitError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated, not safetensors, bad JSON
-        raise CollapsekitError(f"checkpoint shard {shard} is corrupt: {_first_line(exc)}") from None
+        raise _corrupt(shard, exc) from None
 
 
 def _data_bytes(shard: Path) -> int:
     return sum(e["data_offsets"][1] - e["data_offsets"][0] for e in _header(shard).values())
+
+
+def _corrupt(shard: Path, exc: BaseException) -> CollapsekitError:
+    """The one-line error for a shard that cannot be read (truncated, not safetensors, changed since opened)."""
+    return CollapsekitError(f"checkpoint shard {shard} is corrupt: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,16 +17,12 @@ import torch.nn as nn
 
 from collapsekit.analysis.flow import output_tensors
 from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.pruning.prune import apply_masks
 
 
 def masked_copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """An eval-mode deep copy of `model` with `masks` (name -> bool keep-mask) applied."""
-    clone = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for name, keep in masks.items():
-            p = clone.get_parameter(name)
-            torch.where(keep.to(p.device), p, torch.zeros((), dtype=p.dtype, device=p.device), out=p)  # +0.0
-    return clone
+    return apply_masks(copy.deepcopy(model).eval(), masks)  # +0.0 at pruned positions, as ck.prune writes
 
 
 def positive_copy(model: nn.Module, weights: list[PrunableWeight], masks: dict[str, torch.Tensor]) -> nn.Module:
