@@ -49,3 +49,56 @@ def test_both_agree_with_the_oracle_at_every_level():
     for positional in (False, True):
         torch.manual_seed(1)
         check_levels(Attention(positional), torch.randn(1, 6, 8), (0.5, 0.8, 0.95), boundary=True)
+
+
+class PositionFirst(nn.Module):
+    """A position table added before the value projection: at low sparsity it reaches every value
+    feature (rows differ), and a feature whose projection row is emptied later is a bias (rows equal)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(6, 8))
+        self.qk = nn.Linear(8, 16)
+        self.v = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        q, k = self.qk(x).chunk(2, -1)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.head((attn @ self.v(x + self.pos)).mean(1))
+
+
+def _reports(model, example, fresh_runs: bool, monkeypatch):
+    """The default report, counting generic runs; `fresh_runs` disables the reuse across nested levels."""
+    from collapsekit.analysis import averages, flow
+
+    runs, real = [], flow.constant_values
+    monkeypatch.setattr(flow, "constant_values", lambda *a, **k: runs.append(1) or real(*a, **k))
+    if fresh_runs:
+        monkeypatch.setattr(averages.RowUniformity, "proven", lambda *a: False)
+        monkeypatch.setattr(averages.RowUniformity, "record", lambda self, counts, values: {
+            name: averages.row_uniform(v) for name, v in values.items()})
+    report = Analysis(model, example).report()
+    monkeypatch.undo()
+    return report, len(runs)
+
+
+def test_nested_levels_reuse_one_generic_run_and_change_nothing(monkeypatch):
+    """A decoder whose constants are all row-uniform pays for one generic run per report
+    (not one per level), and every verdict equals that of a fresh run at each level."""
+    from corpus import build
+
+    for name in ("hf_llama", "position_first"):
+        torch.manual_seed(0)
+        model, example = build(name) if name != "position_first" else (PositionFirst(), torch.randn(1, 6, 8))
+        shared, shared_runs = _reports(model, example, False, monkeypatch)
+        fresh, fresh_runs = _reports(model, example, True, monkeypatch)
+        assert shared.to_dict() == fresh.to_dict(), name
+        assert shared_runs < fresh_runs, name
+        if name == "hf_llama":
+            assert shared_runs == 1 and fresh_runs > 5
+
+
+def test_position_table_before_the_values_agrees_with_the_oracle():
+    torch.manual_seed(2)
+    check_levels(PositionFirst(), torch.randn(1, 6, 8), (0.3, 0.5, 0.7, 0.8, 0.9, 0.95), boundary=True)

@@ -7,15 +7,21 @@ constant whatever the weights: the output feature is dead although the
 attention weights are live. If the rows differ (position embeddings, border
 effects of padding), the average moves with the weights and stays live.
 Telling the two apart needs the constants' values, so the values the rule
-reads are computed once per mask set by a generic network with the same
-pruning pattern (`constant_values`), only for the `v` operands of such averages.
+reads come from a generic network with the same pruning pattern
+(`constant_values`), only for the `v` operands of such averages; one such run
+serves every sparser level of the same Global MP ordering (`RowUniformity`),
+so a model whose constants are all row-uniform (a LLaMA-style decoder) pays
+for one run per report, not one per level.
 """
 from __future__ import annotations
 
 import operator
+import zlib
 
+import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from collapsekit.analysis.rules import aten
 
@@ -80,12 +86,43 @@ _UNSATURATED_MODULES = ((torch.nn.Tanh, torch.asinh), (torch.nn.Sigmoid, torch.a
                         (torch.nn.ReLU6, _leaky), (torch.nn.Hardtanh, _leaky), (torch.nn.ReLU, _leaky))
 
 
-class _Values(fx.Interpreter):
-    """The generic network's values at the nodes asked for."""
+class _Generic(fx.Interpreter):
+    """The generic network (see `constant_values`), run node by node: each parameter is made when
+    its module or attribute is read and dropped after, so the run holds one layer's values at a time."""
 
-    def __init__(self, gm: fx.GraphModule, wanted: set[str]):
-        super().__init__(gm)
-        self.wanted, self.values = wanted, {}
+    def __init__(self, traced, weights, masks, wanted: set[str], dtype):
+        super().__init__(traced.gm, garbage_collect_values=True)
+        self.masks, self.dtype, self.wanted, self.values = masks, dtype, wanted, {}
+        self.canonical = {alias: w.name for w in weights for alias in (w.name, *w.aliases)}
+        self.owned = {name for name, _ in traced.gm.named_parameters(remove_duplicate=False)} | {
+            name for name, _ in traced.gm.named_buffers(remove_duplicate=False)}
+
+    def generic(self, name: str, real: torch.Tensor) -> torch.Tensor:
+        """Parameter or buffer `name` (qualified in the graph module) of the generic network."""
+        name = self.canonical.get(name, name)
+        if isinstance(real, nn.Parameter) and real.is_floating_point():
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            rand = torch.rand(real.shape, generator=g, dtype=self.dtype) + 0.5
+            if name in self.masks:
+                keep = self.masks.keep(name)
+                if real.ndim > 1:
+                    kept = keep.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (real.ndim - 1))
+                    return rand.mul_(keep).div_(kept)
+                return rand.mul_(keep)
+            if name.endswith("weight") and real.ndim == 1:
+                return torch.ones(real.shape, dtype=self.dtype)
+            return rand.mul_(_SCALE)
+        if name.endswith("running_mean"):
+            return torch.zeros(real.shape, dtype=self.dtype)
+        if name.endswith("running_var"):
+            return torch.ones(real.shape, dtype=self.dtype)
+        return real.detach().to(self.dtype) if real.is_floating_point() else real
+
+    def get_attr(self, target, args, kwargs):
+        real = super().get_attr(target, args, kwargs)
+        if isinstance(real, torch.Tensor) and target in self.owned:
+            return self.generic(target, real)
+        return real
 
     def call_function(self, target, args, kwargs):
         try:
@@ -99,9 +136,16 @@ class _Values(fx.Interpreter):
         return stand_in(args[0]) if stand_in is not None else super().call_method(target, args, kwargs)
 
     def call_module(self, target, args, kwargs):
+        from torch.nn.utils.stateless import _reparametrize_module
+
         module = self.fetch_attr(target)
         stand_in = next((fn for cls, fn in _UNSATURATED_MODULES if isinstance(module, cls)), None)
-        return stand_in(args[0]) if stand_in is not None else super().call_module(target, args, kwargs)
+        if stand_in is not None:
+            return stand_in(args[0])
+        state = {name: self.generic(f"{target}.{name}", t) for name, t in
+                 [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
+        with _reparametrize_module(module, state):
+            return super().call_module(target, args, kwargs)
 
     def run_node(self, n):
         out = super().run_node(n)
@@ -110,7 +154,7 @@ class _Values(fx.Interpreter):
         return out
 
 
-def constant_values(traced, weights, masks, wanted: set[str]) -> dict[str, torch.Tensor]:
+def constant_values(traced, weights, masks, wanted: set[str], uniform_inputs: bool = False) -> dict[str, torch.Tensor]:
     """Values of the `wanted` nodes in a *generic* network with the pruning pattern of `masks`.
 
     Generic, not real: kept weights are random positive over their kept fan-in,
@@ -119,62 +163,84 @@ def constant_values(traced, weights, masks, wanted: set[str]) -> dict[str, torch
     given), all in float64. A column equal in every row there is equal for any
     values of the kept weights (a structural fact, such as a broadcast bias),
     never because the real weights happen to make a ReLU output zero everywhere.
+    `uniform_inputs` makes every input one repeated value (see RowUniformity).
     Float32 where the graph will not run in float64; an empty dict where it will
     not run at all (nothing is then declared dead).
     """
     # Some graphs fix float32 constants inside; the dtype that ran is remembered on the graph.
-    dtypes = traced.gm.meta.get("generic_dtypes", (torch.float64, torch.float32))
+    key = "generic_dtypes_uniform" if uniform_inputs else "generic_dtypes"
+    dtypes = traced.gm.meta.get(key, (torch.float64, torch.float32))
     for dtype in dtypes:
-        values = _generic_run(traced, weights, masks, wanted, dtype)
+        values = _generic_run(traced, weights, masks, wanted, dtype, uniform_inputs)
         if values is not None:
-            traced.gm.meta["generic_dtypes"] = (dtype,)
+            traced.gm.meta[key] = (dtype,)
             return values
-    traced.gm.meta["generic_dtypes"] = ()
+    traced.gm.meta[key] = ()
     return {}
 
 
-def _generic_run(traced, weights, masks, wanted, dtype):
-    from torch.nn.utils.stateless import _reparametrize_module
+def _generic_input(x, g: torch.Generator, dtype, uniform: bool):
+    if not isinstance(x, torch.Tensor):
+        return x
+    if x.is_floating_point():
+        if uniform:
+            return torch.full(x.shape, (float(torch.rand((), generator=g)) + 0.5) * _SCALE, dtype=dtype)
+        return (torch.rand(x.shape, generator=g, dtype=dtype) + 0.5) * _SCALE
+    return torch.full_like(x, x.flatten()[0].item()) if uniform and x.numel() else x
 
+
+def _generic_run(traced, weights, masks, wanted, dtype, uniform_inputs=False):
     g = torch.Generator().manual_seed(0)
-    prunable = {w.name for w in weights}
-    state = {}
-    for name, p in traced.gm.named_parameters():
-        if not p.is_floating_point():
-            continue
-        rand = torch.rand(p.shape, generator=g, dtype=dtype) + 0.5
-        if name in prunable:
-            keep = masks.keep(name).to(dtype)
-            kept = keep.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (p.ndim - 1)) if p.ndim > 1 else 1.0
-            state[name] = keep * rand / kept
-        elif name.endswith("weight") and p.ndim == 1:
-            state[name] = torch.ones(p.shape, dtype=dtype)
-        else:
-            state[name] = rand * _SCALE
-    for name, b in traced.gm.named_buffers():
-        if name.endswith("running_mean"):
-            state[name] = torch.zeros(b.shape, dtype=dtype)
-        elif name.endswith("running_var"):
-            state[name] = torch.ones(b.shape, dtype=dtype)
-        elif b.is_floating_point():
-            state[name] = b.detach().to(dtype)
-    inputs = [(torch.rand(x.shape, generator=g, dtype=dtype) + 0.5) * _SCALE
-              if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in traced.example_inputs]
-    runner = _Values(traced.gm, wanted)
+    inputs = [_generic_input(x, g, dtype, uniform_inputs) for x in traced.example_inputs]
+    runner = _Generic(traced, weights, masks, wanted, dtype)
     try:
-        with torch.no_grad(), _reparametrize_module(traced.gm, state):
+        with torch.no_grad():
             runner.run(*inputs)
     except Exception:  # noqa: BLE001 - e.g. an op that insists on float32
         return None
     return runner.values
 
 
-def uniform_dead_columns(live: torch.Tensor | None, values: torch.Tensor, rows: int = -2) -> torch.Tensor:
-    """Bool, size 1 along `rows`: features that no live element reaches and whose constant is the
-    same in every row (the average of such a column is that constant)."""
+def row_uniform(values: torch.Tensor, rows: int = -2) -> torch.Tensor:
+    """Bool, size 1 along `rows`: features whose value is the same in every row."""
     tol = 1e-12 if values.dtype == torch.float64 else 1e-6
-    same = torch.isclose(values.amax(rows, keepdim=True), values.amin(rows, keepdim=True), rtol=tol, atol=0)
-    if live is None:
+    return torch.isclose(values.amax(rows, keepdim=True), values.amin(rows, keepdim=True), rtol=tol, atol=0)
+
+
+class RowUniformity:
+    """Which dead features of the averaged operands are constants equal in every row, shared by
+    every flow over one traced graph so that nested mask sets reuse one generic run.
+
+    A generic run with every input one repeated value shows a feature equal in every
+    row exactly when no row-varying constant (a position table, a padded border, a
+    causal ramp) reaches it through kept weights. Pruning more only removes paths,
+    so a feature so proven for one mask set stays so for every mask set that keeps a
+    subset of its weights (Global MP's levels are nested, `pruned_counts`). A dead
+    feature's value does not depend on the inputs at all, so the repeated inputs give
+    it the same value as any others. Only dead features no nested run proves
+    uniform cost a new run, at the mask set asked about.
+    """
+
+    KEEP = 16  # runs remembered
+
+    def __init__(self):
+        self.runs: list[tuple[np.ndarray, dict[str, torch.Tensor]]] = []  # (pruned counts, node -> row_uniform)
+
+    @staticmethod
+    def of(traced) -> RowUniformity:
+        """The graph's own RowUniformity (created on first use; stored on gm.meta like shapes are)."""
+        return traced.gm.meta.setdefault("collapsekit_row_uniform", RowUniformity())
+
+    def proven(self, counts: np.ndarray, source: str, dead: torch.Tensor) -> bool:
+        """True if runs at mask sets keeping a superset of `counts`' weights prove every `dead` feature uniform."""
+        covered = ~dead
+        for known, same in self.runs:
+            value = same.get(source)
+            if value is not None and value.shape == dead.shape and bool((known <= counts).all()):
+                covered = covered | value
+        return bool(covered.all())
+
+    def record(self, counts: np.ndarray, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        same = {name: row_uniform(v) for name, v in values.items()}
+        self.runs = [*self.runs[-(self.KEEP - 1):], (counts, same)]
         return same
-    dead = live.detach().sum(rows, keepdim=True) == 0
-    return same & dead

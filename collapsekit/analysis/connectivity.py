@@ -87,6 +87,10 @@ class LevelMasks:
         """These masks with every layer in `names` pruned entirely (for sound "still connected" proofs)."""
         return _Emptied(self, frozenset(names))
 
+    def pruned_counts(self) -> np.ndarray:
+        """Weights pruned per layer; a mask set with counts <= these everywhere keeps a superset."""
+        return np.asarray(self.alloc.pruned)
+
     def keep_list(self) -> list[torch.Tensor]:
         """Every layer's full keep-mask, in prunable order."""
         return [self.keep(w.name) for w in self.conn.weights]
@@ -141,6 +145,12 @@ class _Emptied(LevelMasks):
     def __init__(self, base: LevelMasks, names: frozenset):
         super().__init__(base.conn, base.alloc)
         self.names = names
+
+    def pruned_counts(self) -> np.ndarray:
+        counts = np.array(self.alloc.pruned, copy=True)
+        for name in self.names:
+            counts[self.conn.position[name]] = self.conn.index.sizes[self.conn.position[name]]
+        return counts
 
     def keep(self, name: str) -> torch.Tensor:
         if name in self.names:

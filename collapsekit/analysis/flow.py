@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from collapsekit.analysis.averages import averaged_values, constant_values, uniform_dead_columns
+from collapsekit.analysis.averages import RowUniformity, averaged_values, constant_values, row_uniform
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleTable, aten
 from collapsekit.analysis.trace import TracedModel, aliases_of, mutates_first_operand
@@ -842,14 +842,32 @@ class ChannelFlow(fx.Interpreter):
         live = _live(values)
         if live is not None and bool((live > 0).all()):
             return out  # no dead feature to be constant: spares the generic network's run (O(weights))
+        meta = source.meta.get("tensor_meta")
+        shape = tuple(live.shape) if live is not None else tuple(getattr(meta, "shape", ()))
+        if len(shape) < 2:
+            return out
+        dead = (live.detach().sum(-2, keepdim=True) == 0) if live is not None else torch.ones(
+            (*shape[:-2], 1, shape[-1]), dtype=torch.bool)
+        constant = self._uniform_constants(source.name, dead)
+        return out if constant is None else out * (~constant).to(out.dtype)
+
+    def _uniform_constants(self, source: str, dead: torch.Tensor) -> torch.Tensor | None:
+        """The `dead` features of averaged operand `source` whose constant is equal in every row, or None
+        where the generic network cannot tell. Value-level flows (cuts) ask per mask set with the real
+        inputs' pattern: a cut feature is constant only at the current weights, which no nested run covers."""
+        counts = None if self.cuts else getattr(self.masks, "pruned_counts", lambda: None)()
+        uniformity = RowUniformity.of(self.traced)
+        if counts is not None and uniformity.proven(counts, source, dead):
+            return dead
         if self._constants is None:
             wanted = {n.name for n in self._averages.values()}
-            self._constants = constant_values(self.traced, self.weights, self.masks, wanted)
-        real = self._constants.get(source.name)
-        if real is None or (live is not None and live.shape != real.shape):
-            return out
-        constant = uniform_dead_columns(live, real)
-        return out * (~constant).to(out.dtype)
+            values = constant_values(self.traced, self.weights, self.masks, wanted, uniform_inputs=counts is not None)
+            self._constants = (uniformity.record(counts, values) if counts is not None
+                               else {name: row_uniform(v) for name, v in values.items()})
+        same = self._constants.get(source)
+        if same is None or same.shape != dead.shape:
+            return None
+        return dead & same
 
     def window_any(self, x, kernel_size, stride, padding, dilation, ceil_mode):
         if self.is_reduced(x):
