@@ -86,6 +86,18 @@ _UNSATURATED_MODULES = ((torch.nn.Tanh, torch.asinh), (torch.nn.Sigmoid, torch.a
                         (torch.nn.ReLU6, _leaky), (torch.nn.Hardtanh, _leaky), (torch.nn.ReLU, _leaky))
 
 
+class _Deferred:
+    """A parameter or buffer of the generic network, not yet made."""
+
+    __slots__ = ("target", "real")
+
+    def __init__(self, target: str, real: torch.Tensor):
+        self.target, self.real = target, real
+
+
+_DTYPE_ASSERTS = set(aten("_assert_tensor_metadata.default"))
+
+
 class _Generic(fx.Interpreter):
     """The generic network (see `constant_values`), run node by node: each parameter is made when
     its module or attribute is read and dropped after, so the run holds one layer's values at a time."""
@@ -121,11 +133,18 @@ class _Generic(fx.Interpreter):
     def get_attr(self, target, args, kwargs):
         real = super().get_attr(target, args, kwargs)
         if isinstance(real, torch.Tensor) and target in self.owned:
-            return self.generic(target, real)
+            return _Deferred(target, real)  # made where it is used: exported graphs read every weight first
         return real
+
+    def fetch_args_kwargs_from_env(self, n):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        made = lambda v: self.generic(v.target, v.real) if isinstance(v, _Deferred) else v  # noqa: E731
+        return fx.node.map_aggregate(args, made), fx.node.map_aggregate(kwargs, made)
 
     def call_function(self, target, args, kwargs):
         try:
+            if target in _DTYPE_ASSERTS:
+                return None  # export's check of the traced dtype; the generic run's float64 is meant
             stand_in = _UNSATURATED.get(target)
         except TypeError:  # unhashable target
             stand_in = None
