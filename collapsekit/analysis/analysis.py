@@ -148,20 +148,22 @@ class Analysis:
         return run_flow(self.traced, self.weights, self.level(k), backward=backward, channel_level=channel,
                         cuts=cuts)
 
-    def collapsed_at(self, k: int, channel_level: bool | None = None) -> bool:
+    def collapsed_at(self, k: int, channel_level: bool | None = None, quick: bool = True) -> bool:
         """True if the masks pruning `k` weights leave no kept input-to-output path.
 
         Two sound shortcuts first (the flow is monotone in the masks): masks that
         contain the cover (cover.py) are as connected as dense; and if the network
         stays connected with every bypassable layer emptied, it stays connected with
-        their real masks, which are then never computed.
+        their real masks, which are then never computed (`quick`; skipped where those
+        layers are empty already, as the emptied masks would then be the real ones).
         """
         channel = self.channel_level if channel_level is None else channel_level
         level = self.level(k)
         if channel == self.channel_level and self.cover().contains(level.alloc.pruned):
             return False
-        bypassable = {w.name for w in self.weights if self.graph.bypassable[w.name]}
-        if bypassable and len(bypassable) < len(self.weights):
+        bypassable = {w.name for w, n in zip(self.weights, level.alloc.pruned)
+                      if self.graph.bypassable[w.name] and n < w.numel}
+        if quick and bypassable and len(bypassable) < len(self.weights):
             quick = run_flow(self.traced, self.weights, level.emptying(bypassable), backward=False,
                              channel_level=channel)
             if not quick.collapsed:
@@ -245,7 +247,8 @@ class Analysis:
         candidates = sorted({int(c) for c in critical if lo < c < hi})
         self.index.prefetch([lo + 1, hi, *candidates], self.mt)  # one read for the likely steps
         hi = self._bisect(lo, hi, self.channel_level, candidates)
-        if self.channel_level and hi > 0 and self.collapsed_at(hi - 1, channel_level=False):
+        # One weight below the boundary the emptied masks seldom stay connected: the real ones go first.
+        if self.channel_level and hi > 0 and self.collapsed_at(hi - 1, channel_level=False, quick=False):
             hi = self._bisect(-1, hi - 1, channel_level=False, candidates=[int(c) for c in critical if 0 <= c < hi])
         return hi / self.index.total
 

@@ -68,22 +68,24 @@ class Cover:
 
     def __init__(self, an, channel_level: bool):
         self.an, self.channel_level = an, channel_level
-        self.full = np.full(len(an.weights), _NEVER, dtype=np.int64)  # per layer: cuts below this contain S
+        # per layer: cuts below this contain S (the minimum over the covers the flow asked for)
+        self.full = np.full(len(an.weights), np.iinfo(np.int64).max, dtype=np.int64)
         self._keep: dict[str, tuple] = {}  # name -> cover positions (rows, cols) in the [O, -1] view
         self._conn: dict[str, tuple] = {}  # name -> cover positions in the channel connectivity
         self.position = {w.name: i for i, w in enumerate(an.weights)}
         self.proven = False
         conn = an.connectivity
         for i, w in enumerate(an.weights):
-            self._keep[w.name], full = _weight_cover(an.tensors[i], w.shape[0])
             if channel_level and i in conn.kmax:
+                # The channel-level flow reads a conv module through its channel connectivity (and counts
+                # its effective weights from it): that cover is the proof, unless the flow also asks for
+                # the full mask (keep), which then adds the weight's own cover.
                 if not bool(conn.taps[i].all()):
-                    continue  # kept weights on taps that never read data are not effective: no shortcut
-                kmax = conn.kmax[i]
-                groups = self._groups(w)
-                self._conn[w.name], full_conn = _argmax_cover(abs_bits(kmax), groups)
-                full = min(full, full_conn)
-            self.full[i] = full
+                    self.full[i] = _NEVER  # kept weights on taps that never read data are not effective
+                    continue
+                self._conn[w.name], self.full[i] = _argmax_cover(abs_bits(conn.kmax[i]), self._groups(w))
+            else:
+                self._element_cover(i)
         result_reached: dict[str, bool] = {}
         result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached)
         self.proven = (not result.collapsed and not result.dead_channels and not result.unused_channels
@@ -114,7 +116,14 @@ class Cover:
     def __contains__(self, name: str) -> bool:
         return name in self.position
 
+    def _element_cover(self, i: int) -> None:
+        w = self.an.weights[i]
+        self._keep[w.name], full = _weight_cover(self.an.tensors[i], w.shape[0])
+        self.full[i] = min(full, int(self.full[i]))
+
     def keep(self, name: str) -> torch.Tensor:
+        if name not in self._keep:
+            self._element_cover(self.position[name])
         return _as_mask(self._keep[name], self.an.weights[self.position[name]].shape)
 
     def channel_conn(self, name: str):

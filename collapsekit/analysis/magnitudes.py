@@ -183,9 +183,15 @@ class MagnitudeIndex:
 
     # -- reading bins -------------------------------------------------------------------
     def prefetch(self, ks, mt_count: int = 0) -> None:
-        """Reads, in one pass over the weights, every bin the allocations of counts `ks` land in."""
+        """Reads, in one pass over the weights, every bin the allocations of counts `ks` land in,
+        and the bins of the layers' largest magnitudes (critical_counts)."""
         limits = self.sizes - self.protected(mt_count)
-        self._fetch({self._bin_of_kth(int(k), limits) for k in ks if 0 < int(k) <= int(limits.sum())})
+        self._fetch({self._bin_of_kth(int(k), limits) for k in ks if 0 < int(k) <= int(limits.sum())}
+                    | self._top_bins(mt_count))
+
+    def _top_bins(self, mt_count: int) -> set[int]:
+        limits = self.sizes - self.protected(mt_count)
+        return {int(self._top[i]) >> _SHIFT for i, n in enumerate(limits) if n == self.sizes[i] and n > 0}
 
     def _fetch(self, bins) -> None:
         bins = sorted(b for b in set(bins) if b not in self._fine)
@@ -308,7 +314,7 @@ class MagnitudeIndex:
         limits = self.sizes - self.protected(mt_count)
         out = np.full(len(self.sizes), -1, dtype=np.int64)
         eligible = [i for i, n in enumerate(limits) if n == self.sizes[i] and n > 0]
-        self._fetch({int(self._top[i]) >> _SHIFT for i in eligible})  # one read for every layer's top
+        self._fetch(self._top_bins(mt_count))  # one read for every layer's top (none after prefetch)
         for i in eligible:
             top = int(self._top[i])
             lt = np.minimum(self._counts(top, "left"), limits)
