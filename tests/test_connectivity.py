@@ -93,3 +93,21 @@ def test_channel_connectivity_equals_the_full_masks_reduced_over_reachable_taps(
     assert index.total == 216 + 576 + 576 + 32
     assert b1_kept[0] == 576 and b1_kept[-1] == 0 and np.all(np.diff(b1_kept) <= 0)
     assert any(0 < n < 576 for n in b1_kept)  # some level cuts through b1's ties
+
+
+def test_effective_count_of_reached_pairs_equals_the_full_mask_count_with_every_tap_reachable():
+    """With every tap reachable, the count reads only the lost pairs' weights (exact cuts) or
+    the full mask (ties surviving at the cut); both equal counting the full mask."""
+    torch.manual_seed(3)
+    model = TwoBlockResNet()
+    with torch.no_grad():  # ties at one magnitude in b1: the non-exact branch is taken there
+        model.b1.weight.copy_(0.05 * torch.sign(model.b1.weight))
+    conn, weights, params, index = build(model, torch.randn(1, 3, 8, 8))
+    gen = torch.Generator().manual_seed(0)
+    for k in range(0, 1401, 100):
+        level = conn.level(index.allocate(k))
+        for w in weights[:3]:
+            keep = level.keep(w.name).reshape(*level.channel_conn(w.name).shape, -1)
+            for _ in range(3):
+                reached = torch.rand(keep.shape[:2], generator=gen) < 0.6
+                assert level.effective_count(w.name, reached) == int(keep[reached].sum()), (k, w.name)

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.rules import aten
 
 _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, "softmax", *aten("_softmax.default", "softmax.int")}
@@ -138,7 +139,13 @@ class _Generic(fx.Interpreter):
 
     def fetch_args_kwargs_from_env(self, n):
         args, kwargs = super().fetch_args_kwargs_from_env(n)
-        made = lambda v: self.generic(v.target, v.real) if isinstance(v, _Deferred) else v  # noqa: E731
+
+        def made(v):
+            if not isinstance(v, _Deferred):
+                return v
+            self.made += v.real.numel()
+            return self.generic(v.target, v.real)
+
         return fx.node.map_aggregate(args, made), fx.node.map_aggregate(kwargs, made)
 
     def call_function(self, target, args, kwargs):
@@ -163,13 +170,16 @@ class _Generic(fx.Interpreter):
             return stand_in(args[0])
         state = {name: self.generic(f"{target}.{name}", t) for name, t in
                  [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
+        self.made += sum(t.numel() for t in state.values())
         with _reparametrize_module(module, state):
             return super().call_module(target, args, kwargs)
 
     def run_node(self, n):
+        self.made = 0  # elements of generic weights made for this node (call_module adds its own)
         out = super().run_node(n)
         if n.name in self.wanted and isinstance(out, torch.Tensor):
             self.values[n.name] = out.detach()
+        release_after(self.made)
         return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, bits_to_float
+from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, abs_bits, bits_to_float
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.trace import TracedModel
 
@@ -79,6 +79,7 @@ class LevelMasks:
 
     def __init__(self, conn: Connectivity, alloc: Allocation):
         self.conn, self.alloc = conn, alloc
+        self._conns: dict[str, torch.Tensor | None] = {}  # channel_conn answers: a flow asks twice per conv
 
     def __contains__(self, name: str) -> bool:
         return name in self.conn.position
@@ -111,6 +112,11 @@ class LevelMasks:
     def channel_conn(self, name: str) -> torch.Tensor | None:
         """Bool [O, I/groups]: a kept weight joins input channel i to output channel o through a
         reachable tap; None where only the full mask will do (not a conv applied as a module)."""
+        if name not in self._conns:
+            self._conns[name] = self._channel_conn(name)
+        return self._conns[name]
+
+    def _channel_conn(self, name: str) -> torch.Tensor | None:
         i = self.conn.position.get(name)
         if i is None or i not in self.conn.kmax:
             return None
@@ -133,8 +139,14 @@ class LevelMasks:
         conn = self.channel_conn(name)
         lost = conn & ~reached_pairs
         taps = self.conn.taps[i]
-        if not bool(lost.any()) and bool(taps.all()):
-            return kept_total
+        if bool(taps.all()):
+            if not bool(lost.any()):
+                return kept_total
+            n = int(self.alloc.pruned[i])
+            v, surviving = self.conn.index.cut(i, n) if n > 0 else (-1, 0)
+            if surviving == 0:  # kept = |w| bits > v exactly: read the lost pairs alone
+                w = self.conn.tensors[i].detach().reshape(*conn.shape, -1)[lost]
+                return kept_total - int((abs_bits(w) > v).sum())
         keep = self.keep(name).reshape(*conn.shape, -1)
         return int(keep[reached_pairs][:, taps].sum())
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from collapsekit.analysis.flow import run_flow
+from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.magnitudes import _CHUNK, abs_bits
 
 _NEVER = -1  # a layer whose cover cannot be proven: no cut is below this
@@ -86,6 +87,7 @@ class Cover:
                 self._conn[w.name], self.full[i] = _argmax_cover(abs_bits(conn.kmax[i]), self._groups(w))
             else:
                 self._element_cover(i)
+            release_after(w.numel)
         result_reached: dict[str, bool] = {}
         result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached)
         self.proven = (not result.collapsed and not result.dead_channels and not result.unused_channels

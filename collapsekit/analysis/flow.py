@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from collapsekit.analysis.averages import RowUniformity, averaged_values, constant_values, row_uniform
+from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleTable, aten
 from collapsekit.analysis.trace import TracedModel, aliases_of, mutates_first_operand
@@ -72,12 +73,15 @@ class _Layer(torch.autograd.Function):
         if ctx.op is F.linear and keep.ndim == 2:
             gx, reached = _linear_backward(x, keep, g)
             ctx.record(reached, keep)
-            return gx, None, None, None
-        with torch.enable_grad():
-            xx = x.detach().requires_grad_(True)
-            w = keep.to(x.dtype).requires_grad_(True)
-            gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
-        ctx.record(gw > 0, keep)
+        else:
+            with torch.enable_grad():
+                xx = x.detach().requires_grad_(True)
+                w = keep.to(x.dtype).requires_grad_(True)
+                gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
+            ctx.record(gw > 0, keep)
+        numel = keep.numel()
+        del keep
+        release_after(numel)
         return gx, None, None, None
 
 
@@ -767,8 +771,13 @@ class ChannelFlow(fx.Interpreter):
             if self.is_reduced(x):
                 x = x.expand(self._arg_shape(x))
         if not (self.backward and torch.is_grad_enabled()):
-            return _apply(op, x, keep)
-        return _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached))
+            out = _apply(op, x, keep)
+        else:
+            out = _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached))
+        numel = keep.numel()
+        del keep
+        release_after(numel)
+        return out
 
     def _record(self, name, keep, reached):
         self._note_reached(name, reached)
