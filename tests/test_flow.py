@@ -335,3 +335,22 @@ def test_sizes_and_shape_assertions_are_evaluated_concretely():
     assert an.traced.method == "symbolic_trace"
     assert an.conservative_ops() == {}
     check_levels(Asserting(), torch.randn(1, 3, 8, 8), (0.5, 0.9), boundary=True)
+
+
+def test_channel_conv_backward_equals_autograd():
+    """The written-out backward of a channel-level conv gives autograd's gradient and reached pairs."""
+    from collapsekit.analysis.flow import _ChannelConv
+
+    gen = torch.Generator().manual_seed(0)
+    for groups, spatial in ((1, (5, 5)), (2, (1, 1)), (4, (3, 2))):
+        o, i = 8, 8
+        op = _ChannelConv(groups, (1, o, *spatial))
+        x = (torch.rand(1, i, *spatial, generator=gen) > 0.5).float().requires_grad_(True)
+        conn = torch.rand(o, i // groups, generator=gen) > 0.6
+        w = conn.float().requires_grad_(True)
+        out = op(x, w)
+        g = (torch.rand(out.shape, generator=gen) > 0.3).float()
+        gx, gw = torch.autograd.grad(out, (x, w), g)
+        mine_gx, reached = op.backward(x.detach(), conn, g)
+        assert torch.equal(mine_gx.expand(x.shape), gx)
+        assert torch.equal(reached, gw > 0)

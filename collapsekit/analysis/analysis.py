@@ -20,7 +20,7 @@ from collapsekit.analysis.cost import count_macs, forward_macs
 from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.flow import FlowResult, run_flow
 from collapsekit.analysis.graph import build_graph, effective_depth
-from collapsekit.analysis.heap import release_freed
+from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import find_prunable, tensors
@@ -169,7 +169,7 @@ class Analysis:
             if not quick.collapsed:
                 return False
         collapsed = run_flow(self.traced, self.weights, level, backward=False, channel_level=channel).collapsed
-        release_freed()
+        release_after(self.index.total)
         return collapsed
 
     def cover(self, channel_level: bool | None = None) -> Cover:
@@ -333,7 +333,7 @@ class Analysis:
         levels = []
         for s in _progress(wanted, "levels", progress):
             levels.append(an.level_report(s, data))
-            release_freed()  # one level's masks are gone: their heap pages too
+            release_after(self.index.total)  # one level's masks are gone: their heap pages too
         with self.timings.stage("boundary search"):
             collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed

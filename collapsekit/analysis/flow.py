@@ -73,6 +73,9 @@ class _Layer(torch.autograd.Function):
         if ctx.op is F.linear and keep.ndim == 2:
             gx, reached = _linear_backward(x, keep, g)
             ctx.record(reached, keep)
+        elif isinstance(ctx.op, _ChannelConv):
+            gx, reached = ctx.op.backward(x, keep, g)
+            ctx.record(reached, keep)
         else:
             with torch.enable_grad():
                 xx = x.detach().requires_grad_(True)
@@ -416,25 +419,37 @@ def _conv_module(flow, module, x):
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.ndim - 2]
     return flow.layer(f"{flow.target}.weight", module.weight, x,
                       lambda x, w: conv(x, w, None, module.stride, padding, module.dilation, module.groups),
-                      channel_op=_channel_conv(module.groups, flow.output_shape()))
+                      channel_op=_ChannelConv(module.groups, flow.output_shape()))
 
 
-def _channel_conv(groups: int, out_shape):
+class _ChannelConv:
     """Conv at channel level: output channel o is live iff a connected input channel is.
 
     The result is *reduced*: size 1 in every spatial dim. Rules that only
     broadcast (registered with reduced_ok=True) take reduced values as they are; every other
-    rule sees them expanded to the node's recorded shape first.
+    rule sees them expanded to the node's recorded shape first. Its backward is written out
+    (`backward`): a nested autograd pass per conv cost more than the rest of the flow.
     """
 
-    def op(x, conn):
+    def __init__(self, groups: int, out_shape):
+        self.groups, self.out_ndim = groups, len(out_shape)
+
+    def __call__(self, x, conn):
         per_channel = x.sum(dim=tuple(range(2, x.ndim)))  # [1, I]; sum, not max, so gradients reach all
         o, ig = conn.shape
-        out = torch.bmm(conn.view(groups, o // groups, ig), per_channel.view(groups, ig, 1))
+        out = torch.bmm(conn.view(self.groups, o // self.groups, ig), per_channel.view(self.groups, ig, 1))
         # Spatially uniform by construction: keep the [1, O, 1, ...] view; it broadcasts.
-        return out.view(1, o, *([1] * (len(out_shape) - 2)))
+        return out.view(1, o, *([1] * (self.out_ndim - 2)))
 
-    return op
+    def backward(self, x: torch.Tensor, conn: torch.Tensor, g: torch.Tensor):
+        """(gradient for x, reached [O, I/groups]) of __call__: what autograd gives, without its graph."""
+        o, ig = conn.shape
+        per_channel = x.sum(dim=tuple(range(2, x.ndim))).view(self.groups, 1, ig)
+        gv = g.reshape(self.groups, 1, o // self.groups)
+        gin = torch.bmm(gv, conn.view(self.groups, o // self.groups, ig).to(g.dtype))  # [groups, 1, ig]
+        gx = gin.view(1, self.groups * ig, *([1] * (x.ndim - 2))).expand(x.shape)
+        reached = ((gv.transpose(1, 2) > 0) & (per_channel > 0)).view(o, ig)
+        return gx, reached
 
 
 @module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -941,7 +956,7 @@ class ChannelFlow(fx.Interpreter):
         return mask
 
     def is_reduced(self, x) -> bool:
-        """A channel-level value kept at size 1 in its spatial dims (see _channel_conv)."""
+        """A channel-level value kept at size 1 in its spatial dims (see _ChannelConv)."""
         return self.channel_level and isinstance(x, torch.Tensor) and x.ndim > 2 and all(d == 1 for d in x.shape[2:])\
             and x.shape != self._arg_shape(x)
 

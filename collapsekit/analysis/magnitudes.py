@@ -264,17 +264,16 @@ class MagnitudeIndex:
         b = self._bin_of_kth(k, limits)
         below = np.minimum(self._cum[:, b], limits)
         rank = k - int(below.sum())  # 1-based rank inside bin b
-        runs = self._bin(b)
-        room = np.maximum(0, limits - self._cum[:, b])  # each layer's candidates inside bin b
-        values = np.unique(np.concatenate([r[0] for r in runs]))
-        lo, hi = 0, len(values) - 1  # smallest value with rank candidates at or below it
+        runs = [(r, int(m)) for r, m in zip(self._bin(b), np.maximum(0, limits - self._cum[:, b])) if m > 0 and
+                r[0].size]  # each layer's candidates inside bin b
+        lo, hi = b << _SHIFT, ((b + 1) << _SHIFT) - 1  # smallest pattern with rank candidates at or below it
         while lo < hi:
             mid = (lo + hi) // 2
-            if sum(min(_below(r, int(values[mid]), "right"), int(m)) for r, m in zip(runs, room)) >= rank:
+            if sum(min(_below(r, mid, "right"), m) for r, m in runs) >= rank:
                 hi = mid
             else:
                 lo = mid + 1
-        return int(values[lo])
+        return lo
 
     # -- allocation ---------------------------------------------------------------------
     def protected(self, mt_count: int) -> np.ndarray:
