@@ -114,17 +114,18 @@ class _Generic(fx.Interpreter):
         """Parameter or buffer `name` (qualified in the graph module) of the generic network."""
         name = self.canonical.get(name, name)
         if isinstance(real, nn.Parameter) and real.is_floating_point():
-            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            rand = torch.rand(real.shape, generator=g, dtype=self.dtype) + 0.5
-            if name in self.masks:
-                keep = self.masks.keep(name)
-                if real.ndim > 1:
-                    kept = keep.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (real.ndim - 1))
-                    return rand.mul_(keep).div_(kept)
-                return rand.mul_(keep)
-            if name.endswith("weight") and real.ndim == 1:
+            if name.endswith("weight") and real.ndim == 1 and name not in self.masks:
                 return torch.ones(real.shape, dtype=self.dtype)
-            return rand.mul_(_SCALE)
+            # Drawn in float32 (2x faster than float64 draws, as generic), used in self.dtype.
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            rand = torch.rand(real.shape, generator=g).add_(0.5)
+            if name not in self.masks:
+                return rand.to(self.dtype).mul_(_SCALE)
+            keep = self.masks.keep(name)
+            rand = rand.mul_(keep).to(self.dtype)
+            if real.ndim > 1:
+                return rand.div_(keep.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (real.ndim - 1)))
+            return rand
         if name.endswith("running_mean"):
             return torch.zeros(real.shape, dtype=self.dtype)
         if name.endswith("running_var"):
@@ -180,7 +181,13 @@ class _Generic(fx.Interpreter):
         if n.name in self.wanted and isinstance(out, torch.Tensor):
             self.values[n.name] = out.detach()
         release_after(self.made)
+        if n.name in self.wanted and self.wanted <= self.values.keys():
+            raise _Done  # nothing after the last wanted value matters (a language model's head, say)
         return out
+
+
+class _Done(Exception):
+    """Every wanted value is known: the generic run stops."""
 
 
 def constant_values(traced, weights, masks, wanted: set[str], uniform_inputs: bool = False) -> dict[str, torch.Tensor]:
@@ -225,6 +232,8 @@ def _generic_run(traced, weights, masks, wanted, dtype, uniform_inputs=False):
     try:
         with torch.no_grad():
             runner.run(*inputs)
+    except _Done:
+        pass
     except Exception:  # noqa: BLE001 - e.g. an op that insists on float32
         return None
     return runner.values

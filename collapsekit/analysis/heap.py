@@ -29,9 +29,9 @@ def release_freed() -> None:
 
 
 # Work on about this many weights frees temporaries (keep-masks, float blocks) that glibc keeps on its
-# heap; trimming once per such stretch keeps the high-water mark near live memory at a few calls per
-# flow (trimming after every layer halves a large model's speed: freed pages fault back in).
-STRETCH = 1 << 26
+# heap; trimming once per such stretch keeps the high-water mark near live memory at about one call per
+# 256 M weights of work (more often costs speed: each trim walks the heap and freed pages fault back in).
+STRETCH = 1 << 28
 _pending = [0]
 
 
