@@ -96,6 +96,26 @@ class _Deferred:
         self.target, self.real = target, real
 
 
+_BLOCK = 1 << 22  # generic weights drawn per block of rows
+
+_EMBEDDINGS = {torch.nn.functional.embedding: (1, 0), **{op: (0, 1) for op in aten("embedding.default")}}
+
+
+def _embedding_operands(target, args, kwargs) -> tuple[_Deferred, torch.Tensor] | None:
+    """(weight, ids) of a plain embedding lookup whose weight is not made yet; None otherwise."""
+    try:
+        positions = _EMBEDDINGS.get(target)
+    except TypeError:  # unhashable target
+        return None
+    if positions is None or kwargs.get("max_norm") is not None or len(args) < 2:
+        return None
+    weight, ids = args[positions[0]], args[positions[1]]
+    if target is torch.nn.functional.embedding and len(args) > 3 and args[3] is not None:
+        return None  # max_norm given by position
+    ok = isinstance(weight, _Deferred) and isinstance(ids, torch.Tensor) and not ids.is_floating_point()
+    return (weight, ids) if ok else None
+
+
 _DTYPE_ASSERTS = set(aten("_assert_tensor_metadata.default"))
 
 
@@ -110,27 +130,51 @@ class _Generic(fx.Interpreter):
         self.owned = {name for name, _ in traced.gm.named_parameters(remove_duplicate=False)} | {
             name for name, _ in traced.gm.named_buffers(remove_duplicate=False)}
 
-    def generic(self, name: str, real: torch.Tensor) -> torch.Tensor:
-        """Parameter or buffer `name` (qualified in the graph module) of the generic network."""
+    def generic(self, name: str, real: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Parameter or buffer `name` (qualified in the graph module) of the generic network; only
+        its `rows` (sorted distinct indices along dim 0) when given, as an embedding lookup needs."""
         name = self.canonical.get(name, name)
-        if isinstance(real, nn.Parameter) and real.is_floating_point():
+        if isinstance(real, nn.Parameter) and real.is_floating_point() and real.ndim > 0:
             if name.endswith("weight") and real.ndim == 1 and name not in self.masks:
-                return torch.ones(real.shape, dtype=self.dtype)
-            # Drawn in float32 (2x faster than float64 draws, as generic), used in self.dtype.
-            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            rand = torch.rand(real.shape, generator=g).add_(0.5)
-            if name not in self.masks:
-                return rand.to(self.dtype).mul_(_SCALE)
-            keep = self.masks.keep(name)
-            rand = rand.mul_(keep).to(self.dtype)
-            if real.ndim > 1:
-                return rand.div_(keep.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (real.ndim - 1)))
-            return rand
+                shape = real.shape if rows is None else (rows.numel(), *real.shape[1:])
+                return torch.ones(shape, dtype=self.dtype)
+            return self._drawn(name, real, rows)
+        out = self._constant(name, real)
+        return out if rows is None else out[rows]
+
+    def _drawn(self, name: str, real: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        # Drawn in float32 (2x faster than float64 draws, as generic), a block of rows at a time from
+        # its own seed, so a lookup makes only the blocks it reads and no float32 copy exists whole.
+        keep = self.masks.keep(name) if name in self.masks else None
+        step = max(1, _BLOCK // max(1, real[0].numel()))
+        blocks = range(0, real.shape[0], step) if rows is None else sorted({int(r) // step * step for r in rows})
+        parts = []
+        for start in blocks:
+            g = torch.Generator().manual_seed(zlib.crc32(f"{name}:{start}".encode()))
+            block = torch.rand((min(step, real.shape[0] - start), *real.shape[1:]), generator=g).add_(0.5)
+            if keep is None:
+                block = block.to(self.dtype).mul_(_SCALE)
+            else:
+                k = keep[start:start + step]
+                block = block.mul_(k).to(self.dtype)
+                if real.ndim > 1:
+                    block = block.div_(k.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (real.ndim - 1)))
+            parts.append(block if rows is None else block[rows[(rows >= start) & (rows < start + step)] - start])
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _constant(self, name: str, real: torch.Tensor) -> torch.Tensor:
+        if isinstance(real, nn.Parameter) and real.is_floating_point():  # a scalar parameter
+            return torch.full(real.shape, _SCALE, dtype=self.dtype)
         if name.endswith("running_mean"):
             return torch.zeros(real.shape, dtype=self.dtype)
         if name.endswith("running_var"):
             return torch.ones(real.shape, dtype=self.dtype)
         return real.detach().to(self.dtype) if real.is_floating_point() else real
+
+    def lookup(self, weight: _Deferred, ids: torch.Tensor) -> torch.Tensor:
+        """`F.embedding(ids, weight)` of the generic network, making only the rows looked up."""
+        rows, where = torch.unique(ids, sorted=True, return_inverse=True)
+        return self.generic(weight.target, weight.real, rows)[where]
 
     def get_attr(self, target, args, kwargs):
         real = super().get_attr(target, args, kwargs)
@@ -140,6 +184,8 @@ class _Generic(fx.Interpreter):
 
     def fetch_args_kwargs_from_env(self, n):
         args, kwargs = super().fetch_args_kwargs_from_env(n)
+        if n.op == "call_function" and _embedding_operands(n.target, args, kwargs) is not None:
+            return args, kwargs  # the lookup makes only the rows it reads
 
         def made(v):
             if not isinstance(v, _Deferred):
@@ -150,6 +196,9 @@ class _Generic(fx.Interpreter):
         return fx.node.map_aggregate(args, made), fx.node.map_aggregate(kwargs, made)
 
     def call_function(self, target, args, kwargs):
+        lookup = _embedding_operands(target, args, kwargs)
+        if lookup is not None:
+            return self.lookup(*lookup)
         try:
             if target in _DTYPE_ASSERTS:
                 return None  # export's check of the traced dtype; the generic run's float64 is meant
@@ -169,6 +218,9 @@ class _Generic(fx.Interpreter):
         stand_in = next((fn for cls, fn in _UNSATURATED_MODULES if isinstance(module, cls)), None)
         if stand_in is not None:
             return stand_in(args[0])
+        if type(module) is nn.Embedding and module.max_norm is None and len(args) == 1 and not kwargs:
+            self.made += module.weight.numel()
+            return self.lookup(_Deferred(f"{target}.weight", module.weight), args[0])
         state = {name: self.generic(f"{target}.{name}", t) for name, t in
                  [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
         self.made += sum(t.numel() for t in state.values())
