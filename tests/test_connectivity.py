@@ -111,3 +111,26 @@ def test_effective_count_of_reached_pairs_equals_the_full_mask_count_with_every_
             for _ in range(3):
                 reached = torch.rand(keep.shape[:2], generator=gen) < 0.6
                 assert level.effective_count(w.name, reached) == int(keep[reached].sum()), (k, w.name)
+
+
+def test_kept_lines_equal_the_full_masks_rows_and_columns():
+    """Which rows and columns keep a weight, from per-line maxima, equals reducing the full mask; with
+    surviving ties at the cut it declines (None) and the mask answers."""
+    torch.manual_seed(4)
+    model = mlp()
+    with torch.no_grad():  # ties at one magnitude in the middle layer
+        model[2].weight.copy_(0.3 * torch.sign(model[2].weight))
+    conn, weights, params, index = build(model, torch.randn(1, 4))
+    declined = 0
+    for k in range(0, index.total + 1, 7):
+        level = conn.level(index.allocate(k))
+        for w in weights:
+            lines = level.kept_lines(w.name)
+            keep = level.keep(w.name)
+            if lines is None:
+                declined += 1
+                continue
+            assert torch.equal(lines.rows, keep.any(1)) and torch.equal(lines.cols, keep.any(0)), (k, w.name)
+        emptied = level.emptying({weights[1].name}).kept_lines(weights[1].name)
+        assert not bool(emptied.rows.any()) and not bool(emptied.cols.any())
+    assert declined > 0  # the tie branch was exercised

@@ -9,6 +9,7 @@ so one reduction of |w| per layer, made once, answers every level with an
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ class Connectivity:
         self.position = {w.name: i for i, w in enumerate(weights)}
         self.taps: dict[int, torch.Tensor] = {}  # layer -> reachable-tap mask
         self.kmax: dict[int, torch.Tensor] = {}  # layer -> [O, I/groups] float32
+        self._line_max: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # 2-D layer -> row, column max bits
         reach: dict[int, torch.Tensor] = {}
         by_module = {w.module: i for i, w in enumerate(weights) if w.kind == "conv"}
         for node in traced.gm.graph.nodes:
@@ -70,8 +72,28 @@ class Connectivity:
                         mags.shape[:2], -1.0)
             self.taps[i] = taps
 
+    def line_max(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per row, per column) largest |w| bit pattern of 2-D weight i, read once on first use."""
+        if i not in self._line_max:
+            flat = self.tensors[i].detach()
+            step = max(1, (1 << 22) // max(flat.shape[1], 1))
+            rows, cols = [], None
+            for start in range(0, flat.shape[0], step):
+                bits = abs_bits(flat[start:start + step]).cpu()
+                rows.append(bits.amax(1))
+                cols = bits.amax(0) if cols is None else torch.maximum(cols, bits.amax(0))
+            self._line_max[i] = (torch.cat(rows), cols)
+        return self._line_max[i]
+
     def level(self, alloc: Allocation) -> "LevelMasks":
         return LevelMasks(self, alloc)
+
+
+class KeptLines(NamedTuple):
+    """Of one 2-D weight at one level: bool per row and per column, true where some weight is kept."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
 
 
 class LevelMasks:
@@ -91,6 +113,22 @@ class LevelMasks:
     def pruned_counts(self) -> np.ndarray:
         """Weights pruned per layer; a mask set with counts <= these everywhere keeps a superset."""
         return np.asarray(self.alloc.pruned)
+
+    def kept_lines(self, name: str) -> KeptLines | None:
+        """Which rows and which columns of 2-D weight `name` keep some weight, from the per-line maxima
+        (no mask is read); None where ties at the cut survive (only the mask can tell)."""
+        i = self.conn.position.get(name)
+        if i is None or len(self.conn.weights[i].shape) != 2:
+            return None
+        n, size = int(self.alloc.pruned[i]), int(self.conn.index.sizes[i])
+        rows, cols = self.conn.weights[i].shape
+        if n == 0 or n == size:
+            return KeptLines(torch.full((rows,), n == 0), torch.full((cols,), n == 0))
+        v, surviving = self.conn.index.cut(i, n)
+        if surviving:
+            return None
+        row_max, col_max = self.conn.line_max(i)
+        return KeptLines(row_max > v, col_max > v)
 
     def keep_list(self) -> list[torch.Tensor]:
         """Every layer's full keep-mask, in prunable order."""
@@ -168,6 +206,12 @@ class _Emptied(LevelMasks):
         if name in self.names:
             return torch.zeros(self.conn.weights[self.conn.position[name]].shape, dtype=torch.bool)
         return super().keep(name)
+
+    def kept_lines(self, name: str) -> KeptLines | None:
+        if name in self.names:
+            rows, cols = self.conn.weights[self.conn.position[name]].shape[:2]
+            return KeptLines(torch.zeros(rows, dtype=torch.bool), torch.zeros(cols, dtype=torch.bool))
+        return super().kept_lines(name)
 
     def channel_conn(self, name: str) -> torch.Tensor | None:
         i = self.conn.position.get(name)

@@ -60,18 +60,18 @@ class _Layer(torch.autograd.Function):
     while this layer runs, so the flow's peak memory stays near one layer's worth."""
 
     @staticmethod
-    def forward(ctx, x, keep, op, record):
-        ctx.op, ctx.record, ctx.shape = op, record, keep.shape
+    def forward(ctx, x, keep, op, record, lines=None):
+        ctx.op, ctx.record, ctx.shape, ctx.lines = op, record, keep.shape, lines
         ctx.packed = pack_bits(keep)  # 1 bit per weight until backward: every layer's mask waits there
         ctx.save_for_backward(x)
-        return _apply(op, x, keep)
+        return _apply(op, x, keep, lines)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         keep = unpack_bits(ctx.packed, ctx.shape)
         if ctx.op is F.linear and keep.ndim == 2:
-            gx, reached = _linear_backward(x, keep, g)
+            gx, reached = _linear_backward(x, keep, g, ctx.lines)
             ctx.record(reached, keep)
         elif isinstance(ctx.op, _ChannelConv):
             gx, reached = ctx.op.backward(x, keep, g)
@@ -85,7 +85,7 @@ class _Layer(torch.autograd.Function):
         numel = keep.numel()
         del keep
         release_after(numel)
-        return gx, None, None, None
+        return gx, None, None, None, None
 
 
 _BLOCK = 1 << 22  # weights per float block of a large linear layer's mask
@@ -96,29 +96,33 @@ def _row_blocks(keep: torch.Tensor):
     return [(start, start + rows) for start in range(0, keep.shape[0], rows)]
 
 
-def _apply(op, x, keep: torch.Tensor) -> torch.Tensor:
+def _apply(op, x, keep: torch.Tensor, lines=None) -> torch.Tensor:
     """`op(x, keep as 0/1 floats)`, up to positive scaling (only positivity carries meaning).
 
     A linear layer whose input has one liveness pattern at every position (the usual
     case) needs no matmul: output o is live iff a kept weight of row o reads a live
     input, the same at every position. Otherwise it goes a block of output rows at a
     time, so its float mask never exists whole (a vocabulary-sized head would need
-    gigabytes)."""
+    gigabytes). `lines` (connectivity.KeptLines), where given, answers "which rows keep a
+    weight" without reading the mask."""
     if op is not F.linear or keep.ndim != 2 or not isinstance(x, torch.Tensor):
         return op(x, keep.to(x.dtype))
     xl = x.reshape(-1, x.shape[-1]) > 0
     if xl.shape[0] > 0 and bool((xl == xl[:1]).all()):
-        live = _any_kept(keep, xl[0], dim=1)
+        live = _any_kept(keep, xl[0], dim=1, lines=lines)
         return live.to(x.dtype).expand(*x.shape[:-1], keep.shape[0]).clone()
     if keep.numel() <= _BLOCK:
         return op(x, keep.to(x.dtype))
     return torch.cat([F.linear(x, keep[a:b].to(x.dtype)) for a, b in _row_blocks(keep)], -1)
 
 
-def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int) -> torch.Tensor:
+def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> torch.Tensor:
     """Bool per row (dim=1: some kept weight of the row lies in a column where `along` holds) or per
-    column (dim=0: some kept weight of the column lies in a row where `along` holds), by row blocks."""
+    column (dim=0: some kept weight of the column lies in a row where `along` holds), by row blocks;
+    from `lines` alone where `along` holds everywhere."""
     everywhere = bool(along.all())
+    if everywhere and lines is not None:
+        return (lines.rows if dim == 1 else lines.cols).clone()
     out = torch.zeros(keep.shape[0] if dim == 1 else keep.shape[1], dtype=torch.bool)
     for a, b in _row_blocks(keep):
         block = keep[a:b]
@@ -132,7 +136,8 @@ def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int) -> torch.Tensor
 EVERYWHERE = object()  # "every weight position reached": spares building an all-True [O, I] mask
 
 
-def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
+                     lines=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradient for x, reached [O, I]) of `F.linear(x, keep)` without autograd, a block of output
     rows at a time: reached[o, i] holds when some position has g[., o] > 0 and x[., i] > 0 (both
     non-negative). Where every position shares one liveness (or one usedness) pattern, that is an
@@ -140,7 +145,7 @@ def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor) -> tu
     xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
     xl, gl = xs > 0, gs > 0
     if gl.shape[0] > 0 and bool((gl == gl[:1]).all()):  # one usedness pattern: no matmul (up to scale)
-        gx = _any_kept(keep, gl[0], dim=0).to(x.dtype).expand(xs.shape).clone()
+        gx = _any_kept(keep, gl[0], dim=0, lines=lines).to(x.dtype).expand(xs.shape).clone()
     else:
         gx = torch.zeros(xs.shape, dtype=x.dtype)
         for a, b in _row_blocks(keep):
@@ -785,10 +790,12 @@ class ChannelFlow(fx.Interpreter):
             keep = self.masks.keep(name)
             if self.is_reduced(x):
                 x = x.expand(self._arg_shape(x))
+        lines = self.masks.kept_lines(name) if conn is None and op is F.linear and hasattr(
+            self.masks, "kept_lines") else None
         if not (self.backward and torch.is_grad_enabled()):
-            out = _apply(op, x, keep)
+            out = _apply(op, x, keep, lines)
         else:
-            out = _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached))
+            out = _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached), lines)
         numel = keep.numel()
         del keep
         release_after(numel)
