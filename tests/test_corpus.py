@@ -166,3 +166,15 @@ def test_default_report_of_the_slowest_corpus_models_takes_under_30_s(name):
     report = ck.analyze(model, inputs)  # the default 21 levels and the exact collapse sparsity
     assert time.perf_counter() - start < 30.0
     assert len(report.levels) == 21 and 0.9 < report.collapse_sparsity < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_conservative_ops_from_the_cover_equal_those_of_the_dense_masks(name):
+    """The report lists conservative ops from the cover's flow; on every corpus model that list equals a
+    flow on the dense masks (which rule reads a node depends on the graph, not on the masks)."""
+    from collapsekit.analysis.analysis import Analysis
+
+    model, example = build(name)
+    an = Analysis(model, example)
+    assert an.cover().conservative_ops == an.flow(0, backward=False).conservative_ops

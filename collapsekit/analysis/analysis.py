@@ -280,8 +280,12 @@ class Analysis:
         return hi
 
     def conservative_ops(self) -> dict[str, int]:
-        """{op: nodes} the flow interpreted conservatively (no exact rule): where precision is lost."""
-        return self.flow(0, backward=False).conservative_ops
+        """{op: nodes} the flow interpreted conservatively (no exact rule): where precision is lost.
+
+        Which rule reads a node depends on the graph, not on the masks, so the cover's flow (already
+        run by a report) answers; a flow on the dense masks otherwise."""
+        cover = self._covers.get(self.channel_level)
+        return dict(cover.conservative_ops) if cover is not None else self.flow(0, backward=False).conservative_ops
 
     def macs(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, int]]:
         """Per conv/linear module: dense MACs and MACs counting only the kept weights of `masks`."""

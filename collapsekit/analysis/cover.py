@@ -90,6 +90,7 @@ class Cover:
             release_after(w.numel)
         result_reached: dict[str, bool] = {}
         result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached)
+        self.conservative_ops = result.conservative_ops  # what Analysis.conservative_ops reports
         self.proven = (not result.collapsed and not result.dead_channels and not result.unused_channels
                        and result.output_alive == 1.0
                        and all(result_reached.get(w.name, False) for w in an.weights))
