@@ -354,3 +354,25 @@ def test_channel_conv_backward_equals_autograd():
         mine_gx, reached = op.backward(x.detach(), conn, g)
         assert torch.equal(mine_gx.expand(x.shape), gx)
         assert torch.equal(reached, gw > 0)
+
+
+def test_lazy_linear_masks_give_the_same_verdicts_as_full_masks():
+    """Linear layers answered from row/column maxima (no mask read where liveness is uniform) give
+    exactly the flow of the full keep-masks: collapse, dead and unused channels, effective counts."""
+    pytest.importorskip("transformers")
+    from corpus import build
+
+    from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.magnitudes import sparsity_to_count
+
+    for name in ("hf_llama", "hf_gpt2", "hf_bert", "hf_t5"):
+        torch.manual_seed(0)
+        model, example = build(name)
+        an = Analysis(model, example)
+        for s in (0.0, 0.5, 0.9, 0.97, 0.99, 0.999):
+            level = an.level(sparsity_to_count(s, an.total))
+            lazy = run_flow(an.traced, an.weights, level)
+            full = run_flow(an.traced, an.weights, level.keep_list())
+            assert (lazy.collapsed, lazy.dead_channels, lazy.unused_channels, lazy.output_alive) == (
+                full.collapsed, full.dead_channels, full.unused_channels, full.output_alive), (name, s)
+            assert lazy.effective.tolist() == full.effective.tolist(), (name, s)

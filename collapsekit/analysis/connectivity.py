@@ -114,6 +114,11 @@ class LevelMasks:
         """Weights pruned per layer; a mask set with counts <= these everywhere keeps a superset."""
         return np.asarray(self.alloc.pruned)
 
+    def kept_count(self, name: str) -> int:
+        """How many weights of `name` these masks keep."""
+        i = self.conn.position[name]
+        return int(self.conn.index.sizes[i] - self.alloc.pruned[i])
+
     def kept_lines(self, name: str) -> KeptLines | None:
         """Which rows and which columns of 2-D weight `name` keep some weight, from the per-line maxima
         (no mask is read); None where ties at the cut survive (only the mask can tell)."""
@@ -206,6 +211,9 @@ class _Emptied(LevelMasks):
         if name in self.names:
             return torch.zeros(self.conn.weights[self.conn.position[name]].shape, dtype=torch.bool)
         return super().keep(name)
+
+    def kept_count(self, name: str) -> int:
+        return 0 if name in self.names else super().kept_count(name)
 
     def kept_lines(self, name: str) -> KeptLines | None:
         if name in self.names:

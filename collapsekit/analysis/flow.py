@@ -62,15 +62,19 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, keep, op, record, lines=None):
         ctx.op, ctx.record, ctx.shape, ctx.lines = op, record, keep.shape, lines
-        ctx.packed = pack_bits(keep)  # 1 bit per weight until backward: every layer's mask waits there
+        out = _apply(op, x, keep, lines)
+        # 1 bit per weight until backward: every layer's mask waits there (a lazy one only if it was built)
+        built = keep.built if isinstance(keep, LazyKeep) else keep
+        ctx.packed = pack_bits(built) if built is not None else None
+        ctx.make = keep.make if isinstance(keep, LazyKeep) else None
         ctx.save_for_backward(x)
-        return _apply(op, x, keep, lines)
+        return out
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        keep = unpack_bits(ctx.packed, ctx.shape)
-        if ctx.op is F.linear and keep.ndim == 2:
+        keep = unpack_bits(ctx.packed, ctx.shape) if ctx.packed is not None else LazyKeep(ctx.make, ctx.shape)
+        if ctx.op is F.linear and len(ctx.shape) == 2:
             gx, reached = _linear_backward(x, keep, g, ctx.lines)
             ctx.record(reached, keep)
         elif isinstance(ctx.op, _ChannelConv):
@@ -82,10 +86,27 @@ class _Layer(torch.autograd.Function):
                 w = keep.to(x.dtype).requires_grad_(True)
                 gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
             ctx.record(gw > 0, keep)
-        numel = keep.numel()
         del keep
-        release_after(numel)
+        release_after(int(np.prod(ctx.shape)))
         return gx, None, None, None, None
+
+
+class LazyKeep:
+    """A linear layer's keep-mask, built on first use: where its input is live and its output used
+    everywhere, the row and column maxima (connectivity.KeptLines) answer and no mask is read."""
+
+    def __init__(self, make, shape):
+        self.make, self.shape, self.built = make, tuple(shape), None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        if self.built is None:
+            self.built = self.make()
+        return self.built
+
+
+def _mask_of(keep) -> torch.Tensor:
+    return keep.mask if isinstance(keep, LazyKeep) else keep
 
 
 _BLOCK = 1 << 22  # weights per float block of a large linear layer's mask
@@ -105,15 +126,16 @@ def _apply(op, x, keep: torch.Tensor, lines=None) -> torch.Tensor:
     time, so its float mask never exists whole (a vocabulary-sized head would need
     gigabytes). `lines` (connectivity.KeptLines), where given, answers "which rows keep a
     weight" without reading the mask."""
-    if op is not F.linear or keep.ndim != 2 or not isinstance(x, torch.Tensor):
-        return op(x, keep.to(x.dtype))
+    if op is not F.linear or len(keep.shape) != 2 or not isinstance(x, torch.Tensor):
+        return op(x, _mask_of(keep).to(x.dtype))
     xl = x.reshape(-1, x.shape[-1]) > 0
     if xl.shape[0] > 0 and bool((xl == xl[:1]).all()):
         live = _any_kept(keep, xl[0], dim=1, lines=lines)
         return live.to(x.dtype).expand(*x.shape[:-1], keep.shape[0]).clone()
-    if keep.numel() <= _BLOCK:
-        return op(x, keep.to(x.dtype))
-    return torch.cat([F.linear(x, keep[a:b].to(x.dtype)) for a, b in _row_blocks(keep)], -1)
+    mask = _mask_of(keep)
+    if mask.numel() <= _BLOCK:
+        return op(x, mask.to(x.dtype))
+    return torch.cat([F.linear(x, mask[a:b].to(x.dtype)) for a, b in _row_blocks(mask)], -1)
 
 
 def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> torch.Tensor:
@@ -123,6 +145,7 @@ def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> 
     everywhere = bool(along.all())
     if everywhere and lines is not None:
         return (lines.rows if dim == 1 else lines.cols).clone()
+    keep = _mask_of(keep)
     out = torch.zeros(keep.shape[0] if dim == 1 else keep.shape[1], dtype=torch.bool)
     for a, b in _row_blocks(keep):
         block = keep[a:b]
@@ -134,6 +157,7 @@ def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> 
 
 
 EVERYWHERE = object()  # "every weight position reached": spares building an all-True [O, I] mask
+ALL_KEPT = object()  # a layer's effective weights: every kept one
 
 
 def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
@@ -148,8 +172,9 @@ def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
         gx = _any_kept(keep, gl[0], dim=0, lines=lines).to(x.dtype).expand(xs.shape).clone()
     else:
         gx = torch.zeros(xs.shape, dtype=x.dtype)
-        for a, b in _row_blocks(keep):
-            gx += torch.matmul(gs[:, a:b], keep[a:b].to(x.dtype))
+        mask = _mask_of(keep)
+        for a, b in _row_blocks(mask):
+            gx += torch.matmul(gs[:, a:b], mask[a:b].to(x.dtype))
     if bool((xl == xl[:1]).all()) or bool((gl == gl[:1]).all()):
         used, live = gl.any(0), xl.any(0)  # one pattern on a side: reached = used x live
         if bool(used.all()) and bool(live.all()):
@@ -781,30 +806,32 @@ class ChannelFlow(fx.Interpreter):
         if name not in self.masks:
             return op(x, torch.ones(tensor.shape, dtype=self._dtype))
         self.interpreted.add(name)
-        record, conn = self._record, None
+        record, conn, lines = self._record, None, None
         if self.channel_level and channel_op is not None:
             conn = self.masks.channel_conn(name)
         if conn is not None:
             keep, op, record = conn, channel_op, self._record_pairs
         else:
-            keep = self.masks.keep(name)
+            if op is F.linear and len(tensor.shape) == 2 and hasattr(self.masks, "kept_lines"):
+                lines = self.masks.kept_lines(name)
+            keep = LazyKeep(lambda: self.masks.keep(name), tensor.shape) if lines is not None else self.masks.keep(name)
             if self.is_reduced(x):
                 x = x.expand(self._arg_shape(x))
-        lines = self.masks.kept_lines(name) if conn is None and op is F.linear and hasattr(
-            self.masks, "kept_lines") else None
         if not (self.backward and torch.is_grad_enabled()):
             out = _apply(op, x, keep, lines)
         else:
             out = _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached), lines)
-        numel = keep.numel()
         del keep
-        release_after(numel)
+        release_after(int(np.prod(tensor.shape)))
         return out
 
     def _record(self, name, keep, reached):
         self._note_reached(name, reached)
+        if reached is EVERYWHERE or self.effective.get(name) is ALL_KEPT:
+            self.effective[name] = ALL_KEPT  # every kept weight: counted from the allocation, no mask read
+            return
         # kept on a path; packed, as every layer's waits for the count
-        hit = pack_bits(keep if reached is EVERYWHERE else reached & keep)
+        hit = pack_bits(reached & _mask_of(keep))
         self.effective[name] = hit if name not in self.effective else self.effective[name] | hit
 
     def _note_reached(self, name, reached):
@@ -1396,7 +1423,11 @@ def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> in
         # Applied inside a module with no rule, transformed before use, or never applied:
         # its paths are unknown, so every kept weight counts as effective (never overstate sparsity).
         return int(torch.count_nonzero(masks.keep(name)))
-    count = count_bits(flow.effective[name]) if name in flow.effective else 0
+    hits = flow.effective.get(name)
+    if hits is ALL_KEPT:
+        kept_count = getattr(masks, "kept_count", None)
+        return kept_count(name) if kept_count is not None else int(torch.count_nonzero(masks.keep(name)))
+    count = count_bits(hits) if hits is not None else 0
     if name in flow.reached_pairs:
         count += masks.effective_count(name, flow.reached_pairs[name])
     return count
