@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from collapsekit.analysis.connectivity import KeptLines
 from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.magnitudes import _CHUNK, abs_bits
@@ -134,6 +135,17 @@ class Cover:
             return None
         return _as_mask(self._conn[name], self.an.connectivity.kmax[self.position[name]].shape)
 
+    def kept_lines(self, name: str):
+        """Every row and every column of a 2-D weight keeps its maximum: all of them keep a weight,
+        so the flow needs no mask of the cover's linear layers where liveness is uniform."""
+        shape = self.an.weights[self.position[name]].shape
+        if len(shape) != 2:
+            return None
+        return KeptLines(torch.ones(shape[0], dtype=torch.bool), torch.ones(shape[1], dtype=torch.bool))
+
     def effective_count(self, name: str, reached_pairs) -> int:
         return 0  # the cover's own effective counts are never read
+
+    def kept_count(self, name: str) -> int:
+        return 0  # as effective_count: never read
 

@@ -62,23 +62,27 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, keep, op, record, lines=None):
         ctx.op, ctx.record, ctx.shape, ctx.lines = op, record, keep.shape, lines
+        ctx.save_for_backward(x)
+        if isinstance(op, _ChannelConv):  # a small [O, I] connectivity: kept as is, in both dtypes
+            ctx.conn, ctx.weights = keep, keep.to(x.dtype)
+            return op(x, ctx.weights)
         out = _apply(op, x, keep, lines)
         # 1 bit per weight until backward: every layer's mask waits there (a lazy one only if it was built)
         built = keep.built if isinstance(keep, LazyKeep) else keep
         ctx.packed = pack_bits(built) if built is not None else None
         ctx.make = keep.make if isinstance(keep, LazyKeep) else None
-        ctx.save_for_backward(x)
         return out
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        if isinstance(ctx.op, _ChannelConv):
+            gx, reached = ctx.op.backward(x, ctx.weights, g)
+            ctx.record(reached, ctx.conn)
+            return gx, None, None, None, None
         keep = unpack_bits(ctx.packed, ctx.shape) if ctx.packed is not None else LazyKeep(ctx.make, ctx.shape)
         if ctx.op is F.linear and len(ctx.shape) == 2:
             gx, reached = _linear_backward(x, keep, g, ctx.lines)
-            ctx.record(reached, keep)
-        elif isinstance(ctx.op, _ChannelConv):
-            gx, reached = ctx.op.backward(x, keep, g)
             ctx.record(reached, keep)
         else:
             with torch.enable_grad():
@@ -477,6 +481,7 @@ class _ChannelConv:
         per_channel = x.sum(dim=tuple(range(2, x.ndim))).view(self.groups, 1, ig)
         gv = g.reshape(self.groups, 1, o // self.groups)
         gin = torch.bmm(gv, conn.view(self.groups, o // self.groups, ig).to(g.dtype))  # [groups, 1, ig]
+        # (conn: bool or its 0/1 floats; `to` is free when it already has g's dtype)
         gx = gin.view(1, self.groups * ig, *([1] * (x.ndim - 2))).expand(x.shape)
         reached = ((gv.transpose(1, 2) > 0) & (per_channel > 0)).view(o, ig)
         return gx, reached
