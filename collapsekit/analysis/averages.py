@@ -148,6 +148,8 @@ class _Generic(fx.Interpreter):
         keep = self.masks.keep(name) if name in self.masks else None
         step = max(1, _BLOCK // max(1, real[0].numel()))
         blocks = range(0, real.shape[0], step) if rows is None else sorted({int(r) // step * step for r in rows})
+        if rows is None:  # filled in place: a list of blocks joined by cat would hold the weight twice
+            out = torch.empty(real.shape, dtype=self.dtype)
         parts = []
         for start in blocks:
             g = torch.Generator().manual_seed(zlib.crc32(f"{name}:{start}".encode()))
@@ -159,8 +161,11 @@ class _Generic(fx.Interpreter):
                 block = block.mul_(k).to(self.dtype)
                 if real.ndim > 1:
                     block = block.div_(k.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (real.ndim - 1)))
-            parts.append(block if rows is None else block[rows[(rows >= start) & (rows < start + step)] - start])
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+            if rows is None:
+                out[start:start + step] = block
+            else:
+                parts.append(block[rows[(rows >= start) & (rows < start + step)] - start])
+        return out if rows is None else torch.cat(parts)
 
     def _constant(self, name: str, real: torch.Tensor) -> torch.Tensor:
         if isinstance(real, nn.Parameter) and real.is_floating_point():  # a scalar parameter
