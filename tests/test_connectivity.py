@@ -134,3 +134,18 @@ def test_kept_lines_equal_the_full_masks_rows_and_columns():
         emptied = level.emptying({weights[1].name}).kept_lines(weights[1].name)
         assert not bool(emptied.rows.any()) and not bool(emptied.cols.any())
     assert declined > 0  # the tie branch was exercised
+
+
+def test_line_maxima_from_the_cover_equal_those_read_directly():
+    """The cover's pass over a linear weight leaves the same per-row and per-column maxima that
+    Connectivity.line_max reads on its own, so the flows do not read the weights again."""
+    from collapsekit.analysis.analysis import Analysis
+
+    torch.manual_seed(5)
+    an = Analysis(mlp(), torch.randn(1, 4))
+    an.cover(channel_level=False)
+    assert sorted(an.connectivity._line_max) == [0, 1, 2]
+    fresh = Connectivity(an.traced, an.weights, an.tensors, an.index)
+    for i in range(3):
+        for got, want in zip(an.connectivity.line_max(i), fresh.line_max(i)):
+            assert torch.equal(got, want)

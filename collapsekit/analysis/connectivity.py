@@ -85,6 +85,10 @@ class Connectivity:
             self._line_max[i] = (torch.cat(rows), cols)
         return self._line_max[i]
 
+    def remember_line_max(self, i: int, maxima: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """`line_max(i)` found by another pass over the same weight (the cover's)."""
+        self._line_max.setdefault(i, maxima)
+
     def level(self, alloc: Allocation) -> "LevelMasks":
         return LevelMasks(self, alloc)
 

@@ -37,8 +37,10 @@ def _argmax_cover(bits: torch.Tensor, groups: int = 1) -> tuple[tuple[torch.Tens
     return (rows, cols), int(min(int(row_max.min()), int(col_max.min())))
 
 
-def _weight_cover(tensor: torch.Tensor, rows: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
-    """`_argmax_cover` of a weight's |w| bits in its [O, -1] view, read a block of rows at a time."""
+def _weight_cover(tensor: torch.Tensor, rows: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int,
+                                                              tuple[torch.Tensor, torch.Tensor]]:
+    """`_argmax_cover` of a weight's |w| bits in its [O, -1] view, read a block of rows at a time,
+    and the per-row and per-column maxima it found (connectivity.line_max of a 2-D weight)."""
     flat = tensor.detach().reshape(rows, -1)
     step = max(1, _CHUNK // max(flat.shape[1], 1))
     row_max, row_arg, col_max, col_arg = [], [], None, None
@@ -55,7 +57,8 @@ def _weight_cover(tensor: torch.Tensor, rows: int) -> tuple[tuple[torch.Tensor, 
             col_max, col_arg = torch.where(better, cm, col_max), torch.where(better, ca + start, col_arg)
     cols_n = flat.shape[1]
     positions = (torch.cat([torch.arange(rows), col_arg]), torch.cat([torch.cat(row_arg), torch.arange(cols_n)]))
-    return positions, int(min(int(torch.cat(row_max).min()), int(col_max.min())))
+    row_max = torch.cat(row_max)
+    return positions, int(min(int(row_max.min()), int(col_max.min()))), (row_max, col_max)
 
 
 def _as_mask(positions: tuple[torch.Tensor, torch.Tensor], shape) -> torch.Tensor:
@@ -122,7 +125,9 @@ class Cover:
 
     def _element_cover(self, i: int) -> None:
         w = self.an.weights[i]
-        self._keep[w.name], full = _weight_cover(self.an.tensors[i], w.shape[0])
+        self._keep[w.name], full, maxima = _weight_cover(self.an.tensors[i], w.shape[0])
+        if len(w.shape) == 2:  # the same read gives the linear's line maxima: the flows need not read it again
+            self.an.connectivity.remember_line_max(i, maxima)
         self.full[i] = min(full, int(self.full[i]))
 
     def keep(self, name: str) -> torch.Tensor:
