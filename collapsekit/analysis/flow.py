@@ -988,7 +988,11 @@ class ChannelFlow(fx.Interpreter):
         return Weight(self._attr_mask(target, name, real), name, real.detach())
 
     def _attr_mask(self, target, name, real) -> torch.Tensor:
-        """The float 0/1 mask of a weight read through get_attr; its gradient records reached positions."""
+        """The float 0/1 mask of a weight read through get_attr; its gradient records reached positions.
+        A tensor that is not pruned (an embedding table, a position table) is all ones: a broadcast
+        view, not a table-sized tensor per flow, and nothing records its gradient."""
+        if name is None:
+            return torch.ones((), dtype=self._dtype).expand(real.shape)
         mask = self.weight_of(target, real).requires_grad_(self.backward and torch.is_grad_enabled())
         if name is not None and mask.requires_grad:
             self._attr_masks.append((name, mask))
