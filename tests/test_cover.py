@@ -58,10 +58,10 @@ def test_no_shortcut_when_the_dense_net_is_not_fully_connected():
 
 
 def test_cover_read_in_row_blocks_is_the_same_cover(monkeypatch):
-    import collapsekit.analysis.cover as cover
+    import collapsekit.analysis.magnitudes as magnitudes
 
     whole = resnet(False).cover()
-    monkeypatch.setattr(cover, "_CHUNK", 5)  # a few rows per read
+    monkeypatch.setattr(magnitudes, "_CHUNK", 5)  # a few rows per read (line_maxima's block size)
     blocks = resnet(False).cover()
     assert whole.proven and blocks.proven
     assert np.array_equal(whole.full, blocks.full)

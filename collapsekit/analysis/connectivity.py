@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, abs_bits, bits_to_float
+from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, abs_bits, bits_to_float, line_maxima
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.trace import TracedModel
 
@@ -75,14 +75,8 @@ class Connectivity:
     def line_max(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(per row, per column) largest |w| bit pattern of 2-D weight i, read once on first use."""
         if i not in self._line_max:
-            flat = self.tensors[i].detach()
-            step = max(1, (1 << 22) // max(flat.shape[1], 1))
-            rows, cols = [], None
-            for start in range(0, flat.shape[0], step):
-                bits = abs_bits(flat[start:start + step]).cpu()
-                rows.append(bits.amax(1))
-                cols = bits.amax(0) if cols is None else torch.maximum(cols, bits.amax(0))
-            self._line_max[i] = (torch.cat(rows), cols)
+            row_max, _, col_max, _ = line_maxima(self.tensors[i], self.tensors[i].shape[0])
+            self._line_max[i] = (row_max, col_max)
         return self._line_max[i]
 
     def remember_line_max(self, i: int, maxima: tuple[torch.Tensor, torch.Tensor]) -> None:

@@ -20,7 +20,7 @@ import torch
 from collapsekit.analysis.connectivity import KeptLines
 from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.heap import release_after
-from collapsekit.analysis.magnitudes import _CHUNK, abs_bits
+from collapsekit.analysis.magnitudes import abs_bits, line_maxima
 
 _NEVER = -1  # a layer whose cover cannot be proven: no cut is below this
 
@@ -41,23 +41,8 @@ def _weight_cover(tensor: torch.Tensor, rows: int) -> tuple[tuple[torch.Tensor, 
                                                               tuple[torch.Tensor, torch.Tensor]]:
     """`_argmax_cover` of a weight's |w| bits in its [O, -1] view, read a block of rows at a time,
     and the per-row and per-column maxima it found (connectivity.line_max of a 2-D weight)."""
-    flat = tensor.detach().reshape(rows, -1)
-    step = max(1, _CHUNK // max(flat.shape[1], 1))
-    row_max, row_arg, col_max, col_arg = [], [], None, None
-    for start in range(0, rows, step):
-        bits = abs_bits(flat[start:start + step]).cpu()
-        rm, ra = bits.max(1)
-        cm, ca = bits.max(0)
-        row_max.append(rm)
-        row_arg.append(ra)
-        if col_max is None:
-            col_max, col_arg = cm, ca + start
-        else:
-            better = cm > col_max
-            col_max, col_arg = torch.where(better, cm, col_max), torch.where(better, ca + start, col_arg)
-    cols_n = flat.shape[1]
-    positions = (torch.cat([torch.arange(rows), col_arg]), torch.cat([torch.cat(row_arg), torch.arange(cols_n)]))
-    row_max = torch.cat(row_max)
+    row_max, row_arg, col_max, col_arg = line_maxima(tensor, rows)
+    positions = (torch.cat([torch.arange(rows), col_arg]), torch.cat([row_arg, torch.arange(col_max.numel())]))
     return positions, int(min(int(row_max.min()), int(col_max.min()))), (row_max, col_max)
 
 

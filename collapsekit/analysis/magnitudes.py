@@ -112,6 +112,26 @@ def abs_bits(tensor: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.int32) & _ABS_BITS
 
 
+def line_maxima(tensor: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row max, row argmax, column max, column argmax) of |w| bit patterns in the weight's
+    [rows, -1] view, read a block of rows at a time (no whole-weight temporary)."""
+    flat = tensor.detach().reshape(rows, -1)
+    step = max(1, _CHUNK // max(flat.shape[1], 1))
+    row_max, row_arg, col_max, col_arg = [], [], None, None
+    for start in range(0, rows, step):
+        bits = abs_bits(flat[start:start + step]).cpu()
+        rm, ra = bits.max(1)
+        cm, ca = bits.max(0)
+        row_max.append(rm)
+        row_arg.append(ra)
+        if col_max is None:
+            col_max, col_arg = cm, ca + start
+        else:
+            better = cm > col_max
+            col_max, col_arg = torch.where(better, cm, col_max), torch.where(better, ca + start, col_arg)
+    return torch.cat(row_max), torch.cat(row_arg), col_max, col_arg
+
+
 def _chunks(tensor: torch.Tensor):
     """The flat |w| bit patterns of `tensor` as numpy int32 arrays of at most _CHUNK weights."""
     flat = tensor.detach().reshape(-1)
