@@ -3,7 +3,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from collapsekit.analysis.connectivity import Connectivity, reachable_taps
+from collapsekit.analysis.connectivity import Connectivity, full_taps, reachable_taps
 from collapsekit.analysis.magnitudes import MagnitudeIndex
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.trace import trace
@@ -52,6 +52,37 @@ def test_reachable_taps_by_map_size_stride_and_padding():
     assert torch.nonzero(reachable_taps(strided, (2, 2))).flatten().tolist() == [4, 5, 7, 8]
     assert reachable_taps(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), (1, 1)).all()
     assert reachable_taps(nn.Conv1d(1, 1, 5, padding=2), (2,)).tolist() == [False, True, True, True, False]
+
+
+def test_full_taps_read_real_input_at_every_output_position():
+    same = nn.Conv2d(1, 1, 3, padding=1)
+    assert torch.nonzero(full_taps(same, (8, 8))).flatten().tolist() == [4]  # a 'same' conv: its centre
+    assert torch.nonzero(full_taps(same, (1, 1))).flatten().tolist() == [4]
+    strided = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    assert torch.nonzero(full_taps(strided, (8, 8))).flatten().tolist() == [4, 5, 7, 8]  # even map
+    assert torch.nonzero(full_taps(strided, (7, 7))).flatten().tolist() == [4]  # odd: the last row reads padding
+    assert full_taps(nn.Conv2d(1, 1, 3), (5, 5)).all()  # no padding: every tap always in bounds
+    assert full_taps(nn.Conv2d(1, 1, 1, stride=2), (5, 5)).all()
+    assert full_taps(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), (4, 4)).all()
+    assert full_taps(nn.Conv1d(1, 1, 5, padding=2), (2,)).tolist() == [False, False, True, False, False]
+    assert not full_taps(nn.Conv2d(1, 1, 3, padding=1, dilation=4), (3, 3))[[0, 1, 2, 3, 5, 6, 7, 8]].any()
+
+
+def test_full_tap_connectivity_equals_the_full_masks_reduced_over_full_taps():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    conn, weights, params, index = build(model, torch.randn(1, 3, 7, 7))
+    assert torch.nonzero(conn.full[0]).flatten().tolist() == [4]  # 7 -> 4 with stride 2
+    assert torch.nonzero(conn.full[1]).flatten().tolist() == [4]
+    for k in (0, 40, 150, 300, 380):
+        level = conn.level(index.allocate(k))
+        restricted = level.full_taps_only()
+        for i, w in enumerate(weights[:2]):
+            keep = level.keep(w.name)
+            want = keep.reshape(*keep.shape[:2], -1)[:, :, conn.full[i]].any(-1)
+            assert torch.equal(restricted.channel_conn(w.name), want), (k, w.name)
+            assert torch.equal(level.channel_conn(w.name), keep.reshape(*keep.shape[:2], -1).any(-1))
 
 
 def test_residual_net_reduces_each_conv_over_its_reachable_taps():

@@ -116,6 +116,94 @@ def test_channel_level_flow_is_sound(name, shape, kwargs):
     check_levels(model, torch.randn(*shape), SPARSITIES, channel_level=True)
 
 
+class PaddedOddMaps(nn.Module):
+    """Stride-2 convs on odd maps, an explicit zero pad and an identity shortcut: live sets that shrink."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.b1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.down = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.b2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + torch.relu(self.b1(x))
+        x = torch.relu(self.down(nn.functional.pad(x, (1, 0, 1, 0))))
+        x = torch.relu(self.b2(x))
+        return self.fc(x.amax((2, 3)))
+
+
+UNDER_APPROXIMATED = [  # (name, input shape, whether full taps alone prove it alive somewhere)
+    ("resnet20", (1, 3, 8, 8), True), ("wrn_16_2", (1, 3, 8, 8), True), ("mobilenet_v2", (1, 3, 8, 8), True),
+    ("mobilenet_v1", (1, 3, 9, 9), True), ("two_block_1x1", (1, 3, 1, 1), True),
+    ("padded_odd_maps", (1, 3, 9, 9), False),  # the zero pad leaves no channel live everywhere
+]
+
+
+def _model(name, shape):
+    if name == "padded_odd_maps":
+        return PaddedOddMaps()
+    if name == "two_block_1x1":
+        return TwoBlockResNet()
+    kwargs = {"width_mult": 0.25} if name == "mobilenet_v1" else {}
+    return ck.models.create(name, num_classes=5, in_channels=3, input_size=shape[2], **kwargs)
+
+
+@pytest.mark.parametrize("name,shape,proves", UNDER_APPROXIMATED)
+def test_full_taps_flow_under_approximates_the_element_level(name, shape, proves):
+    """Channels the full-taps channel flow finds live are live per element, so its "alive" proves the
+    element level alive; where a model allows it, it does so at some level (all prune at least 30 %)."""
+    from collapsekit.analysis.analysis import Analysis
+
+    torch.manual_seed(0)
+    model = scramble(_model(name, shape), 6)
+    an = Analysis(model, torch.randn(*shape), exact=False)
+    proven, total = 0, an.index.max_count()
+    for k in sorted({int(total * s) for s in torch.linspace(0.3, 0.999, 24).tolist()}):
+        element = run_flow(an.traced, an.weights, an.level(k), backward=False)
+        under = run_flow(an.traced, an.weights, an.level(k).full_taps_only(), backward=False, channel_level=True)
+        for layer, dead in element.dead_channels.items():
+            assert set(dead) <= set(under.dead_channels.get(layer, [])), (k, layer)
+        assert under.output_alive <= element.output_alive
+        if not under.collapsed:
+            assert not element.collapsed, k
+            proven += 1
+    assert (proven > 0) == proves
+
+
+@pytest.mark.parametrize("name,shape,proves", UNDER_APPROXIMATED)
+def test_channel_level_collapse_sparsity_is_the_element_level_one(name, shape, proves):
+    torch.manual_seed(1)
+    model = scramble(_model(name, shape), 7)
+    x = torch.randn(*shape)
+    exact = ck.analyze(model, x, sparsities=[0.5, 0.9], exact=True)
+    coarse = ck.analyze(model, x, sparsities=[0.5, 0.9], exact=False)
+    assert exact.collapse_sparsity == coarse.collapse_sparsity < 1.0
+
+
+def test_a_residual_net_analysed_per_channel_proves_its_boundary_without_an_element_flow(monkeypatch):
+    """The element-level check one weight below the channel-level boundary (a full conv pass per
+    weight position) is answered by the full-taps flow on a residual net."""
+    import collapsekit.analysis.analysis as analysis_mod
+
+    calls = []
+
+    def counted(*args, channel_level=False, **kwargs):
+        calls.append(channel_level)
+        return run_flow(*args, channel_level=channel_level, **kwargs)
+
+    monkeypatch.setattr(analysis_mod, "run_flow", counted)
+    torch.manual_seed(1)
+    model = scramble(_model("wrn_16_2", (1, 3, 8, 8)), 7)
+    an = analysis_mod.Analysis(model, torch.randn(1, 3, 8, 8), exact=False)
+    exact = analysis_mod.Analysis(model, torch.randn(1, 3, 8, 8), exact=True).collapse_sparsity()
+    calls.clear()
+    assert an.collapse_sparsity() == exact < 1.0
+    assert calls and not any(c is False for c in calls)
+
+
 def test_channel_and_element_level_reports_agree_on_collapse_sparsity():
     torch.manual_seed(0)
     model = scramble(ck.models.create("mobilenet_v1", num_classes=5, in_channels=3, input_size=8,

@@ -151,16 +151,24 @@ class Analysis:
     def collapsed_at(self, k: int, channel_level: bool | None = None, quick: bool = True) -> bool:
         """True if the masks pruning `k` weights leave no kept input-to-output path.
 
-        Two sound shortcuts first (the flow is monotone in the masks): masks that
-        contain the cover (cover.py) are as connected as dense; and if the network
-        stays connected with every bypassable layer emptied, it stays connected with
-        their real masks, which are then never computed (`quick`; skipped where those
-        layers are empty already, as the emptied masks would then be the real ones).
+        Sound shortcuts first (the flow is monotone in the masks): masks that
+        contain the cover (cover.py) are as connected as dense; an element-level
+        question on a model analysed per channel is first put to a channel-level
+        flow whose convs keep only taps that read real input at every position and
+        whose channels count only where live everywhere (`LevelMasks.full_taps_only`),
+        which under-approximates the element level at channel-level cost; and if the
+        network stays connected with every bypassable layer emptied, it stays
+        connected with their real masks, which are then never computed (`quick`;
+        skipped where those layers are empty already, as the emptied masks would then
+        be the real ones).
         """
         channel = self.channel_level if channel_level is None else channel_level
         level = self.level(k)
         if channel == self.channel_level and self.cover().contains(level.alloc.pruned):
             return False
+        if not channel and self.channel_level and self.connectivity.kmax and not run_flow(
+                self.traced, self.weights, level.full_taps_only(), backward=False, channel_level=True).collapsed:
+            return False  # alive per element, proven by the channel-level under-approximation (full taps only)
         bypassable = {w.name for w, n in zip(self.weights, level.alloc.pruned)
                       if self.graph.bypassable[w.name] and n < w.numel}
         if quick and bypassable and len(bypassable) < len(self.weights):

@@ -24,6 +24,16 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def reachable_taps(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, in_spatial: tuple[int, ...]) -> torch.Tensor:
     """Bool over the flattened kernel: taps that read an in-bounds input element for some output position."""
+    return _taps(module, in_spatial, any)
+
+
+def full_taps(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, in_spatial: tuple[int, ...]) -> torch.Tensor:
+    """Bool over the flattened kernel: taps that read an in-bounds input element at every output position
+    (a 'same' 3x3 conv's centre): from a channel live everywhere they make an output live everywhere."""
+    return _taps(module, in_spatial, all)
+
+
+def _taps(module, in_spatial, quantifier) -> torch.Tensor:
     kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
     if module.padding_mode != "zeros":
         return torch.ones(int(np.prod(kernel)), dtype=torch.bool)  # reflect/circular pads are real data
@@ -34,7 +44,8 @@ def reachable_taps(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, in_spatial: tuple[
     per_dim = []
     for k, s, d, p, n in zip(kernel, stride, dilation, pad, in_spatial):
         out = (n + 2 * p - d * (k - 1) - 1) // s + 1 if not isinstance(module.padding, str) else n
-        per_dim.append([any(0 <= q * s - p + t * d < n for q in range(max(out, 0))) for t in range(k)])
+        per_dim.append([out > 0 and quantifier(0 <= q * s - p + t * d < n for q in range(max(out, 0)))
+                        for t in range(k)])
     taps = [all(c) for c in itertools.product(*per_dim)]
     return torch.tensor(taps, dtype=torch.bool)
 
@@ -49,6 +60,8 @@ class Connectivity:
         self.taps: dict[int, torch.Tensor] = {}  # layer -> reachable-tap mask
         self.kmax: dict[int, torch.Tensor] = {}  # layer -> [O, I/groups] float32
         self._line_max: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # 2-D layer -> row, column max bits
+        self.full: dict[int, torch.Tensor] = {}  # layer -> taps full at every use (full_taps)
+        self._kmax_full: dict[int, torch.Tensor] = {}  # layer -> [O, I/groups] max |w| over those, on demand
         reach: dict[int, torch.Tensor] = {}
         by_module = {w.module: i for i, w in enumerate(weights) if w.kind == "conv"}
         for node in traced.gm.graph.nodes:
@@ -61,16 +74,16 @@ class Connectivity:
             i = by_module[node.target]
             taps = reachable_taps(module, tuple(meta.shape[2:]))
             reach[i] = taps if i not in reach else reach[i] | taps
+            full = full_taps(module, tuple(meta.shape[2:]))
+            self.full[i] = full if i not in self.full else self.full[i] & full
         for i, taps in reach.items():
-            t = tensors[i]
-            with torch.no_grad():
-                mags = t.detach().abs().to(torch.float32).reshape(t.shape[0], t.shape[1], -1)
-                if bool(taps.all()):
-                    self.kmax[i] = mags.amax(-1)
-                else:
-                    self.kmax[i] = mags[:, :, taps].amax(-1) if bool(taps.any()) else torch.full(
-                        mags.shape[:2], -1.0)
-            self.taps[i] = taps
+            self.kmax[i], self.taps[i] = _tap_max(tensors[i], taps), taps
+
+    def full_kmax(self, i: int) -> torch.Tensor:
+        """Like `kmax[i]`, over the taps that are full at every use of conv i (-1 where there are none)."""
+        if i not in self._kmax_full:
+            self._kmax_full[i] = _tap_max(self.tensors[i], self.full[i])
+        return self._kmax_full[i]
 
     def line_max(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(per row, per column) largest |w| bit pattern of 2-D weight i, read once on first use."""
@@ -85,6 +98,17 @@ class Connectivity:
 
     def level(self, alloc: Allocation) -> "LevelMasks":
         return LevelMasks(self, alloc)
+
+
+def _tap_max(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """[O, I/groups] float32 largest |w| of conv weight `t` over the kernel taps `taps` (-1 where none)."""
+    with torch.no_grad():
+        if not bool(taps.any()):
+            return torch.full(tuple(t.shape[:2]), -1.0)
+        mags = t.detach().reshape(t.shape[0], t.shape[1], -1)
+        if not bool(taps.all()):
+            mags = mags[:, :, taps]
+        return mags.abs().to(torch.float32).amax(-1)
 
 
 class KeptLines(NamedTuple):
@@ -161,7 +185,10 @@ class LevelMasks:
         i = self.conn.position.get(name)
         if i is None or i not in self.conn.kmax:
             return None
-        kmax = self.conn.kmax[i]
+        return self._reduced_keep(i, self.conn.kmax[i], self.conn.taps[i])
+
+    def _reduced_keep(self, i: int, kmax: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        """Bool [O, I/groups]: a kept weight of conv i joins the pair through one of `taps` (kmax: over them)."""
         n, size = int(self.alloc.pruned[i]), int(self.conn.index.sizes[i])
         if n == 0:
             return kmax >= 0
@@ -170,8 +197,15 @@ class LevelMasks:
         v, exact = self._boundary(i)
         if exact:
             return kmax > v
-        keep = self.keep(name).reshape(*kmax.shape, -1)
-        return keep[:, :, self.conn.taps[i]].any(-1)
+        keep = self.keep(self.conn.weights[i].name).reshape(*kmax.shape, -1)
+        return keep[:, :, taps].any(-1)
+
+    def full_taps_only(self) -> "LevelMasks":
+        """These masks with every conv applied as a module keeping only its full taps (`full_taps`).
+
+        A channel-level forward flow on them under-approximates element-level liveness
+        (ChannelFlow.layer): its "alive" proves the real masks alive per element."""
+        return _FullTaps(self)
 
     def effective_count(self, name: str, reached_pairs: torch.Tensor) -> int:
         """Kept weights of `name` on an input-output path, given the channel pairs the flow reached."""
@@ -224,3 +258,18 @@ class _Emptied(LevelMasks):
         if name in self.names and i in self.conn.kmax:
             return torch.zeros(self.conn.kmax[i].shape, dtype=torch.bool)
         return super().channel_conn(name)
+
+
+class _FullTaps(LevelMasks):
+    """A LevelMasks whose convs join a channel pair only through a tap full at every use (forward flows only)."""
+
+    full_taps = True
+
+    def __init__(self, base: LevelMasks):
+        super().__init__(base.conn, base.alloc)
+
+    def _channel_conn(self, name: str) -> torch.Tensor | None:
+        i = self.conn.position.get(name)
+        if i is None or i not in self.conn.kmax:
+            return None
+        return self._reduced_keep(i, self.conn.full_kmax(i), self.conn.full[i])

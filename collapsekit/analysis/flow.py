@@ -816,6 +816,10 @@ class ChannelFlow(fx.Interpreter):
             conn = self.masks.channel_conn(name)
         if conn is not None:
             keep, op, record = conn, channel_op, self._record_pairs
+            if getattr(self.masks, "full_taps", False) and x.ndim > 2:
+                # Under-approximation (LevelMasks.full_taps_only): only a channel live at every position
+                # counts, so through full taps each live channel stays live everywhere, as per element.
+                x = x.amin(dim=tuple(range(2, x.ndim)), keepdim=True)
         else:
             if op is F.linear and len(tensor.shape) == 2 and hasattr(self.masks, "kept_lines"):
                 lines = self.masks.kept_lines(name)
