@@ -190,3 +190,40 @@ def test_flow_results_live_on_the_analysis_graph_not_on_the_model():
     an.flow(collapse - 1)
     assert head.meta[FLOW_META].live > 0
     assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("name,exact,mt,skips", [
+    ("resnet20", True, None, 2), ("mobilenet_v2", False, None, 2), ("wrn_16_2", False, None, 2),
+    ("wrn_16_2", False, 4, 0),  # MT keeps paths to the end: usedness never settles
+    ("lenet5", True, None, 0),  # the last layer keeps weights after its reader emptied: never settles
+])
+def test_a_report_skips_backward_only_where_a_denser_level_settled_usedness(name, exact, mt, skips, monkeypatch):
+    """Usedness only shrinks with nested masks: once a collapsed level's unused channels are the sparsest
+    masks' ones, sparser levels take them without a backward pass, and every level equals the level
+    computed on its own."""
+    import collapsekit.analysis.analysis as analysis_mod
+    from collapsekit.analysis.flow import run_flow
+    from invariants import scramble
+
+    skipped = []
+
+    def counted(*args, unused=None, **kwargs):
+        skipped.append(unused is not None)
+        return run_flow(*args, unused=unused, **kwargs)
+
+    monkeypatch.setattr(analysis_mod, "run_flow", counted)
+    torch.manual_seed(0)
+    model = scramble(ck.models.create(name, num_classes=5, in_channels=1 if name == "lenet5" else 3,
+                                      input_size=8), 3)
+    x = torch.randn(1, 1 if name == "lenet5" else 3, 8, 8)
+    levels = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+    an = Analysis(model, x, exact=exact, mt=mt)
+    report = an.report(levels)
+    assert sum(skipped) >= skips  # the sparsest levels are taken from a denser one
+    alone = Analysis(model, x, exact=exact, mt=mt)
+    for got in report.levels:
+        want = alone.level_report(got.sparsity)
+        assert (got.collapsed, got.dead_channels, got.unused_channels, got.effective_sparsity) == (
+            want.collapsed, want.dead_channels, want.unused_channels, want.effective_sparsity), got.sparsity
+    unused = [set((n, c) for n, cs in lv.unused_channels.items() for c in cs) for lv in report.levels]
+    assert all(a <= b for a, b in zip(unused, unused[1:]))  # nested masks: usedness only shrinks

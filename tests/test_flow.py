@@ -427,21 +427,27 @@ def test_sizes_and_shape_assertions_are_evaluated_concretely():
 
 def test_channel_conv_backward_equals_autograd():
     """The written-out backward of a channel-level conv gives autograd's gradient and reached pairs."""
-    from collapsekit.analysis.flow import _ChannelConv
+    from collapsekit.analysis.flow import EVERYWHERE, _ChannelConv
 
     gen = torch.Generator().manual_seed(0)
-    for groups, spatial in ((1, (5, 5)), (2, (1, 1)), (4, (3, 2))):
+    everywhere = 0
+    for groups, spatial, density in ((1, (5, 5), 0.5), (2, (1, 1), 0.5), (4, (3, 2), 0.5), (1, (2, 2), 1.0),
+                                     (2, (3, 3), 1.0)):
         o, i = 8, 8
         op = _ChannelConv(groups, (1, o, *spatial))
-        x = (torch.rand(1, i, *spatial, generator=gen) > 0.5).float().requires_grad_(True)
+        x = (torch.rand(1, i, *spatial, generator=gen) < density).float().requires_grad_(True)
         conn = torch.rand(o, i // groups, generator=gen) > 0.6
         w = conn.float().requires_grad_(True)
         out = op(x, w)
-        g = (torch.rand(out.shape, generator=gen) > 0.3).float()
+        g = (torch.rand(out.shape, generator=gen) < density * 1.4).float()
         gx, gw = torch.autograd.grad(out, (x, w), g)
         mine_gx, reached = op.backward(x.detach(), conn, g)
         assert torch.equal(mine_gx.expand(x.shape), gx)
+        if reached is EVERYWHERE:  # every input channel live and every output used: all pairs
+            everywhere += 1
+            reached = torch.ones(conn.shape, dtype=torch.bool)
         assert torch.equal(reached, gw > 0)
+    assert everywhere == 2
 
 
 def test_lazy_linear_masks_give_the_same_verdicts_as_full_masks():

@@ -83,9 +83,11 @@ class Analysis:
             self.graph = build_graph(self.traced, self.weights)
         with self.timings.stage("connectivity"):
             self.connectivity = Connectivity(self.traced, self.weights, self.tensors, self.index)
+        release_freed()  # the passes over every weight leave their per-layer temporaries on the heap
         self.mt = resolve_mt(mt, self.index.total)
         self.channel_level = (forward_macs(self.traced) > ELEMENT_LEVEL_MACS) if exact == "auto" else not exact
         self._covers: dict[bool, Cover] = {}  # by channel_level
+        self._floors: dict[tuple, dict[str, list[int]]] = {}  # the sparsest masks' unused channels, by MT
 
     @classmethod
     def of(cls, model, example_inputs=None, include=None, exclude=None, mt=None, **kwargs) -> Analysis:
@@ -311,6 +313,24 @@ class Analysis:
     def level_report(self, sparsity: float, data=None) -> LevelReport:
         """What Global MP (+MT) at `sparsity` does, as the masks alone decide (plus the value-level verdict);
         with `data` (a DataBundle) also the trainability forecast."""
+        return self._level_report(sparsity, data)[0]
+
+    def _known_unused(self, denser, pruned) -> dict[str, list[int]] | None:
+        """The unused channels of masks pruning `pruned` per layer, known without a backward pass: a denser
+        level (its flow and pruned counts) that nests in them, collapsed, and whose unused channels are
+        already those of the sparsest masks. Usedness only shrinks as masks shrink, so every level in
+        between has the same ones; collapse only spreads, so these masks collapse too."""
+        if denser is None or not denser[0].collapsed or not bool(np.all(denser[1] <= pruned)):
+            return None
+        key = ("sparsest", self.mt)
+        if key not in self._floors:  # one flow, only once some collapsed level has sparser ones after it
+            self._floors[key] = run_flow(self.traced, self.weights, self.level(self.index.max_count(self.mt)),
+                                         channel_level=self.channel_level).unused_channels
+        floor = self._floors[key]
+        return floor if denser[0].unused_channels == floor else None
+
+    def _level_report(self, sparsity: float, data=None, denser=None) -> tuple[LevelReport, tuple]:
+        """level_report, and (its flow, pruned counts) to pass as `denser` to a sparser level (`_known_unused`)."""
         k = self.count(sparsity)
         masks = self.level(k)
         pruned = masks.alloc.pruned
@@ -318,7 +338,8 @@ class Analysis:
             flow = FlowResult(False, {}, {}, (self.index.sizes - pruned).astype(np.int64), 1.0)
         else:
             with self.timings.stage("flow per level"):
-                flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level)
+                flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level,
+                                unused=self._known_unused(denser, pruned))
         emptied = tuple(w.name for w, n in zip(self.weights, pruned) if n == w.numel)
         with self.timings.stage("value level"):
             value_collapsed = flow.collapsed or (not self.channel_level and self.value_collapsed_at(masks))
@@ -330,7 +351,7 @@ class Analysis:
             effective_depth=effective_depth(self.graph, set(emptied)),
             layer_sparsity={w.name: float(n) / w.numel for w, n in zip(self.weights, pruned)},
             value_collapsed=value_collapsed,
-            forecast=None if data is None else self.forecast(data, k, flow.collapsed))
+            forecast=None if data is None else self.forecast(data, k, flow.collapsed)), (flow, pruned)
 
     def report(self, sparsities=None, progress: bool = False, name: str | None = None, data=None) -> CollapseReport:
         """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT.
@@ -342,9 +363,11 @@ class Analysis:
         an = self if data is None else self.with_data(data)
         with self.timings.stage("index reads"):  # every level's threshold bin in one read of the weights
             self.index.prefetch([self.count(s) for s in wanted], self.mt)
-        levels = []
-        for s in _progress(wanted, "levels", progress):
-            levels.append(an.level_report(s, data))
+        release_freed()
+        levels, flow = [], None
+        for s in _progress(wanted, "levels", progress):  # ascending: each level's masks nest in the last's
+            level, flow = an._level_report(s, data, flow)
+            levels.append(level)
             release_after(self.index.total)  # one level's masks are gone: their heap pages too
         with self.timings.stage("boundary search"):
             collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])

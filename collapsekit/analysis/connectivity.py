@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from collapsekit.analysis.boolops import any_true, greater
 from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, abs_bits, bits_to_float, line_maxima
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.trace import TracedModel
@@ -100,15 +101,23 @@ class Connectivity:
         return LevelMasks(self, alloc)
 
 
+_BLOCK = 1 << 20  # weights per block of output channels read at once (temporaries of a few MB)
+
+
 def _tap_max(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """[O, I/groups] float32 largest |w| of conv weight `t` over the kernel taps `taps` (-1 where none)."""
+    """[O, I/groups] float32 largest |w| of conv weight `t` over the kernel taps `taps` (-1 where none),
+    a block of output channels at a time."""
+    out = torch.full(tuple(t.shape[:2]), -1.0)
+    if not bool(taps.any()):
+        return out
+    w = t.detach().reshape(t.shape[0], t.shape[1], -1)
+    every = bool(taps.all())
+    rows = max(1, _BLOCK // max(1, w[0].numel()))
     with torch.no_grad():
-        if not bool(taps.any()):
-            return torch.full(tuple(t.shape[:2]), -1.0)
-        mags = t.detach().reshape(t.shape[0], t.shape[1], -1)
-        if not bool(taps.all()):
-            mags = mags[:, :, taps]
-        return mags.abs().to(torch.float32).amax(-1)
+        for a in range(0, w.shape[0], rows):
+            block = w[a:a + rows] if every else w[a:a + rows][:, :, taps]
+            torch.amax(block.abs().to(torch.float32), -1, out=out[a:a + rows])
+    return out
 
 
 class KeptLines(NamedTuple):
@@ -196,7 +205,7 @@ class LevelMasks:
             return torch.zeros(kmax.shape, dtype=torch.bool)
         v, exact = self._boundary(i)
         if exact:
-            return kmax > v
+            return greater(kmax, v)
         keep = self.keep(self.conn.weights[i].name).reshape(*kmax.shape, -1)
         return keep[:, :, taps].any(-1)
 
@@ -207,15 +216,20 @@ class LevelMasks:
         (ChannelFlow.layer): its "alive" proves the real masks alive per element."""
         return _FullTaps(self)
 
-    def effective_count(self, name: str, reached_pairs: torch.Tensor) -> int:
-        """Kept weights of `name` on an input-output path, given the channel pairs the flow reached."""
+    def effective_count(self, name: str, reached_pairs) -> int:
+        """Kept weights of `name` on an input-output path, given the channel pairs the flow reached
+        (bool [O, I/groups], or flow.EVERYWHERE)."""
         i = self.conn.position[name]
         kept_total = int(self.conn.index.sizes[i] - self.alloc.pruned[i])
         conn = self.channel_conn(name)
-        lost = conn & ~reached_pairs
         taps = self.conn.taps[i]
+        if not isinstance(reached_pairs, torch.Tensor):  # EVERYWHERE: every pair
+            if bool(taps.all()):
+                return kept_total
+            reached_pairs = torch.ones(conn.shape, dtype=torch.bool)
+        lost = conn & ~reached_pairs
         if bool(taps.all()):
-            if not bool(lost.any()):
+            if not any_true(lost):
                 return kept_total
             n = int(self.alloc.pruned[i])
             v, surviving = self.conn.index.cut(i, n) if n > 0 else (-1, 0)

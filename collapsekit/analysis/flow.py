@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from collapsekit.analysis.averages import RowUniformity, averaged_values, constant_values, row_uniform
+from collapsekit.analysis.boolops import all_true, as_float, positive
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleTable, aten
@@ -44,11 +45,11 @@ class _Bool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        return (x > 0).to(x.dtype)
+        return positive(x)
 
     @staticmethod
     def backward(ctx, g):
-        return (g > 0).to(g.dtype)
+        return positive(g)
 
 
 def _bool(x):
@@ -64,7 +65,7 @@ class _Layer(torch.autograd.Function):
         ctx.op, ctx.record, ctx.shape, ctx.lines = op, record, keep.shape, lines
         ctx.save_for_backward(x)
         if isinstance(op, _ChannelConv):  # a small [O, I] connectivity: kept as is, in both dtypes
-            ctx.conn, ctx.weights = keep, keep.to(x.dtype)
+            ctx.conn, ctx.weights = keep, as_float(keep, x.dtype)
             return op(x, ctx.weights)
         out = _apply(op, x, keep, lines)
         # 1 bit per weight until backward: every layer's mask waits there (a lazy one only if it was built)
@@ -87,7 +88,7 @@ class _Layer(torch.autograd.Function):
         else:
             with torch.enable_grad():
                 xx = x.detach().requires_grad_(True)
-                w = keep.to(x.dtype).requires_grad_(True)
+                w = as_float(keep, x.dtype).requires_grad_(True)
                 gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
             ctx.record(gw > 0, keep)
         del keep
@@ -131,15 +132,15 @@ def _apply(op, x, keep: torch.Tensor, lines=None) -> torch.Tensor:
     gigabytes). `lines` (connectivity.KeptLines), where given, answers "which rows keep a
     weight" without reading the mask."""
     if op is not F.linear or len(keep.shape) != 2 or not isinstance(x, torch.Tensor):
-        return op(x, _mask_of(keep).to(x.dtype))
+        return op(x, as_float(_mask_of(keep), x.dtype))
     xl = x.reshape(-1, x.shape[-1]) > 0
     if xl.shape[0] > 0 and bool((xl == xl[:1]).all()):
         live = _any_kept(keep, xl[0], dim=1, lines=lines)
         return live.to(x.dtype).expand(*x.shape[:-1], keep.shape[0]).clone()
     mask = _mask_of(keep)
     if mask.numel() <= _BLOCK:
-        return op(x, mask.to(x.dtype))
-    return torch.cat([F.linear(x, mask[a:b].to(x.dtype)) for a, b in _row_blocks(mask)], -1)
+        return op(x, as_float(mask, x.dtype))
+    return torch.cat([F.linear(x, as_float(mask[a:b], x.dtype)) for a, b in _row_blocks(mask)], -1)
 
 
 def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> torch.Tensor:
@@ -178,7 +179,7 @@ def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
         gx = torch.zeros(xs.shape, dtype=x.dtype)
         mask = _mask_of(keep)
         for a, b in _row_blocks(mask):
-            gx += torch.matmul(gs[:, a:b], mask[a:b].to(x.dtype))
+            gx += torch.matmul(gs[:, a:b], as_float(mask[a:b], x.dtype))
     if bool((xl == xl[:1]).all()) or bool((gl == gl[:1]).all()):
         used, live = gl.any(0), xl.any(0)  # one pattern on a side: reached = used x live
         if bool(used.all()) and bool(live.all()):
@@ -483,8 +484,10 @@ class _ChannelConv:
         gin = torch.bmm(gv, conn.view(self.groups, o // self.groups, ig).to(g.dtype))  # [groups, 1, ig]
         # (conn: bool or its 0/1 floats; `to` is free when it already has g's dtype)
         gx = gin.view(1, self.groups * ig, *([1] * (x.ndim - 2))).expand(x.shape)
-        reached = ((gv.transpose(1, 2) > 0) & (per_channel > 0)).view(o, ig)
-        return gx, reached
+        used, live = gv.transpose(1, 2) > 0, per_channel > 0
+        if all_true(used) and all_true(live):
+            return gx, EVERYWHERE  # every pair reached: spares the [O, I] outer product
+        return gx, (used & live).view(o, ig)
 
 
 @module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -846,18 +849,22 @@ class ChannelFlow(fx.Interpreter):
     def _note_reached(self, name, reached):
         # Only when asked (cover.py): whether a use of the layer reached every weight position.
         if self.reached is not None:
-            self.reached[name] = self.reached.get(name, False) or reached is EVERYWHERE or bool(reached.all())
+            self.reached[name] = self.reached.get(name, False) or reached is EVERYWHERE or all_true(reached)
 
     def _record_pairs(self, name, conn, reached):
         self._note_reached(name, reached)
+        before = self.reached_pairs.get(name)
+        if reached is EVERYWHERE or before is EVERYWHERE:
+            self.reached_pairs[name] = EVERYWHERE  # every kept pair (LevelMasks.effective_count)
+            return
         hit = reached & conn
-        self.reached_pairs[name] = hit if name not in self.reached_pairs else self.reached_pairs[name] | hit
+        self.reached_pairs[name] = hit if before is None else before | hit
 
     def weight_of(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         name = self._canonical.get(name, name)
         if name not in self.masks:
             return torch.ones(tensor.shape, dtype=self._dtype)
-        return self.masks.keep(name).to(self._dtype)
+        return as_float(self.masks.keep(name), self._dtype)
 
     def output_shape_of(self, value: torch.Tensor) -> tuple[int, ...]:
         """The real shape of an output value (channel-level values may be reduced)."""
@@ -1360,12 +1367,17 @@ class KeepList:
 
 def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool = True,
              channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None,
-             reached: dict | None = None) -> FlowResult:
+             reached: dict | None = None, unused: dict[str, list[int]] | None = None) -> FlowResult:
     """The structural verdict for `masks`: a list of bool keep-masks (one per prunable weight,
     in order) or a `connectivity.LevelMasks`.
 
     `cuts` (node name -> 0/1 mask, from `values.relu_cuts`) makes it a value-level
     flow: those elements count as constant although kept paths reach them.
+
+    `unused`: these masks' unused channels where the caller knows them (Analysis.report:
+    a collapsed denser level whose unused channels already equal the sparsest masks'
+    ones, usedness only shrinking with the masks); no backward pass runs, and as
+    the masks must then collapse, every effective count is 0.
 
     Element level (default) is exact: liveness per activation element. Channel
     level treats a channel live anywhere as live everywhere, which can only keep
@@ -1374,6 +1386,8 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     """
     if isinstance(masks, (list, tuple)):
         masks = KeepList(weights, list(masks))
+    known = backward and unused is not None
+    backward = backward and not known
     flow = ChannelFlow(traced, weights, masks, backward, channel_level, cuts)
     flow.reached = reached  # filled with each layer's reached positions (backward only)
     with torch.set_grad_enabled(backward):
@@ -1384,6 +1398,8 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         alive_count = sum(int((o > 0).sum()) for o in outs)
         size = sum(int(np.prod(flow.output_shape_of(o))) for o in outs) or 1
         collapsed = alive_count == 0
+        if known and not collapsed:
+            raise RuntimeError("run_flow: unused channels were given for masks that do not collapse")
         if backward:
             for outs_of_layer in flow.outputs_of.values():
                 for o in outs_of_layer:
@@ -1396,7 +1412,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
                 if mask.grad is not None:
                     flow._record(name, masks.keep(name), mask.grad > 0)
     by_name = {w.name: w for w in weights}
-    dead, unused = {}, {}
+    dead, found = {}, {}
     for name, outs_of_layer in flow.outputs_of.items():
         w = by_name[name]
         alive = used = None
@@ -1416,9 +1432,11 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         if backward:
             idx = torch.nonzero(~used).flatten().tolist()
             if idx:
-                unused[name] = idx
+                found[name] = idx
+    if known:
+        found = {name: list(idx) for name, idx in unused.items()}
     effective = None
-    if backward:
+    if backward or known:
         effective = np.array([_effective_count(flow, masks, w.name, collapsed) for w in weights], dtype=np.int64)
     # The autograd graph refers back to the flow (through _Layer's record
     # callbacks): drop the flow's tensors so the cycle does not outlive the call.
@@ -1426,7 +1444,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     flow.env.clear()
     flow._attr_masks.clear()
     conservative = {op: len(nodes) for op, nodes in sorted(flow.conservative.items())}
-    return FlowResult(collapsed, dead, unused, effective, min(1.0, alive_count / size), conservative)
+    return FlowResult(collapsed, dead, found, effective, min(1.0, alive_count / size), conservative)
 
 
 def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> int:

@@ -33,7 +33,7 @@ _FLOAT32_INF_BITS = 0x7F800000
 _ABS_BITS = 0x7FFFFFFF  # clears the sign: |w| as a float32 bit pattern
 _SHIFT = 16  # a bin holds the |w| sharing their high 16 bits (sign, exponent, 7 mantissa bits)
 _BINS = 1 << (31 - _SHIFT)
-_CHUNK = 1 << 22  # weights per read: bounds every temporary to a few tens of MB
+_CHUNK = 1 << 20  # weights per read: bounds every temporary to a few MB
 # A cache miss (a count in a bin not read yet) fetches neighbouring bins too, up to
 # this fraction of all weights, so a bisection over counts costs one or two reads.
 _WINDOW = 1 / 64
@@ -200,6 +200,7 @@ class MagnitudeIndex:
         self._fine: dict[int, list[Runs]] = {}  # bin -> per layer, the bits found in that bin
         self._local: dict[tuple[int, int], Runs] = {}  # (layer, bin) read for one layer only
         self._released: set[int] = set()
+        self._cuts: dict[tuple[int, int], tuple[int, int]] = {}  # (layer, pruned) -> cut
 
     # -- reading bins -------------------------------------------------------------------
     def prefetch(self, ks, mt_count: int = 0) -> None:
@@ -324,6 +325,7 @@ class MagnitudeIndex:
     def release(self, i: int) -> None:
         """Ends the use of layer i (its weights may change now): drops what was read of it."""
         self._released.add(i)
+        self._cuts = {key: cut for key, cut in self._cuts.items() if key[0] != i}
         for key in [key for key in self._local if key[0] == i]:
             del self._local[key]
 
@@ -352,7 +354,12 @@ class MagnitudeIndex:
         it keeps every |w| whose bit pattern exceeds v, plus its last `surviving` ties at v in flat order.
 
         When n ends a histogram bin, v is that bin's top pattern (no tie survives) and no
-        weight needs reading."""
+        weight needs reading. Answers are kept: a flow asks for each layer's cut several times."""
+        if (i, n) not in self._cuts:
+            self._cuts[(i, n)] = self._cut(i, n)
+        return self._cuts[(i, n)]
+
+    def _cut(self, i: int, n: int) -> tuple[int, int]:
         row = self._cum[i]
         j = int(np.searchsorted(row, n, side="left"))  # row[j-1] < n <= row[j]
         if row[j] == n:

@@ -1,0 +1,69 @@
+"""Comparisons that make bool tensors, and reductions of bool tensors, at numpy's speed on the CPU.
+
+The analysis spends much of a flow on `[O, I]`-sized bool work per conv, and
+torch's CPU kernels that produce or reduce bool tensors are several times slower
+than numpy's on the same memory. On the 2-core CI box (torch 2.13 CPU build, one
+thread), for a 512 x 512 operand: `a > v` 117 us against 16 us, `m.to(float32)`
+152 us against 23 us, `m.all()` 124 us against 5 us; on 4 M weights an int32
+`gt` 1.9 ms against 0.37 ms. These helpers take numpy's path on CPU tensors of
+numpy dtypes (views, no copies) and torch's anywhere else (GPU, bf16), with the
+same results.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+                 torch.float32, torch.float64}
+
+
+def _np(t: torch.Tensor) -> np.ndarray | None:
+    """`t`'s memory as a numpy array (no copy), or None where numpy cannot see it."""
+    if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.is_conj() or t.is_neg():
+        return None
+    return t.detach().numpy()
+
+
+def greater(t: torch.Tensor, value, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool `t > value` (a Python scalar), into `out` when given."""
+    a = _np(t)
+    if a is None or (out is not None and _np(out) is None):
+        return torch.gt(t, value, out=out) if out is not None else t > value
+    if out is None:
+        return torch.from_numpy(np.greater(a, value, out=np.empty(a.shape, dtype=bool)))
+    np.greater(a, value, out=_np(out))
+    return out
+
+
+def as_float(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A bool tensor as 0/1 of `dtype`."""
+    if mask.dtype == dtype:
+        return mask
+    a = _np(mask)
+    if a is None or dtype not in (torch.float32, torch.float64):
+        return mask.to(dtype)
+    return torch.from_numpy(a.astype(np.float32 if dtype == torch.float32 else np.float64))
+
+
+def positive(t: torch.Tensor) -> torch.Tensor:
+    """0/1 in `t`'s (floating) dtype: 1 where `t > 0`."""
+    a = _np(t)
+    if a is None or t.dtype not in (torch.float32, torch.float64):
+        return (t > 0).to(t.dtype)
+    return torch.from_numpy(np.greater(a, 0).astype(a.dtype))
+
+
+def all_true(mask: torch.Tensor) -> bool:
+    a = _np(mask)
+    return bool(a.all()) if a is not None else bool(mask.all())
+
+
+def any_true(mask: torch.Tensor) -> bool:
+    a = _np(mask)
+    return bool(a.any()) if a is not None else bool(mask.any())
+
+
+def count_true(mask: torch.Tensor) -> int:
+    a = _np(mask)
+    return int(np.count_nonzero(a)) if a is not None else int(torch.count_nonzero(mask))
