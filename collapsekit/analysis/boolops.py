@@ -51,7 +51,7 @@ def positive(t: torch.Tensor) -> torch.Tensor:
     a = _np(t)
     if a is None or t.dtype not in (torch.float32, torch.float64):
         return (t > 0).to(t.dtype)
-    return torch.from_numpy(np.greater(a, 0).astype(a.dtype))
+    return torch.from_numpy(np.greater(a, 0, out=np.empty(a.shape, dtype=bool)).astype(a.dtype))
 
 
 def all_true(mask: torch.Tensor) -> bool:

@@ -1,0 +1,41 @@
+"""collapsekit.analysis.boolops: numpy's path gives torch's results, on views, scalars and every dtype."""
+import pytest
+import torch
+
+from collapsekit.analysis import boolops
+
+
+def operands():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=gen)
+    yield base
+    yield base.t()  # non-contiguous
+    yield base[:, :1].expand(6, 5)  # zero strides
+    yield base[2, 3]  # 0-d
+    yield base.to(torch.float64)
+    yield base.to(torch.bfloat16)  # numpy has no bf16: torch's path
+    yield (base * 100).to(torch.int32)
+    yield base.requires_grad_(True)
+
+
+@pytest.mark.parametrize("t", list(operands()), ids=lambda t: f"{t.dtype}-{tuple(t.shape)}-{t.stride()}")
+def test_numpy_path_equals_torch(t):
+    got = boolops.greater(t, 0.25)
+    assert got.dtype == torch.bool and torch.equal(got, t.detach() > 0.25)
+    mask = t.detach() > 0
+    assert boolops.all_true(mask) == bool(mask.all()) and boolops.any_true(mask) == bool(mask.any())
+    assert boolops.count_true(mask) == int(mask.sum())
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        f = boolops.as_float(mask, dtype)
+        assert f.dtype == dtype and torch.equal(f, mask.to(dtype))
+    if t.is_floating_point():
+        p = boolops.positive(t.detach())
+        assert p.dtype == t.dtype and torch.equal(p, (t.detach() > 0).to(t.dtype))
+
+
+def test_greater_writes_into_out():
+    t = torch.arange(10, dtype=torch.int32)
+    out = torch.empty(10, dtype=torch.bool)
+    assert boolops.greater(t, 6, out=out) is out and out.tolist() == [False] * 7 + [True] * 3
+    assert torch.equal(boolops.greater(t[::2], 3), torch.tensor([False, False, True, True, True]))
+    assert boolops.all_true(torch.ones(0, dtype=torch.bool)) and not boolops.any_true(torch.ones(0, dtype=torch.bool))
