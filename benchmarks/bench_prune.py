@@ -1,7 +1,7 @@
 """Benchmark: ck.prune vs torch.nn.utils.prune.global_unstructured, wall time and peak extra memory.
 
 Each side runs in a fresh process (benchmarks/jobs.py) on the same model and
-seed, after a warm-up call on a tiny model; peak extra memory is ru_maxrss
+seed, after a warm-up call on a tiny model; peak extra memory is the VmHWM
 over the RSS just before the call, default allocator (see _measure.py),
 reported as a multiple of the prunable weights' bytes.
 Goal (issues: pruning engine, 13 scale): ck.prune's peak extra memory <= 1.5x

@@ -2,7 +2,7 @@
 
 Goal (issue 13, scale): the whole default report (21 levels, critical
 sparsities, flow at each level, exact collapse sparsity) costs at most 0.25x
-one global_unstructured call, with peak extra memory (ru_maxrss delta, default
+one global_unstructured call, with peak extra memory (VmHWM delta, default
 allocator) at most 1.5x the prunable weights' float32 bytes, on WRN-28-8 and on
 a LLaMA-style 374 M decoder built from a `transformers` config. Each side runs
 in a fresh process on the same model and seed; the report's time is split per

@@ -154,3 +154,45 @@ def test_docs_streaming_example_prints_true(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(source, "<docs/large-models.md>", "exec"), {"__name__": "__docs__"})  # noqa: S102
     assert out.getvalue().strip() == "True"
+
+
+def test_read_maps_each_tensor_as_stored_and_never_writes_the_file(tmp_path):
+    """Every dtype reads back as safetensors stores it; a tensor is a private view (a write changes this
+    process's copy only); a bf16 tensor stored at an odd byte (a hand-written file) reads as a copy."""
+    from safetensors.torch import load_file
+
+    gen = torch.Generator().manual_seed(0)
+    state = {"a_odd": torch.randint(0, 255, (3,), dtype=torch.uint8, generator=gen),
+             "b_bf16": torch.randn(5, 7, generator=gen).to(torch.bfloat16),
+             "c_f16": torch.randn(4, generator=gen).half(), "d_f64": torch.randn(2, 3, generator=gen).double(),
+             "e_i64": torch.arange(6).view(2, 3), "f_bool": torch.tensor([True, False, True]),
+             "g_empty": torch.zeros(0, 4), "h_f32": torch.randn(64, 65, generator=gen)}
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path))
+    before = path.read_bytes()
+    source = Checkpoint(path)
+    for name, want in state.items():
+        got = source.read(name)
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), name
+    big = source.read("h_f32")
+    big.mul_(0)  # copy-on-write: the file keeps its bytes
+    assert path.read_bytes() == before and torch.equal(load_file(str(path))["h_f32"], state["h_f32"])
+    assert torch.equal(source.read("h_f32"), state["h_f32"])
+    odd = tmp_path / "odd.safetensors"  # safetensors itself never writes this, other writers may
+    values = torch.randn(2, 3, generator=gen).to(torch.bfloat16)
+    header = json.dumps({"a": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+                         "b": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [3, 15]}}).encode()
+    header += b" " * (-len(header) % 8)
+    data = bytes([1, 2, 3]) + values.view(torch.uint8).numpy().tobytes()
+    odd.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    assert Checkpoint(odd).spans["b"][0] % 2 == 1
+    assert torch.equal(Checkpoint(odd).read("b"), values) and Checkpoint(odd).read("a").tolist() == [1, 2, 3]
+
+
+def test_a_shard_truncated_after_it_was_opened_is_a_one_line_error(tmp_path):
+    path = save(zoo(), tmp_path / "model.safetensors")
+    source = Checkpoint(path)
+    name = max(source.spans, key=lambda n: source.spans[n][1])  # the tensor stored last
+    path.write_bytes(path.read_bytes()[:-64])
+    with pytest.raises(CollapsekitError, match=f"checkpoint shard {path} is corrupt: tensor {name} .*truncated"):
+        source.read(name)

@@ -2,10 +2,13 @@
 
 `ck.analyze(meta_model, example_inputs, checkpoint=path)` analyses a model whose
 parameters live on the meta device (no memory) while every weight a question
-needs is read, one tensor at a time, from the memory-mapped file
-(`safetensors.safe_open`) in the dtype it is stored in (bf16, fp16 as stored).
-No tensor outlives the question that read it, and the file is mapped only while
-a tensor is read, so the process never holds the whole checkpoint.
+needs is read, one tensor at a time, in the dtype it is stored in (bf16, fp16 as
+stored). A tensor is a view of its own private (copy-on-write) mapping of the
+file's bytes: nothing is copied, a question that reads it a block at a time
+brings in only the pages it reads, and the mapping closes when the tensor is
+freed. No tensor outlives the question that read it, so the process never holds
+the whole checkpoint. (safetensors' `get_tensor` copies a tensor whole while its
+mapping is open: twice its bytes at once, and a heap the size of the largest.)
 The Hugging Face sharded layout is a directory holding
 `model.safetensors.index.json` (its `weight_map` names the shard of every
 tensor) or that index file itself.
@@ -14,6 +17,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import mmap
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +32,9 @@ from collapsekit.errors import CollapsekitError
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
 
 
 class Checkpoint:
@@ -36,11 +45,15 @@ class Checkpoint:
         self.files: dict[str, Path] = {}  # tensor name -> shard holding it
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
+        self.spans: dict[str, tuple[int, int]] = {}  # tensor name -> [begin, end) bytes in its shard
         for shard in _shards(self.path):
-            for name, entry in _header(shard).items():
+            header, data_start = _header(shard, with_start=True)
+            for name, entry in header.items():
                 self.files[name] = shard
                 self.shapes[name] = tuple(entry["shape"])
                 self.dtypes[name] = entry["dtype"]
+                begin, end = entry["data_offsets"]
+                self.spans[name] = (data_start + begin, data_start + end)
 
     def __contains__(self, name: str) -> bool:
         return name in self.files
@@ -50,13 +63,26 @@ class Checkpoint:
         return sum(_data_bytes(f) for f in set(self.files.values()))
 
     def read(self, name: str) -> torch.Tensor:
-        """Tensor `name` as stored, read from its memory-mapped shard (the mapping closes on return)."""
-        from safetensors import safe_open
-
-        shard = self.files[name]
+        """Tensor `name` as stored: a view of a private mapping of its bytes, closed when the tensor is freed.
+        Writing into it changes this process's copy only, never the file."""
+        shard, (begin, end) = self.files[name], self.spans[name]
+        dtype = _DTYPES.get(self.dtypes[name])
+        if dtype is None:
+            raise CollapsekitError(f"checkpoint shard {shard}: tensor {name} has dtype {self.dtypes[name]}, "
+                                   "which collapsekit cannot read")
         try:
-            with safe_open(str(shard), framework="pt") as fh:
-                return fh.get_tensor(name)
+            with open(shard, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size < end:
+                    raise ValueError(f"tensor {name} ends at byte {end} of {size}: the file is truncated")
+                if end == begin:
+                    return torch.empty(self.shapes[name], dtype=dtype)
+                start = begin - begin % mmap.ALLOCATIONGRANULARITY
+                mapped = mmap.mmap(fh.fileno(), end - start, access=mmap.ACCESS_COPY, offset=start)
+            data = torch.frombuffer(memoryview(mapped)[begin - start:], dtype=torch.uint8)
+            if begin % dtype.itemsize:
+                data = data.clone()  # unaligned for its dtype: an aligned copy
+            return data.view(dtype).view(self.shapes[name])
         except Exception as exc:  # noqa: BLE001 - a shard changed or broke since it was opened
             raise _corrupt(shard, exc) from None
 
@@ -170,8 +196,9 @@ def _shards(path: Path) -> list[Path]:
     return [path]
 
 
-def _header(shard: Path) -> dict:
-    """{tensor name: {dtype, shape, data_offsets}} of one safetensors file, bounds-checked against its size."""
+def _header(shard: Path, with_start: bool = False):
+    """{tensor name: {dtype, shape, data_offsets}} of one safetensors file, bounds-checked against its size
+    (with_start: and the byte where the data the offsets count from begins)."""
     try:
         size = shard.stat().st_size
         with open(shard, "rb") as fh:
@@ -185,7 +212,10 @@ def _header(shard: Path) -> dict:
             begin, end = entry["data_offsets"]
             if not 0 <= begin <= end <= data:
                 raise ValueError(f"tensor {name} ends at byte {end} of {data}: the file is truncated")
-        return header
+            if entry["dtype"] in _DTYPES and (end - begin) != _DTYPES[entry["dtype"]].itemsize * math.prod(
+                    entry["shape"]):
+                raise ValueError(f"tensor {name} holds {end - begin} bytes, not those of its shape and dtype")
+        return (header, 8 + n) if with_start else header
     except CollapsekitError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated, not safetensors, bad JSON
