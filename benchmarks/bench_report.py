@@ -10,6 +10,7 @@ stage (Analysis.timings).
 
     python benchmarks/bench_report.py                       # wrn_28_8 and llama_374m
     python benchmarks/bench_report.py --models wrn_28_8 --pinned
+    python benchmarks/bench_report.py --models gpt2_124m bert_110m vit_86m resnet56   # beyond the goal's two
 """
 import argparse
 

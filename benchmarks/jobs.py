@@ -24,6 +24,14 @@ LLAMAS = {
 }
 TOKENS = 16
 
+# Other third-party architectures at their published base sizes (random weights, from configs):
+# name -> (transformers class, config class, config kwargs, input kind).
+WIDE = {
+    "gpt2_124m": ("GPT2LMHeadModel", "GPT2Config", dict(), "tokens"),
+    "bert_110m": ("BertModel", "BertConfig", dict(), "tokens"),
+    "vit_86m": ("ViTModel", "ViTConfig", dict(), "image224"),
+}
+
 
 def llama_config(name: str):
     from transformers import LlamaConfig
@@ -39,6 +47,13 @@ def _model(name: str, input_size: int):
 
         model = LlamaForCausalLM(llama_config(name)).eval()
         x = torch.randint(0, LLAMAS[name]["vocab_size"], (1, TOKENS))
+    elif name in WIDE:
+        import transformers
+
+        cls, config_cls, kwargs, kind = WIDE[name]
+        config = getattr(transformers, config_cls)(**kwargs)
+        model = getattr(transformers, cls)(config).eval()
+        x = torch.randint(0, config.vocab_size, (1, TOKENS)) if kind == "tokens" else torch.randn(1, 3, 224, 224)
     else:
         model = ck.models.create(name, num_classes=10, in_channels=3, input_size=input_size).eval()
         x = torch.randn(1, 3, input_size, input_size)
