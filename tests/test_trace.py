@@ -139,3 +139,32 @@ def test_cli_untraceable_model_exits_2_with_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "cannot trace ValueBranch" in err and "ValueBranch.forward" in err
+
+
+@pytest.mark.parametrize("cls,config_cls,kwargs", [
+    ("GPT2LMHeadModel", "GPT2Config", dict(n_layer=2, n_embd=32, n_head=4, vocab_size=61, n_positions=16)),
+    ("LlamaForCausalLM", "LlamaConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=61)),
+])
+def test_a_decoder_that_returns_its_cache_by_default_is_traced_without_it(cls, config_cls, kwargs):
+    """A default Hugging Face config returns a key/value cache object that no tracer can return: traced with
+    use_cache=False (positional inputs passed by name) unless the caller chose, the report equals the
+    use_cache=False model's, and the model's config is left as it was."""
+    transformers = pytest.importorskip("transformers")
+    import collapsekit as ck
+
+    def build(**extra):
+        torch.manual_seed(0)
+        return getattr(transformers, cls)(getattr(transformers, config_cls)(**kwargs, **extra)).eval()
+
+    ids = torch.randint(0, 61, (1, 6), generator=torch.Generator().manual_seed(1))
+    model = build()
+    assert model.config.use_cache is True
+    want = ck.analyze(build(use_cache=False), {"input_ids": ids}, sparsities=[0.5, 0.95])
+    for example in (ids, (ids,), {"input_ids": ids}):
+        got = ck.analyze(model, example, sparsities=[0.5, 0.95])
+        assert got.collapse_sparsity == want.collapse_sparsity
+        assert [lv.dead_channels for lv in got.levels] == [lv.dead_channels for lv in want.levels]
+    assert model.config.use_cache is True
+    with pytest.raises(ck.CollapsekitError, match="cannot trace"):  # the caller's own choice is kept
+        ck.analyze(model, {"input_ids": ids, "use_cache": True}, sparsities=[0.5])

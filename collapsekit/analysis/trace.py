@@ -83,7 +83,7 @@ def as_tuple(example_inputs) -> tuple:
 
 def trace(model: nn.Module, example_inputs) -> TracedModel:
     """A TracedModel of `model`; raises CollapsekitError naming the failure when both tracers fail."""
-    args, kwargs = split_inputs(example_inputs)
+    args, kwargs = _without_cache(model, *split_inputs(example_inputs))
     with eval_mode(model), torch.no_grad():
         try:
             gm, method = _symbolic_trace(model, kwargs), "symbolic_trace"
@@ -104,6 +104,22 @@ def trace(model: nn.Module, example_inputs) -> TracedModel:
             _check_accepts(model, args, kwargs)  # names the input as the problem when it is
             raise
     return TracedModel(gm, inputs, method, args, kwargs)
+
+
+def _without_cache(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """(args, kwargs) to trace with. A Hugging Face decoder returns its key/value cache by default: an
+    object neither tracer can return, and not the model's prediction. Unless the caller chose, a model
+    whose forward takes `use_cache` is traced with use_cache=False, its positional inputs passed by name."""
+    try:
+        signature = inspect.signature(model.forward)
+        named = signature.bind_partial(*args).arguments
+    except (TypeError, ValueError):
+        return args, kwargs
+    params = signature.parameters
+    if "use_cache" not in params or "use_cache" in kwargs or any(
+            params[n].kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY) for n in named):
+        return args, kwargs
+    return (), {**named, **kwargs, "use_cache": False}
 
 
 def _symbolic_trace(model: nn.Module, kwargs: dict) -> fx.GraphModule:
