@@ -24,19 +24,23 @@ def parse_args(name: str, doc: str, argv=None) -> argparse.Namespace:
 
 def write_table(rows: list[dict], out: Path, stem: str = "table", floatfmt: str = ".4f") -> tuple[Path, Path]:
     """(csv path, markdown path): `rows` (dicts with the same keys) written as OUT/STEM.csv and OUT/STEM.md."""
+    from collapsekit.files.atomic import atomic_write, atomic_write_text
+    from collapsekit.views.render import md_table
+
     keys = list(rows[0])
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
 
     def cell(v) -> str:
         return format(v, floatfmt) if isinstance(v, float) else str(v)
 
-    from collapsekit.views.render import md_table
-
-    md_path.write_text(md_table(keys, [[cell(r[k]) for k in keys] for r in rows]) + "\n")
+    atomic_write(csv_path, write_csv)  # an interrupted run leaves the last complete table, never half of one
+    atomic_write_text(md_path, md_table(keys, [[cell(r[k]) for k in keys] for r in rows]) + "\n")
     return csv_path, md_path
 
 
@@ -44,9 +48,9 @@ def write_summary(out: Path, summary: dict, args: argparse.Namespace) -> Path:
     """OUT/summary.json: the headline numbers, whether the run was --quick, and how long it took."""
     summary = {**summary, "quick": bool(args.quick), "seed": args.seed,
                "seconds": round(time.perf_counter() - args.started, 1)}
-    path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    from collapsekit.files.atomic import atomic_write_text
+
+    return atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def save_figure(fig, out: Path, stem: str = "figure") -> Path:

@@ -112,3 +112,30 @@ def test_trainability_forecast(tmp_path):
         assert int(s["suggested_mt"]) >= int(s["floor_mt"])
         assert float(s["ratio"]) == pytest.approx(float(s["suggested_accuracy"]) / float(s["best_accuracy"]))
     assert (tmp_path / "confusion.md").read_text().startswith("| split |")
+
+
+def test_tables_and_summary_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A run stopped while writing leaves the previous complete table (atomic writes), and no temporary file."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ANALYSES))
+    import _common
+
+    rows = [{"level": 0.5, "alive": True}, {"level": 0.9, "alive": False}]
+    csv_path, md_path = _common.write_table(rows, tmp_path)
+    first = csv_path.read_text()
+    assert first.splitlines() == ["level,alive", "0.5,True", "0.9,False"] and "| 0.9000 |" in md_path.read_text()
+
+    class Stop(Exception):
+        pass
+
+    def broken_writerows(self, rows):
+        raise Stop
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", broken_writerows)
+    with pytest.raises(Stop):
+        _common.write_table([{"level": 0.99, "alive": False}], tmp_path)
+    assert csv_path.read_text() == first and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv", "table.md"]
+    args = argparse.Namespace(quick=True, seed=3, started=0.0)
+    summary = json.loads(_common.write_summary(tmp_path, {"collapse": 0.93}, args).read_text())
+    assert summary["collapse"] == 0.93 and summary["quick"] is True and summary["seed"] == 3

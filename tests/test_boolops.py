@@ -39,3 +39,14 @@ def test_greater_writes_into_out():
     assert boolops.greater(t, 6, out=out) is out and out.tolist() == [False] * 7 + [True] * 3
     assert torch.equal(boolops.greater(t[::2], 3), torch.tensor([False, False, True, True, True]))
     assert boolops.all_true(torch.ones(0, dtype=torch.bool)) and not boolops.any_true(torch.ones(0, dtype=torch.bool))
+
+
+def test_outer_and_row_counts_equal_torch():
+    gen = torch.Generator().manual_seed(1)
+    rows, cols = torch.rand(9, generator=gen) > 0.4, torch.rand(13, generator=gen) > 0.5
+    assert torch.equal(boolops.outer(rows, cols), rows[:, None] & cols[None, :])
+    assert torch.equal(boolops.outer(rows[::2], cols), rows[::2, None] & cols[None, :])  # strided view
+    mask = torch.rand(6, 4, 3, generator=gen) > 0.5
+    assert torch.equal(boolops.count_rows(mask), mask.reshape(6, -1).sum(1))
+    assert boolops.count_rows(mask).dtype == torch.int64
+    assert torch.equal(boolops.count_rows(mask.transpose(0, 1)), mask.transpose(0, 1).reshape(4, -1).sum(1))

@@ -470,3 +470,66 @@ def test_lazy_linear_masks_give_the_same_verdicts_as_full_masks():
             assert (lazy.collapsed, lazy.dead_channels, lazy.unused_channels, lazy.output_alive) == (
                 full.collapsed, full.dead_channels, full.unused_channels, full.output_alive), (name, s)
             assert lazy.effective.tolist() == full.effective.tolist(), (name, s)
+
+
+def test_transposed_weights_applied_by_matmul_give_the_float_leaf_verdicts(monkeypatch):
+    """A prunable [in, out] weight applied as x @ w (GPT-2's Conv1D, exported as addmm) runs as a linear
+    layer on its transposed mask; collapse, dead and unused channels and effective counts equal those of
+    the float-leaf path, whose gradient records reached positions."""
+    pytest.importorskip("transformers")
+    from corpus import build
+
+    from collapsekit.analysis import flow as flow_mod
+    from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.magnitudes import sparsity_to_count
+
+    torch.manual_seed(0)
+    model, example = build("hf_gpt2")
+    an = Analysis(model, example)
+    routed = []
+    original = flow_mod.ChannelFlow._transposed_layer
+
+    def counting(self, *args, **kwargs):
+        routed.append(args[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(flow_mod.ChannelFlow, "_transposed_layer", counting)
+    verdicts = {}
+    for s in (0.0, 0.5, 0.9, 0.97, 0.99, 0.999):
+        level = an.level(sparsity_to_count(s, an.total))
+        verdicts[s] = (run_flow(an.traced, an.weights, level), run_flow(an.traced, an.weights, level.keep_list()))
+    assert routed and {w.name for w in an.weights if w.name.endswith("c_attn.weight")} <= set(routed)
+    matmul = flow_mod.ChannelFlow.matmul
+
+    def float_leaf(self, a, b):
+        if isinstance(b, flow_mod._LazyWeight):
+            b.mask  # materialised first: the generic path
+        return matmul(self, a, b)
+
+    monkeypatch.setattr(flow_mod.ChannelFlow, "matmul", float_leaf)
+    for s, got in verdicts.items():
+        want = run_flow(an.traced, an.weights, an.level(sparsity_to_count(s, an.total)))
+        for flow in got:
+            assert (flow.collapsed, flow.dead_channels, flow.unused_channels, flow.output_alive) == (
+                want.collapsed, want.dead_channels, want.unused_channels, want.output_alive), s
+            assert flow.effective.tolist() == want.effective.tolist(), s
+
+
+def test_a_linear_whose_weight_is_not_pruned_is_a_sum_not_a_matmul():
+    """A tied vocabulary head (no keep-mask) reads as a broadcast view of ones: each output is live iff some
+    input of its row is, and gradients reach every input of a row some used output reads."""
+    from collapsekit.analysis import flow as flow_mod
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 5, 7, generator=gen) > 0.6).float()
+    x[0, 1] = 0  # a row with no live input
+    ones = torch.ones((), dtype=torch.float32).expand(11, 7)
+    assert flow_mod._all_ones_view(ones) and not flow_mod._all_ones_view(torch.ones(11, 7))
+    assert not flow_mod._all_ones_view(torch.zeros(()).expand(11, 7))
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got = flow_mod._linear_function(None, xa, ones)
+    want = torch.nn.functional.linear(xb, torch.ones(11, 7))
+    assert got.shape == want.shape and torch.equal(got > 0, want > 0)
+    g = (torch.rand(want.shape, generator=gen) > 0.7).float()
+    (ga,), (gb,) = torch.autograd.grad(got, xa, g), torch.autograd.grad(want, xb, g)
+    assert torch.equal(ga > 0, gb > 0)

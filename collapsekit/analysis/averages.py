@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from collapsekit.analysis.boolops import as_float, count_rows
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.rules import aten
 
@@ -158,9 +159,9 @@ class _Generic(fx.Interpreter):
                 block = block.to(self.dtype).mul_(_SCALE)
             else:
                 k = keep[start:start + step]
-                block = block.mul_(k).to(self.dtype)
+                block = block.mul_(as_float(k)).to(self.dtype)
                 if real.ndim > 1:
-                    block = block.div_(k.flatten(1).sum(1).clamp(min=1).view(-1, *[1] * (real.ndim - 1)))
+                    block = block.div_(count_rows(k).clamp(min=1).view(-1, *[1] * (real.ndim - 1)))
             if rows is None:
                 out[start:start + step] = block
             else:

@@ -54,6 +54,22 @@ def positive(t: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.greater(a, 0, out=np.empty(a.shape, dtype=bool)).astype(a.dtype))
 
 
+def outer(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Bool [len(rows), len(cols)]: rows[o] and cols[i] (1-D bool operands)."""
+    a, b = _np(rows), _np(cols)
+    if a is None or b is None:
+        return rows[:, None] & cols[None, :]
+    return torch.from_numpy(np.logical_and.outer(a, b))
+
+
+def count_rows(mask: torch.Tensor) -> torch.Tensor:
+    """int64 per row (dim 0) of a bool tensor: how many of its entries hold."""
+    a = _np(mask)
+    if a is None or mask.ndim == 0:
+        return mask.reshape(mask.shape[0] if mask.ndim else 1, -1).sum(1)
+    return torch.from_numpy(np.count_nonzero(a.reshape(a.shape[0], -1), axis=1).astype(np.int64))
+
+
 def all_true(mask: torch.Tensor) -> bool:
     a = _np(mask)
     return bool(a.all()) if a is not None else bool(mask.all())

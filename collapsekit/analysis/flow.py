@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from collapsekit.analysis.averages import RowUniformity, averaged_values, constant_values, row_uniform
-from collapsekit.analysis.boolops import all_true, as_float, positive
+from collapsekit.analysis.boolops import all_true, as_float, count_true, outer, positive
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleTable, aten
@@ -182,9 +182,9 @@ def _linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
             gx += torch.matmul(gs[:, a:b], as_float(mask[a:b], x.dtype))
     if bool((xl == xl[:1]).all()) or bool((gl == gl[:1]).all()):
         used, live = gl.any(0), xl.any(0)  # one pattern on a side: reached = used x live
-        if bool(used.all()) and bool(live.all()):
+        if all_true(used) and all_true(live):
             return gx.view(x.shape), EVERYWHERE
-        reached = used[:, None] & live[None, :]
+        reached = outer(used, live)
     else:
         reached = torch.cat([torch.matmul(gs[:, a:b].t(), xs) > 0 for a, b in _row_blocks(keep)], 0)
     return gx.view(x.shape), reached
@@ -509,7 +509,21 @@ def _linear_module(flow, module, x):
 def _linear_function(flow, x, weight, bias=None):
     if isinstance(weight, _LazyWeight) and weight._float is None and isinstance(x, torch.Tensor):
         return flow.layer(weight.name, weight.real, x, F.linear)
-    return F.linear(x, _mask(weight))
+    mask = _mask(weight)
+    if isinstance(x, torch.Tensor) and mask.ndim == 2 and _all_ones_view(mask):
+        return _dense_linear(x, mask.shape[0])
+    return F.linear(x, mask)
+
+
+def _all_ones_view(mask: torch.Tensor) -> bool:
+    """A weight that is not pruned reads as a broadcast view of one 1 (ChannelFlow._attr_mask)."""
+    return all(s == 0 for s in mask.stride()) and mask.numel() > 0 and float(mask.reshape(-1)[0]) == 1.0
+
+
+def _dense_linear(x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """F.linear with every weight kept, up to positive scaling: each output live iff some input of its
+    row is (a tied vocabulary head costs a sum, not a [tokens, vocab] matmul)."""
+    return x.sum(-1, keepdim=True).expand(*x.shape[:-1], out_features)
 
 
 @function_rule(F.conv1d, F.conv2d, F.conv3d, *aten("conv1d.default", "conv2d.default", "conv3d.default",
@@ -793,6 +807,7 @@ class ChannelFlow(fx.Interpreter):
         self.interpreted: set[str] = set()  # weights some rule applied (others hide in opaque modules)
         self.outputs_of: dict[str, list[torch.Tensor]] = {}
         self._attr_masks: list[tuple[str, torch.Tensor]] = []  # bare matrices read through get_attr
+        self._applied: dict[str, int] = {}  # weight -> times `layer` applied it in this forward pass
         self._layer_of_module = {alias.rpartition(".")[0]: w.name for w in weights if w.kind in ("conv", "linear")
                                  for alias in (w.name, *w.aliases)}
         self._layer_names = set(self._layer_of_module.values())
@@ -803,17 +818,24 @@ class ChannelFlow(fx.Interpreter):
         self.transformed: set[str] = set()  # weights transformed before use: paths unknown, all kept effective
 
     # helpers the rules call ------------------------------------------------------------
-    def layer(self, name: str, tensor: torch.Tensor, x, op, channel_op=None):
+    def layer(self, name: str, tensor: torch.Tensor, x, op, channel_op=None, transposed: bool = False):
         """`op(x, w)` on the keep-mask of weight `name` (dense ones for a non-prunable one).
 
         At channel level, `channel_op(x, conn)` on the layer's channel connectivity
         replaces it where the masks offer one: spatially coarser (a channel live
         anywhere counts as live everywhere), hence sound, and far cheaper.
+        `transposed`: a 2-D weight stored [in, out] and applied as `x @ w` (Hugging
+        Face's Conv1D, exported as addmm/mm), run as `F.linear` on its transpose.
         """
         name = self._canonical.get(name, name)
         if name not in self.masks:
+            if op is F.linear and len(tensor.shape) == 2 and isinstance(x, torch.Tensor):
+                return _dense_linear(x, tensor.shape[1] if transposed else tensor.shape[0])
             return op(x, torch.ones(tensor.shape, dtype=self._dtype))
+        if transposed:
+            return self._transposed_layer(name, tensor, x)
         self.interpreted.add(name)
+        self._applied[name] = self._applied.get(name, 0) + 1
         record, conn, lines = self._record, None, None
         if self.channel_level and channel_op is not None:
             conn = self.masks.channel_conn(name)
@@ -837,10 +859,39 @@ class ChannelFlow(fx.Interpreter):
         release_after(int(np.prod(tensor.shape)))
         return out
 
+    def _transposed_layer(self, name: str, tensor: torch.Tensor, x):
+        """`x @ w` for a prunable [in, out] weight: F.linear on the transposed keep-mask (and swapped row and
+        column maxima), so it takes the linear layer's lazy and blocked paths; reached positions are
+        recorded back in the weight's own orientation."""
+        self.interpreted.add(name)
+        self._applied[name] = self._applied.get(name, 0) + 1
+        lines = self.masks.kept_lines(name) if hasattr(self.masks, "kept_lines") else None
+        if lines is not None:
+            lines = type(lines)(lines.cols, lines.rows)
+            keep = LazyKeep(lambda: self.masks.keep(name).t(), tuple(tensor.shape)[::-1])
+        else:
+            keep = self.masks.keep(name).t()
+        if not (self.backward and torch.is_grad_enabled()):
+            out = _apply(F.linear, x, keep, lines)
+        else:
+            def record(reached, kept_t):
+                kept = LazyKeep(lambda: _mask_of(kept_t).t(), tuple(tensor.shape)) if isinstance(kept_t, LazyKeep) \
+                    else kept_t.t()
+                self._record(name, kept, reached if reached is EVERYWHERE else reached.t())
+
+            out = _Layer.apply(x, keep, F.linear, record, lines)
+        del keep
+        release_after(int(np.prod(tensor.shape)))
+        return out
+
     def _record(self, name, keep, reached):
         self._note_reached(name, reached)
         if reached is EVERYWHERE or self.effective.get(name) is ALL_KEPT:
             self.effective[name] = ALL_KEPT  # every kept weight: counted from the allocation, no mask read
+            return
+        if self._applied.get(name) == 1 and all(n != name for n, _ in self._attr_masks):
+            # applied once (the forward is complete): its count is final, no bits need keeping for an OR
+            self.effective[name] = count_true(reached & _mask_of(keep))
             return
         # kept on a path; packed, as every layer's waits for the count
         hit = pack_bits(reached & _mask_of(keep))
@@ -893,6 +944,8 @@ class ChannelFlow(fx.Interpreter):
         return out.expand(torch.broadcast_shapes(*shapes)) if out.shape != torch.broadcast_shapes(*shapes) else out
 
     def matmul(self, a, b):
+        if isinstance(b, _LazyWeight) and b._float is None and isinstance(a, torch.Tensor) and b.real.ndim == 2:
+            return self.layer(b.name, b.real, a, F.linear, transposed=True)  # a prunable [in, out] weight
         if isinstance(b, Weight) and isinstance(a, torch.Tensor):
             return torch.matmul(a, b.mask)
         if isinstance(a, Weight) and isinstance(b, torch.Tensor):
@@ -1458,7 +1511,7 @@ def _effective_count(flow: ChannelFlow, masks, name: str, collapsed: bool) -> in
     if hits is ALL_KEPT:
         kept_count = getattr(masks, "kept_count", None)
         return kept_count(name) if kept_count is not None else int(torch.count_nonzero(masks.keep(name)))
-    count = count_bits(hits) if hits is not None else 0
+    count = hits if isinstance(hits, int) else (count_bits(hits) if hits is not None else 0)
     if name in flow.reached_pairs:
         count += masks.effective_count(name, flow.reached_pairs[name])
     return count

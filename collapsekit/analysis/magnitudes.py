@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from collapsekit.analysis.boolops import greater
 from collapsekit.errors import CollapsekitError
 from collapsekit.analysis.prunable import PrunableWeight
 
@@ -109,7 +110,10 @@ def abs_bits(tensor: torch.Tensor) -> torch.Tensor:
     t = tensor.detach()
     if t.dtype != torch.float32:
         t = t.to(torch.float32)
-    return t.contiguous().view(torch.int32) & _ABS_BITS
+    t = t.contiguous()
+    if t.device.type == "cpu":  # numpy's & runs about 2x torch's on this CPU build (boolops.py)
+        return torch.from_numpy(np.bitwise_and(t.numpy().view(np.int32), np.int32(_ABS_BITS)))
+    return t.view(torch.int32) & _ABS_BITS
 
 
 def line_maxima(tensor: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -201,6 +205,7 @@ class MagnitudeIndex:
         self._local: dict[tuple[int, int], Runs] = {}  # (layer, bin) read for one layer only
         self._released: set[int] = set()
         self._cuts: dict[tuple[int, int], tuple[int, int]] = {}  # (layer, pruned) -> cut
+        self._critical: dict[int, np.ndarray] = {}  # MT -> critical_counts
 
     # -- reading bins -------------------------------------------------------------------
     def prefetch(self, ks, mt_count: int = 0) -> None:
@@ -331,7 +336,13 @@ class MagnitudeIndex:
 
     # -- per-layer questions ------------------------------------------------------------
     def critical_counts(self, mt_count: int = 0) -> np.ndarray:
-        """For each layer, the smallest global k that empties it (-1 where MT keeps it non-empty)."""
+        """For each layer, the smallest global k that empties it (-1 where MT keeps it non-empty);
+        computed once per MT (a report asks for its layers and for its boundary)."""
+        if int(mt_count) not in self._critical:
+            self._critical[int(mt_count)] = self._critical_counts(int(mt_count))
+        return self._critical[int(mt_count)].copy()
+
+    def _critical_counts(self, mt_count: int) -> np.ndarray:
         limits = self.sizes - self.protected(mt_count)
         out = np.full(len(self.sizes), -1, dtype=np.int64)
         eligible = [i for i, n in enumerate(limits) if n == self.sizes[i] and n > 0]
@@ -387,7 +398,7 @@ class MagnitudeIndex:
         keep = torch.empty(size, dtype=torch.bool, device=tensor.device)
         with torch.no_grad():
             for start in range(0, size, _CHUNK):
-                torch.gt(abs_bits(flat_in[start:start + _CHUNK]), v, out=keep[start:start + _CHUNK])
+                greater(abs_bits(flat_in[start:start + _CHUNK]), v, out=keep[start:start + _CHUNK])
             # The ties at v that survive are the last ones in flat order.
             for start in reversed(range(0, size, _CHUNK)) if surviving else ():
                 ties = torch.nonzero(abs_bits(flat_in[start:start + _CHUNK]) == v).flatten()
