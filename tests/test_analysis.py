@@ -227,3 +227,18 @@ def test_a_report_skips_backward_only_where_a_denser_level_settled_usedness(name
             want.collapsed, want.dead_channels, want.unused_channels, want.effective_sparsity), got.sparsity
     unused = [set((n, c) for n, cs in lv.unused_channels.items() for c in cs) for lv in report.levels]
     assert all(a <= b for a, b in zip(unused, unused[1:]))  # nested masks: usedness only shrinks
+
+
+def test_unused_channels_given_for_masks_that_do_not_collapse_are_not_trusted():
+    """run_flow(..., unused=...) is a promise that the masks collapse; where they do not, the flow runs its
+    backward pass as usual instead of reporting the given channels."""
+    from collapsekit.analysis.flow import run_flow
+
+    torch.manual_seed(0)
+    model = ck.models.create("resnet20", num_classes=5, in_channels=3, input_size=8)
+    an = Analysis(model, torch.randn(1, 3, 8, 8))
+    level = an.level(an.count(0.5))
+    want = run_flow(an.traced, an.weights, level)
+    got = run_flow(an.traced, an.weights, level, unused={w.name: [0] for w in an.weights})
+    assert not got.collapsed and got.unused_channels == want.unused_channels
+    assert got.effective.tolist() == want.effective.tolist() and got.effective.sum() > 0

@@ -1430,7 +1430,8 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     `unused`: these masks' unused channels where the caller knows them (Analysis.report:
     a collapsed denser level whose unused channels already equal the sparsest masks'
     ones, usedness only shrinking with the masks); no backward pass runs, and as
-    the masks must then collapse, every effective count is 0.
+    the masks must then collapse, every effective count is 0. Should they not
+    collapse, the flow runs again with its backward pass.
 
     Element level (default) is exact: liveness per activation element. Channel
     level treats a channel live anywhere as live everywhere, which can only keep
@@ -1451,8 +1452,9 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         alive_count = sum(int((o > 0).sum()) for o in outs)
         size = sum(int(np.prod(flow.output_shape_of(o))) for o in outs) or 1
         collapsed = alive_count == 0
-        if known and not collapsed:
-            raise RuntimeError("run_flow: unused channels were given for masks that do not collapse")
+        if known and not collapsed:  # the caller's premise fails: never trust it, run the backward pass
+            flow.env.clear()
+            return run_flow(traced, weights, masks, True, channel_level, cuts, reached)
         if backward:
             for outs_of_layer in flow.outputs_of.values():
                 for o in outs_of_layer:
