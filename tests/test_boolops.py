@@ -50,3 +50,18 @@ def test_outer_and_row_counts_equal_torch():
     assert torch.equal(boolops.count_rows(mask), mask.reshape(6, -1).sum(1))
     assert boolops.count_rows(mask).dtype == torch.int64
     assert torch.equal(boolops.count_rows(mask.transpose(0, 1)), mask.transpose(0, 1).reshape(4, -1).sum(1))
+
+
+def test_flat_true_positions_equal_torch_nonzero():
+    gen = torch.Generator().manual_seed(2)
+    mask = torch.rand(5, 7, generator=gen) > 0.6
+    for m in (mask, mask.t(), mask[:, ::2], torch.zeros(0, 3, dtype=torch.bool)):
+        assert torch.equal(boolops.flat_true(m), torch.nonzero(m.reshape(-1)).flatten())
+
+
+def test_any_along_equals_torch():
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.rand(6, 9, generator=gen) > 0.85
+    for m in (mask, mask.t(), mask[::2], torch.zeros(0, 4, dtype=torch.bool)):
+        for dim in (0, 1):
+            assert torch.equal(boolops.any_along(m, dim), m.any(dim))

@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from collapsekit.analysis.boolops import as_float, count_rows
+from collapsekit.analysis.boolops import count_rows, flat_true
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.rules import aten
 
@@ -154,14 +154,17 @@ class _Generic(fx.Interpreter):
         parts = []
         for start in blocks:
             g = torch.Generator().manual_seed(zlib.crc32(f"{name}:{start}".encode()))
-            block = torch.rand((min(step, real.shape[0] - start), *real.shape[1:]), generator=g).add_(0.5)
+            shape = (min(step, real.shape[0] - start), *real.shape[1:])
             if keep is None:
-                block = block.to(self.dtype).mul_(_SCALE)
-            else:
-                k = keep[start:start + step]
-                block = block.mul_(as_float(k)).to(self.dtype)
+                block = torch.rand(shape, generator=g).add_(0.5).to(self.dtype).mul_(_SCALE)
+            else:  # only the kept weights are drawn: at the sparse levels that need a run, a few per cent
+                k = keep[start:start + step].reshape(shape[0], -1)
+                where = flat_true(k)
+                values = torch.rand(where.numel(), generator=g).add_(0.5).to(self.dtype)
                 if real.ndim > 1:
-                    block = block.div_(count_rows(k).clamp(min=1).view(-1, *[1] * (real.ndim - 1)))
+                    values.div_(count_rows(k).clamp(min=1)[where // max(1, k.shape[1])])
+                block = torch.zeros(shape, dtype=self.dtype)
+                block.view(-1)[where] = values
             if rows is None:
                 out[start:start + step] = block
             else:

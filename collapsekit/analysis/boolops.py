@@ -70,6 +70,22 @@ def count_rows(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.count_nonzero(a.reshape(a.shape[0], -1), axis=1).astype(np.int64))
 
 
+def flat_true(mask: torch.Tensor) -> torch.Tensor:
+    """int64 positions in the flattened (row-major) bool tensor where it holds."""
+    a = _np(mask)
+    if a is None:
+        return torch.nonzero(mask.reshape(-1)).flatten()
+    return torch.from_numpy(np.flatnonzero(a).astype(np.int64))
+
+
+def any_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Bool `mask.any(dim)`."""
+    a = _np(mask)
+    if a is None:
+        return mask.any(dim)
+    return torch.from_numpy(np.asarray(np.logical_or.reduce(a, axis=dim)))
+
+
 def all_true(mask: torch.Tensor) -> bool:
     a = _np(mask)
     return bool(a.all()) if a is not None else bool(mask.all())

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from collapsekit.analysis.averages import RowUniformity, averaged_values, constant_values, row_uniform
-from collapsekit.analysis.boolops import all_true, as_float, count_true, outer, positive
+from collapsekit.analysis.boolops import all_true, any_along, as_float, count_true, outer, positive
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleTable, aten
@@ -155,9 +155,9 @@ def _any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> 
     for a, b in _row_blocks(keep):
         block = keep[a:b]
         if dim == 1:
-            out[a:b] = (block if everywhere else block & along).any(1)
+            out[a:b] = any_along(block if everywhere else block & along, 1)
         elif everywhere or bool(along[a:b].any()):
-            out |= (block if everywhere else block & along[a:b, None]).any(0)
+            out |= any_along(block if everywhere else block & along[a:b, None], 0)
     return out
 
 
