@@ -487,13 +487,14 @@ def test_transposed_weights_applied_by_matmul_give_the_float_leaf_verdicts(monke
     model, example = build("hf_gpt2")
     an = Analysis(model, example)
     routed = []
-    original = flow_mod.ChannelFlow._transposed_layer
+    original = flow_mod.ChannelFlow.layer
 
-    def counting(self, *args, **kwargs):
-        routed.append(args[0])
-        return original(self, *args, **kwargs)
+    def counting(self, name, *args, transposed=False, **kwargs):
+        if transposed:
+            routed.append(name)
+        return original(self, name, *args, transposed=transposed, **kwargs)
 
-    monkeypatch.setattr(flow_mod.ChannelFlow, "_transposed_layer", counting)
+    monkeypatch.setattr(flow_mod.ChannelFlow, "layer", counting)
     verdicts = {}
     for s in (0.0, 0.5, 0.9, 0.97, 0.99, 0.999):
         level = an.level(sparsity_to_count(s, an.total))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from collapsekit.analysis.boolops import any_true, greater
+from collapsekit.analysis.boolops import any_true, count_true, greater
 from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, abs_bits, bits_to_float, line_maxima
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.trace import TracedModel
@@ -194,7 +194,11 @@ class LevelMasks:
         i = self.conn.position.get(name)
         if i is None or i not in self.conn.kmax:
             return None
-        return self._reduced_keep(i, self.conn.kmax[i], self.conn.taps[i])
+        return self._reduced_keep(i, *self._tap_reduction(i))
+
+    def _tap_reduction(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(max |w| per channel pair over the taps that join it, those taps) of conv i."""
+        return self.conn.kmax[i], self.conn.taps[i]
 
     def _reduced_keep(self, i: int, kmax: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
         """Bool [O, I/groups]: a kept weight of conv i joins the pair through one of `taps` (kmax: over them)."""
@@ -235,7 +239,7 @@ class LevelMasks:
             v, surviving = self.conn.index.cut(i, n) if n > 0 else (-1, 0)
             if surviving == 0:  # kept = |w| bits > v exactly: read the lost pairs alone
                 w = self.conn.tensors[i].detach().reshape(*conn.shape, -1)[lost]
-                return kept_total - int((abs_bits(w) > v).sum())
+                return kept_total - count_true(greater(abs_bits(w), v))
         keep = self.keep(name).reshape(*conn.shape, -1)
         return int(keep[reached_pairs][:, taps].sum())
 
@@ -282,8 +286,5 @@ class _FullTaps(LevelMasks):
     def __init__(self, base: LevelMasks):
         super().__init__(base.conn, base.alloc)
 
-    def _channel_conn(self, name: str) -> torch.Tensor | None:
-        i = self.conn.position.get(name)
-        if i is None or i not in self.conn.kmax:
-            return None
-        return self._reduced_keep(i, self.conn.full_kmax(i), self.conn.full[i])
+    def _tap_reduction(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conn.full_kmax(i), self.conn.full[i]

@@ -114,6 +114,16 @@ def _mask_of(keep) -> torch.Tensor:
     return keep.mask if isinstance(keep, LazyKeep) else keep
 
 
+def _transposed_record(record, shape: tuple[int, ...]):
+    """`record(name, kept, reached)` for a weight of `shape` applied as F.linear on its transpose: the
+    transposed keep-mask and reached positions turned back to the weight's own orientation (views)."""
+    def back(name, kept_t, reached):
+        kept = LazyKeep(lambda: _mask_of(kept_t).t(), shape) if isinstance(kept_t, LazyKeep) else kept_t.t()
+        record(name, kept, reached if reached is EVERYWHERE else reached.t())
+
+    return back
+
+
 _BLOCK = 1 << 22  # weights per float block of a large linear layer's mask
 
 
@@ -832,8 +842,6 @@ class ChannelFlow(fx.Interpreter):
             if op is F.linear and len(tensor.shape) == 2 and isinstance(x, torch.Tensor):
                 return _dense_linear(x, tensor.shape[1] if transposed else tensor.shape[0])
             return op(x, torch.ones(tensor.shape, dtype=self._dtype))
-        if transposed:
-            return self._transposed_layer(name, tensor, x)
         self.interpreted.add(name)
         self._applied[name] = self._applied.get(name, 0) + 1
         record, conn, lines = self._record, None, None
@@ -848,38 +856,18 @@ class ChannelFlow(fx.Interpreter):
         else:
             if op is F.linear and len(tensor.shape) == 2 and hasattr(self.masks, "kept_lines"):
                 lines = self.masks.kept_lines(name)
-            keep = LazyKeep(lambda: self.masks.keep(name), tensor.shape) if lines is not None else self.masks.keep(name)
+            make = (lambda: self.masks.keep(name).t()) if transposed else (lambda: self.masks.keep(name))
+            shape = tuple(tensor.shape)[::-1] if transposed else tuple(tensor.shape)
+            keep = LazyKeep(make, shape) if lines is not None else make()
+            if transposed:  # as F.linear on w's transpose: rows and columns swap, and reached ones swap back
+                lines = None if lines is None else type(lines)(lines.cols, lines.rows)
+                record = _transposed_record(self._record, tuple(tensor.shape))
             if self.is_reduced(x):
                 x = x.expand(self._arg_shape(x))
         if not (self.backward and torch.is_grad_enabled()):
             out = _apply(op, x, keep, lines)
         else:
             out = _Layer.apply(x, keep, op, lambda reached, kept: record(name, kept, reached), lines)
-        del keep
-        release_after(int(np.prod(tensor.shape)))
-        return out
-
-    def _transposed_layer(self, name: str, tensor: torch.Tensor, x):
-        """`x @ w` for a prunable [in, out] weight: F.linear on the transposed keep-mask (and swapped row and
-        column maxima), so it takes the linear layer's lazy and blocked paths; reached positions are
-        recorded back in the weight's own orientation."""
-        self.interpreted.add(name)
-        self._applied[name] = self._applied.get(name, 0) + 1
-        lines = self.masks.kept_lines(name) if hasattr(self.masks, "kept_lines") else None
-        if lines is not None:
-            lines = type(lines)(lines.cols, lines.rows)
-            keep = LazyKeep(lambda: self.masks.keep(name).t(), tuple(tensor.shape)[::-1])
-        else:
-            keep = self.masks.keep(name).t()
-        if not (self.backward and torch.is_grad_enabled()):
-            out = _apply(F.linear, x, keep, lines)
-        else:
-            def record(reached, kept_t):
-                kept = LazyKeep(lambda: _mask_of(kept_t).t(), tuple(tensor.shape)) if isinstance(kept_t, LazyKeep) \
-                    else kept_t.t()
-                self._record(name, kept, reached if reached is EVERYWHERE else reached.t())
-
-            out = _Layer.apply(x, keep, F.linear, record, lines)
         del keep
         release_after(int(np.prod(tensor.shape)))
         return out

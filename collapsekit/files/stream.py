@@ -47,7 +47,7 @@ class Checkpoint:
         self.dtypes: dict[str, str] = {}
         self.spans: dict[str, tuple[int, int]] = {}  # tensor name -> [begin, end) bytes in its shard
         for shard in _shards(self.path):
-            header, data_start = _header(shard, with_start=True)
+            header, data_start = _header(shard)
             for name, entry in header.items():
                 self.files[name] = shard
                 self.shapes[name] = tuple(entry["shape"])
@@ -196,9 +196,9 @@ def _shards(path: Path) -> list[Path]:
     return [path]
 
 
-def _header(shard: Path, with_start: bool = False):
-    """{tensor name: {dtype, shape, data_offsets}} of one safetensors file, bounds-checked against its size
-    (with_start: and the byte where the data the offsets count from begins)."""
+def _header(shard: Path) -> tuple[dict, int]:
+    """({tensor name: {dtype, shape, data_offsets}}, the byte where the data the offsets count from begins)
+    of one safetensors file, bounds-checked against its size."""
     try:
         size = shard.stat().st_size
         with open(shard, "rb") as fh:
@@ -215,7 +215,7 @@ def _header(shard: Path, with_start: bool = False):
             if entry["dtype"] in _DTYPES and (end - begin) != _DTYPES[entry["dtype"]].itemsize * math.prod(
                     entry["shape"]):
                 raise ValueError(f"tensor {name} holds {end - begin} bytes, not those of its shape and dtype")
-        return (header, 8 + n) if with_start else header
+        return header, 8 + n
     except CollapsekitError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated, not safetensors, bad JSON
@@ -223,7 +223,7 @@ def _header(shard: Path, with_start: bool = False):
 
 
 def _data_bytes(shard: Path) -> int:
-    return sum(e["data_offsets"][1] - e["data_offsets"][0] for e in _header(shard).values())
+    return sum(e["data_offsets"][1] - e["data_offsets"][0] for e in _header(shard)[0].values())
 
 
 def _corrupt(shard: Path, exc: BaseException) -> CollapsekitError:
