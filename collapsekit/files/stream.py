@@ -35,6 +35,10 @@ _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
+# and every other dtype safetensors writes that this torch has (fp8 checkpoints, unsigned ints)
+_DTYPES.update({name: getattr(torch, attr) for name, attr in (
+    ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"), ("U32", "uint32"),
+    ("U64", "uint64")) if hasattr(torch, attr)})
 
 
 class Checkpoint:
