@@ -109,3 +109,55 @@ def test_prune_reads_mt_as_report_does(capsys, tmp_path, text, count):
     assert code == 0
     doc = json.loads(out)
     assert doc["mt_count"] == count and min(layer["kept"] for layer in doc["layers"]) >= count
+
+
+@pytest.fixture
+def saved_lenet(tmp_path, dense):
+    """The trained LeNet-300-100 saved as `train --out` does: runs/lenet/model.safetensors + its sidecar."""
+    from collapsekit.files import checkpoint
+
+    meta = {"model": "lenet_300_100", "num_classes": 10, "in_channels": 1, "input_size": 8, "data": "digits"}
+    return checkpoint.save(dense, tmp_path / "lenet" / "model.safetensors", meta)
+
+
+def test_streamed_checkpoint_report_with_data_carries_the_forecast(capsys, tmp_path, saved_lenet, dense):
+    # The README line: a .safetensors checkpoint is streamed, yet the forecast gets the real weights,
+    # and says what the same weights as a torch state_dict say.
+    import torch
+
+    torch.save(dense.state_dict(), tmp_path / "lenet.pt")
+    docs = []
+    for path, extra in ((saved_lenet, []), (tmp_path / "lenet.pt", ["--model", "lenet_300_100"])):
+        code, out, err = run(capsys, "report", "--checkpoint", str(path), *extra, "--data", "digits",
+                             "--sparsity", "0.9", "0.99", "--format", "json")
+        assert code == 0, err
+        docs.append([lv["forecast"] for lv in json.loads(out)["levels"]])
+    assert docs[0] == docs[1] and docs[0][0]["trainable"] is True
+
+
+def test_report_of_a_pruned_checkpoint_decodes_it(capsys, tmp_path, saved_lenet):
+    code, _, err = run(capsys, "prune", "--checkpoint", str(saved_lenet), "--sparsity", "0.9", "--out",
+                       str(tmp_path / "p90"))
+    assert code == 0, err
+    code, out, err = run(capsys, "report", "--checkpoint", str(tmp_path / "p90" / "pruned.safetensors"),
+                         "--sparsity", "0.5", "0.95", "--format", "json")
+    assert code == 0, err
+    import torch
+
+    import collapsekit as ck
+
+    model = ck.models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
+    model.load_state_dict(ck.load_sparse(tmp_path / "p90" / "pruned.safetensors"))
+    expected = ck.analyze(model, torch.randn(1, 1, 8, 8), sparsities=[0.5, 0.95]).to_dict()
+    doc = json.loads(out)
+    assert doc["collapse_sparsity"] == expected["collapse_sparsity"]
+    assert [lv["effective_sparsity"] for lv in doc["levels"]] == [lv["effective_sparsity"] for lv in expected["levels"]]
+
+
+@pytest.mark.parametrize("command", ["report", "prune"])
+def test_a_directory_as_checkpoint_suggests_the_file_in_it(capsys, tmp_path, saved_lenet, command):
+    (saved_lenet.parent / "model.safetensors").rename(saved_lenet.parent / "weights.safetensors")
+    out = ["--out", str(tmp_path / "out")] if command == "prune" else []
+    code, _, err = run(capsys, command, "--checkpoint", str(saved_lenet.parent), "--sparsity", "0.9", *out)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"is a directory; did you mean {saved_lenet.parent / 'weights.safetensors'}?" in err

@@ -88,6 +88,34 @@ def test_streamed_analysis_leaves_the_meta_model_as_it_was(tmp_path):
     assert {k: (v.device, v.shape) for k, v in model.state_dict().items()} == before
 
 
+def test_streamed_forecast_runs_on_the_checkpoints_values(tmp_path, dense, digits):
+    # A data-needing question on a meta skeleton reads the real weights: same forecast as in memory.
+    path = save(dense, tmp_path / "model.safetensors")
+    with torch.device("meta"):
+        skeleton = ck.models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8)
+    x = torch.randn(1, 1, 8, 8)
+    streamed = ck.analyze(skeleton, x, sparsities=[0.9, 0.99], data=digits, checkpoint=path)
+    memory = ck.analyze(dense, x, sparsities=[0.9, 0.99], data=digits)
+    assert [lv.forecast.to_dict() for lv in streamed.levels] == [lv.forecast.to_dict() for lv in memory.levels]
+    assert streamed.levels[0].forecast.evidence["signal"] > 0
+    assert all(p.is_meta for p in skeleton.parameters())  # the user's skeleton stays as it was
+
+
+def test_materialize_refuses_a_meta_buffer_the_checkpoint_lacks(tmp_path):
+    from collapsekit.files.stream import materialize
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    path = save(net, tmp_path / "model.safetensors")
+    with torch.device("meta"):
+        skeleton = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    skeleton.register_buffer("freqs", torch.empty(4, device="meta"), persistent=False)
+    with pytest.raises(CollapsekitError, match="needs real values of freqs"):
+        materialize(skeleton, Checkpoint(path))
+    del skeleton._buffers["freqs"]
+    real = materialize(skeleton, Checkpoint(path))
+    assert torch.equal(real[0].weight, net[0].weight) and skeleton[0].weight.is_meta
+
+
 def test_a_meta_model_without_checkpoint_is_a_one_line_error():
     with pytest.raises(CollapsekitError, match="meta device: pass checkpoint="):
         ck.analyze(zoo("meta"), torch.randn(1, 3, 16, 16))

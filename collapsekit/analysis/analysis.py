@@ -29,7 +29,7 @@ from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
 from collapsekit.errors import CollapsekitError
-from collapsekit.files.stream import Checkpoint, StreamedTensors, skeleton
+from collapsekit.files.stream import Checkpoint, StreamedTensors, materialize, skeleton
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).
@@ -215,7 +215,9 @@ class Analysis:
 
         key = id(bundle)
         if key not in self._forecasters:
-            forecaster = Forecaster.from_bundle(self.model, bundle, bottlenecks=self.bottlenecks)
+            # Streamed: the forecast runs the model, so it runs on the checkpoint's values (Invariant 9).
+            model = self.model if self.checkpoint is None else materialize(self.model, Checkpoint(self.checkpoint))
+            forecaster = Forecaster.from_bundle(model, bundle, bottlenecks=self.bottlenecks)
             self._forecasters[key] = (bundle, forecaster)
         return self._forecasters[key][1]
 

@@ -91,23 +91,27 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
         pick("input_size", "input_size", size)
 
 
-def load_model(args: argparse.Namespace, stream: bool = False):
+def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | None = None):
     """(model, meta): the model named by --model or the checkpoint's sidecar, with the checkpoint's weights.
 
     `meta` is the sidecar (or {}) updated with the spec and shapes actually used,
-    which `load_data` then follows. `stream=True` builds the model under
-    `torch.device("meta")` and loads nothing: the caller streams the weights.
+    which `load_data` then follows. `stream=True` loads nothing: the caller streams
+    the weights (`ck.analyze(..., checkpoint=)`), and the model is built under
+    `torch.device("meta")` unless `on_meta=False` (a question that runs the model on
+    data needs its non-persistent buffers, which only a real build computes).
     """
     from collapsekit.files import checkpoint
     from collapsekit.models import names, resolve
 
     path = getattr(args, "checkpoint", None)
-    meta = checkpoint.read_meta(path) if path and Path(path).is_file() else {}
-    if path and not meta and not (Path(path).is_file() or (stream and Path(path).is_dir())):
-        raise CollapsekitError(f"checkpoint {path} not found")
+    if path:
+        check_checkpoint_path(path, directory_ok=stream)
+    # A checkpoint folder holding one model.safetensors has its sidecar beside that file.
+    described = Path(path) / "model.safetensors" if path and Path(path).is_dir() else Path(path or "")
+    meta = checkpoint.read_meta(described) if path and described.is_file() else {}
     spec, num_classes, in_channels, input_size = model_shapes(args, meta)
     if not spec:
-        where = f"{checkpoint.sidecar_path(path)} does not exist" if path else "no --checkpoint was given"
+        where = f"{checkpoint.sidecar_path(described)} does not exist" if path else "no --checkpoint was given"
         raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(names())}, or package.module:factory); "
                                f"{where}")
     seed = getattr(args, "seed", None)
@@ -115,17 +119,34 @@ def load_model(args: argparse.Namespace, stream: bool = False):
         from collapsekit.training.train import seed_everything
 
         seed_everything(seed)
-    if stream:
+    shapes = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    if stream and (on_meta is None or on_meta):
         import torch
 
         with torch.device("meta"):
-            model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+            model = resolve(spec, **shapes)
     else:
-        model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+        model = resolve(spec, **shapes)
     if path and not stream:
         checkpoint.load_into(model, path)
     return model, {**meta, "model": spec, "num_classes": num_classes, "in_channels": in_channels,
                    "input_size": input_size}
+
+
+def check_checkpoint_path(path, directory_ok: bool = False) -> None:
+    """Raise CollapsekitError unless `path` is a weights file (or, where `directory_ok`, a sharded checkpoint folder)."""
+    from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME
+
+    p = Path(path)
+    if p.is_dir():
+        if directory_ok and ((p / INDEX_NAME).is_file() or (p / SINGLE_NAME).is_file()):
+            return
+        found = sorted(q.name for q in p.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
+        found.sort(key=lambda name: name != SINGLE_NAME)
+        hint = f"; did you mean {p / found[0]}?" if found else " holding no weights file (.safetensors, .pt)"
+        raise CollapsekitError(f"checkpoint {path} is a directory{hint}")
+    if not p.is_file():
+        raise CollapsekitError(f"checkpoint {path} not found")
 
 
 def load_data(args: argparse.Namespace, meta: dict):

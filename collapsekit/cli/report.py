@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -98,12 +99,16 @@ def run(args) -> int:
     from collapsekit.views.render import report_to_markdown, report_to_text
 
     from collapsekit.files.stream import is_streamable
+    from collapsekit.pruning.export import is_sparse_checkpoint
 
     shapes_from_input(args)
-    # A safetensors checkpoint (file, sharded directory or index) is streamed: the model
-    # is built on the meta device and each weight is read from the file when needed.
-    stream = bool(args.checkpoint) and is_streamable(args.checkpoint)
-    model, meta = load_model(args, stream=stream)
+    # A safetensors checkpoint (file, sharded directory or index) is streamed: each weight
+    # is read from the file when needed. Without data the model is a meta skeleton; with
+    # data it is built for real, since the forecast runs it on the checkpoint's values.
+    # A sparse checkpoint (prune --out) is decoded whole: its tensors are codes, not weights.
+    stream = bool(args.checkpoint) and is_streamable(args.checkpoint) and not (
+        Path(args.checkpoint).is_file() and is_sparse_checkpoint(args.checkpoint))
+    model, meta = load_model(args, stream=stream, on_meta=not args.data)
     bundle = load_data(args, meta) if args.data else None
     x = bundle.example_input() if bundle is not None else example_input(args, meta, model)
     report = analyze(model, x, sparsities=args.sparsity, mt=args.mt,

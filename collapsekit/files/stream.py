@@ -167,6 +167,40 @@ def skeleton(model: nn.Module, checkpoint: Checkpoint, weights: list[PrunableWei
     return copy_, zero_filled
 
 
+def materialize(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
+    """A copy of `model` holding real values: every parameter or buffer the checkpoint has, read from it
+    (in the model's dtype), the rest the model's own. Questions that run the model on data (the
+    trainability forecast) need it; the user's model is not touched.
+
+    Raises CollapsekitError naming the tensors that are on the meta device and not in the file
+    (non-persistent buffers such as rotary frequencies): build the model off the meta device then.
+    """
+    memo, lacking = {}, []
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    names: dict[int, list[str]] = {}
+    for name, tensor in named:
+        names.setdefault(id(tensor), []).append(name)
+    for name, tensor in named:
+        if id(tensor) in memo:
+            continue  # a tied tensor: read once, shared again by the copy
+        found = checkpoint.first_of(names[id(tensor)])
+        if found is None:
+            if tensor.is_meta:
+                lacking.append(name)
+            continue
+        if checkpoint.shapes[found] != tuple(tensor.shape):
+            raise CollapsekitError(f"checkpoint {checkpoint.path} does not fit the model: {found}: "
+                                   f"{list(checkpoint.shapes[found])} in the file vs {list(tensor.shape)}")
+        value = checkpoint.read(found).to(tensor.dtype)
+        memo[id(tensor)] = nn.Parameter(value, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else value
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        raise CollapsekitError(f"running the model on data needs real values of {', '.join(lacking[:3])}{more}, "
+                               f"which are on the meta device and not in {checkpoint.path}: build the model off "
+                               "the meta device (its own values stand where the checkpoint has none)")
+    return copy.deepcopy(model, memo)
+
+
 def _assign(root: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
     owner_name, _, attr = name.rpartition(".")
     owner = root.get_submodule(owner_name)
