@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -34,20 +35,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
+    """Entry point of the console script; returns the exit status.
+
+    Every failure the user can act on ends as one line naming what to fix and exit
+    status 2: bad input (CollapsekitError) and file-system trouble (any OSError,
+    with its path). A closed stdout (`collapsekit report | head -1`) ends quietly.
+    """
+    from collapsekit.cli.common import check_outputs, os_error_line
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        check_outputs(args)  # before any long work: a run is never lost to an unwritable --out
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
     except CollapsekitError as exc:
         print(f"collapsekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"collapsekit {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"collapsekit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so the interpreter's final flush into the closed pipe
+    raises nothing (the recipe of Python's `signal` docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (a test's capture)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

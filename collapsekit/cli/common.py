@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from pathlib import Path
 
 from collapsekit.errors import CollapsekitError
@@ -40,6 +42,52 @@ def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> No
               help="folder of a downloaded data set (cifar10: the python batches; har: 'UCI HAR Dataset')")
     _add_once(parser, "--input-size", type=int, metavar="S",
               help="resize images to S x S (digits is 8 x 8; 32 fits CIFAR-shaped nets)")
+
+
+def add_output_arg(parser: argparse.ArgumentParser, *flags: str, kind: str = "dir", **kwargs) -> None:
+    """Add an option naming something the command writes (`kind` "dir" or "file"); `check_outputs`
+    then proves it writable before any long work starts (a run is never lost to a bad --out)."""
+    action = parser.add_argument(*flags, **kwargs)
+    parser.set_defaults(_outputs=[*(parser.get_default("_outputs") or []), (action.dest, flags[0], kind)])
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Raise CollapsekitError naming the option and path unless every output option given can be written.
+
+    A folder is created (parents too) and a file is created in it and removed
+    again: the one test that sees read-only mounts, permissions and quotas alike.
+    """
+    for dest, flag, kind in getattr(args, "_outputs", None) or ():
+        value = getattr(args, dest, None)
+        if value:
+            check_writable(value, flag, kind)
+
+
+def check_writable(path, flag: str, kind: str = "dir") -> None:
+    """Raise CollapsekitError unless `path` (a folder, or a file when `kind` is "file") can be written."""
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise CollapsekitError(f"{flag} {path} is a directory; name a file in it")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise CollapsekitError(f"{flag} {path} exists and is not a directory")
+    folder = p if kind == "dir" else p.parent
+    blocker = next((a for a in (folder, *folder.parents) if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CollapsekitError(f"{flag} {path} cannot be written: {blocker} is a file, not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".collapsekit-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CollapsekitError(f"{flag} {path} cannot be written: {exc.strerror or exc}") from None
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the path(s) it names and the system's reason."""
+    paths = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{paths}: {reason}" if paths else f"{type(exc).__name__}: {reason}"
 
 
 MT_HELP = ("Minimum Threshold, read as mt= in Python: an integer is a count of weights per layer (96), a "
@@ -167,4 +215,4 @@ def load_data(args: argparse.Namespace, meta: dict):
     return bundle
 
 
-__all__ = ["add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "MT_HELP", "load_model", "load_data", "model_shapes"]
+__all__ = ["add_output_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "MT_HELP", "load_model", "load_data", "model_shapes"]

@@ -1,6 +1,8 @@
 """`collapsekit export`: a sparse checkpoint written out as a plain dense safetensors file (and its masks, on request)."""
 from __future__ import annotations
 
+from collapsekit.cli.common import add_output_arg
+
 
 HELP = "write a pruned (sparse) checkpoint as a plain dense safetensors file"
 DESCRIPTION = (
@@ -13,8 +15,8 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     """The `export` subcommand's arguments."""
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="the sparse checkpoint to read")
-    p.add_argument("--dense", metavar="OUT", help="plain safetensors file to write, e.g. pruned-dense.safetensors")
-    p.add_argument("--masks-file", metavar="PATH", help="also write the masks alone to PATH")
+    add_output_arg(p, "--dense", kind="file", metavar="OUT", help="plain safetensors file to write, e.g. pruned-dense.safetensors")
+    add_output_arg(p, "--masks-file", kind="file", metavar="PATH", help="also write the masks alone to PATH")
 
 
 def run(args) -> int:

@@ -63,7 +63,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rounds", type=int, default=3, help="IMP rounds (default: 3)")
     p.add_argument("--steps", type=int, help="gradual: pruning steps, one per epoch (default: epochs // 2)")
     add_finetune_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    common.add_output_arg(p, "--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last complete epoch")
     p.add_argument("--format", choices=["text", "json"], default="text", help="json prints the FinetuneResult")
 

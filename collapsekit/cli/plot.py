@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collapsekit.cli.common import add_model_args, load_model
+from collapsekit.cli.common import add_model_args, add_output_arg, load_model
 from collapsekit.cli.report import add_analysis_args, example_input
 
 HELP = "draw the collapse report as figures (PNG and SVG)"
@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--mt-sparsity", type=float, metavar="S",
                    help="sparsity of the MT-effect figure (default: the first analysed level that collapses "
                         "without MT, else the highest)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_output_arg(p, "--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--format", nargs="+", choices=["png", "svg"], default=["png", "svg"],
                    help="file formats (default: png svg)")
     p.add_argument("--dpi", type=int, default=110, help="PNG resolution (default: 110)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collapsekit.cli.common import add_model_args, add_mt_arg, load_model
+from collapsekit.cli.common import add_model_args, add_mt_arg, add_output_arg, load_model
 
 
 HELP = "prune a model with Global MP (+ MT) and save it sparse"
@@ -25,8 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
     p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
                    help="example input shape for the MAC count, e.g. 1 3 32 32 (default: from the model)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--masks-file", metavar="PATH",
+    add_output_arg(p, "--out", required=True, metavar="DIR", help="output directory")
+    add_output_arg(p, "--masks-file", kind="file", metavar="PATH",
                    help="also write the masks alone to PATH (they are in pruned.safetensors already)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
 

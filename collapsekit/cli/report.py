@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from collapsekit.cli.common import add_data_args, add_model_args, add_mt_arg, load_data, load_model
+from collapsekit.cli.common import add_data_args, add_model_args, add_mt_arg, add_output_arg, load_data, load_model
 from collapsekit.errors import CollapsekitError
 
 
@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     add_analysis_args(p)
     add_data_args(p)  # optional: with data, each level carries a trainability forecast
     p.add_argument("--format", choices=["text", "md", "json"], default="text", help="output form (default text)")
-    p.add_argument("--output", metavar="FILE", help="also write the JSON document to FILE")
+    add_output_arg(p, "--output", kind="file", metavar="FILE", help="also write the JSON document to FILE")
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     """The `train` subcommand's arguments."""
     common.add_training_job_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/model.json")
+    common.add_output_arg(p, "--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/model.json")
     p.add_argument("--epochs", type=int, help="epochs (default: per family, e.g. 8 for resnet20)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: per family)")
     p.add_argument("--batch-size", type=int, help="batch size (default: per family)")

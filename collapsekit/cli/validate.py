@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--margin", type=float, default=0.1,
                    help="'above chance' means accuracy > 1/classes + MARGIN (default: 0.1)")
     add_finetune_args(p)
-    p.add_argument("--out", metavar="DIR", help="keep each level's fine-tuning run under DIR/s<sparsity>/")
+    common.add_output_arg(p, "--out", metavar="DIR", help="keep each level's fine-tuning run under DIR/s<sparsity>/")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
 
 

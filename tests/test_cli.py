@@ -1,0 +1,110 @@
+"""The `collapsekit` entry point: file-system trouble is one line naming the path (exit 2), checked before any
+long work; a closed stdout ends quietly."""
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collapsekit.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_FLAGS = {"--out", "--output", "--dense", "--masks-file"}
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+def test_every_output_option_is_checked_before_the_command_runs():
+    for name, sub in subcommands().items():
+        flags = {flag for a in sub._actions for flag in a.option_strings} & OUTPUT_FLAGS
+        registered = {flag for _, flag, _ in sub.get_default("_outputs") or []}
+        assert flags <= registered, f"{name}: {sorted(flags - registered)} not added with add_output_arg"
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training that fails the test if it starts: the output check must come first."""
+    import collapsekit.training.train as train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started before --out was checked")
+
+    monkeypatch.setattr(train, "dense_train", refuse)
+
+
+TRAIN = ["train", "--model", "lenet_300_100", "--data", "digits", "--epochs", "1"]
+
+
+def test_out_under_a_file_is_one_line_before_training(capsys, tmp_path, no_training):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run(capsys, *TRAIN, "--out", str(tmp_path / "afile" / "run"))
+    assert code == 2
+    assert one_line(err) == (f"collapsekit train: error: --out {tmp_path / 'afile' / 'run'} cannot be written: "
+                             f"{tmp_path / 'afile'} is a file, not a directory")
+
+
+def test_out_naming_an_existing_file_is_one_line(capsys, tmp_path, no_training):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run(capsys, *TRAIN, "--out", str(tmp_path / "afile"))
+    assert code == 2 and one_line(err).endswith(f"--out {tmp_path / 'afile'} exists and is not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("code_,reason", [(errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system"),
+                                          (errno.ENOSPC, "No space left on device")])
+def test_unwritable_out_is_one_line_before_training(capsys, tmp_path, no_training, monkeypatch, code_, reason):
+    import tempfile
+
+    def refuse(dir=None, **kwargs):  # what a read-only mount, a foreign folder or a full disk answer
+        raise OSError(code_, os.strerror(code_), str(Path(dir) / ".probe"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, _, err = run(capsys, *TRAIN, "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert one_line(err) == f"collapsekit train: error: --out {tmp_path / 'run'} cannot be written: {reason}"
+
+
+def test_a_directory_as_output_file_is_one_line(capsys, tmp_path):
+    code, out, err = run(capsys, "report", "--model", "lenet5", "--sparsity", "0.9", "--output", str(tmp_path))
+    assert code == 2 and out == ""
+    assert one_line(err).endswith(f"--output {tmp_path} is a directory; name a file in it")
+
+
+def test_an_os_error_inside_a_command_names_the_path(capsys, monkeypatch):
+    import collapsekit.cli.report as report
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/report.json")
+
+    monkeypatch.setattr(report, "run", full_disk)
+    code, _, err = run(capsys, "report", "--model", "lenet5")
+    assert code == 2
+    assert one_line(err) == "collapsekit report: error: /data/report.json: No space left on device"
+
+
+def test_a_closed_stdout_ends_quietly():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "collapsekit", "report", "--model", "lenet5", "--sparsity", "0.9",
+                             "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader went away, as `| head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
