@@ -36,3 +36,12 @@ def call_with_accepted(factory: Callable, offered: dict):
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return factory(**offered)
     return factory(**{k: v for k, v in offered.items() if k in params})
+
+
+def keyword_defaults(factory: Callable, names) -> dict:
+    """{name: default} of the keywords among `names` that `factory` accepts with a default value."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {n: params[n].default for n in names if n in params and params[n].default is not inspect.Parameter.empty}

@@ -108,3 +108,67 @@ def test_a_closed_stdout_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait() == 141
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+# ---- every --model command takes the same input options; a factory's defaults stand ----
+
+INPUT_FLAGS = {"--model", "--checkpoint", "--num-classes", "--in-channels", "--input-size", "--input-shape", "--tokens"}
+
+
+def test_every_model_command_takes_the_same_input_options():
+    with_model = {name: {f for a in sub._actions for f in a.option_strings}
+                  for name, sub in subcommands().items() if "--model" in sub._option_string_actions}
+    assert {"report", "prune", "plot", "train", "finetune", "validate", "mt-search"} <= set(with_model)
+    for name, flags in with_model.items():
+        assert INPUT_FLAGS <= flags, f"{name} lacks {sorted(INPUT_FLAGS - flags)}"
+
+
+def four_class_mlp(num_classes: int = 4, in_channels: int = 1, input_size: int = 8):
+    """A factory whose own default is 4 outputs."""
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size * input_size, 12), nn.ReLU(),
+                         nn.Linear(12, num_classes))
+
+
+def tiny_gpt2():
+    """A Hugging Face causal LM factory that takes no keywords (its config says everything)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import torch
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=97, n_positions=32))
+
+
+@pytest.mark.parametrize("extra,outputs", [([], 4), (["--num-classes", "7"], 7), (["--data", "digits"], 10)])
+def test_a_factorys_default_num_classes_stands_unless_asked(capsys, extra, outputs):
+    import json
+
+    code, out, err = run(capsys, "report", "--model", f"{__name__}:four_class_mlp", "--sparsity", "0.5",
+                         "--format", "json", *extra)
+    assert code == 0, err
+    last = json.loads(out)["layers"][-1]
+    assert last["name"] == "3.weight" and last["numel"] == 12 * outputs
+
+
+@pytest.mark.parametrize("tokens", [["--tokens", "12"], []])  # without --tokens: 16 tokens, never an image
+def test_prune_takes_a_token_model_with_tokens(capsys, tmp_path, tokens):
+    import json
+
+    code, out, err = run(capsys, "prune", "--model", f"{__name__}:tiny_gpt2", *tokens, "--sparsity", "0.9",
+                         "--out", str(tmp_path), "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["target_sparsity"] == 0.9 and abs(doc["sparsity"] - 0.9) < 1e-3
+    assert any(layer["name"].startswith("transformer.h.1.") for layer in doc["layers"])
+    assert (tmp_path / "pruned.safetensors").is_file()
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--input-shape", "1", "3", "32", "32"], "--input-shape 1 3 32 32 does not describe digits's inputs [1, 1, 8, 8]"),
+    (["--tokens", "8"], "--tokens 8 does not describe digits's inputs")])
+def test_input_options_that_contradict_the_data_are_one_line(capsys, tmp_path, no_training, flags, fragment):
+    code, _, err = run(capsys, "train", "--model", "lenet_300_100", "--data", "digits", "--in-channels", "1",
+                       "--input-size", "8", *flags, "--out", str(tmp_path))
+    assert code == 2 and fragment in one_line(err)

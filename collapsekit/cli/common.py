@@ -8,6 +8,8 @@ from pathlib import Path
 
 from collapsekit.errors import CollapsekitError
 
+DEFAULT_TOKENS = 16  # the example sequence length of a token model given no --tokens
+
 
 def _add_once(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
     # --input-size belongs to both the model and the data group; whichever is added first wins.
@@ -24,11 +26,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     _add_once(parser, "--checkpoint", metavar="PATH",
               help="weights to load: a .safetensors file (its .json sidecar gives model and shapes) "
                    "or a plain torch state_dict")
-    _add_once(parser, "--num-classes", type=int, metavar="N", help="model outputs (default: checkpoint, then data)")
+    _add_once(parser, "--num-classes", type=int, metavar="N",
+              help="model outputs (default: checkpoint, then data, then the factory's own default)")
     _add_once(parser, "--in-channels", type=int, metavar="C",
               help="input channels, or features for sequences (default: checkpoint, then data)")
     _add_once(parser, "--input-size", type=int, metavar="S",
               help="input height = width, or steps for sequences (default: checkpoint, then data)")
+    add_input_args(parser)
+
+
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    """Add --input-shape and --tokens: the example input of every command that takes --model.
+
+    Without --data they are the input traced; with --data they must describe the
+    data's inputs (checked by `load_data`), since the data decides what the model sees.
+    """
+    _add_once(parser, "--input-shape", type=int, nargs="+", metavar="N",
+              help="example input shape including the batch, e.g. 1 3 32 32 (default: from the model, or --data)")
+    _add_once(parser, "--tokens", type=int, metavar="L",
+              help="token model: random input_ids of sequence length L (and decoder_input_ids for an "
+                   f"encoder-decoder), vocabulary from the model's config (default: {DEFAULT_TOKENS} for a model "
+                   "whose input is an embedding)")
 
 
 def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -112,21 +130,26 @@ def add_training_job_args(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
-def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int, int, int]:
-    """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data, then the zoo's.
+def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int | None, int | None, int | None]:
+    """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data.
 
     From --data, input_size is the data's native size, raised for nets that need
     more (`collapsekit.training.train.default_input_size`: MobileNet on digits -> 32).
+    A shape nothing asks for is None: a `package.module:factory` then keeps its own
+    default (`models.resolve`), a zoo model takes 10 classes, 3 channels, 32 x 32.
     """
     from collapsekit import data
 
     spec = getattr(args, "model", None) or meta.get("model")
     name = getattr(args, "data", None) or meta.get("data")
-    native = data.native_shape(name) if name in data.names() else (10, 3, 32)
+    native = data.native_shape(name) if name in data.names() else (None, None, None)
+    if spec and ":" not in spec:
+        native = tuple(n if n is not None else z for n, z in zip(native, (10, 3, 32)))
 
-    def pick(attr: str, key: str, fallback: int) -> int:
+    def pick(attr: str, key: str, fallback: int | None) -> int | None:
         value = getattr(args, attr, None)
-        return int(value if value is not None else meta.get(key) if meta.get(key) is not None else fallback)
+        value = value if value is not None else meta.get(key) if meta.get(key) is not None else fallback
+        return None if value is None else int(value)
 
     # Without a checkpoint, an explicit --input-size/--in-channels reshape the
     # data, so the model follows whatever the data will look like.
@@ -137,6 +160,92 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
         size = default_input_size(spec, name) or size
     return spec, pick("num_classes", "num_classes", native[0]), pick("in_channels", "in_channels", native[1]), \
         pick("input_size", "input_size", size)
+
+
+def shapes_from_input(args: argparse.Namespace) -> None:
+    """Let --input-shape imply --in-channels/--input-size where those were not given."""
+    from collapsekit import models
+
+    shape = getattr(args, "input_shape", None)
+    if not shape or len(shape) < 3:
+        return
+    spec = getattr(args, "model", None)
+    sequence = models.input_shape(spec, 1, 2) == (1, 2, 1) if spec else False
+    channels, size = (shape[-1], shape[1]) if sequence else (shape[1], shape[-1])
+    if getattr(args, "in_channels", None) is None:
+        args.in_channels = channels
+    if getattr(args, "input_size", None) is None:
+        args.input_size = size
+
+
+def example_input(args: argparse.Namespace, meta: dict, model=None, bundle=None):
+    """The example input to trace: token ids from --tokens, a tensor from --input-shape, else --data's
+    first example, else a random tensor of the model's recorded shape."""
+    import torch
+
+    from collapsekit import models
+
+    if getattr(args, "tokens", None) is not None:
+        return token_inputs(model, args.tokens)
+    shape = getattr(args, "input_shape", None)
+    if shape:
+        if any(d <= 0 for d in shape):
+            raise CollapsekitError(f"--input-shape must be positive integers, got {shape}")
+        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if isinstance(embed, torch.nn.Embedding):
+            return torch.randint(0, embed.num_embeddings, tuple(shape))
+        return torch.randn(*shape)
+    if bundle is not None:
+        return bundle.example_input()
+    if _token_vocabulary(model):  # an image-shaped tensor means nothing to an embedding
+        return token_inputs(model, DEFAULT_TOKENS)
+    spec = meta.get("model") or getattr(args, "model", None)
+    in_channels = meta.get("in_channels") or getattr(args, "in_channels", None) or 3
+    input_size = meta.get("input_size") or getattr(args, "input_size", None) or 32
+    return torch.randn(*models.input_shape(spec, in_channels, input_size))
+
+
+def _token_vocabulary(model) -> int | None:
+    """The vocabulary size of a model whose input goes through an embedding table (a token model), else None."""
+    import torch
+
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    return vocab if isinstance(embed, torch.nn.Embedding) and vocab else None
+
+
+def token_inputs(model, length: int) -> dict:
+    """Keyword inputs of a token model: input_ids (and decoder_input_ids when the config says
+    is_encoder_decoder) of `length` tokens drawn from the config's vocabulary."""
+    import torch
+
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if length <= 0:
+        raise CollapsekitError(f"--tokens must be a positive length, got {length}")
+    if not vocab:
+        raise CollapsekitError(f"--tokens needs a token model whose config has a vocab_size; "
+                               f"{type(model).__name__} has none (pass --input-shape instead)")
+    g = torch.Generator().manual_seed(0)
+    ids = {"input_ids": torch.randint(0, vocab, (1, length), generator=g)}
+    if getattr(config, "is_encoder_decoder", False):
+        ids["decoder_input_ids"] = torch.randint(0, vocab, (1, length), generator=g)
+    return ids
+
+
+def check_input_matches(args: argparse.Namespace, bundle) -> None:
+    """Raise CollapsekitError when --input-shape or --tokens describe other inputs than the data set's."""
+    x = bundle.example_input()
+    x = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (tuple, list)) else x
+    shape = getattr(args, "input_shape", None)
+    if shape and tuple(shape[1:]) != tuple(x.shape[1:]):
+        raise CollapsekitError(f"--input-shape {' '.join(map(str, shape))} does not describe {bundle.name}'s inputs "
+                               f"{list(x.shape)} (the data decides the input; drop --input-shape or reshape the "
+                               "data with --in-channels/--input-size)")
+    tokens = getattr(args, "tokens", None)
+    if tokens is not None and (x.is_floating_point() or x.shape[-1] != tokens):
+        raise CollapsekitError(f"--tokens {tokens} does not describe {bundle.name}'s inputs "
+                               f"({list(x.shape)} {str(x.dtype).removeprefix('torch.')}); drop --tokens")
 
 
 def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | None = None):
@@ -151,6 +260,7 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     from collapsekit.files import checkpoint
     from collapsekit.models import names, resolve
 
+    shapes_from_input(args)
     path = getattr(args, "checkpoint", None)
     if path:
         check_checkpoint_path(path, directory_ok=stream)
@@ -177,8 +287,12 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
         model = resolve(spec, **shapes)
     if path and not stream:
         checkpoint.load_into(model, path)
-    return model, {**meta, "model": spec, "num_classes": num_classes, "in_channels": in_channels,
-                   "input_size": input_size}
+    if ":" in spec:  # what the factory took by its own defaults shapes the example input, as the flags would
+        from collapsekit.spec import keyword_defaults, load_callable
+
+        own = keyword_defaults(load_callable(spec, "model"), [k for k, v in shapes.items() if v is None])
+        shapes.update({k: v for k, v in own.items() if isinstance(v, int)})
+    return model, {**meta, "model": spec, **shapes}
 
 
 def check_checkpoint_path(path, directory_ok: bool = False) -> None:
@@ -208,6 +322,7 @@ def load_data(args: argparse.Namespace, meta: dict):
     input_size = getattr(args, "input_size", None) or meta.get("input_size")
     channels = getattr(args, "in_channels", None) or meta.get("in_channels")
     bundle = data.load(name, path=path, input_size=input_size, channels=channels, seed=getattr(args, "seed", 0) or 0)
+    check_input_matches(args, bundle)
     classes = meta.get("num_classes")
     if classes is not None and classes != bundle.num_classes:
         raise CollapsekitError(f"the model has {classes} outputs but {name} has {bundle.num_classes} classes "
@@ -215,4 +330,5 @@ def load_data(args: argparse.Namespace, meta: dict):
     return bundle
 
 
-__all__ = ["add_output_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "MT_HELP", "load_model", "load_data", "model_shapes"]
+__all__ = ["add_input_args", "example_input", "token_inputs", "shapes_from_input", "check_input_matches",
+           "add_output_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "MT_HELP", "load_model", "load_data", "model_shapes"]

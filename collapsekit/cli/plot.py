@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collapsekit.cli.common import add_model_args, add_output_arg, load_model
-from collapsekit.cli.report import add_analysis_args, example_input
+from collapsekit.cli.common import add_model_args, add_output_arg, example_input, load_model
+from collapsekit.cli.report import add_analysis_args
 
 HELP = "draw the collapse report as figures (PNG and SVG)"
 

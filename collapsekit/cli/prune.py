@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collapsekit.cli.common import add_model_args, add_mt_arg, add_output_arg, load_model
+from collapsekit.cli.common import add_model_args, add_mt_arg, add_output_arg, example_input, load_model
 
 
 HELP = "prune a model with Global MP (+ MT) and save it sparse"
@@ -23,8 +23,6 @@ def add_arguments(p) -> None:
     add_mt_arg(p)
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
-    p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
-                   help="example input shape for the MAC count, e.g. 1 3 32 32 (default: from the model)")
     add_output_arg(p, "--out", required=True, metavar="DIR", help="output directory")
     add_output_arg(p, "--masks-file", kind="file", metavar="PATH",
                    help="also write the masks alone to PATH (they are in pruned.safetensors already)")
@@ -32,7 +30,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.cli.report import example_input
     from collapsekit.files.atomic import atomic_write_text
     from collapsekit.files.checkpoint import SHA_KEY
     from collapsekit.pruning.export import save_sparse

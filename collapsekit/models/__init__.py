@@ -30,13 +30,20 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3, input_size: i
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
 
 
-def resolve(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kwargs) -> nn.Module:
-    """A model from a zoo name or from `package.module:factory` (called with the zoo's keywords it accepts)."""
+def resolve(spec: str, num_classes: int | None = None, in_channels: int | None = None,
+            input_size: int | None = None, **kwargs) -> nn.Module:
+    """A model from a zoo name or from `package.module:factory`.
+
+    A factory is called with the keywords it accepts among those given; one left
+    as None is not passed, so the factory's own default stands (a Hugging Face
+    factory keeps its num_classes). A zoo model takes 10 classes, 3 channels and
+    32 x 32 inputs where they are None.
+    """
+    given = {k: v for k, v in dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                                   **kwargs).items() if v is not None}
     if ":" not in spec:
-        return create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
-    factory = load_callable(spec, "model")
-    offered = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
-    model = call_with_accepted(factory, offered)
+        return create(spec, **{"num_classes": 10, "in_channels": 3, "input_size": 32, **given})
+    model = call_with_accepted(load_callable(spec, "model"), given)
     if not isinstance(model, nn.Module):
         raise CollapsekitError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
