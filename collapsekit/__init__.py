@@ -19,6 +19,8 @@ _LAZY = {
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
     "masks": ("collapsekit.pruning.masks", None),
     "load_sparse": ("collapsekit.pruning.export", "load_sparse"),
+    "save_sparse": ("collapsekit.pruning.export", "save_sparse"),
+    "search_mt": ("collapsekit.validation.mtsearch", "search_mt"),
     "data": ("collapsekit.data", None),
 }
 

@@ -45,3 +45,41 @@ def keyword_defaults(factory: Callable, names) -> dict:
     except (TypeError, ValueError):
         return {}
     return {n: params[n].default for n in names if n in params and params[n].default is not inspect.Parameter.empty}
+
+
+def read_number(value, what: str, forms: str) -> tuple[int | float, bool]:
+    """(number, is_percent) of `value`: a number as given, or text such as "96", "0.05", "1e-3" or "95%".
+
+    The one reader of numbers a user may type as a percent (`--sparsity 95%`, `--mt 0.05%`, or the
+    same strings in Python); `forms` completes the error: "{what} {value!r} is neither {forms}".
+    """
+    if isinstance(value, str):
+        body = value.strip()
+        percent = body.endswith("%")
+        body = body[:-1].strip() if percent else body
+        try:
+            return (float(body) if percent else _int_or_float(body)), percent
+        except ValueError:
+            raise CollapsekitError(f"{what} {value!r} is neither {forms}") from None
+    if isinstance(value, bool) or not hasattr(value, "__float__"):
+        raise CollapsekitError(f"{what} must be {forms.replace(' nor ', ' or ')}, got {type(value).__name__}")
+    return value, False
+
+
+def _int_or_float(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+SPARSITY_FORMS = "a fraction (0.95) nor a percent (95%)"
+
+
+def fraction(value, what: str = "sparsity") -> float:
+    """`value` as a fraction: a number as it is (0.95), a percent divided by 100 ("95%" -> 0.95).
+
+    Range checks belong to the caller (a sparsity lies in [0, 1)).
+    """
+    number, percent = read_number(value, what, SPARSITY_FORMS)
+    return float(number) / 100.0 if percent else float(number)

@@ -161,3 +161,13 @@ def test_a_directory_as_checkpoint_suggests_the_file_in_it(capsys, tmp_path, sav
     code, _, err = run(capsys, command, "--checkpoint", str(saved_lenet.parent), "--sparsity", "0.9", *out)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"is a directory; did you mean {saved_lenet.parent / 'weights.safetensors'}?" in err
+
+
+def test_sparsity_takes_a_percent_as_mt_does(capsys, tmp_path):
+    code, out, err = run(capsys, "report", *LENET, "--sparsity", "95%", "0.99", "--format", "json")
+    assert code == 0, err
+    assert [lv["sparsity"] for lv in json.loads(out)["levels"]] == [0.95, 0.99]
+    code, out, err = run(capsys, "prune", *LENET, "--sparsity", "95%", "--mt", "0.05%", "--out", str(tmp_path),
+                         "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["target_sparsity"] == 0.95

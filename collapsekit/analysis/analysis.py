@@ -29,6 +29,7 @@ from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import fraction
 from collapsekit.files.stream import Checkpoint, StreamedTensors, materialize, skeleton
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
@@ -407,10 +408,10 @@ def sparsity_levels(sparsities=None) -> list[float]:
     """The sorted distinct levels to analyse (DEFAULT_SPARSITIES when None); one-line error outside [0, 1)."""
     if sparsities is None:
         levels = DEFAULT_SPARSITIES
-    elif isinstance(sparsities, (int, float)):
-        levels = [float(sparsities)]
+    elif isinstance(sparsities, (int, float, str)):
+        levels = [fraction(sparsities)]
     else:
-        levels = [float(s) for s in sparsities]
+        levels = [fraction(s) for s in sparsities]  # 0.95 or "95%"
     levels = sorted(set(levels))
     for s in levels:
         sparsity_to_count(s, 1)  # raises a one-line error for a level outside [0, 1)

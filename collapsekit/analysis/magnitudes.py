@@ -28,6 +28,7 @@ import torch
 
 from collapsekit.analysis.boolops import greater
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import fraction, read_number
 from collapsekit.analysis.prunable import PrunableWeight
 
 _FLOAT32_INF_BITS = 0x7F800000
@@ -51,40 +52,24 @@ def resolve_mt(mt, total: int) -> int:
     """
     if mt is None or mt is False:
         return 0
-    value = _mt_from_text(mt) if isinstance(mt, str) else mt
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise CollapsekitError(f"MT must be a count (96) or a percent (0.05 or 0.05%), got {type(mt).__name__}")
+    value, percent = read_number(mt, "MT", "a count (96) nor a percent (0.05 or 0.05%)")
+    value = float(value) if percent else value
     if isinstance(value, (int, np.integer)):
         if value < 0:
             raise CollapsekitError(f"MT count must be >= 0, got {mt!r}")
         return int(value)
+    value = float(value)
     if math.isnan(value) or not 0.0 <= value <= 100.0:
         raise CollapsekitError(f"MT percent must lie in [0, 100], got {mt!r}")
     return max(1, round(value / 100.0 * total)) if value > 0 else 0
 
 
-def _mt_from_text(text: str) -> int | float:
-    """"96" -> 96 (a count); "0.05", "1e-3" and "0.05%" -> percents as floats."""
-    body = text.strip()
-    try:
-        if body.endswith("%"):
-            return float(body[:-1])
-        try:
-            return int(body)
-        except ValueError:
-            return float(body)
-    except ValueError:
-        raise CollapsekitError(f"MT {text!r} is neither a count (96) nor a percent (0.05 or 0.05%)") from None
-
-
 def sparsity_to_count(sparsity: float, total: int) -> int:
     """`round(s * N)`, the exact number of weights Global MP prunes (Invariant 1)."""
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
-        raise CollapsekitError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    s = fraction(sparsity)  # 0.95 or "95%"
     if not (0.0 <= s < 1.0):
-        raise CollapsekitError(f"sparsity must lie in [0, 1), got {sparsity!r}")
+        hint = f" (for {s:g} percent write {s:g}%)" if 1.0 <= s < 100.0 else ""
+        raise CollapsekitError(f"sparsity must lie in [0, 1), got {sparsity!r}{hint}")
     return int(round(s * total))
 
 

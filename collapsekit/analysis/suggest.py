@@ -13,6 +13,7 @@ import numpy as np
 from collapsekit.analysis.analysis import Analysis
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import fraction
 
 REQUIREMENTS = ("every_output", "any_output")
 
@@ -70,6 +71,7 @@ def suggest_mt(model, example_inputs=None, sparsity: float | None = None, includ
         raise CollapsekitError(f"require must be 'every_output' or 'any_output', got {require!r}")
     if sparsity is None:
         raise CollapsekitError("suggest_mt needs a sparsity")
+    sparsity = fraction(sparsity)  # 0.95 or "95%"
     an = Analysis.of(model, example_inputs, include, exclude, mt=0)
     structural = _structural(an, sparsity, require)
     if data is not None:

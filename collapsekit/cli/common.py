@@ -108,6 +108,17 @@ def os_error_line(exc: OSError) -> str:
     return f"{paths}: {reason}" if paths else f"{type(exc).__name__}: {reason}"
 
 
+def sparsity_arg(text: str) -> float:
+    """argparse type of --sparsity: a fraction (0.95) or a percent (95%), read by `spec.fraction` as
+    `sparsity=` is in Python; the range is checked where the sparsity is used (one-line error)."""
+    from collapsekit.spec import fraction
+
+    try:
+        return fraction(text)
+    except CollapsekitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 MT_HELP = ("Minimum Threshold, read as mt= in Python: an integer is a count of weights per layer (96), a "
            "decimal or N%% a percent of all prunable weights (0.05 and 0.05%% are both 0.05 %%)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collapsekit.cli.common import add_model_args, add_output_arg, example_input, load_model
+from collapsekit.cli.common import add_model_args, add_output_arg, example_input, load_model, sparsity_arg
 from collapsekit.cli.report import add_analysis_args
 
 HELP = "draw the collapse report as figures (PNG and SVG)"
@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
     """The `plot` subcommand's arguments."""
     add_model_args(p)
     add_analysis_args(p)
-    p.add_argument("--mt-sparsity", type=float, metavar="S",
+    p.add_argument("--mt-sparsity", type=sparsity_arg, metavar="S",
                    help="sparsity of the MT-effect figure (default: the first analysed level that collapses "
                         "without MT, else the highest)")
     add_output_arg(p, "--out", required=True, metavar="DIR", help="output directory")

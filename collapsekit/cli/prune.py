@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collapsekit.cli.common import add_model_args, add_mt_arg, add_output_arg, example_input, load_model
+from collapsekit.cli.common import add_model_args, add_mt_arg, add_output_arg, example_input, load_model, sparsity_arg
 
 
 HELP = "prune a model with Global MP (+ MT) and save it sparse"
@@ -19,7 +19,8 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     """The `prune` subcommand's arguments."""
     add_model_args(p)
-    p.add_argument("--sparsity", type=float, required=True, metavar="S", help="global sparsity in [0, 1)")
+    p.add_argument("--sparsity", type=sparsity_arg, required=True, metavar="S",
+                   help="global sparsity in [0, 1), or N%%")
     add_mt_arg(p)
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")

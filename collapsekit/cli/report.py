@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from collapsekit.cli.common import (add_data_args, add_model_args, add_mt_arg, add_output_arg, example_input, load_data,
-                                    load_model)
+                                    load_model, sparsity_arg)
 
 
 HELP = "predict where Global MP collapses a model (no pruning)"
@@ -27,8 +27,8 @@ def add_arguments(p) -> None:
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that analyses a model at several sparsities."""
-    p.add_argument("--sparsity", type=float, nargs="+", metavar="S",
-                   help="target global sparsities in [0, 1) (default: 21 levels from 0.5 to 0.999)")
+    p.add_argument("--sparsity", type=sparsity_arg, nargs="+", metavar="S",
+                   help="target global sparsities in [0, 1), or N%% (default: 21 levels from 0.5 to 0.999)")
     add_mt_arg(p)
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")

@@ -19,7 +19,8 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     """The `validate` subcommand's arguments."""
     common.add_training_job_args(p)
-    p.add_argument("--sparsity", type=float, nargs="+", required=True, metavar="S", help="sparsity levels")
+    p.add_argument("--sparsity", type=common.sparsity_arg, nargs="+", required=True, metavar="S",
+                   help="sparsity levels in [0, 1), or N%%")
     common.add_mt_arg(p)
     p.add_argument("--margin", type=float, default=0.1,
                    help="'above chance' means accuracy > 1/classes + MARGIN (default: 0.1)")

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import fraction
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import PrunableWeight, find_prunable, tensors
 
@@ -99,6 +100,7 @@ def prune(model: nn.Module, sparsity: float, mt=None, include: list[str] | None 
     magnitude index (one float32 copy of the prunable weights) plus the bool
     masks, built and applied one layer at a time.
     """
+    sparsity = fraction(sparsity)  # 0.95 or "95%"
     weights = find_prunable(model, include, exclude)
     total = sum(w.numel for w in weights)
     k = sparsity_to_count(sparsity, total)

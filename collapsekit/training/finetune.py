@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import fraction
 from collapsekit.files import runstate
 from collapsekit.files.atomic import atomic_write_text
 from collapsekit.training import distributed
@@ -109,7 +110,7 @@ def prune_and_finetune(model, bundle, sparsity: float, epochs: int,
     `lr_schedule` defaults to linear (Zimmer et al.), the others' to cosine.
     """
     plan = (pruning_schedule if isinstance(pruning_schedule, PruningSchedule)
-            else make(pruning_schedule, sparsity, epochs, rounds, steps))
+            else make(pruning_schedule, fraction(sparsity), epochs, rounds, steps))  # 0.95 or "95%"
     if plan.name == "imp":
         kwargs.setdefault("lr_schedule", "linear")
     return finetune(model, None, bundle, plan.epochs, mt=mt, plan=plan, **kwargs)

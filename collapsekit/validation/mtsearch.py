@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import fraction
 
 # Sweep (percent of all prunable weights) when no MT is needed to avoid collapse:
 # around the reference code's default of 0.05 %.
@@ -80,6 +81,7 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
 
+    sparsity = fraction(sparsity)  # 0.95 or "95%"
     # One trace and one sort serve the suggestion and every MT: only the allocation changes.
     base = Analysis(model, bundle.example_input(), mt=0)
     suggestion = suggest_mt(base, sparsity=sparsity, data=bundle)
