@@ -172,3 +172,49 @@ def test_input_options_that_contradict_the_data_are_one_line(capsys, tmp_path, n
     code, _, err = run(capsys, "train", "--model", "lenet_300_100", "--data", "digits", "--in-channels", "1",
                        "--input-size", "8", *flags, "--out", str(tmp_path))
     assert code == 2 and fragment in one_line(err)
+
+
+# ---- smaller things a new user meets ----
+
+def test_a_pickled_whole_model_is_one_clean_line(capsys, tmp_path):
+    import torch
+
+    from collapsekit import models
+
+    torch.save(models.create("lenet_300_100", num_classes=10, in_channels=1, input_size=8), tmp_path / "whole.pt")
+    code, _, err = run(capsys, "report", "--model", "lenet_300_100", "--in-channels", "1", "--input-size", "8",
+                       "--checkpoint", str(tmp_path / "whole.pt"))
+    assert code == 2 and "\x1b" not in err
+    assert one_line(err) == (f"collapsekit report: error: checkpoint {tmp_path / 'whole.pt'} holds a pickled "
+                             "collapsekit.models.lenet.LeNet300100, not a state_dict of tensors, and collapsekit "
+                             "never unpickles code: save model.state_dict() (torch.save) or a .safetensors file")
+
+
+def test_terminal_escapes_never_reach_the_error_line(capsys, monkeypatch):
+    import collapsekit.cli.report as report
+    from collapsekit.errors import CollapsekitError
+
+    def shouting(args):
+        raise CollapsekitError("a \x1b[1mbold\x1b[0m claim")
+
+    monkeypatch.setattr(report, "run", shouting)
+    code, _, err = run(capsys, "report", "--model", "lenet5")
+    assert code == 2 and one_line(err) == "collapsekit report: error: a bold claim"
+
+
+def test_resume_with_nothing_to_resume_warns_and_starts_fresh(capsys, tmp_path, dense):
+    import json
+
+    from collapsekit.files import checkpoint
+
+    path = checkpoint.save(dense, tmp_path / "dense" / "model.safetensors",
+                           {"model": "lenet_300_100", "num_classes": 10, "in_channels": 1, "input_size": 8,
+                            "data": "digits"})
+    code, out, err = run(capsys, "finetune", "--checkpoint", str(path), "--sparsity", "0.9", "--epochs", "1",
+                         "--out", str(tmp_path / "ft"), "--resume", "--device", "cpu", "--no-progress",
+                         "--format", "json")
+    assert code == 0
+    assert one_line(err) == (f"collapsekit finetune: warning: nothing to resume in {tmp_path / 'ft'} "
+                             "(no checkpoint.safetensors); starting a fresh run")
+    doc = json.loads(out)
+    assert doc["resumed_from"] == 0 and doc["epochs"] == 1

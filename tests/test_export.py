@@ -241,7 +241,8 @@ def test_cli_prune_writes_one_file_and_export_makes_it_plain(tmp_path, capsys):
     dense = tmp_path / "plain" / "dense.safetensors"
     assert main(["export", "--checkpoint", str(pruned), "--dense", str(dense),
                  "--masks-file", str(tmp_path / "m2.safetensors")]) == 0
-    assert f"wrote {dense}" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()  # every file written, the sidecar too
+    assert printed == [f"wrote {dense}", f"wrote {dense.with_suffix('.json')}", f"wrote {tmp_path / 'm2.safetensors'}"]
     plain = load_file(str(dense))  # any safetensors reader
     state = load_sparse(pruned)
     assert sorted(plain) == sorted(state)

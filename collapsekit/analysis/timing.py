@@ -31,10 +31,24 @@ class Timings:
         return "\n".join(rows)
 
 
+def tqdm_class():
+    """tqdm's bar class: the notebook widget where Jupyter can draw it, else the text bar.
+
+    tqdm.auto picks the widget in any Jupyter kernel and, without ipywidgets,
+    warns "IProgress not found" into every notebook; this asks for the widget
+    only when ipywidgets is installed.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm
+
+
 def progress(items, desc: str, enabled: bool = True, total: int | None = None):
     """`items` under a tqdm bar on a terminal (silent otherwise: `disable=None`); plain when not enabled."""
     if not enabled:
         return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, leave=False, disable=None, total=total)
+    return tqdm_class()(items, desc=desc, leave=False, disable=None, total=total)

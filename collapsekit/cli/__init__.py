@@ -5,12 +5,15 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 
 from collapsekit.errors import CollapsekitError
 
 # Order in `collapsekit --help`; any other module of this package that defines HELP,
 # DESCRIPTION, add_arguments(parser) and run(args) is added after these.
+ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # terminal escapes a library may put in a message
+
 _ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot", "export"]
 
 
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 141  # as a shell reports a process ended by SIGPIPE
     except CollapsekitError as exc:
-        print(f"collapsekit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"collapsekit {args.command}: error: {re.sub(ANSI, '', str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"collapsekit {args.command}: error: {os_error_line(exc)}", file=sys.stderr)

@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     """Decode, write what was asked, print one line per file written."""
     from collapsekit.errors import CollapsekitError
-    from collapsekit.files.checkpoint import save_state
+    from collapsekit.files.checkpoint import save_state, sidecar_path
     from collapsekit.pruning import masks as mask_io
     from collapsekit.pruning.export import load_sparse, read_sparse_meta
 
@@ -31,7 +31,8 @@ def run(args) -> int:
     state, masks = load_sparse(args.checkpoint, with_masks=True)
     written = []
     if args.dense:
-        written.append(save_state(state, args.dense, read_sparse_meta(args.checkpoint)))
+        dense = save_state(state, args.dense, read_sparse_meta(args.checkpoint))
+        written += [dense, sidecar_path(dense)]  # the sidecar names the model for collapsekit
     if args.masks_file:
         written.append(mask_io.save(masks, args.masks_file))
     for path in written:

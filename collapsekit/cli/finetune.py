@@ -65,7 +65,9 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, help="gradual: pruning steps, one per epoch (default: epochs // 2)")
     add_finetune_args(p)
     common.add_output_arg(p, "--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last complete epoch")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from its last complete epoch (with no run there: a warning on "
+                        "stderr, then a fresh run, so a job script may always pass it)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="json prints the FinetuneResult")
 
 
@@ -74,21 +76,26 @@ def run(args) -> int:
     from pathlib import Path
 
     from collapsekit.errors import CollapsekitError
+    from collapsekit.files import runstate
     from collapsekit.training.finetune import MODEL_FILE, prune_and_finetune
     from collapsekit.training.train import EpochEnd
 
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
                                "choose another output directory")
+    main = is_main_process()
+    if args.resume and main and not (Path(args.out) / runstate.STATE_FILE).is_file():
+        print(f"collapsekit finetune: warning: nothing to resume in {args.out} (no {runstate.STATE_FILE}); "
+              "starting a fresh run", file=sys.stderr)
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)
-    main = is_main_process()
     quiet = args.no_progress or not main
 
     def log_epoch(epoch: int, m: dict) -> None:
         if not quiet:
-            from tqdm.auto import tqdm
+            from collapsekit.analysis.timing import tqdm_class
 
+            tqdm = tqdm_class()
             tqdm.write(f"epoch {epoch}: sparsity {m['sparsity']:.4f}  loss {m['loss']:.4f}  train "
                        f"{m['train_acc']:.2%}  test {m['test_acc']:.2%}  lr {m['lr']:.4g}  ({m['seconds']:.1f} s)",
                        file=sys.stderr)

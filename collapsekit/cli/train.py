@@ -44,8 +44,9 @@ def run(args) -> int:
 
     def log_epoch(epoch: int, m: dict) -> None:
         if not quiet:
-            from tqdm.auto import tqdm
+            from collapsekit.analysis.timing import tqdm_class
 
+            tqdm = tqdm_class()
             tqdm.write(f"epoch {epoch}: loss {m['loss']:.4f}  train {m['train_acc']:.2%}  "
                        f"test {m['test_acc']:.2%}  ({m['seconds']:.1f} s)", file=sys.stderr)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -184,8 +185,11 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CollapsekitError(f"checkpoint {path} holds more than tensors; refusing to unpickle it "
-                               f"({_first_line(exc)})") from None
+        # torch's own text is a paragraph (with terminal escapes) about loading it unsafely: name the object instead.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"a pickled {found.group(1)}" if found else "pickled Python objects"
+        raise CollapsekitError(f"checkpoint {path} holds {what}, not a state_dict of tensors, and collapsekit never "
+                               "unpickles code: save model.state_dict() (torch.save) or a .safetensors file") from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file...
         raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {_first_line(exc)}") from None
     for key in ("state_dict", "model_state_dict", "model"):  # common training-script wrappers

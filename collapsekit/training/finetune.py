@@ -302,8 +302,9 @@ class BF16Autocast(nn.Module):
 
 
 def _bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from collapsekit.analysis.timing import tqdm_class
 
+    tqdm = tqdm_class()
     return tqdm(total=total, initial=initial, desc="finetune", unit="epoch", leave=False, dynamic_ncols=True,
                 disable=not (enabled and sys.stderr.isatty()))
 

@@ -228,8 +228,9 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     generator = torch.Generator()
 
-    from tqdm.auto import tqdm
+    from collapsekit.analysis.timing import tqdm_class
 
+    tqdm = tqdm_class()
     bar = tqdm(total=(epochs - start_epoch) * math.ceil(len(bundle.train) / batch_size), desc="train", unit="step",
                leave=False, dynamic_ncols=True, disable=not (progress and sys.stderr.isatty()))
     history = []
