@@ -46,7 +46,14 @@ def render() -> str:
                  "",
                  "Every subcommand is a thin layer over one Python call (see `concepts.md` for the terms). "
                  "`--model` takes a zoo name or `package.module:factory` (`own-model.md`); `--checkpoint` "
-                 "alone is enough when a `.json` sidecar sits next to it.", "",
+                 "alone is enough when a `.json` sidecar sits next to it. Every command that takes `--model` "
+                 "takes the same input options (`--input-shape`, `--tokens`, `--in-channels`, `--input-size`, "
+                 "`--num-classes`); a factory keeps its own defaults unless a flag, the checkpoint or `--data` "
+                 "asks otherwise. `--sparsity` takes a fraction or a percent (`0.95`, `95%`).", "",
+                 "Bad input and file-system trouble (an `--out` under a file, a read-only or full disk) end "
+                 "with one line naming the path and exit status 2; every output option is checked before "
+                 "any long work starts. A closed stdout (a report piped into `head -1`) ends quietly "
+                 "(exit 141).", "",
                  *[f"- [`collapsekit {name}`](#collapsekit-{name})" for name in names], "",
                  "## collapsekit", "", "```text", help_text([]).rstrip(), "```", ""]
         for name in names:

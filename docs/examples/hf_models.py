@@ -20,3 +20,19 @@ def tiny_t5():
     config = T5Config(vocab_size=64, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2,
                       num_heads=2, use_cache=False)
     return T5ForConditionalGeneration(config)
+
+
+def tiny_llama():
+    """A 2-layer Llama causal LM over a 97-token vocabulary: a stand-in for a real checkpoint's factory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=64, use_cache=False)
+    return LlamaForCausalLM(config)
+
+
+if __name__ == "__main__":  # python docs/examples/hf_models.py FACTORY DIR: save it as a sharded HF checkpoint
+    import sys
+
+    globals()[sys.argv[1]]().save_pretrained(sys.argv[2], max_shard_size="50KB")
