@@ -2,7 +2,7 @@
 from collapsekit.errors import CollapsekitError
 from collapsekit import models
 
-# The stages' entry points (each stage lives in its own subpackage, see DESIGN.md's data flow).
+# The stages' entry points (each stage lives in its own subpackage, see docs/design.md's data flow).
 from collapsekit.pruning.prune import prune  # noqa: E402
 from collapsekit.analysis.suggest import suggest_mt  # noqa: E402
 from collapsekit.pruning.compact import compact  # noqa: E402
