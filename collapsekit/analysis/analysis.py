@@ -3,7 +3,7 @@ connectivity), and every question asked of it (report, masks, collapse sparsity,
 
 Later stages (suggest_mt, prune copies in validate and mt-search, compact, the CLI)
 take an Analysis instead of re-tracing and re-sorting. The analysis never changes
-the model (DESIGN.md Invariant 7): per-node results live on its own graph.
+the model (docs/design.md Invariant 7): per-node results live on its own graph.
 """
 from __future__ import annotations
 
