@@ -25,11 +25,12 @@ from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_c
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
+from collapsekit.analysis.streamed import StreamedTensors, skeleton
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
 from collapsekit.errors import CollapsekitError
-from collapsekit.files.stream import Checkpoint, StreamedTensors, skeleton
+from collapsekit.files.stream import Checkpoint
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).
