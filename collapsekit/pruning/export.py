@@ -8,7 +8,7 @@ Layout (format "collapsekit-sparse", `format_version` 2 in the header):
   own dtype, are concatenated into one tensor per dtype, `::values.<dtype>`
   (pruned entries are implied +0.0);
 - each keep-mask is coded in the shortest of the codes of
-  `collapsekit.pruning.maskcode` (packed bits, deflate/bz2/lzma of them, or a
+  `collapsekit.files.maskcode` (packed bits, deflate/bz2/lzma of them, or a
   Golomb-Rice code of the gaps), chosen per tensor, and the codes are
   concatenated into one uint8 tensor, `::masks`. One entry per dtype rather
   than two per layer keeps the safetensors header (about 100 bytes an entry)
@@ -40,7 +40,7 @@ import torch.nn as nn
 from collapsekit.errors import CollapsekitError
 from collapsekit.files.atomic import atomic_write
 from collapsekit.files.safefile import format_version, open_tagged
-from collapsekit.pruning import maskcode
+from collapsekit.files import maskcode
 
 FORMAT = "collapsekit-sparse"
 VERSION = 2

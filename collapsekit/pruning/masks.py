@@ -5,7 +5,7 @@ The masks of a pruned model travel inside its sparse checkpoint
 separate mask file, written only on request (`prune --masks-file`). A mask file
 (format "collapsekit-masks", format_version 2) holds one uint8 tensor per
 parameter name: the keep-mask in the shortest code of
-`collapsekit.pruning.maskcode`; shapes, codes and kept counts live in the
+`collapsekit.files.maskcode`; shapes, codes and kept counts live in the
 header's `layout`. Version 1 files (packed bits, `shapes`) still load.
 Loading parses no pickle (Invariant 6).
 """
