@@ -18,7 +18,7 @@ _LAZY = {
     "Analysis": ("collapsekit.analysis.analysis", "Analysis"),
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
     "masks": ("collapsekit.pruning.masks", None),
-    "load_sparse": ("collapsekit.pruning.export", "load_sparse"),
+    "load_sparse": ("collapsekit.files.sparse", "load_sparse"),
     "data": ("collapsekit.data", None),
 }
 

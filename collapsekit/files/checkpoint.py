@@ -9,7 +9,10 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.files import sparse
 from collapsekit.files.atomic import atomic_write, atomic_write_text
+from collapsekit.files.jsontext import json_default
+from collapsekit.version import __version__
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 SHA_KEY = "weights_sha256"  # sidecar key: lets load_into notice a corrupted payload
@@ -55,20 +58,17 @@ def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
 
 
 def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
-    """Path of the one sparse checkpoint (`pruning.export.save_sparse`) of `model` and `masks`, + sidecar.
+    """Path of the one sparse checkpoint (`files.sparse`) of `model` and `masks`, + sidecar.
 
     `meta` goes into the file's header, so the file alone says which model it
     is, and to the `<stem>.json` sidecar with the file's sha256, as in `save`.
     """
-    from collapsekit.pruning.export import save_sparse
-
-    path = save_sparse(model, masks, _weights_path(out_path), meta=meta)
+    path = sparse.write_sparse(model.state_dict(keep_vars=False), masks, _weights_path(out_path), meta=meta,
+                               owner=type(model).__name__)
     return _write_sidecar(path, meta)
 
 
 def _plain_header() -> dict[str, str]:
-    from collapsekit.version import __version__
-
     return {"format": "pt", "collapsekit": __version__}  # "pt": what transformers' loaders expect
 
 
@@ -81,7 +81,7 @@ def _weights_path(out_path) -> Path:
 
 def _write_sidecar(path: Path, meta: dict) -> Path:
     document = {**meta, SHA_KEY: _sha256(path)}
-    text = json.dumps(document, indent=2, sort_keys=True, default=_json_default) + "\n"
+    text = json.dumps(document, indent=2, sort_keys=True, default=json_default) + "\n"
     atomic_write_text(sidecar_path(path), text)
     return path
 
@@ -90,10 +90,8 @@ def read_meta(path) -> dict:
     """The sidecar metadata of a weights file; a sparse checkpoint's own header meta when it has no sidecar; or {}."""
     side = sidecar_path(path)
     if not side.is_file():
-        from collapsekit.pruning import export
-
-        if Path(path).is_file() and export.is_sparse_checkpoint(path):
-            return export.read_sparse_meta(path)
+        if Path(path).is_file() and sparse.is_sparse_checkpoint(path):
+            return sparse.read_sparse_meta(path)
         return {}
     try:
         meta = json.loads(side.read_text())
@@ -114,11 +112,9 @@ def load_into(model: nn.Module, path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise CollapsekitError(f"checkpoint {path} not found")
-    from collapsekit.pruning import export
-
-    if export.is_sparse_checkpoint(path):
+    if sparse.is_sparse_checkpoint(path):
         # Our pruned file: decoded to a plain state_dict, the masks' zeros included.
-        state = export.load_sparse(path)
+        state = sparse.load_sparse(path)
         _check_sha(path)
         _check_fits(model, {k: tuple(v.shape) for k, v in state.items()}, path)
         _load_state(model, state, path)
@@ -253,14 +249,6 @@ def _sha256(path: Path) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _json_default(obj):
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)  # Path, torch.device, dtype...
 
 
 __all__ = ["save", "save_state", "save_pruned", "read_meta", "load_into", "sidecar_path"]
