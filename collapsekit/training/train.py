@@ -15,8 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from collapsekit.training.device import resolve_device
+from collapsekit import data as datasets
 from collapsekit.errors import CollapsekitError
+from collapsekit.files import checkpoint
+from collapsekit.models import resolve
+from collapsekit.training.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,11 @@ MIN_INPUT_SIZE: dict[str, int] = {"mobilenet": 32}
 
 def default_input_size(spec: str, data_name: str) -> int | None:
     """Image size to train `spec` on `data_name` when none is given: None keeps the data's native size."""
-    from collapsekit import data
-
     name = spec.rpartition(":")[2].lower()
-    if data_name not in data.names() or data.is_sequence(data_name):
+    if data_name not in datasets.names() or datasets.is_sequence(data_name):
         return None
     floor = next((size for prefix, size in MIN_INPUT_SIZE.items() if name.startswith(prefix)), None)
-    native = data.native_shape(data_name)[2]
+    native = datasets.native_shape(data_name)[2]
     return floor if floor is not None and native < floor else None
 
 
@@ -301,10 +302,6 @@ def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | 
     hyper-parameters come from `defaults_for(spec)`. The sidecar records spec,
     shapes, data and arguments, so `--checkpoint` alone rebuilds the model.
     """
-    from collapsekit.files import checkpoint
-    from collapsekit import data as datasets
-    from collapsekit.models import resolve
-
     hp = defaults_for(spec)
     hp.update({k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
                                      weight_decay=weight_decay).items() if v is not None})
