@@ -43,7 +43,8 @@ def resolve(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: 
 
 
 def _load_zoo() -> None:
-    # Importing the modules runs their @register decorators.
+    # Importing the modules runs their @register decorators. On first use, not at import: a zoo module may
+    # need a heavy library (transformers) that `import collapsekit` should not pay for.
     from collapsekit.models import zoo  # noqa: F401
 
 
