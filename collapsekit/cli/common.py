@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from collapsekit import data, models
 from collapsekit.errors import CollapsekitError
+from collapsekit.files import checkpoint
+from collapsekit.training.train import default_input_size, seed_everything
 
 
 def _add_once(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
@@ -31,8 +36,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """Add --data, --data-path and (if not there yet) --input-size."""
-    from collapsekit import data
-
     _add_once(parser, "--data", metavar="NAME", required=required,
               help=f"data set: {', '.join(data.names())}, or package.module:loader returning a DataBundle "
                    "(default: the checkpoint's)")
@@ -70,8 +73,6 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
     From --data, input_size is the data's native size, raised for nets that need
     more (`collapsekit.training.train.default_input_size`: MobileNet on digits -> 32).
     """
-    from collapsekit import data
-
     spec = getattr(args, "model", None) or meta.get("model")
     name = getattr(args, "data", None) or meta.get("data")
     native = data.native_shape(name) if name in data.names() else (10, 3, 32)
@@ -84,8 +85,6 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
     # data, so the model follows whatever the data will look like.
     size = native[2]
     if spec and name in data.names():
-        from collapsekit.training.train import default_input_size
-
         size = default_input_size(spec, name) or size
     return spec, pick("num_classes", "num_classes", native[0]), pick("in_channels", "in_channels", native[1]), \
         pick("input_size", "input_size", size)
@@ -98,9 +97,6 @@ def load_model(args: argparse.Namespace, stream: bool = False):
     which `load_data` then follows. `stream=True` builds the model under
     `torch.device("meta")` and loads nothing: the caller streams the weights.
     """
-    from collapsekit.files import checkpoint
-    from collapsekit.models import names, resolve
-
     path = getattr(args, "checkpoint", None)
     meta = checkpoint.read_meta(path) if path and Path(path).is_file() else {}
     if path and not meta and not (Path(path).is_file() or (stream and Path(path).is_dir())):
@@ -108,20 +104,16 @@ def load_model(args: argparse.Namespace, stream: bool = False):
     spec, num_classes, in_channels, input_size = model_shapes(args, meta)
     if not spec:
         where = f"{checkpoint.sidecar_path(path)} does not exist" if path else "no --checkpoint was given"
-        raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(names())}, or package.module:factory); "
-                               f"{where}")
+        raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(models.names())}, or "
+                               f"package.module:factory); {where}")
     seed = getattr(args, "seed", None)
     if seed is not None:  # a fresh model's initialisation repeats with --seed
-        from collapsekit.training.train import seed_everything
-
         seed_everything(seed)
     if stream:
-        import torch
-
         with torch.device("meta"):
-            model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+            model = models.resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     else:
-        model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+        model = models.resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     if path and not stream:
         checkpoint.load_into(model, path)
     return model, {**meta, "model": spec, "num_classes": num_classes, "in_channels": in_channels,
@@ -130,8 +122,6 @@ def load_model(args: argparse.Namespace, stream: bool = False):
 
 def load_data(args: argparse.Namespace, meta: dict):
     """The DataBundle for --data (default: the checkpoint's), shaped like the model in `meta`."""
-    from collapsekit import data
-
     name = getattr(args, "data", None) or meta.get("data")
     if not name:
         raise CollapsekitError(f"no data given: pass --data ({', '.join(data.names())})")

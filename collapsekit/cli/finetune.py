@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from collapsekit.cli import common
+from collapsekit.errors import CollapsekitError
+from collapsekit.training.finetune import MODEL_FILE, prune_and_finetune
+from collapsekit.training.train import EpochEnd, defaults_for
 
 HELP = "prune (one-shot, gradual or IMP) and fine-tune with fixed masks; resumable, torchrun-ready"
 
@@ -26,8 +30,6 @@ def add_finetune_args(p) -> None:
 
 def finetune_kwargs(args, meta: dict) -> dict:
     """Keyword arguments of `finetune.finetune` from the parsed flags and the family defaults of the model."""
-    from collapsekit.training.train import defaults_for
-
     hp = defaults_for(meta.get("model") or "")
     kwargs = dict(lr=args.lr or hp["lr"], batch_size=args.batch_size or hp["batch_size"],
                   optimizer=args.optimizer or hp["optimizer"], momentum=args.momentum,
@@ -70,12 +72,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Load, prune on the schedule, fine-tune, print the result (rank 0 only)."""
-    from pathlib import Path
-
-    from collapsekit.errors import CollapsekitError
-    from collapsekit.training.finetune import MODEL_FILE, prune_and_finetune
-    from collapsekit.training.train import EpochEnd
-
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
                                "choose another output directory")

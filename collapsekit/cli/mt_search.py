@@ -5,6 +5,7 @@ import json
 
 from collapsekit.cli import common
 from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main_process
+from collapsekit.views.render import mt_search_to_text
 
 HELP = "sweep the Minimum Threshold (prune + fine-tune each) and report the best"
 
@@ -27,8 +28,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Sweep MT, print the accuracy-vs-MT table (rank 0 only)."""
+    # Here, not at the top: every command loads this module to build the parser, and the search engine
+    # (Optuna, which issue 21 brings in) should load only for this one.
     from collapsekit.validation.mtsearch import search_mt
-    from collapsekit.views.render import mt_search_to_text
 
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)

@@ -6,8 +6,13 @@ import json
 
 import torch
 
+from collapsekit import models
+from collapsekit.analysis.analysis import analyze
 from collapsekit.cli.common import add_data_args, add_model_args, add_mt_arg, load_data, load_model
 from collapsekit.errors import CollapsekitError
+from collapsekit.files.atomic import atomic_write_text
+from collapsekit.files.stream import is_streamable
+from collapsekit.views.render import report_to_markdown, report_to_text
 
 
 HELP = "predict where Global MP collapses a model (no pruning)"
@@ -42,8 +47,6 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
 
 def example_input(args, meta: dict, model=None):
     """A random example input: token ids from --tokens, a tensor from --input-shape, else the model's recorded shape."""
-    from collapsekit import models
-
     if getattr(args, "tokens", None) is not None:
         return token_inputs(model, args.tokens)
     if args.input_shape:
@@ -78,8 +81,6 @@ def token_inputs(model, length: int) -> dict[str, torch.Tensor]:
 
 def shapes_from_input(args) -> None:
     """Let --input-shape imply --in-channels/--input-size where those were not given."""
-    from collapsekit import models
-
     shape = getattr(args, "input_shape", None)
     if not shape or len(shape) < 3:
         return
@@ -93,12 +94,6 @@ def shapes_from_input(args) -> None:
 
 def run(args) -> int:
     """Analyse the model and print the report as text, markdown or JSON."""
-    from collapsekit.analysis.analysis import analyze
-    from collapsekit.files.atomic import atomic_write_text
-    from collapsekit.views.render import report_to_markdown, report_to_text
-
-    from collapsekit.files.stream import is_streamable
-
     shapes_from_input(args)
     # A safetensors checkpoint (file, sharded directory or index) is streamed: the model
     # is built on the meta device and each weight is read from the file when needed.

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from collapsekit.cli import common
+from collapsekit.training.train import dense_train
 
 HELP = "train a dense model (the network to analyse and prune) and save it"
 
@@ -36,8 +37,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Train, save, print the final test accuracy."""
-    from collapsekit.training.train import dense_train
-
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)
     quiet = args.no_progress

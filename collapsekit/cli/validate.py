@@ -5,6 +5,8 @@ import json
 
 from collapsekit.cli import common
 from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main_process
+from collapsekit.validation.validate import validate
+from collapsekit.views.render import validation_to_text
 
 HELP = "check predicted collapse against real Global MP + fine-tuning"
 
@@ -30,9 +32,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Validate the prediction at each sparsity and print the table (rank 0 only)."""
-    from collapsekit.validation.validate import validate
-    from collapsekit.views.render import validation_to_text
-
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)
     kwargs = finetune_kwargs(args, meta)
