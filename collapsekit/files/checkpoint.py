@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file, save_model
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import sparse
@@ -30,8 +33,6 @@ def save(model: nn.Module, out_path, meta: dict) -> Path:
     shapes, data, args, accuracy, seed...) goes to the `<stem>.json` sidecar
     with the file's sha256 added. Both files are replaced atomically.
     """
-    from safetensors.torch import save_model
-
     path = _weights_path(out_path)
     atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=_plain_header()))
     return _write_sidecar(path, meta)
@@ -43,8 +44,6 @@ def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
     Names that share one tensor (tied weights) are each written out, since a
     plain file has no aliases; `meta` goes to the sidecar as in `save`.
     """
-    from safetensors.torch import save_file
-
     path = _weights_path(out_path)
     seen: set = set()
     tensors = {}
@@ -122,8 +121,6 @@ def load_into(model: nn.Module, path) -> nn.Module:
         shapes = _safetensors_shapes(path)
         _check_sha(path)
         _check_fits(model, shapes, path)
-        from safetensors.torch import load_file
-
         # load_file + load_state_dict rather than load_model: a plain file (`save_state`,
         # other tools) holds every name of a tied tensor, which load_model rejects.
         try:
@@ -156,8 +153,6 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     try:
         # Opening parses and bounds-checks the header: a truncated file fails here.
         with safe_open(str(path), framework="pt") as fh:
@@ -175,8 +170,6 @@ def _check_sha(path: Path) -> None:
 
 
 def _torch_state(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
-
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

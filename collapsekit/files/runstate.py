@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.files.atomic import atomic_write, atomic_write_text
@@ -171,8 +172,6 @@ def _add_state_dict(tensors: dict, prefix: str, state: dict) -> dict[str, str]:
 
 
 def _save_tensors(tensors: dict, path, metadata: dict) -> Path:
-    from safetensors.torch import save_file
-
     # safetensors refuses tensors that share memory (a CPU model's tied weights are deduplicated
     # above; views of one buffer are not): give those their own storage.
     owners: set = set()

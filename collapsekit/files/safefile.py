@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import safe_open
 
 from collapsekit.errors import CollapsekitError
 
@@ -30,8 +31,6 @@ def open_tagged(path, what: str, newest: dict[str, int]) -> Iterator[tuple[objec
     newer file, and any failure while the caller reads it inside the `with`,
     raise a one-line CollapsekitError naming the path.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CollapsekitError(f"{what} {path} not found")

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import maskcode
@@ -85,8 +87,6 @@ def write_sparse(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
     prunes must be zero; CollapsekitError otherwise (naming `owner`), so a file
     never silently drops weights. Written atomically (`files.atomic`).
     """
-    from safetensors.torch import save_file
-
     for name, keep in masks.items():
         if name not in state:
             raise CollapsekitError(f"mask {name!r} names no state_dict entry of {owner}")
@@ -214,8 +214,6 @@ def load_sparse(path, with_masks: bool = False):
 
 def is_sparse_checkpoint(path) -> bool:
     """True when `path` is a safetensors file whose header says it is a collapsekit sparse checkpoint."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             return (fh.metadata() or {}).get("format") == FORMAT

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.utils.prune as torch_prune
+from safetensors.torch import save_file
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import sparse
@@ -47,8 +49,6 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
 
 def save(masks: dict[str, torch.Tensor], path) -> Path:
     """Path of the safetensors mask file written with each of `masks` in its shortest code, atomically."""
-    from safetensors.torch import save_file
-
     if not isinstance(masks, dict) or not masks:
         raise CollapsekitError("masks must be a non-empty dict of parameter name -> bool tensor")
     layout, codes = {}, {}
@@ -86,8 +86,6 @@ def load(path) -> dict[str, torch.Tensor]:
 
 def to_torch_prune(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """`model` with `masks` registered as torch.nn.utils.prune custom masks (weight_orig + weight_mask), in place."""
-    import torch.nn.utils.prune as torch_prune
-
     check_masks(model, masks)
     for name, keep in masks.items():
         module_name, _, param = name.rpartition(".")
@@ -101,8 +99,6 @@ def from_torch_prune(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Each pruned tensor is left a plain parameter holding `orig * mask` (its pruned value).
     """
-    import torch.nn.utils.prune as torch_prune
-
     masks: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
         hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, torch_prune.BasePruningMethod)]
