@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -67,6 +68,15 @@ def add_training_job_args(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
+def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    """Add the optimizer flags that train and fine-tune share; unset, each takes the model family's default."""
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the model family's)")
+    parser.add_argument("--batch-size", type=int, help="batch size over all processes (default: the model family's)")
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: the model family's")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    parser.add_argument("--weight-decay", type=float, help="default: the model family's (5e-4 with SGD)")
+
+
 def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int, int, int]:
     """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data, then the zoo's.
 
@@ -120,6 +130,17 @@ def load_model(args: argparse.Namespace, stream: bool = False):
                    "input_size": input_size}
 
 
+def load_job(args: argparse.Namespace):
+    """(model, meta, bundle) of a command that trains: `load_model`, then `load_data` shaped like it."""
+    model, meta = load_model(args)
+    return model, meta, load_data(args, meta)
+
+
+def print_result(result, fmt: str, to_text) -> None:
+    """Print `result` as its JSON document (`fmt` "json") or as `to_text(result)`."""
+    print(json.dumps(result.to_dict(), indent=2) if fmt == "json" else to_text(result))
+
+
 def load_data(args: argparse.Namespace, meta: dict):
     """The DataBundle for --data (default: the checkpoint's), shaped like the model in `meta`."""
     name = getattr(args, "data", None) or meta.get("data")
@@ -136,4 +157,5 @@ def load_data(args: argparse.Namespace, meta: dict):
     return bundle
 
 
-__all__ = ["add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "MT_HELP", "load_model", "load_data", "model_shapes"]
+__all__ = ["add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "add_optimizer_args", "MT_HELP",
+           "load_model", "load_data", "load_job", "print_result", "model_shapes"]

@@ -17,11 +17,7 @@ HELP = "prune (one-shot, gradual or IMP) and fine-tune with fixed masks; resumab
 def add_finetune_args(p) -> None:
     """Fine-tuning hyper-parameters shared by finetune, validate and mt-search (unset: the model family's)."""
     p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the family's training lr)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: the family's)")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: the family's")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    p.add_argument("--weight-decay", type=float, help="default: the family's (5e-4 with SGD)")
+    common.add_optimizer_args(p)
     p.add_argument("--lr-schedule", choices=["cosine", "linear"],
                    help="learning-rate decay to 0 (default: cosine; linear for IMP, after Zimmer et al.)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default: 0.1")
@@ -75,8 +71,7 @@ def run(args) -> int:
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
                                "choose another output directory")
-    model, meta = common.load_model(args)
-    bundle = common.load_data(args, meta)
+    model, meta, bundle = common.load_job(args)
     main = is_main_process()
     quiet = args.no_progress or not main
 
