@@ -11,7 +11,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file, save_model
 
-from collapsekit.errors import CollapsekitError
+from collapsekit.errors import CollapsekitError, first_line
 from collapsekit.files import sparse
 from collapsekit.files.atomic import atomic_write, atomic_write_text
 from collapsekit.files.jsontext import json_default
@@ -126,7 +126,7 @@ def load_into(model: nn.Module, path) -> nn.Module:
         try:
             state = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure here is the file's
-            raise CollapsekitError(f"checkpoint {path} could not be loaded: {_first_line(exc)}") from None
+            raise CollapsekitError(f"checkpoint {path} could not be loaded: {first_line(exc)}") from None
         _load_state(model, state, path)
     else:
         state = _torch_state(path)
@@ -140,7 +140,7 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
-        raise CollapsekitError(f"checkpoint {path} could not be loaded: {_first_line(exc)}") from None
+        raise CollapsekitError(f"checkpoint {path} could not be loaded: {first_line(exc)}") from None
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -158,7 +158,7 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as fh:
             return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError alike
-        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {_first_line(exc)}") from None
+        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
 
 
 def _check_sha(path: Path) -> None:
@@ -174,9 +174,9 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CollapsekitError(f"checkpoint {path} holds more than tensors; refusing to unpickle it "
-                               f"({_first_line(exc)})") from None
+                               f"({first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file...
-        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {_first_line(exc)}") from None
+        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
     for key in ("state_dict", "model_state_dict", "model"):  # common training-script wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -237,11 +237,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 __all__ = ["save", "save_state", "save_pruned", "read_meta", "load_into", "sidecar_path"]

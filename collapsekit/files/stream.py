@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from collapsekit.errors import CollapsekitError
+from collapsekit.errors import CollapsekitError, first_line
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -108,7 +108,7 @@ def _shards(path: Path) -> list[Path]:
             weight_map = json.loads(path.read_text())["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
         except Exception as exc:  # noqa: BLE001 - not JSON, no weight_map, not a dict
-            raise CollapsekitError(f"checkpoint index {path} is corrupt: {_first_line(exc)}") from None
+            raise CollapsekitError(f"checkpoint index {path} is corrupt: {first_line(exc, 300)}") from None
         missing = [s for s in shards if not (path.parent / s).is_file()]
         if missing:
             raise CollapsekitError(f"checkpoint shard {path.parent / missing[0]} named in {path.name} not found")
@@ -148,12 +148,7 @@ def _data_bytes(shard: Path) -> int:
 
 def _corrupt(shard: Path, exc: BaseException) -> CollapsekitError:
     """The one-line error for a shard that cannot be read (truncated, not safetensors, changed since opened)."""
-    return CollapsekitError(f"checkpoint shard {shard} is corrupt: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:300] if text else type(exc).__name__)
+    return CollapsekitError(f"checkpoint shard {shard} is corrupt: {first_line(exc, 300)}")
 
 
 def is_streamable(path) -> bool:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from collapsekit import data as datasets
-from collapsekit.errors import CollapsekitError
+from collapsekit.errors import CollapsekitError, first_line
 from collapsekit.files import checkpoint
 from collapsekit.models import resolve
 from collapsekit.training.device import resolve_device
@@ -349,9 +349,8 @@ def _check_model_fits_data(spec: str, model: nn.Module, bundle) -> None:
         with torch.no_grad():
             out = model(bundle.example_input().to(next(model.parameters()).device))
     except Exception as exc:  # noqa: BLE001 - any failure means the shapes disagree
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CollapsekitError(f"model {spec!r} cannot take {bundle.name} inputs of shape "
-                               f"{list(bundle.input_shape)}: {msg}") from None
+                               f"{list(bundle.input_shape)}: {first_line(exc)}") from None
     finally:
         model.train(was_training)
     if out.dim() != 2 or out.shape[1] != bundle.num_classes:
