@@ -15,6 +15,7 @@ from collapsekit.errors import CollapsekitError, first_line
 from collapsekit.files import sparse
 from collapsekit.files.atomic import atomic_write, atomic_write_text
 from collapsekit.files.jsontext import json_default
+from collapsekit.files.safefile import separate_storages, storage_key
 from collapsekit.version import __version__
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
@@ -45,13 +46,7 @@ def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
     plain file has no aliases; `meta` goes to the sidecar as in `save`.
     """
     path = _weights_path(out_path)
-    seen: set = set()
-    tensors = {}
-    for key, t in state.items():
-        t = t.detach().to("cpu")
-        ptr = _storage_key(t)
-        tensors[key] = t.clone() if (ptr in seen or not t.is_contiguous()) else t
-        seen.add(ptr)
+    tensors = separate_storages({key: t.detach().to("cpu") for key, t in state.items()})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=_plain_header()))
     return _write_sidecar(path, meta)
 
@@ -189,19 +184,11 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _storage_key(tensor: torch.Tensor):
-    try:
-        ptr = tensor.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return None
-    return ptr or None
-
-
 def _tied_groups(model: nn.Module) -> dict[str, list[str]]:
     """name -> every state_dict name sharing its storage (tied weights count once)."""
     groups: dict = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        groups.setdefault(_storage_key(tensor) or name, []).append(name)
+        groups.setdefault(storage_key(tensor) or name, []).append(name)
     return {name: members for members in groups.values() for name in members}
 
 

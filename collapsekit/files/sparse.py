@@ -42,7 +42,7 @@ from collapsekit.errors import CollapsekitError
 from collapsekit.files import maskcode
 from collapsekit.files.atomic import atomic_write
 from collapsekit.files.jsontext import json_default
-from collapsekit.files.safefile import format_version, open_tagged
+from collapsekit.files.safefile import format_version, open_tagged, separate_storages
 
 FORMAT = "collapsekit-sparse"
 VERSION = 2
@@ -98,17 +98,13 @@ def write_sparse(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
     values: dict[str, list[torch.Tensor]] = {}  # dtype -> kept entries of each sparse key, in order
     codes: list[torch.Tensor] = []
     aliases: dict[str, str] = {}
-    seen_storage: set = set()
     for key, t in state.items():
         if rep_of[key] != key:
             aliases[key] = rep_of[key]
             continue
         t = t.detach().to("cpu")
         if key not in masks:
-            ptr = t.untyped_storage().data_ptr()
-            # safetensors refuses two entries that share memory: copy partial overlaps.
-            tensors[key] = t.clone() if (ptr in seen_storage or not t.is_contiguous()) else t
-            seen_storage.add(ptr)
+            tensors[key] = t
             continue
         keep = masks[key].to("cpu")
         if bool(t.masked_fill(keep, 0).ne(0).any()):
@@ -119,6 +115,7 @@ def write_sparse(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
         data, code = encode_mask(keep)
         codes.append(data)
         sparse[key] = [list(t.shape), dtype, *code, values[dtype][-1].numel(), data.numel()]
+    tensors = separate_storages(tensors)  # views that partly overlap (tied views were aliased above)
     for dtype, parts in values.items():
         tensors[f"{SEP}values.{dtype}"] = torch.cat(parts)
     if codes:
