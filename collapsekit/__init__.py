@@ -2,7 +2,7 @@
 from collapsekit.errors import CollapsekitError
 from collapsekit import models
 
-# The stages' entry points (each stage lives in its own subpackage, see DESIGN.md's data flow).
+# The stages' entry points (each stage lives in its own subpackage, see docs/design.md's data flow).
 from collapsekit.pruning.prune import prune  # noqa: E402
 from collapsekit.analysis.suggest import suggest_mt  # noqa: E402
 from collapsekit.pruning.compact import compact  # noqa: E402
@@ -18,7 +18,7 @@ _LAZY = {
     "Analysis": ("collapsekit.analysis.analysis", "Analysis"),
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
     "masks": ("collapsekit.pruning.masks", None),
-    "load_sparse": ("collapsekit.pruning.export", "load_sparse"),
+    "load_sparse": ("collapsekit.files.sparse", "load_sparse"),
     "save_sparse": ("collapsekit.pruning.export", "save_sparse"),
     "search_mt": ("collapsekit.validation.mtsearch", "search_mt"),
     "data": ("collapsekit.data", None),

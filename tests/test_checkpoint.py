@@ -171,3 +171,17 @@ def test_save_state_writes_a_plain_file_with_tied_names_each_written_out(tmp_pat
     fresh = TiedNet()
     checkpoint.load_into(fresh, path)
     assert fresh.b.weight is fresh.a.weight and torch.equal(fresh.a.weight, model.a.weight)
+
+
+def test_views_of_one_buffer_are_saved_each_with_its_own_values(tmp_path):
+    from safetensors.torch import load_file
+
+    from collapsekit.files.safefile import separate_storages
+
+    base = torch.arange(12.0).reshape(3, 4)
+    state = {"whole": base, "row": base[1], "columns": base[:, 1:3], "empty": torch.zeros(0), "again": torch.zeros(0)}
+    separate = separate_storages(state)
+    assert separate["whole"] is base and separate["empty"] is state["empty"] and separate["again"] is state["again"]
+    assert separate["row"].data_ptr() != base.data_ptr() and separate["columns"].is_contiguous()
+    plain = load_file(str(checkpoint.save_state(state, tmp_path / "views.safetensors", {})))
+    assert all(torch.equal(plain[k], v) for k, v in state.items())

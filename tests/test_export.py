@@ -1,4 +1,5 @@
-"""collapsekit.pruning.export: one sparse file with weights and masks, bit-identical round trip, size, versions."""
+"""collapsekit.pruning.export and the format it writes (collapsekit.files.sparse): one sparse file with weights and
+masks, bit-identical round trip, size, versions."""
 import json
 import os
 import struct
@@ -14,7 +15,8 @@ import collapsekit as ck
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import checkpoint
 from collapsekit.pruning import masks as mask_io
-from collapsekit.pruning.export import SEP, load_sparse, read_masks, read_sparse_meta, save_sparse
+from collapsekit.files.sparse import SEP, load_sparse, read_masks, read_sparse_meta
+from collapsekit.pruning.export import save_sparse
 from test_maskcode import entropy_bytes
 
 

@@ -1,4 +1,4 @@
-"""collapsekit.pruning.maskcode: every mask code decodes bit for bit, the shortest wins, and it is near the entropy."""
+"""collapsekit.files.maskcode: every mask code decodes bit for bit, the shortest wins, and it is near the entropy."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.pruning import maskcode
+from collapsekit.files import maskcode
 
 
 def entropy_bytes(mask: torch.Tensor) -> float:

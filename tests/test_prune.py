@@ -301,7 +301,7 @@ def test_count_macs_counts_kept_weights_times_positions():
 
 def test_cli_prune_writes_pruned_masks_and_report(tmp_path):
     from collapsekit.cli import main
-    from collapsekit.pruning.export import load_sparse
+    from collapsekit.files.sparse import load_sparse
     from collapsekit.pruning.masks import load as load_masks
 
     out = tmp_path / "run"

@@ -73,7 +73,7 @@ def test_cli_validate_and_mt_search_json(lenet, tmp_path, capsys):
     assert "suggested MT" in text and "<- best" in text
 
 
-# -- the collapse experiment (DESIGN.md Background): MobileNet collapses, MT prevents it, WRN bypasses --------
+# -- the collapse experiment (docs/design.md Background): MobileNet collapses, MT prevents it, WRN bypasses --------
 
 
 

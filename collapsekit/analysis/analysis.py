@@ -3,7 +3,7 @@ connectivity), and every question asked of it (report, masks, collapse sparsity,
 
 Later stages (suggest_mt, prune copies in validate and mt-search, compact, the CLI)
 take an Analysis instead of re-tracing and re-sorting. The analysis never changes
-the model (DESIGN.md Invariant 7): per-node results live on its own graph.
+the model (docs/design.md Invariant 7): per-node results live on its own graph.
 """
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_c
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
+from collapsekit.analysis.streamed import StreamedTensors, skeleton
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
 from collapsekit.errors import CollapsekitError
 from collapsekit.spec import fraction
-from collapsekit.files.stream import Checkpoint, StreamedTensors, materialize, skeleton
+from collapsekit.files.stream import Checkpoint, materialize
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).

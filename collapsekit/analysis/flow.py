@@ -2,7 +2,7 @@
 
 Every node's abstract value has the shape of its real value (batch of one) and
 holds 1.0 where the element is reached by some kept path from the input and 0.0
-where it is a constant of the masks alone (DESIGN.md, structural death). Each
+where it is a constant of the masks alone (docs/design.md, structural death). Each
 op has a transfer rule that keeps values non-negative, so nothing cancels, and a
 `_Bool` step after every node resets them to 0/1 (so nothing overflows either).
 
@@ -12,7 +12,7 @@ feeds some kept path to the output, and a kept weight whose gradient is positive
 lies on an input-to-output path (Vysogorets & Kempe's effective sparsity).
 
 Transfer rules live in one `rules.RuleTable` keyed by module type, function or
-method name, each with its properties as flags (STYLE.md 1-2). Rules read the
+method name, each with its properties as flags (docs/design.md, Style 1-2). Rules read the
 module's name from the node being run (`flow.target`); nothing is written on
 the modules, which the traced graph shares with the user's model (Invariant 7).
 Unknown ops get the conservative rule: the whole output is alive if any input
@@ -227,7 +227,7 @@ class Weight:
     dense for others). `real` is the constant's value where known (None: unknown):
     ops over constants alone run on the *witness*, the value with pruned entries
     zeroed, so a transform inside `forward` is judged by what it does to a pruned
-    zero (DESIGN.md Invariant 8: mean subtraction makes the whole weight live).
+    zero (docs/design.md Invariant 8: mean subtraction makes the whole weight live).
     """
 
     mask: torch.Tensor
@@ -777,7 +777,7 @@ def _multihead_attention(flow, module, query, key, value, *args, **kwargs):
 # -- the interpreter ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class FlowResult:
-    """Structural verdict at one set of masks (DESIGN.md terms)."""
+    """Structural verdict at one set of masks (docs/design.md terms)."""
 
     collapsed: bool
     dead_channels: dict[str, list[int]]

@@ -1,9 +1,9 @@
-"""Which weight tensors take part in the global magnitude ranking (DESIGN.md: prunable weight).
+"""Which weight tensors take part in the global magnitude ranking (docs/design.md: prunable weight).
 
 A Conv/Linear weight under `torch.nn.utils.parametrize` (weight_norm, spectral
 norm, a user's transform) is ranked through the stored tensor of its shape
 (`<module>.parametrizations.weight.original`, weight_norm's direction
-`original1`): that is what Global MP zeroes. DESIGN.md Invariant 8: the layer is
+`original1`): that is what Global MP zeroes. docs/design.md Invariant 8: the layer is
 applied as a pruned layer (the alias `<module>.weight`) only when the transform
 keeps a pruned zero at zero; otherwise its computed weight is dense whatever the
 mask, and the flow treats the layer as unpruned.

@@ -24,7 +24,7 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class LevelReport:
-    """What Global MP at one target sparsity does, as the masks alone decide (DESIGN.md terms)."""
+    """What Global MP at one target sparsity does, as the masks alone decide (docs/design.md terms)."""
 
     sparsity: float
     pruned: int
@@ -47,7 +47,7 @@ class LevelReport:
 
 @dataclass(frozen=True)
 class CollapseReport:
-    """The pre-prune collapse report of one model (DESIGN.md, Public contract)."""
+    """The pre-prune collapse report of one model (docs/design.md, Public contract)."""
 
     model: str
     total: int

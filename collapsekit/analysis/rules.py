@@ -4,7 +4,7 @@ The channel flow (flow.py), the sign analysis (values.py) and compaction's role
 table (pruning/compact.py) each keep one `RuleTable`: rules filed by module type
 (looked up along the MRO), by called function or torch.ops.aten overload, or by
 tensor method name. A rule's properties are flags given where it is registered
-(STYLE.md 1), so an interpreter reads `rule.reduced_ok`, never `rule is ...`,
+(docs/design.md, Style 1), so an interpreter reads `rule.reduced_ok`, never `rule is ...`,
 and a new op is one new entry.
 """
 from __future__ import annotations

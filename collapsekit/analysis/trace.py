@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from collapsekit.errors import CollapsekitError
+from collapsekit.errors import CollapsekitError, first_line
 
 
 @dataclass(frozen=True)
@@ -275,12 +275,7 @@ def _check_accepts(model: nn.Module, args: tuple, kwargs: dict) -> None:
         shapes = ", ".join([str(tuple(x.shape)) for x in args] + [
             f"{k}={tuple(v.shape)}" for k, v in kwargs.items() if isinstance(v, torch.Tensor)])
         raise CollapsekitError(f"the model does not accept an input of shape {shapes}: "
-                               f"{type(exc).__name__}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+                               f"{type(exc).__name__}: {first_line(exc, 300)}") from None
 
 
 def _where(exc: Exception) -> str:
@@ -298,4 +293,4 @@ def _where(exc: Exception) -> str:
         code = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
         loc = f" in {type(owner).__name__}.{frame.f_code.co_name} line {frame.f_lineno}" + (
             f" `{code[:120]}`" if code else "")
-    return f"{type(exc).__name__}{loc}: {_first_line(exc)}"
+    return f"{type(exc).__name__}{loc}: {first_line(exc, 300)}"

@@ -1,6 +1,6 @@
 """Value-level death: what is constant at the current (masked) weights although a kept path remains.
 
-A sign analysis (abstract interpretation with real weights, DESIGN.md) tracks
+A sign analysis (abstract interpretation with real weights, docs/design.md) tracks
 for each activation element whether it can be positive and whether it can be
 negative. A ReLU whose input can never be positive outputs the constant 0; those
 elements are *cuts*, which the structural flow then applies to find channels

@@ -9,6 +9,7 @@ import re
 import sys
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.version import __version__
 
 # Order in `collapsekit --help`; any other module of this package that defines HELP,
 # DESCRIPTION, add_arguments(parser) and run(args) is added after these.
@@ -19,8 +20,6 @@ _ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one subparser per subcommand module."""
-    from collapsekit.version import __version__
-
     parser = argparse.ArgumentParser(
         prog="collapsekit",
         description="Predict, prevent and verify layer collapse under Global Magnitude Pruning.",

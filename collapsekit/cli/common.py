@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
 
+import torch
+
+from collapsekit import data, models
 from collapsekit.errors import CollapsekitError
+from collapsekit.files import checkpoint
+from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME
+from collapsekit.spec import fraction, keyword_defaults, load_callable
+from collapsekit.training.train import default_input_size, seed_everything
 
 DEFAULT_TOKENS = 16  # the example sequence length of a token model given no --tokens
 
@@ -51,8 +59,6 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """Add --data, --data-path and (if not there yet) --input-size."""
-    from collapsekit import data
-
     _add_once(parser, "--data", metavar="NAME", required=required,
               help=f"data set: {', '.join(data.names())}, or package.module:loader returning a DataBundle "
                    "(default: the checkpoint's)")
@@ -111,8 +117,6 @@ def os_error_line(exc: OSError) -> str:
 def sparsity_arg(text: str) -> float:
     """argparse type of --sparsity: a fraction (0.95) or a percent (95%), read by `spec.fraction` as
     `sparsity=` is in Python; the range is checked where the sparsity is used (one-line error)."""
-    from collapsekit.spec import fraction
-
     try:
         return fraction(text)
     except CollapsekitError as exc:
@@ -141,6 +145,15 @@ def add_training_job_args(parser: argparse.ArgumentParser) -> None:
     add_device_args(parser)
 
 
+def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    """Add the optimizer flags that train and fine-tune share; unset, each takes the model family's default."""
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the model family's)")
+    parser.add_argument("--batch-size", type=int, help="batch size over all processes (default: the model family's)")
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: the model family's")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
+    parser.add_argument("--weight-decay", type=float, help="default: the model family's (5e-4 with SGD)")
+
+
 def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int | None, int | None, int | None]:
     """(spec, num_classes, in_channels, input_size): explicit arguments, then the sidecar, then --data.
 
@@ -149,8 +162,6 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int 
     A shape nothing asks for is None: a `package.module:factory` then keeps its own
     default (`models.resolve`), a zoo model takes 10 classes, 3 channels, 32 x 32.
     """
-    from collapsekit import data
-
     spec = getattr(args, "model", None) or meta.get("model")
     name = getattr(args, "data", None) or meta.get("data")
     native = data.native_shape(name) if name in data.names() else (None, None, None)
@@ -166,8 +177,6 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int 
     # data, so the model follows whatever the data will look like.
     size = native[2]
     if spec and name in data.names():
-        from collapsekit.training.train import default_input_size
-
         size = default_input_size(spec, name) or size
     return spec, pick("num_classes", "num_classes", native[0]), pick("in_channels", "in_channels", native[1]), \
         pick("input_size", "input_size", size)
@@ -175,8 +184,6 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int 
 
 def shapes_from_input(args: argparse.Namespace) -> None:
     """Let --input-shape imply --in-channels/--input-size where those were not given."""
-    from collapsekit import models
-
     shape = getattr(args, "input_shape", None)
     if not shape or len(shape) < 3:
         return
@@ -192,10 +199,6 @@ def shapes_from_input(args: argparse.Namespace) -> None:
 def example_input(args: argparse.Namespace, meta: dict, model=None, bundle=None):
     """The example input to trace: token ids from --tokens, a tensor from --input-shape, else --data's
     first example, else a random tensor of the model's recorded shape."""
-    import torch
-
-    from collapsekit import models
-
     if getattr(args, "tokens", None) is not None:
         return token_inputs(model, args.tokens)
     shape = getattr(args, "input_shape", None)
@@ -218,8 +221,6 @@ def example_input(args: argparse.Namespace, meta: dict, model=None, bundle=None)
 
 def _token_vocabulary(model) -> int | None:
     """The vocabulary size of a model whose input goes through an embedding table (a token model), else None."""
-    import torch
-
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     return vocab if isinstance(embed, torch.nn.Embedding) and vocab else None
@@ -228,8 +229,6 @@ def _token_vocabulary(model) -> int | None:
 def token_inputs(model, length: int) -> dict:
     """Keyword inputs of a token model: input_ids (and decoder_input_ids when the config says
     is_encoder_decoder) of `length` tokens drawn from the config's vocabulary."""
-    import torch
-
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab_size", None)
     if length <= 0:
@@ -268,9 +267,6 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     `torch.device("meta")` unless `on_meta=False` (a question that runs the model on
     data needs its non-persistent buffers, which only a real build computes).
     """
-    from collapsekit.files import checkpoint
-    from collapsekit.models import names, resolve
-
     shapes_from_input(args)
     path = getattr(args, "checkpoint", None)
     if path:
@@ -281,26 +277,20 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     spec, num_classes, in_channels, input_size = model_shapes(args, meta)
     if not spec:
         where = f"{checkpoint.sidecar_path(described)} does not exist" if path else "no --checkpoint was given"
-        raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(names())}, or package.module:factory); "
-                               f"{where}")
+        raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(models.names())}, or "
+                               f"package.module:factory); {where}")
     seed = getattr(args, "seed", None)
     if seed is not None:  # a fresh model's initialisation repeats with --seed
-        from collapsekit.training.train import seed_everything
-
         seed_everything(seed)
     shapes = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     if stream and (on_meta is None or on_meta):
-        import torch
-
         with torch.device("meta"):
-            model = resolve(spec, **shapes)
+            model = models.resolve(spec, **shapes)
     else:
-        model = resolve(spec, **shapes)
+        model = models.resolve(spec, **shapes)
     if path and not stream:
         checkpoint.load_into(model, path)
     if ":" in spec:  # what the factory took by its own defaults shapes the example input, as the flags would
-        from collapsekit.spec import keyword_defaults, load_callable
-
         own = keyword_defaults(load_callable(spec, "model"), [k for k, v in shapes.items() if v is None])
         shapes.update({k: v for k, v in own.items() if isinstance(v, int)})
     return model, {**meta, "model": spec, **shapes}
@@ -308,8 +298,6 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
 
 def check_checkpoint_path(path, directory_ok: bool = False) -> None:
     """Raise CollapsekitError unless `path` is a weights file (or, where `directory_ok`, a sharded checkpoint folder)."""
-    from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME
-
     p = Path(path)
     if p.is_dir():
         if directory_ok and ((p / INDEX_NAME).is_file() or (p / SINGLE_NAME).is_file()):
@@ -322,10 +310,19 @@ def check_checkpoint_path(path, directory_ok: bool = False) -> None:
         raise CollapsekitError(f"checkpoint {path} not found")
 
 
+def load_job(args: argparse.Namespace):
+    """(model, meta, bundle) of a command that trains: `load_model`, then `load_data` shaped like it."""
+    model, meta = load_model(args)
+    return model, meta, load_data(args, meta)
+
+
+def print_result(result, fmt: str, to_text) -> None:
+    """Print `result` as its JSON document (`fmt` "json") or as `to_text(result)`."""
+    print(json.dumps(result.to_dict(), indent=2) if fmt == "json" else to_text(result))
+
+
 def load_data(args: argparse.Namespace, meta: dict):
     """The DataBundle for --data (default: the checkpoint's), shaped like the model in `meta`."""
-    from collapsekit import data
-
     name = getattr(args, "data", None) or meta.get("data")
     if not name:
         raise CollapsekitError(f"no data given: pass --data ({', '.join(data.names())})")
@@ -342,4 +339,6 @@ def load_data(args: argparse.Namespace, meta: dict):
 
 
 __all__ = ["add_input_args", "example_input", "token_inputs", "shapes_from_input", "check_input_matches",
-           "add_output_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args", "add_device_args", "add_mt_arg", "MT_HELP", "load_model", "load_data", "model_shapes"]
+           "add_output_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args",
+           "add_device_args", "add_mt_arg", "add_optimizer_args", "MT_HELP", "load_model", "load_data", "load_job",
+           "print_result", "model_shapes"]

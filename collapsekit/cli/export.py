@@ -1,6 +1,10 @@
 """`collapsekit export`: a sparse checkpoint written out as a plain dense safetensors file (and its masks, on request)."""
 from __future__ import annotations
 
+from collapsekit.errors import CollapsekitError
+from collapsekit.files.checkpoint import save_state, sidecar_path
+from collapsekit.files.sparse import load_sparse, read_sparse_meta
+from collapsekit.pruning import masks as mask_io
 from collapsekit.cli.common import add_output_arg
 
 
@@ -21,11 +25,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Decode, write what was asked, print one line per file written."""
-    from collapsekit.errors import CollapsekitError
-    from collapsekit.files.checkpoint import save_state, sidecar_path
-    from collapsekit.pruning import masks as mask_io
-    from collapsekit.pruning.export import load_sparse, read_sparse_meta
-
     if not args.dense and not args.masks_file:
         raise CollapsekitError("nothing to write: pass --dense OUT and/or --masks-file PATH")
     state, masks = load_sparse(args.checkpoint, with_masks=True)

@@ -4,8 +4,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from collapsekit.cli import common
+from collapsekit.errors import CollapsekitError
+from collapsekit.files import runstate
+from collapsekit.training.finetune import MODEL_FILE, prune_and_finetune
+from collapsekit.training.train import EpochEnd, defaults_for
 
 HELP = "prune (one-shot, gradual or IMP) and fine-tune with fixed masks; resumable, torchrun-ready"
 
@@ -13,11 +18,7 @@ HELP = "prune (one-shot, gradual or IMP) and fine-tune with fixed masks; resumab
 def add_finetune_args(p) -> None:
     """Fine-tuning hyper-parameters shared by finetune, validate and mt-search (unset: the model family's)."""
     p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the family's training lr)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: the family's)")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: the family's")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    p.add_argument("--weight-decay", type=float, help="default: the family's (5e-4 with SGD)")
+    common.add_optimizer_args(p)
     p.add_argument("--lr-schedule", choices=["cosine", "linear"],
                    help="learning-rate decay to 0 (default: cosine; linear for IMP, after Zimmer et al.)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default: 0.1")
@@ -26,8 +27,6 @@ def add_finetune_args(p) -> None:
 
 def finetune_kwargs(args, meta: dict) -> dict:
     """Keyword arguments of `finetune.finetune` from the parsed flags and the family defaults of the model."""
-    from collapsekit.training.train import defaults_for
-
     hp = defaults_for(meta.get("model") or "")
     kwargs = dict(lr=args.lr or hp["lr"], batch_size=args.batch_size or hp["batch_size"],
                   optimizer=args.optimizer or hp["optimizer"], momentum=args.momentum,
@@ -73,13 +72,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Load, prune on the schedule, fine-tune, print the result (rank 0 only)."""
-    from pathlib import Path
-
-    from collapsekit.errors import CollapsekitError
-    from collapsekit.files import runstate
-    from collapsekit.training.finetune import MODEL_FILE, prune_and_finetune
-    from collapsekit.training.train import EpochEnd
-
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
                                "choose another output directory")
@@ -87,8 +79,7 @@ def run(args) -> int:
     if args.resume and main and not (Path(args.out) / runstate.STATE_FILE).is_file():
         print(f"collapsekit finetune: warning: nothing to resume in {args.out} (no {runstate.STATE_FILE}); "
               "starting a fresh run", file=sys.stderr)
-    model, meta = common.load_model(args)
-    bundle = common.load_data(args, meta)
+    model, meta, bundle = common.load_job(args)
     quiet = args.no_progress or not main
 
     def log_epoch(epoch: int, m: dict) -> None:

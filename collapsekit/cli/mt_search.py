@@ -1,10 +1,9 @@
 """`collapsekit mt-search`: prune + fine-tune over a sweep of MT values from `suggest_mt`; the best MT."""
 from __future__ import annotations
 
-import json
-
 from collapsekit.cli import common
 from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main_process
+from collapsekit.views.render import mt_search_to_text
 
 HELP = "sweep the Minimum Threshold (prune + fine-tune each) and report the best"
 
@@ -28,13 +27,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Sweep MT, print the accuracy-vs-MT table (rank 0 only)."""
+    # Here, not at the top: every command loads this module to build the parser, and the search engine
+    # (Optuna, which issue 21 brings in) should load only for this one.
     from collapsekit.validation.mtsearch import search_mt
-    from collapsekit.views.render import mt_search_to_text
 
-    model, meta = common.load_model(args)
-    bundle = common.load_data(args, meta)
+    model, meta, bundle = common.load_job(args)
     result = search_mt(model, bundle, args.sparsity, mts=args.mt, epochs=args.epochs,
                        progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta))
     if is_main_process():  # under torchrun every rank sweeps; rank 0 prints
-        print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else mt_search_to_text(result))
+        common.print_result(result, args.format, mt_search_to_text)
     return 0

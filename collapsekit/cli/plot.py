@@ -6,6 +6,9 @@ from pathlib import Path
 
 from collapsekit.cli.common import add_model_args, add_output_arg, example_input, load_model, sparsity_arg
 from collapsekit.cli.report import add_analysis_args
+from collapsekit.files.atomic import atomic_write_text
+from collapsekit.views.audit import audit
+from collapsekit.views.render import audit_to_text
 
 HELP = "draw the collapse report as figures (PNG and SVG)"
 
@@ -33,10 +36,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Audit the model, save the report and every figure, print the verdict and the files written."""
-    from collapsekit.files.atomic import atomic_write_text
-    from collapsekit.views import plots
-    from collapsekit.views.audit import audit
-    from collapsekit.views.render import audit_to_text
+    from collapsekit.views import plots  # here, not at the top: matplotlib costs every CLI call about a second
 
     model, meta = load_model(args)
     result = audit(model, example_input(args, meta, model), sparsities=args.sparsity, mt=args.mt,

@@ -4,7 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from collapsekit.analysis.cost import count_macs
+from collapsekit.analysis.trace import trace
 from collapsekit.cli.common import add_model_args, add_mt_arg, add_output_arg, example_input, load_model, sparsity_arg
+from collapsekit.files.atomic import atomic_write_text
+from collapsekit.files.checkpoint import SHA_KEY
+from collapsekit.pruning import masks as mask_io
+from collapsekit.pruning.export import save_sparse
+from collapsekit.pruning.prune import prune
+from collapsekit.views.render import prune_to_text
 
 
 HELP = "prune a model with Global MP (+ MT) and save it sparse"
@@ -31,14 +39,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from collapsekit.files.atomic import atomic_write_text
-    from collapsekit.files.checkpoint import SHA_KEY
-    from collapsekit.pruning.export import save_sparse
-    from collapsekit.analysis.cost import count_macs
-    from collapsekit.pruning.prune import prune
-    from collapsekit.analysis.trace import trace
-    from collapsekit.views.render import prune_to_text
-
     model, meta = load_model(args)
     traced = trace(model, example_input(args, meta, model))  # before pruning: a bad shape fails with nothing written
     result = prune(model, args.sparsity, mt=args.mt, include=args.include, exclude=args.exclude)
@@ -51,8 +51,6 @@ def run(args) -> int:
     written = [save_sparse(model, result.masks, out / "pruned.safetensors",
                            meta={**meta, "prune": {k: document[k] for k in ("target_sparsity", "sparsity", "mt_count")}})]
     if args.masks_file:
-        from collapsekit.pruning import masks as mask_io
-
         written.append(mask_io.save(result.masks, args.masks_file))
     written.append(atomic_write_text(out / "prune.json", json.dumps(document, indent=2) + "\n"))
     if args.format == "json":

@@ -5,6 +5,11 @@ import argparse
 import json
 from pathlib import Path
 
+from collapsekit.analysis.analysis import analyze
+from collapsekit.files.atomic import atomic_write_text
+from collapsekit.files.stream import is_streamable
+from collapsekit.files.sparse import is_sparse_checkpoint
+from collapsekit.views.render import report_to_markdown, report_to_text
 from collapsekit.cli.common import (add_data_args, add_model_args, add_mt_arg, add_output_arg, example_input, load_data,
                                     load_model, sparsity_arg)
 
@@ -36,13 +41,6 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Analyse the model and print the report as text, markdown or JSON."""
-    from collapsekit.analysis.analysis import analyze
-    from collapsekit.files.atomic import atomic_write_text
-    from collapsekit.views.render import report_to_markdown, report_to_text
-
-    from collapsekit.files.stream import is_streamable
-    from collapsekit.pruning.export import is_sparse_checkpoint
-
     # A safetensors checkpoint (file, sharded directory or index) is streamed: each weight
     # is read from the file when needed. Without data the model is a meta skeleton; with
     # data it is built for real, since the forecast runs it on the checkpoint's values.

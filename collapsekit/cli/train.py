@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from collapsekit.cli import common
+from collapsekit.training.train import dense_train
 
 HELP = "train a dense model (the network to analyse and prune) and save it"
 
@@ -20,11 +21,7 @@ def add_arguments(p) -> None:
     common.add_training_job_args(p)
     common.add_output_arg(p, "--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/model.json")
     p.add_argument("--epochs", type=int, help="epochs (default: per family, e.g. 8 for resnet20)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: per family)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: per family)")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: per family")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    p.add_argument("--weight-decay", type=float, help="default: per family (5e-4 with SGD)")
+    common.add_optimizer_args(p)
     p.add_argument("--lr-schedule", choices=["cosine", "linear", "constant"], default="cosine",
                    help="learning-rate decay to 0 over the run (default: cosine)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
@@ -36,10 +33,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Train, save, print the final test accuracy."""
-    from collapsekit.training.train import dense_train
-
-    model, meta = common.load_model(args)
-    bundle = common.load_data(args, meta)
+    model, meta, bundle = common.load_job(args)
     quiet = args.no_progress
 
     def log_epoch(epoch: int, m: dict) -> None:

@@ -1,10 +1,10 @@
 """`collapsekit validate`: the analyzer's collapse prediction beside a real prune + fine-tune, per sparsity."""
 from __future__ import annotations
 
-import json
-
 from collapsekit.cli import common
 from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main_process
+from collapsekit.validation.validate import validate
+from collapsekit.views.render import validation_to_text
 
 HELP = "check predicted collapse against real Global MP + fine-tuning"
 
@@ -31,15 +31,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Validate the prediction at each sparsity and print the table (rank 0 only)."""
-    from collapsekit.validation.validate import validate
-    from collapsekit.views.render import validation_to_text
-
-    model, meta = common.load_model(args)
-    bundle = common.load_data(args, meta)
+    model, meta, bundle = common.load_job(args)
     kwargs = finetune_kwargs(args, meta)
     report = validate(model, bundle, args.sparsity, mt=args.mt, epochs=args.epochs, margin=args.margin,
                       name=meta.get("model"), out=args.out,
                       progress=not args.no_progress and args.format != "json", **kwargs)
     if is_main_process():  # under torchrun every rank validates; rank 0 prints
-        print(json.dumps(report.to_dict(), indent=2) if args.format == "json" else validation_to_text(report))
+        common.print_result(report, args.format, validation_to_text)
     return 0

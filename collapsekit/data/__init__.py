@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.spec import call_with_accepted, load_callable
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,6 @@ def load(name: str, path=None, input_size: int | None = None, channels: int | No
     name calls the user's loader with the keywords it accepts; it must return a DataBundle.
     """
     if ":" in name and name not in _LOADERS:
-        from collapsekit.spec import call_with_accepted, load_callable
-
         loader = load_callable(name, "data")
         try:
             bundle = call_with_accepted(loader, dict(path=path, input_size=input_size, channels=channels, seed=seed))

@@ -1,1 +1,1 @@
-"""Files: checkpoints, tagged safetensors and atomic writes."""
+"""Files: checkpoints, the sparse checkpoint format and its mask codes, tensors streamed from disk, atomic writes."""

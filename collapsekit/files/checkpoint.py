@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file, save_model
 
-from collapsekit.errors import CollapsekitError
+from collapsekit.errors import CollapsekitError, first_line
+from collapsekit.files import sparse
 from collapsekit.files.atomic import atomic_write, atomic_write_text
+from collapsekit.files.jsontext import json_default
+from collapsekit.files.safefile import separate_storages, storage_key
+from collapsekit.version import __version__
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 SHA_KEY = "weights_sha256"  # sidecar key: lets load_into notice a corrupted payload
@@ -28,8 +35,6 @@ def save(model: nn.Module, out_path, meta: dict) -> Path:
     shapes, data, args, accuracy, seed...) goes to the `<stem>.json` sidecar
     with the file's sha256 added. Both files are replaced atomically.
     """
-    from safetensors.torch import save_model
-
     path = _weights_path(out_path)
     atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=_plain_header()))
     return _write_sidecar(path, meta)
@@ -41,35 +46,24 @@ def save_state(state: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
     Names that share one tensor (tied weights) are each written out, since a
     plain file has no aliases; `meta` goes to the sidecar as in `save`.
     """
-    from safetensors.torch import save_file
-
     path = _weights_path(out_path)
-    seen: set = set()
-    tensors = {}
-    for key, t in state.items():
-        t = t.detach().to("cpu")
-        ptr = _storage_key(t)
-        tensors[key] = t.clone() if (ptr in seen or not t.is_contiguous()) else t
-        seen.add(ptr)
+    tensors = separate_storages({key: t.detach().to("cpu") for key, t in state.items()})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=_plain_header()))
     return _write_sidecar(path, meta)
 
 
 def save_pruned(model: nn.Module, masks: dict[str, torch.Tensor], out_path, meta: dict) -> Path:
-    """Path of the one sparse checkpoint (`pruning.export.save_sparse`) of `model` and `masks`, + sidecar.
+    """Path of the one sparse checkpoint (`files.sparse`) of `model` and `masks`, + sidecar.
 
     `meta` goes into the file's header, so the file alone says which model it
     is, and to the `<stem>.json` sidecar with the file's sha256, as in `save`.
     """
-    from collapsekit.pruning.export import save_sparse
-
-    path = save_sparse(model, masks, _weights_path(out_path), meta=meta)
+    path = sparse.write_sparse(model.state_dict(keep_vars=False), masks, _weights_path(out_path), meta=meta,
+                               owner=type(model).__name__)
     return _write_sidecar(path, meta)
 
 
 def _plain_header() -> dict[str, str]:
-    from collapsekit.version import __version__
-
     return {"format": "pt", "collapsekit": __version__}  # "pt": what transformers' loaders expect
 
 
@@ -82,7 +76,7 @@ def _weights_path(out_path) -> Path:
 
 def _write_sidecar(path: Path, meta: dict) -> Path:
     document = {**meta, SHA_KEY: _sha256(path)}
-    text = json.dumps(document, indent=2, sort_keys=True, default=_json_default) + "\n"
+    text = json.dumps(document, indent=2, sort_keys=True, default=json_default) + "\n"
     atomic_write_text(sidecar_path(path), text)
     return path
 
@@ -91,10 +85,8 @@ def read_meta(path) -> dict:
     """The sidecar metadata of a weights file; a sparse checkpoint's own header meta when it has no sidecar; or {}."""
     side = sidecar_path(path)
     if not side.is_file():
-        from collapsekit.pruning import export
-
-        if Path(path).is_file() and export.is_sparse_checkpoint(path):
-            return export.read_sparse_meta(path)
+        if Path(path).is_file() and sparse.is_sparse_checkpoint(path):
+            return sparse.read_sparse_meta(path)
         return {}
     try:
         meta = json.loads(side.read_text())
@@ -115,11 +107,9 @@ def load_into(model: nn.Module, path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise CollapsekitError(f"checkpoint {path} not found")
-    from collapsekit.pruning import export
-
-    if export.is_sparse_checkpoint(path):
+    if sparse.is_sparse_checkpoint(path):
         # Our pruned file: decoded to a plain state_dict, the masks' zeros included.
-        state = export.load_sparse(path)
+        state = sparse.load_sparse(path)
         _check_sha(path)
         _check_fits(model, {k: tuple(v.shape) for k, v in state.items()}, path)
         _load_state(model, state, path)
@@ -127,14 +117,12 @@ def load_into(model: nn.Module, path) -> nn.Module:
         shapes = _safetensors_shapes(path)
         _check_sha(path)
         _check_fits(model, shapes, path)
-        from safetensors.torch import load_file
-
         # load_file + load_state_dict rather than load_model: a plain file (`save_state`,
         # other tools) holds every name of a tied tensor, which load_model rejects.
         try:
             state = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - any failure here is the file's
-            raise CollapsekitError(f"checkpoint {path} could not be loaded: {_first_line(exc)}") from None
+            raise CollapsekitError(f"checkpoint {path} could not be loaded: {first_line(exc)}") from None
         _load_state(model, state, path)
     else:
         state = _torch_state(path)
@@ -148,7 +136,7 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
-        raise CollapsekitError(f"checkpoint {path} could not be loaded: {_first_line(exc)}") from None
+        raise CollapsekitError(f"checkpoint {path} could not be loaded: {first_line(exc)}") from None
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -161,14 +149,12 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
     try:
         # Opening parses and bounds-checks the header: a truncated file fails here.
         with safe_open(str(path), framework="pt") as fh:
             return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError alike
-        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {_first_line(exc)}") from None
+        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
 
 
 def _check_sha(path: Path) -> None:
@@ -180,8 +166,6 @@ def _check_sha(path: Path) -> None:
 
 
 def _torch_state(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
-
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -191,7 +175,7 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
         raise CollapsekitError(f"checkpoint {path} holds {what}, not a state_dict of tensors, and collapsekit never "
                                "unpickles code: save model.state_dict() (torch.save) or a .safetensors file") from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file...
-        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {_first_line(exc)}") from None
+        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
     for key in ("state_dict", "model_state_dict", "model"):  # common training-script wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -204,19 +188,11 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _storage_key(tensor: torch.Tensor):
-    try:
-        ptr = tensor.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return None
-    return ptr or None
-
-
 def _tied_groups(model: nn.Module) -> dict[str, list[str]]:
     """name -> every state_dict name sharing its storage (tied weights count once)."""
     groups: dict = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        groups.setdefault(_storage_key(tensor) or name, []).append(name)
+        groups.setdefault(storage_key(tensor) or name, []).append(name)
     return {name: members for members in groups.values() for name in members}
 
 
@@ -252,19 +228,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _json_default(obj):
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)  # Path, torch.device, dtype...
 
 
 __all__ = ["save", "save_state", "save_pruned", "read_meta", "load_into", "sidecar_path"]

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.files.atomic import atomic_write, atomic_write_text
-from collapsekit.files.safefile import read_tagged
+from collapsekit.files.safefile import read_tagged, separate_storages
 
 STATE_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -171,16 +172,8 @@ def _add_state_dict(tensors: dict, prefix: str, state: dict) -> dict[str, str]:
 
 
 def _save_tensors(tensors: dict, path, metadata: dict) -> Path:
-    from safetensors.torch import save_file
-
-    # safetensors refuses tensors that share memory (a CPU model's tied weights are deduplicated
-    # above; views of one buffer are not): give those their own storage.
-    owners: set = set()
-    for key, t in tensors.items():
-        ptr = t.untyped_storage().data_ptr()
-        if t.numel() and ptr in owners:
-            tensors[key] = t.clone()
-        owners.add(ptr)
+    # A CPU model's tied weights are deduplicated above; views of one buffer are not.
+    tensors = separate_storages(tensors)
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 

@@ -1,4 +1,4 @@
-"""Reading collapsekit's own safetensors files: a format tag and version in the header, no pickles, one-line errors."""
+"""collapsekit's safetensors files: a format tag and version in the header, no pickles, one-line errors, no shared memory."""
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +7,33 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import safe_open
 
 from collapsekit.errors import CollapsekitError
+
+
+def storage_key(tensor: torch.Tensor) -> int | None:
+    """The address of the memory `tensor` views (None for an empty tensor or one without CPU storage)."""
+    try:
+        ptr = tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+    return ptr or None
+
+
+def separate_storages(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with each one that shares memory with an earlier one, or is not contiguous, copied.
+
+    safetensors refuses to save two entries over the same memory (views of one
+    buffer, tied weights written under every name); the others stay as they are.
+    """
+    seen: set = set()
+    out = {}
+    for key, t in tensors.items():
+        ptr = storage_key(t)
+        out[key] = t.clone() if ((ptr is not None and ptr in seen) or not t.is_contiguous()) else t
+        seen.add(ptr)
+    return out
 
 
 def format_version(meta: dict) -> int:
@@ -30,8 +55,6 @@ def open_tagged(path, what: str, newest: dict[str, int]) -> Iterator[tuple[objec
     newer file, and any failure while the caller reads it inside the `with`,
     raise a one-line CollapsekitError naming the path.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CollapsekitError(f"{what} {path} not found")

@@ -3,7 +3,8 @@
 `ck.analyze(meta_model, example_inputs, checkpoint=path)` analyses a model whose
 parameters live on the meta device (no memory) while every weight a question
 needs is read, one tensor at a time, in the dtype it is stored in (bf16, fp16 as
-stored). A tensor is a view of its own private (copy-on-write) mapping of the
+stored); `collapsekit.analysis.streamed` pairs these tensors with the model's
+prunable weights. This module only reads files. A tensor is a view of its own private (copy-on-write) mapping of the
 file's bytes: nothing is copied, a question that reads it a block at a time
 brings in only the pages it reads, and the mapping closes when the tensor is
 freed. No tensor outlives the question that read it, so the process never holds
@@ -20,14 +21,12 @@ import json
 import math
 import mmap
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.errors import CollapsekitError
+from collapsekit.errors import CollapsekitError, first_line
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -95,78 +94,6 @@ class Checkpoint:
         return next((n for n in names if n in self.files), None)
 
 
-class StreamedTensors(Sequence):
-    """The prunable tensors of `weights`, each read from the checkpoint when indexed (nothing cached)."""
-
-    def __init__(self, checkpoint: Checkpoint, weights: list[PrunableWeight], timings=None):
-        self.checkpoint, self.timings = checkpoint, timings  # timings: adds "checkpoint reads" seconds
-        self.names = []
-        missing, wrong = [], []
-        for w in weights:
-            found = checkpoint.first_of((w.name, *w.aliases))
-            if found is None:
-                missing.append(w.name)
-            elif checkpoint.shapes[found] != tuple(w.shape):
-                wrong.append(f"{found}: {list(checkpoint.shapes[found])} in the file vs {list(w.shape)} in the model")
-            self.names.append(found)
-        if missing or wrong:
-            problems = [f"{n}: missing" for n in missing] + wrong
-            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-            raise CollapsekitError(f"checkpoint {checkpoint.path} does not fit the model: "
-                                   f"{'; '.join(problems[:3])}{more}")
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if self.timings is None:
-            return self.checkpoint.read(self.names[i])
-        with self.timings.stage("checkpoint reads"):
-            return self.checkpoint.read(self.names[i])
-
-
-def skeleton(model: nn.Module, checkpoint: Checkpoint, weights: list[PrunableWeight]) -> tuple[nn.Module, list[str]]:
-    """(a copy of `model` to trace, names zero-filled): every prunable weight and embedding table a
-    one-element zero tensor expanded to its shape (no memory), every other parameter or buffer on the meta device read from
-    the checkpoint (in the model's dtype), and those the file lacks (non-persistent buffers such as
-    rotary frequencies) zero-filled. The user's model is not touched; its real tensors are shared,
-    never copied.
-    """
-    prunable = {n for w in weights for n in (w.name, *w.aliases)}
-    memo = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if name in prunable or p.is_meta:
-            memo[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), p.requires_grad)
-        else:
-            memo[id(p)] = p  # shared: deepcopy keeps the real tensor as it is
-    for b in model.buffers():
-        if not b.is_meta:
-            memo[id(b)] = b
-    copy_ = copy.deepcopy(model, memo)
-    zero_filled = []
-    # A lookup table's values never decide structure (its output is live wherever its ids are):
-    # like the prunable weights, it is traced without data, which spares a vocabulary-sized read.
-    tables = {f"{m}.weight" if m else "weight" for m, mod in copy_.named_modules(remove_duplicate=False)
-              if isinstance(mod, (nn.Embedding, nn.EmbeddingBag))}
-    for name, tensor in [*copy_.named_parameters(remove_duplicate=False), *copy_.named_buffers(remove_duplicate=False)]:
-        if not tensor.is_meta:
-            continue
-        if name in prunable or name in tables:
-            value = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
-        elif name in checkpoint:
-            if checkpoint.shapes[name] != tuple(tensor.shape):
-                raise CollapsekitError(f"checkpoint {checkpoint.path} does not fit the model: {name}: "
-                                       f"{list(checkpoint.shapes[name])} in the file vs {list(tensor.shape)}")
-            value = checkpoint.read(name).to(tensor.dtype)
-        else:
-            value = torch.zeros(tensor.shape, dtype=tensor.dtype)
-            zero_filled.append(name)
-        _assign(copy_, name, value, isinstance(tensor, nn.Parameter))
-    return copy_, zero_filled
-
-
 def materialize(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
     """A copy of `model` holding real values: every parameter or buffer the checkpoint has, read from it
     (in the model's dtype), the rest the model's own. Questions that run the model on data (the
@@ -201,15 +128,6 @@ def materialize(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _assign(root: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
-    owner_name, _, attr = name.rpartition(".")
-    owner = root.get_submodule(owner_name)
-    if parameter:
-        owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
-    else:
-        owner._buffers[attr] = value
-
-
 def _shards(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint path: a file, an index file, or a directory holding either."""
     if path.is_dir():
@@ -226,7 +144,7 @@ def _shards(path: Path) -> list[Path]:
             weight_map = json.loads(path.read_text())["weight_map"]
             shards = sorted({str(v) for v in weight_map.values()})
         except Exception as exc:  # noqa: BLE001 - not JSON, no weight_map, not a dict
-            raise CollapsekitError(f"checkpoint index {path} is corrupt: {_first_line(exc)}") from None
+            raise CollapsekitError(f"checkpoint index {path} is corrupt: {first_line(exc, 300)}") from None
         missing = [s for s in shards if not (path.parent / s).is_file()]
         if missing:
             raise CollapsekitError(f"checkpoint shard {path.parent / missing[0]} named in {path.name} not found")
@@ -266,12 +184,7 @@ def _data_bytes(shard: Path) -> int:
 
 def _corrupt(shard: Path, exc: BaseException) -> CollapsekitError:
     """The one-line error for a shard that cannot be read (truncated, not safetensors, changed since opened)."""
-    return CollapsekitError(f"checkpoint shard {shard} is corrupt: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:300] if text else type(exc).__name__)
+    return CollapsekitError(f"checkpoint shard {shard} is corrupt: {first_line(exc, 300)}")
 
 
 def is_streamable(path) -> bool:

@@ -50,7 +50,8 @@ def resolve(spec: str, num_classes: int | None = None, in_channels: int | None =
 
 
 def _load_zoo() -> None:
-    # Importing the modules runs their @register decorators.
+    # Importing the modules runs their @register decorators. On first use, not at import: a zoo module may
+    # need a heavy library (transformers) that `import collapsekit` should not pay for.
     from collapsekit.models import zoo  # noqa: F401
 
 

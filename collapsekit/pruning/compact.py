@@ -48,7 +48,7 @@ LAYER, CHANNELWISE, PASSTHROUGH, JOIN, FLATTEN, PIN, SCALAR = (
 
 
 class LayerHandler:
-    """How compaction reads and rebuilds one module type (STYLE.md 2: Torch-Pruning's per-type pruners).
+    """How compaction reads and rebuilds one module type (docs/design.md, Style 2: Torch-Pruning's per-type pruners).
 
     `role` says how the module treats channels at a node: LAYER starts a channel
     group with its output channels, CHANNELWISE maps channel c to channel c with

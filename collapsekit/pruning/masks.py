@@ -1,11 +1,11 @@
 """Masks on disk (one code per mask, smallest first) and interop with torch.nn.utils.prune's weight_orig/weight_mask form.
 
 The masks of a pruned model travel inside its sparse checkpoint
-(`collapsekit.pruning.export`); `load` reads them from there or from a
+(`collapsekit.files.sparse`); `load` reads them from there or from a
 separate mask file, written only on request (`prune --masks-file`). A mask file
 (format "collapsekit-masks", format_version 2) holds one uint8 tensor per
 parameter name: the keep-mask in the shortest code of
-`collapsekit.pruning.maskcode`; shapes, codes and kept counts live in the
+`collapsekit.files.maskcode`; shapes, codes and kept counts live in the
 header's `layout`. Version 1 files (packed bits, `shapes`) still load.
 Loading parses no pickle (Invariant 6).
 """
@@ -17,10 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.utils.prune as torch_prune
+from safetensors.torch import save_file
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.files import sparse
 from collapsekit.files.atomic import atomic_write
 from collapsekit.files.safefile import format_version, open_tagged
+from collapsekit.pruning.prune import apply_masks, check_masks
 
 FORMAT = "collapsekit-masks"
 VERSION = 2
@@ -45,17 +49,13 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
 
 def save(masks: dict[str, torch.Tensor], path) -> Path:
     """Path of the safetensors mask file written with each of `masks` in its shortest code, atomically."""
-    from safetensors.torch import save_file
-
-    from collapsekit.pruning.export import encode_mask
-
     if not isinstance(masks, dict) or not masks:
         raise CollapsekitError("masks must be a non-empty dict of parameter name -> bool tensor")
     layout, codes = {}, {}
     for name, mask in masks.items():
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise CollapsekitError(f"mask {name!r} is not a bool tensor")
-        codes[name], code = encode_mask(mask)
+        codes[name], code = sparse.encode_mask(mask)
         layout[name] = [list(mask.shape), *code, int(mask.sum())]
     metadata = {"format": FORMAT, "format_version": str(VERSION),
                 "layout": json.dumps(layout, separators=(",", ":"))}
@@ -68,17 +68,15 @@ def load(path) -> dict[str, torch.Tensor]:
     Every command and function that takes masks reads them through here, so
     both files serve; anything else raises a one-line CollapsekitError.
     """
-    from collapsekit.pruning import export
-
-    if export.is_sparse_checkpoint(path):
-        return export.read_masks(path)
+    if sparse.is_sparse_checkpoint(path):
+        return sparse.read_masks(path)
     with open_tagged(path, "mask file (or sparse checkpoint)", {FORMAT: VERSION}) as (fh, meta):
         if format_version(meta) == 1:
             shapes = json.loads(meta["shapes"])
             masks = {name: unpack(fh.get_tensor(name), shapes[name]) for name in fh.keys()}
         else:
             layout = json.loads(meta["layout"])
-            masks = {name: export.decode_mask(fh.get_tensor(name), form, parameter, shape, kept)
+            masks = {name: sparse.decode_mask(fh.get_tensor(name), form, parameter, shape, kept)
                      for name, (shape, form, parameter, kept) in layout.items()}
             shapes = layout
     if set(masks) != set(shapes):
@@ -88,10 +86,6 @@ def load(path) -> dict[str, torch.Tensor]:
 
 def to_torch_prune(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """`model` with `masks` registered as torch.nn.utils.prune custom masks (weight_orig + weight_mask), in place."""
-    import torch.nn.utils.prune as torch_prune
-
-    from collapsekit.pruning.prune import check_masks
-
     check_masks(model, masks)
     for name, keep in masks.items():
         module_name, _, param = name.rpartition(".")
@@ -105,10 +99,6 @@ def from_torch_prune(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Each pruned tensor is left a plain parameter holding `orig * mask` (its pruned value).
     """
-    import torch.nn.utils.prune as torch_prune
-
-    from collapsekit.pruning.prune import apply_masks
-
     masks: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
         hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, torch_prune.BasePruningMethod)]

@@ -15,7 +15,7 @@ kept set differs from theirs only where the two budgets differ.
 
 Masks are `dict[str, torch.BoolTensor]` keyed by parameter name (a tied tensor
 under its first name), True = kept. Applying them is an in-place masked write
-under `no_grad` (STYLE.md 10: no torch.nn.utils.prune reparametrisation). It
+under `no_grad` (docs/design.md, Style 10: no torch.nn.utils.prune reparametrisation). It
 writes +0.0, not the -0.0 that `w.mul_(mask)` leaves on negative weights, so a
 pruned weight is bit-for-bit zero and sparse exports round-trip exactly.
 """
@@ -57,7 +57,7 @@ class PrunedLayer:
 
 @dataclass(frozen=True)
 class PruneResult:
-    """The masks Global MP applied, with per-layer counts (DESIGN.md terms)."""
+    """The masks Global MP applied, with per-layer counts (docs/design.md terms)."""
 
     masks: dict[str, torch.Tensor]  # parameter name -> bool keep-mask (True = kept)
     layers: tuple[PrunedLayer, ...]

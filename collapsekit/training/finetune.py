@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.spec import fraction
-from collapsekit.files import runstate
+from collapsekit.files import checkpoint, runstate
 from collapsekit.files.atomic import atomic_write_text
+from collapsekit.pruning.prune import check_masks, prune
 from collapsekit.training import distributed
 from collapsekit.training.masking import MaskCallback, check_pruned_zero
 from collapsekit.training.schedules import PruningSchedule, make
@@ -88,8 +89,6 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor] | None, bundle, ep
     if resume and out is None:
         raise CollapsekitError("resume needs the run's output directory (out)")
     if masks:
-        from collapsekit.pruning.prune import check_masks
-
         check_masks(model, masks)
     hp = dict(lr=float(lr), batch_size=int(batch_size), optimizer=optimizer, momentum=float(momentum),
               weight_decay=float(weight_decay), lr_schedule=lr_schedule, label_smoothing=float(label_smoothing),
@@ -118,8 +117,6 @@ def prune_and_finetune(model, bundle, sparsity: float, epochs: int,
 
 def save_outputs(out, model: nn.Module, masks: dict[str, torch.Tensor], meta: dict) -> None:
     """Write the fine-tuned model to `out`/model.safetensors (sidecar: `meta`), one sparse file carrying its masks."""
-    from collapsekit.files import checkpoint
-
     if masks:
         checkpoint.save_pruned(model, masks, Path(out) / MODEL_FILE, meta)
     else:
@@ -205,8 +202,6 @@ class _MaskedRun(Callback):
 
     # -- masks -------------------------------------------------------------------------------
     def _prune(self, sparsity: float, optimizer) -> None:
-        from collapsekit.pruning.prune import prune
-
         new = {n: m.to(self.ctx.device) for n, m in prune(self.model, sparsity, mt=self.mt).masks.items()}
         # Already-zero weights go first, so the new masks lie inside the old ones;
         # the AND only guards a kept weight that fine-tuning drove to exactly 0.
@@ -260,8 +255,6 @@ class _MaskedRun(Callback):
             masks={n: m.detach().cpu() for n, m in self.masking.masks.items()})
 
     def _write_outputs(self, result: FinetuneResult) -> None:
-        from collapsekit.files import checkpoint
-
         model = self.model if self.ctx.device.type == "cpu" else copy.deepcopy(self.model).cpu()
         meta = {"num_classes": self.bundle.num_classes, "in_channels": self.bundle.in_channels,
                 "input_size": self.bundle.input_size, "data": self.bundle.name, **self.meta,

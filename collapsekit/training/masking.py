@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
+from collapsekit.pruning.prune import apply_masks
 from collapsekit.training.train import Callback
 
 
@@ -29,8 +30,6 @@ class MaskCallback(Callback):
 
     def set_masks(self, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
         """Apply `masks` to the model (exact +0.0) and zero `optimizer`'s state at the pruned positions."""
-        from collapsekit.pruning.prune import apply_masks
-
         self.masks = masks
         if masks:
             apply_masks(self.model, masks)
@@ -61,8 +60,6 @@ class MaskCallback(Callback):
         self._zero_state(optimizer)
 
     def on_epoch_end(self, epoch: int, metrics: dict, optimizer) -> None:
-        from collapsekit.pruning.prune import apply_masks
-
         if self.masks:
             apply_masks(self.model, self.masks)
 

@@ -15,8 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from collapsekit import data as datasets
+from collapsekit.errors import CollapsekitError, first_line
+from collapsekit.files import checkpoint
+from collapsekit.models import resolve
 from collapsekit.training.device import resolve_device
-from collapsekit.errors import CollapsekitError
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,11 @@ MIN_INPUT_SIZE: dict[str, int] = {"mobilenet": 32}
 
 def default_input_size(spec: str, data_name: str) -> int | None:
     """Image size to train `spec` on `data_name` when none is given: None keeps the data's native size."""
-    from collapsekit import data
-
     name = spec.rpartition(":")[2].lower()
-    if data_name not in data.names() or data.is_sequence(data_name):
+    if data_name not in datasets.names() or datasets.is_sequence(data_name):
         return None
     floor = next((size for prefix, size in MIN_INPUT_SIZE.items() if name.startswith(prefix)), None)
-    native = data.native_shape(data_name)[2]
+    native = datasets.native_shape(data_name)[2]
     return floor if floor is not None and native < floor else None
 
 
@@ -302,10 +303,6 @@ def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | 
     hyper-parameters come from `defaults_for(spec)`. The sidecar records spec,
     shapes, data and arguments, so `--checkpoint` alone rebuilds the model.
     """
-    from collapsekit.files import checkpoint
-    from collapsekit import data as datasets
-    from collapsekit.models import resolve
-
     hp = defaults_for(spec)
     hp.update({k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
                                      weight_decay=weight_decay).items() if v is not None})
@@ -353,9 +350,8 @@ def _check_model_fits_data(spec: str, model: nn.Module, bundle) -> None:
         with torch.no_grad():
             out = model(bundle.example_input().to(next(model.parameters()).device))
     except Exception as exc:  # noqa: BLE001 - any failure means the shapes disagree
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CollapsekitError(f"model {spec!r} cannot take {bundle.name} inputs of shape "
-                               f"{list(bundle.input_shape)}: {msg}") from None
+                               f"{list(bundle.input_shape)}: {first_line(exc)}") from None
     finally:
         model.train(was_training)
     if out.dim() != 2 or out.shape[1] != bundle.num_classes:

@@ -1,6 +1,6 @@
 """MT as a hyper-parameter: prune + fine-tune over a sweep of Minimum Threshold values and pick the best.
 
-Accuracy first rises then falls with MT (DESIGN.md), so the sweep starts from
+Accuracy first rises then falls with MT (docs/design.md), so the sweep starts from
 `ck.suggest_mt`'s structural floor (the smallest MT that keeps a path) and tries
 its `search_range`, plus MT = 0 as the baseline that shows the collapse, plus
 the suggestion made with the data (`suggest_mt(..., data=bundle)`: the

@@ -1,6 +1,6 @@
 """Forward-pass probes that check static predictions against a running network (Invariant 4).
 
-Two kinds of check, matching DESIGN.md's two kinds of death:
+Two kinds of check, matching docs/design.md's two kinds of death:
 - exact (structural): on a *positive copy* (kept weights positive, biases zero,
   batch norms identity, float64) fed positive inputs nothing cancels and no
   activation cuts a path, so an output element changes with the input iff a

@@ -60,7 +60,7 @@ class LevelValidation:
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """Predicted vs observed collapse over sparsity levels (DESIGN.md: the `validate` stage)."""
+    """Predicted vs observed collapse over sparsity levels (docs/design.md: the `validate` stage)."""
 
     model: str
     mt: int

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collapsekit.analysis.analysis import Analysis
 from collapsekit.analysis.report import CollapseReport
+from collapsekit.analysis.suggest import reference_mt, suggest_mt
 from collapsekit.errors import CollapsekitError
 
 DEFAULT_MT_PERCENT = 0.05  # Gupta et al.'s reference --min-threshold (suggest.reference_mt), in %
@@ -32,7 +34,7 @@ class Audit:
 
     def figures(self) -> dict:
         """{file stem: Figure}: heatmap, critical and effective sparsity, and mt_effect when there is an MT."""
-        from collapsekit.views import plots
+        from collapsekit.views import plots  # here, not at the top: matplotlib costs every CLI call about a second
 
         figures = {"sparsity_heatmap": plots.sparsity_heatmap(self.report),
                    "critical_sparsity": plots.critical_sparsity_plot(self.report),
@@ -53,9 +55,6 @@ def audit(model, example_inputs=None, sparsities=None, mt=None, include=None, ex
     reference 0.05 %, capped at the largest MT the sparsity leaves room for.
     The model is never modified.
     """
-    from collapsekit.analysis.analysis import Analysis
-    from collapsekit.analysis.suggest import reference_mt, suggest_mt
-
     an = Analysis.of(model, example_inputs, include, exclude, mt=0)
     report = an.with_mt(mt).report(sparsities, progress=progress, name=name)
     without = report if not report.mt else an.report(sparsities, name=name)

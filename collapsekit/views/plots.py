@@ -1,7 +1,7 @@
 """Figures of collapse results: each function reads a CollapseReport (or a result object) and returns a Figure.
 
 Nothing here re-runs an analysis: every number drawn comes from the result
-object passed in (STYLE.md 5). Figures are built with `matplotlib.figure.Figure`
+object passed in (docs/design.md, Style 5). Figures are built with `matplotlib.figure.Figure`
 on an Agg canvas, never through `pyplot`, so importing this module changes no
 global backend and a long sweep leaks no figure managers; in Jupyter a returned
 Figure displays as any other. Artists that carry data get a `gid`

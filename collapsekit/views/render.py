@@ -2,7 +2,7 @@
 
 One column-aligned `table` (and its markdown twin `md_table`) serves the
 collapse report, validate, mt-search, prune and plot views, so every command's
-output lines up the same way (STYLE.md 5: rendering reads the result objects).
+output lines up the same way (docs/design.md, Style 5: rendering reads the result objects).
 """
 from __future__ import annotations
 
