@@ -26,6 +26,7 @@ from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity
 from collapsekit.analysis.nonfinite import NonFinite
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
+from collapsekit.analysis.rules import UNHANDLED
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
@@ -423,10 +424,12 @@ class Analysis:
                       for lv in levels]
             with self.timings.stage("outputs reached"):
                 levels = self._exact_outputs(levels)
+        conservative = self.conservative_ops()
         return CollapseReport(
             model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
             layers=self.layers(), levels=tuple(levels), trace_method=self.traced.method,
-            input_shapes=self.traced.input_shapes, conservative_ops=self.conservative_ops())
+            input_shapes=self.traced.input_shapes, conservative_ops=conservative,
+            unhandled_ops={"flow": conservative, **self.traced.gm.meta.get(UNHANDLED, {})})
 
 
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,

@@ -73,6 +73,8 @@ class CollapseReport:
     trace_method: str
     input_shapes: tuple[tuple[int, ...], ...] = field(default=())
     conservative_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes no exact rule interpreted
+    # per abstract interpreter ("flow", "signs", "intervals", "averages"): op -> nodes answered by its fallback
+    unhandled_ops: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def at(self, sparsity: float) -> LevelReport:
         """The level analysed at `sparsity` (nearest within 1e-9)."""
@@ -101,6 +103,7 @@ class CollapseReport:
             "trace_method": self.trace_method,
             "input_shapes": [list(s) for s in self.input_shapes],
             "conservative_ops": dict(self.conservative_ops),
+            "unhandled_ops": {name: dict(ops) for name, ops in self.unhandled_ops.items()},
             "layers": [{**asdict(lay), "shape": list(lay.shape)} for lay in self.layers],
             "levels": [{**asdict(lv), "emptied_layers": list(lv.emptied_layers),
                         "emptied_bottlenecks": list(lv.emptied_bottlenecks),

@@ -72,6 +72,12 @@ def verdict_lines(report: CollapseReport) -> list[str]:
         lines.append(f"interpreted conservatively (every output element depends on every input element; "
                      f"sound, less precise): {sum(n for _, n in ops)} ops: "
                      + ", ".join(f"{op} x{n}" for op, n in ops[:6]) + (" ..." if len(ops) > 6 else ""))
+    unhandled = {name: ops for name, ops in report.unhandled_ops.items() if name != "flow" and ops}
+    if unhandled:
+        lines.append("value-level passes answered ops they have no rule for as unknown (sound; nothing is claimed "
+                     "through them): " + "; ".join(f"{name} {sum(ops.values())} ({', '.join(sorted(ops)[:4])}"
+                                                   f"{' ...' if len(ops) > 4 else ''})"
+                                                   for name, ops in sorted(unhandled.items())))
     return lines
 
 
