@@ -102,9 +102,9 @@ def level_notes(report: CollapseReport) -> list[str]:
     notes = []
     cut = [lv for lv in report.levels if not lv.collapsed and lv.outputs_reached < 1.0]
     if cut:
-        notes.append(f"outputs cut: from sparsity {cut[0].sparsity:g} some output elements no kept path reaches "
-                     f"({1 - cut[0].outputs_reached:.2%} there): they are constant, so those logits cannot "
-                     "move; `suggest_mt(require=\"every_output\")` gives the MT that reaches all")
+        notes.append(f"outputs cut: from sparsity {cut[0].sparsity:g} no kept path reaches "
+                     f"{1 - cut[0].outputs_reached:.1%} of the output elements: those outputs are constants that "
+                     "fine-tuning cannot move; suggest_mt (require=\"every_output\") gives the MT that reaches all")
     if any(lv.value_collapsed and not lv.collapsed for lv in report.levels):
         notes.append(VALUE_NOTE)
     broken = [lv for lv in report.levels if lv.non_finite]
