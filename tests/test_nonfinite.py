@@ -124,3 +124,22 @@ def test_hubert_positional_conv_nan_is_predicted_before_pruning():
     report = check_both_sides(model, torch.randn(1, 400), [0.5, 0.9, 0.97, 0.99, 0.995])
     names = {n for lv in report.levels for n in lv.non_finite_layers}
     assert names == {"encoder.pos_conv_embed.conv.parametrizations.weight.original1"}
+
+
+def test_non_finite_sparsity_is_exact_to_the_weight():
+    torch.manual_seed(0)
+    model = WeightNormed().eval()
+    an = Analysis(model, torch.randn(1, 4, 16))
+    report = an.report([0.5, 0.95])
+    k = round(report.non_finite_sparsity * an.total)
+    assert 0.5 < report.non_finite_sparsity <= 0.95
+    assert an.non_finite_at(an.level(k)) and not an.non_finite_at(an.level(k - 1))
+    assert observed_non_finite_at(model, an, k) and not observed_non_finite_at(model, an, k - 1)
+    assert "computes NaN" in report_to_text(report).splitlines()[2]
+
+
+def observed_non_finite_at(model, an, k) -> bool:
+    from collapsekit.validation import probe
+
+    with torch.no_grad():
+        return not bool(probe.masked_copy(model, an.masks(k=k))(torch.randn(1, 4, 16)).isfinite().all())

@@ -373,6 +373,25 @@ class Analysis:
         """The prunable weights whose pruned norm the masked model divides by (it then computes NaN/inf)."""
         return self.non_finite.layers(masks)
 
+    def non_finite_sparsity(self, known: list[tuple[int, bool]] = ()) -> float:
+        """The smallest global sparsity (to the weight) whose masks make the model compute NaN/inf; 1.0 if none.
+
+        A norm slice that Global MP empties stays empty as it prunes more (its masks are nested), so the
+        verdict is monotone in k and bisection is exact; `known` (k, non-finite) pairs bracket it. Free for
+        a model that divides by no norm of prunable weights.
+        """
+        if not self.non_finite.sources:
+            return 1.0
+        lo, hi = -1, self.index.max_count(self.mt)
+        for k, broken in known:
+            lo, hi = (lo, min(hi, k)) if broken else (max(lo, k), hi)
+        if not any(broken for k, broken in known if k == hi) and not self.non_finite_at(self.level(hi)):
+            return 1.0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self.non_finite_at(self.level(mid)) else (mid, hi)
+        return hi / self.index.total
+
     @functools.cached_property
     def non_finite(self) -> NonFinite:
         """Where this model divides by a norm of prunable weights (nonfinite.py), found once."""
@@ -425,11 +444,14 @@ class Analysis:
             with self.timings.stage("outputs reached"):
                 levels = self._exact_outputs(levels)
         conservative = self.conservative_ops()
+        with self.timings.stage("non-finite"):
+            non_finite = self.non_finite_sparsity([(lv.pruned, lv.non_finite) for lv in levels])
         return CollapseReport(
             model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
             layers=self.layers(), levels=tuple(levels), trace_method=self.traced.method,
             input_shapes=self.traced.input_shapes, conservative_ops=conservative,
-            unhandled_ops={"flow": conservative, **self.traced.gm.meta.get(UNHANDLED, {})})
+            unhandled_ops={"flow": conservative, **self.traced.gm.meta.get(UNHANDLED, {})},
+            non_finite_sparsity=non_finite)
 
 
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,

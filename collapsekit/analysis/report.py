@@ -75,6 +75,7 @@ class CollapseReport:
     conservative_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes no exact rule interpreted
     # per abstract interpreter ("flow", "signs", "intervals", "averages"): op -> nodes answered by its fallback
     unhandled_ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    non_finite_sparsity: float = 1.0  # from here the pruned model computes NaN/inf (a pruned norm); 1.0 never
 
     def at(self, sparsity: float) -> LevelReport:
         """The level analysed at `sparsity` (nearest within 1e-9)."""
@@ -98,6 +99,7 @@ class CollapseReport:
             "total_prunable": self.total,
             "mt": self.mt,
             "collapse_sparsity": self.collapse_sparsity,
+            "non_finite_sparsity": self.non_finite_sparsity,
             "first_bottleneck": None if first is None else {"name": first.name,
                                                             "critical_sparsity": first.critical_sparsity},
             "trace_method": self.trace_method,

@@ -58,6 +58,9 @@ def verdict_lines(report: CollapseReport) -> list[str]:
     else:
         lines.append(f"verdict: Global MP collapses the network at sparsity {report.collapse_sparsity:.6f} "
                      "(from there the output is a constant function)")
+    if report.non_finite_sparsity < 1.0:
+        lines.append(f"from sparsity {report.non_finite_sparsity:.6f} the pruned model computes NaN: it divides by "
+                     "the norm of a slice Global MP empties (a broken model, whatever its paths)")
     first = report.first_bottleneck
     if first is not None:
         lines.append(f"first bottleneck to empty: {first.name} at sparsity {first.critical_sparsity:.6f}")
