@@ -84,7 +84,7 @@ def verdict_lines(report: CollapseReport) -> list[str]:
     return lines
 
 
-LEVEL_HEADER = ["sparsity", "verdict", "reached", "effective", "depth", "dead ch", "emptied", "emptied layers"]
+LEVEL_HEADER = ["sparsity", "verdict", "effective", "reached", "depth", "dead ch", "emptied", "emptied layers"]
 LEVEL_ALIGN = "llrrrrrl"
 LAYER_HEADER = ["layer", "kind", "shape", "weights", "path", "critical sparsity"]
 LAYER_ALIGN = "lllrlr"
@@ -125,7 +125,7 @@ def level_rows(report: CollapseReport) -> list[list[str]]:
     for lv in report.levels:
         emptied = ", ".join(lv.emptied_layers[:2]) + (f" (+{len(lv.emptied_layers) - 2} more)"
                                                        if len(lv.emptied_layers) > 2 else "")
-        rows.append([f"{lv.sparsity:g}", level_verdict(lv), f"{lv.outputs_reached:.4g}", f"{lv.effective_sparsity:.4f}",
+        rows.append([f"{lv.sparsity:g}", level_verdict(lv), f"{lv.effective_sparsity:.4f}", f"{lv.outputs_reached:.4g}",
                      str(lv.effective_depth), str(lv.dead_channel_count), str(len(lv.emptied_layers)),
                      emptied or "-"])
     return rows
