@@ -187,7 +187,8 @@ class RuleInterpreter(fx.Interpreter):
         return self._apply_rule(self.RULES.for_node(self._node), (), args, kwargs)
 
     def placeholder(self, target, args, kwargs):
-        return Abstract(self.input(super().placeholder(target, args, kwargs)))
+        real = super().placeholder(target, args, kwargs)
+        return Abstract(self.input(real)) if isinstance(real, torch.Tensor) else real  # a flag stays a flag
 
     def input(self, real: torch.Tensor):
         """The abstract value of an input (the subclass's, from its real example)."""
