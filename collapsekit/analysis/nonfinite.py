@@ -126,13 +126,9 @@ class NonFinite:
     def _non_finite(self, sources, masked: dict) -> list[_Source]:
         """The sources whose value is non-finite with the prunable weights given by `masked` (see `_value`)."""
         graph_sources = [s for s in sources if s.compute is None]
-        values = _Partial(self, masked, {s.node for s in graph_sources}).values() if graph_sources else {}
-        out = []
-        for s in sources:
-            value = values.get(s.node) if s.compute is None else self._module_value(s, masked)
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
-                out.append(s)
-        return out
+        broken = _Partial(self, masked, {s.node for s in graph_sources}).non_finite() if graph_sources else set()
+        return [s for s in sources if (s.node in broken if s.compute is None else
+                                       _is_non_finite(self._module_value(s, masked)))]
 
     def _module_value(self, source: _Source, masked: dict):
         """The module's computed weight from its stored tensors as `masked` says; the module is only read."""
@@ -186,17 +182,29 @@ class _Partial(fx.Interpreter):
                 needed.add(node)
                 if node in wanted or node not in owner.live:  # an input-dependent operand is a stand-in
                     stack.extend(node.all_input_nodes)
-        self.needed, self.found = needed, {}
+        self.needed = needed
 
-    def values(self) -> dict[fx.Node, object]:
+    def non_finite(self) -> set[fx.Node]:
+        """The wanted nodes whose value holds a NaN or inf. Each value is dropped once its last reader ran,
+        so the run holds a few weights' values at a time."""
+        readers = {n: sum(u in self.needed for u in n.users) for n in self.needed}
+        found = set()
         with torch.no_grad():
             for node in self.module.graph.nodes:
-                if node in self.needed:
-                    self.env[node] = self._run(node)
-                    if node in self.wanted:
-                        self.found[node] = self.env[node]
+                if node not in self.needed:
+                    continue
+                self.env[node] = self._run(node)
+                if node in self.wanted and _is_non_finite(self.env[node]):
+                    found.add(node)
+                for arg in node.all_input_nodes:
+                    if arg in readers:
+                        readers[arg] -= 1
+                        if readers[arg] == 0:
+                            self.env.pop(arg, None)
+                if readers[node] == 0:
+                    self.env.pop(node, None)
         self.env.clear()
-        return self.found
+        return found
 
     def _run(self, node: fx.Node):
         if node.op == "get_attr":
@@ -214,6 +222,10 @@ class _Partial(fx.Interpreter):
             return getattr(self, node.op)(node.target, args, kwargs)
         except Exception:  # noqa: BLE001 - unknown here: nothing is claimed through it
             return None
+
+
+def _is_non_finite(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())
 
 
 def _reaching_output(graph: fx.Graph) -> set[fx.Node]:
