@@ -129,3 +129,97 @@ def test_include_exclude_select_the_ranked_weights():
     assert [lay.name for lay in report.layers] == ["0.weight", "2.weight"]
     assert report.total == 6 * 12 + 12 * 8
     assert sparsity_to_count(0.5, report.total) == report.at(0.5).pruned
+
+
+def chain(big: list[tuple[int, int, int]]):
+    """3 -> 3 -> 3 -> 2 bias-free linear chain whose weights are tiny except the (layer, row, col) in `big`:
+    Global MP keeping exactly len(big) weights keeps those."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.ReLU(), nn.Linear(3, 3, bias=False), nn.ReLU(),
+                          nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        for layer in (0, 2, 4):
+            model[layer].weight.uniform_(0.01, 0.02)
+        for layer, row, col in big:
+            model[layer].weight[row, col] = 10.0
+    return model
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_collapse_by_dead_channels_has_no_depth_and_reaches_no_output(exact):
+    # Layer 0 keeps only unit 0, layer 2 reads only unit 1: no layer is empty, yet no path is left.
+    model = chain([(0, 0, 0), (2, 0, 1), (4, 0, 0), (4, 1, 0)])
+    level = ck.analyze(model, torch.randn(1, 3), sparsities=[20 / 24], exact=exact).at(20 / 24)
+    assert level.collapsed and level.emptied_layers == ()
+    assert level.effective_depth == 0 and level.outputs_reached == 0.0
+
+
+def test_outputs_cut_is_its_own_verdict_and_suggest_mt_agrees_with_it():
+    # One path reaches logit 0; logit 1's row is pruned: half the outputs are constants.
+    model = chain([(0, 0, 0), (2, 0, 0), (4, 0, 0)])
+    s = 21 / 24
+    report = ck.analyze(model, torch.randn(1, 3), sparsities=[0.5, s])
+    level = report.at(s)
+    assert not level.collapsed and level.outputs_reached == 0.5 and level.outputs_cut
+    assert level.effective_depth == 3 and report.at(0.5).outputs_reached == 1.0
+    assert "outputs cut" in report_to_text(report) and "outputs cut" in report_to_markdown(report)
+    assert json.loads(json.dumps(report.to_dict()))["levels"][1]["outputs_reached"] == 0.5
+    assert ck.suggest_mt(model, torch.randn(1, 3), sparsity=s, require="every_output").collapses_without_mt
+    assert not ck.suggest_mt(model, torch.randn(1, 3), sparsity=s, require="any_output").collapses_without_mt
+
+
+@pytest.mark.parametrize("name, kwargs, exact", [("resnet20", {"input_size": 8, "in_channels": 1}, True),
+                                                 ("resnet20", {"input_size": 8, "in_channels": 1}, False),
+                                                 ("lenet_300_100", {"input_size": 8, "in_channels": 1}, True)])
+def test_report_and_suggest_mt_never_contradict_each_other(name, kwargs, exact):
+    """With MT 0, suggest_mt's `collapses_without_mt` is the report's verdict for the same notion. The head's
+    rows are scaled down one after another so that logits are cut before the network collapses (the issue's
+    README ResNet-20: "ok" in the report while suggest_mt said it collapses). Per channel too (exact=False),
+    where the report checks per element whether every output is reached."""
+    torch.manual_seed(0)
+    model = ck.models.create(name, num_classes=10, **kwargs)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.mul_(torch.logspace(-0.3, 0, 10)[:, None])
+    an = Analysis(model, torch.randn(1, kwargs["in_channels"], 8, 8), exact=exact)
+    sparsities = [0.5, 0.7, 0.8, 0.9, 0.99]
+    report = an.report(sparsities)
+    verdicts = set()
+    for s in sparsities:
+        level = report.at(s)
+        every = ck.suggest_mt(an, sparsity=s, require="every_output")
+        some = ck.suggest_mt(an, sparsity=s, require="any_output")
+        assert every.collapses_without_mt == (level.outputs_reached < 1.0), s
+        assert some.collapses_without_mt == level.collapsed, s
+        verdicts.add("collapsed" if level.collapsed else "cut" if level.outputs_cut else "ok")
+    assert verdicts == {"ok", "cut", "collapsed"}  # every verdict occurs: the check is not vacuous
+
+
+def test_collapsed_distilbert_rows_have_zero_depth():
+    """A tiny DistilBERT classifier collapses without emptying a layer on every path (issue: `0.999 COLLAPSED
+    ... 10`); the depth is 0 wherever collapsed, per element and per channel."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                           max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(1)
+    model = transformers.DistilBertForSequenceClassification(config).eval()
+    inputs = {"input_ids": torch.randint(0, 64, (1, 8))}
+    sparsities = [0.95, 0.99, 0.9945, 0.999]
+    for exact in (True, False):
+        report = ck.analyze(model, inputs, sparsities=sparsities, exact=exact)
+        assert [lv.collapsed for lv in report.levels] == [False, False, True, True]
+        for level in report.levels:
+            assert (level.effective_depth == 0) == level.collapsed
+            assert (level.outputs_reached == 0.0) == level.collapsed
+
+
+def test_a_level_cannot_be_collapsed_with_depth_or_reached_outputs():
+    from collapsekit.analysis.report import LevelReport
+
+    base = dict(sparsity=0.9, pruned=9, threshold=0.1, emptied_layers=(), emptied_bottlenecks=(), dead_channels={},
+                unused_channels={}, effective_sparsity=1.0, layer_sparsity={})
+    with pytest.raises(ValueError):
+        LevelReport(collapsed=True, effective_depth=3, outputs_reached=0.0, **base)
+    with pytest.raises(ValueError):
+        LevelReport(collapsed=True, effective_depth=0, outputs_reached=0.5, **base)
+    assert not LevelReport(collapsed=True, effective_depth=0, outputs_reached=0.0, **base).outputs_cut

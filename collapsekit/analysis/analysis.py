@@ -23,8 +23,10 @@ from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
+from collapsekit.analysis.nonfinite import NonFinite
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
+from collapsekit.analysis.rules import UNHANDLED
 from collapsekit.analysis.streamed import StreamedTensors, skeleton
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
@@ -347,15 +349,77 @@ class Analysis:
         emptied = tuple(w.name for w, n in zip(self.weights, pruned) if n == w.numel)
         with self.timings.stage("value level"):
             value_collapsed = flow.collapsed or (not self.channel_level and self.value_collapsed_at(masks))
+        with self.timings.stage("non-finite"):
+            non_finite = self.non_finite_at(masks)
         return LevelReport(
             sparsity=float(sparsity), pruned=k, threshold=masks.alloc.threshold, collapsed=flow.collapsed,
             emptied_layers=emptied, emptied_bottlenecks=tuple(n for n in emptied if n in self.bottlenecks),
             dead_channels=flow.dead_channels, unused_channels=flow.unused_channels,
             effective_sparsity=1.0 - float(flow.effective.sum()) / self.index.total,
-            effective_depth=effective_depth(self.graph, set(emptied)),
+            # No path is left to be deep when none reaches the output, whatever the emptied layers leave.
+            effective_depth=0 if flow.collapsed else effective_depth(self.graph, set(emptied)),
             layer_sparsity={w.name: float(n) / w.numel for w, n in zip(self.weights, pruned)},
             value_collapsed=value_collapsed,
-            forecast=None if data is None else self.forecast(data, k, flow.collapsed)), (flow, pruned)
+            forecast=None if data is None else self.forecast(data, k, flow.collapsed),
+            outputs_reached=0.0 if flow.collapsed else flow.output_alive,
+            non_finite=bool(non_finite), non_finite_layers=non_finite), (flow, pruned)
+
+    def outputs_reached(self, k: int, channel_level: bool | None = None) -> float:
+        """Fraction of output elements some kept input path reaches under the masks pruning `k` weights.
+
+        0 exactly where `collapsed_at(k)`; 1 where every output element can still move. One forward flow:
+        exact per element, an upper bound per channel (a channel live anywhere counts live everywhere).
+        Reach only shrinks as masks do, so it is non-increasing in `k` (Global MP's masks are nested).
+        """
+        return self.flow(k, backward=False, channel_level=channel_level).output_alive
+
+    def non_finite_at(self, masks: LevelMasks) -> tuple[str, ...]:
+        """The prunable weights whose pruned norm the masked model divides by (it then computes NaN/inf)."""
+        return self.non_finite.layers(masks)
+
+    def non_finite_sparsity(self, known: list[tuple[int, bool]] = ()) -> float:
+        """The smallest global sparsity (to the weight) whose masks make the model compute NaN/inf; 1.0 if none.
+
+        A norm slice that Global MP empties stays empty as it prunes more (its masks are nested), so the
+        verdict is monotone in k and bisection is exact; `known` (k, non-finite) pairs bracket it. Free for
+        a model that divides by no norm of prunable weights.
+        """
+        if not self.non_finite.sources:
+            return 1.0
+        lo, hi = -1, self.index.max_count(self.mt)
+        for k, broken in known:
+            lo, hi = (lo, min(hi, k)) if broken else (max(lo, k), hi)
+        if not any(broken for k, broken in known if k == hi) and not self.non_finite_at(self.level(hi)):
+            return 1.0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self.non_finite_at(self.level(mid)) else (mid, hi)
+        return hi / self.index.total
+
+    @functools.cached_property
+    def non_finite(self) -> NonFinite:
+        """Where this model divides by a norm of prunable weights (nonfinite.py), found once."""
+        return NonFinite(self.traced, self.weights, self.tensors)
+
+    def _exact_outputs(self, levels: list[LevelReport]) -> list[LevelReport]:
+        """`levels` (from channel-level flows) with `outputs_reached` per element where the channel level sees
+        every output reached: checked from the sparsest level down until one reaches all, since reach only
+        shrinks with the masks, so every denser level reaches all too. A channel-level fraction under 1
+        is kept (per element it is under 1 as well: channel level only keeps more alive)."""
+        out = list(levels)
+        for i in reversed(range(len(out))):
+            lv = out[i]
+            if lv.collapsed or lv.outputs_reached < 1.0:
+                continue
+            level = self.level(lv.pruned)
+            if self.connectivity.kmax and run_flow(self.traced, self.weights, level.full_taps_only(), backward=False,
+                                                   channel_level=True).output_alive == 1.0:
+                break  # the full-tap flow under-approximates the element level: every output reached there
+            reached = self.outputs_reached(lv.pruned, channel_level=False)
+            if reached == 1.0:
+                break
+            out[i] = replace(lv, outputs_reached=reached)
+        return out
 
     def report(self, sparsities=None, progress: bool = False, name: str | None = None, data=None) -> CollapseReport:
         """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT.
@@ -378,12 +442,20 @@ class Analysis:
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
             levels = [lv if lv.collapsed or lv.sparsity < collapse
                       else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0,
+                                   effective_depth=0, outputs_reached=0.0,
                                    forecast=None if data is None else self.forecast(data, lv.pruned, True))
                       for lv in levels]
+            with self.timings.stage("outputs reached"):
+                levels = self._exact_outputs(levels)
+        conservative = self.conservative_ops()
+        with self.timings.stage("non-finite"):
+            non_finite = self.non_finite_sparsity([(lv.pruned, lv.non_finite) for lv in levels])
         return CollapseReport(
             model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
             layers=self.layers(), levels=tuple(levels), trace_method=self.traced.method,
-            input_shapes=self.traced.input_shapes, conservative_ops=self.conservative_ops())
+            input_shapes=self.traced.input_shapes, conservative_ops=conservative,
+            unhandled_ops={"flow": conservative, **self.traced.gm.meta.get(UNHANDLED, {})},
+            non_finite_sparsity=non_finite)
 
 
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from collapsekit.analysis.boolops import count_rows, flat_true
 from collapsekit.analysis.heap import release_after
-from collapsekit.analysis.rules import aten
+from collapsekit.analysis.rules import UNHANDLED, aten, op_name
 
 _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, "softmax", *aten("_softmax.default", "softmax.int")}
 # Ops between the softmax and the average that keep every row's sum at one.
@@ -237,6 +237,7 @@ class _Generic(fx.Interpreter):
             return super().call_module(target, args, kwargs)
 
     def run_node(self, n):
+        self.node = n  # the node being run: the one listed if it fails
         self.made = 0  # elements of generic weights made for this node (call_module adds its own)
         out = super().run_node(n)
         if n.name in self.wanted and isinstance(out, torch.Tensor):
@@ -296,7 +297,12 @@ def _generic_run(traced, weights, masks, wanted, dtype, uniform_inputs=False):
     except _Done:
         pass
     except Exception:  # noqa: BLE001 - e.g. an op that insists on float32
+        # Invariant 10: nothing is declared dead through this run; the op that stopped it is listed.
+        node = getattr(runner, "node", None)
+        failed = {} if node is None else {op_name(node, runner): 1}
+        traced.gm.meta.setdefault(UNHANDLED, {})["averages"] = failed
         return None
+    traced.gm.meta.setdefault(UNHANDLED, {})["averages"] = {}
     return runner.values
 
 

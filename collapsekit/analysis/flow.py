@@ -37,6 +37,7 @@ from collapsekit.analysis.boolops import all_true, any_along, as_float, count_tr
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleTable, aten
+from collapsekit.analysis.rules import op_name as _op_name
 from collapsekit.analysis.trace import TracedModel, aliases_of, mutates_first_operand
 
 
@@ -1370,16 +1371,6 @@ def _with_origin(value, origin: str | None):
 
 def _is_container(target) -> bool:
     return isinstance(target, type) and (dataclasses.is_dataclass(target) or issubclass(target, (tuple, dict)))
-
-
-def _op_name(node: fx.Node, flow: fx.Interpreter) -> str:
-    if node.op == "call_module":
-        return type(flow.fetch_attr(node.target)).__name__
-    if node.op == "call_method":
-        return str(node.target)
-    if isinstance(node.target, torch._ops.OpOverload):
-        return str(node.target)
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def channel_dim(weight: PrunableWeight, out: torch.Tensor) -> int:

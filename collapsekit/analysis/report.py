@@ -35,10 +35,25 @@ class LevelReport:
     dead_channels: dict[str, list[int]]
     unused_channels: dict[str, list[int]]
     effective_sparsity: float
-    effective_depth: int
+    effective_depth: int  # 0 wherever `collapsed`
     layer_sparsity: dict[str, float]
     value_collapsed: bool = False  # proven constant at the current weights (True implies nothing structural)
     forecast: object = None  # forecast.Forecast with data (will masked fine-tuning train it?), else None
+    outputs_reached: float = 1.0  # fraction of output elements a kept input path reaches; 0 iff `collapsed`
+    non_finite: bool = False  # the pruned model computes NaN/inf: it divides by a norm of pruned weights
+    non_finite_layers: tuple[str, ...] = ()  # the weights whose pruned norm it divides by
+
+    def __post_init__(self):
+        # One structural verdict, read three ways: no kept path reaches any output element, and none
+        # of the paths that avoid emptied layers is left (DESIGN.md terms; report-schema.md).
+        if self.collapsed and (self.effective_depth or self.outputs_reached):
+            raise ValueError(f"level {self.sparsity}: collapsed with effective_depth {self.effective_depth} "
+                             f"and outputs_reached {self.outputs_reached}")
+
+    @property
+    def outputs_cut(self) -> bool:
+        """Some output element, but not all, is out of reach of every kept path (its logit cannot move)."""
+        return not self.collapsed and self.outputs_reached < 1.0
 
     @property
     def dead_channel_count(self) -> int:
@@ -58,6 +73,9 @@ class CollapseReport:
     trace_method: str
     input_shapes: tuple[tuple[int, ...], ...] = field(default=())
     conservative_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes no exact rule interpreted
+    # per abstract interpreter ("flow", "signs", "intervals", "averages"): op -> nodes answered by its fallback
+    unhandled_ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    non_finite_sparsity: float = 1.0  # from here the pruned model computes NaN/inf (a pruned norm); 1.0 never
 
     def at(self, sparsity: float) -> LevelReport:
         """The level analysed at `sparsity` (nearest within 1e-9)."""
@@ -81,14 +99,17 @@ class CollapseReport:
             "total_prunable": self.total,
             "mt": self.mt,
             "collapse_sparsity": self.collapse_sparsity,
+            "non_finite_sparsity": self.non_finite_sparsity,
             "first_bottleneck": None if first is None else {"name": first.name,
                                                             "critical_sparsity": first.critical_sparsity},
             "trace_method": self.trace_method,
             "input_shapes": [list(s) for s in self.input_shapes],
             "conservative_ops": dict(self.conservative_ops),
+            "unhandled_ops": {name: dict(ops) for name, ops in self.unhandled_ops.items()},
             "layers": [{**asdict(lay), "shape": list(lay.shape)} for lay in self.layers],
             "levels": [{**asdict(lv), "emptied_layers": list(lv.emptied_layers),
                         "emptied_bottlenecks": list(lv.emptied_bottlenecks),
+                        "non_finite_layers": list(lv.non_finite_layers),
                         "dead_channel_count": lv.dead_channel_count,
                         "forecast": None if lv.forecast is None else lv.forecast.to_dict()} for lv in self.levels],
         }

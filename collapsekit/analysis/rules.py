@@ -16,6 +16,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from collapsekit.analysis.trace import mutates_first_operand
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -83,18 +85,58 @@ class RuleTable:
         return None
 
 
+class Abstract(tuple):
+    """A pass's abstract value of one tensor (a sign set's or an interval's two ends), as rules return it.
+
+    Marked so the interpreter tells it from a real tuple of tensors (a constant's `chunk`, a
+    `meshgrid` of index ranges) that it computes as the op itself."""
+
+
+def op_name(node: fx.Node, interpreter: fx.Interpreter) -> str:
+    """The op a node runs, as reports list it: module class, method name, aten overload or function name."""
+    if node.op == "call_module":
+        return type(interpreter.fetch_attr(node.target)).__name__
+    if node.op == "call_method":
+        return str(node.target)
+    if isinstance(node.target, torch._ops.OpOverload):
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
 class RuleInterpreter(fx.Interpreter):
     """An fx.Interpreter whose call nodes run the rules of one `RuleTable` (`RULES`, set by the subclass).
 
-    A rule is called as `rule.fn(self, [target,] [module,] *args, **kwargs)`; a
-    node without a rule gets the subclass's `unknown()` value. `self._node` is
-    the node being run.
+    A rule is called as `rule.fn(self, [target,] [module,] *args, **kwargs)`;
+    `self._node` is the node being run. The fallback every pass gets by
+    construction (Invariant 10, docs/design.md): an op with no rule, or whose
+    rule cannot read the node (an operand it did not expect), is answered with
+    the subclass's top element `unknown()` and listed in `unhandled` (op name ->
+    node names): the pass loses precision there, never soundness, and never
+    raises. Float constants (parameters and buffers read by get_attr) enter as
+    the subclass's `constant()` abstract value, so rules only ever see abstract
+    operands; an op over integer constants alone (index arithmetic) is the op itself.
+    At the end of a run the list is stored on the graph, `gm.meta[UNHANDLED][PASS]`
+    (op -> nodes), as ShapeProp stores shapes.
     """
 
     RULES: RuleTable
+    PASS: str = "rules"  # the pass's name in `gm.meta[UNHANDLED]`
+
+    def __init__(self, module, *args, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.unhandled: dict[str, set[str]] = {}
+
+    def run(self, *args, **kwargs):
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            listed = {op: len(nodes) for op, nodes in sorted(self.unhandled.items())}
+            self.module.meta.setdefault(UNHANDLED, {})[self.PASS] = listed
 
     def run_node(self, n):
         self._node = n
+        if n.op.startswith("call_") and "value" in n.meta:
+            return n.meta["value"]  # sizes, dtypes, python scalars: concrete (the trace recorded them)
         return super().run_node(n)
 
     @property
@@ -103,11 +145,36 @@ class RuleInterpreter(fx.Interpreter):
         return self._node.target
 
     def _apply_rule(self, rule, lead: tuple, args, kwargs):
+        if not _has_abstract((args, kwargs)):
+            if mutates_first_operand(self._node):  # never write into the model's own buffers
+                return self.answer_unhandled()
+            try:  # constants alone (index arithmetic on integer buffers): the op itself
+                out = getattr(fx.Interpreter, self._node.op)(self, self._node.target, args, kwargs)
+            except Exception:  # noqa: BLE001 - Invariant 10: answered conservatively, listed
+                return self.answer_unhandled()
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                return Abstract(self.constant(out.detach(), None))
+            return out
         if rule is None:
-            return self.unknown()
+            return self.answer_unhandled()
         if rule.passes_target:
             lead = (self._node.target, *lead)
-        return rule.fn(self, *lead, *args, **kwargs)
+        try:
+            out = rule.fn(self, *lead, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - Invariant 10: answered conservatively, listed
+            return self.answer_unhandled()
+        return Abstract(out) if _is_pair(out) else out
+
+    def answer_unhandled(self):
+        """`unknown()` for the node being run, which is listed in `unhandled` under its op's name."""
+        self.unhandled.setdefault(op_name(self._node, self), set()).add(self._node.name)
+        return Abstract(self.unknown())
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return Abstract(self.constant(value.detach(), target))
+        return value  # an integer or bool buffer is an index or a mask: read at its value
 
     def call_module(self, target, args, kwargs):
         module = self.fetch_attr(target)
@@ -119,9 +186,39 @@ class RuleInterpreter(fx.Interpreter):
     def call_method(self, target, args, kwargs):
         return self._apply_rule(self.RULES.for_node(self._node), (), args, kwargs)
 
+    def placeholder(self, target, args, kwargs):
+        real = super().placeholder(target, args, kwargs)
+        return Abstract(self.input(real)) if isinstance(real, torch.Tensor) else real  # a flag stays a flag
+
+    def input(self, real: torch.Tensor):
+        """The abstract value of an input (the subclass's, from its real example)."""
+        raise NotImplementedError
+
+    def constant(self, value: torch.Tensor, target: str | None):
+        """The abstract value of a float constant: parameter or buffer `target` (None: computed from
+        integer constants) holding `value`; a prunable weight's under its keep-mask."""
+        raise NotImplementedError
+
     def unknown(self):
         """The value of an op no rule knows (the subclass's top element)."""
         raise NotImplementedError
+
+
+UNHANDLED = "collapsekit_unhandled"  # gm.meta key: {pass name: {op: nodes answered by the fallback}}
+
+
+def _is_pair(value) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(t, torch.Tensor) for t in value)
+
+
+def _has_abstract(tree) -> bool:
+    if isinstance(tree, Abstract):
+        return True
+    if isinstance(tree, (list, tuple)):
+        return any(_has_abstract(v) for v in tree)
+    if isinstance(tree, dict):
+        return any(_has_abstract(v) for v in tree.values())
+    return False
 
 
 def index_pair(x, index):

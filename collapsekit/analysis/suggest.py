@@ -58,9 +58,13 @@ def suggest_mt(model, example_inputs=None, sparsity: float | None = None, includ
     candidates (`trainable_mt`); the structural answer stays as `floor`.
 
     `model` is an nn.Module (traced and indexed once here) or an Analysis already
-    built. `require="every_output"` (default) asks that a kept path reach every
-    output element (every class logit can still move); `"any_output"` only that
-    the network does not collapse, which can leave a net that predicts one class.
+    built. `require` says what "alive" means, as the report's levels read it:
+    `"every_output"` (default) asks that a kept path reach every output element
+    (`level.outputs_reached == 1`: every class logit can still move);
+    `"any_output"` only that some does (`not level.collapsed`), which can leave a
+    net whose cut logits are constants. With MT 0, `collapses_without_mt` is
+    exactly the report's verdict at `sparsity`: "outputs cut" (or collapsed) for
+    `"every_output"`, collapsed for `"any_output"`.
 
     Bisection over the count between 0 and the largest MT the sparsity allows;
     collapse need not be monotone in MT, so the answer is a verified boundary:
@@ -88,8 +92,9 @@ def _structural(an: Analysis, sparsity: float, require: str) -> MTSuggestion:
     def collapses(mt_count: int) -> bool:
         nonlocal runs
         runs += 1
-        flow = an.with_mt(mt_count).flow(k, backward=False, channel_level=False)
-        return flow.collapsed if require == "any_output" else flow.output_alive < 1.0
+        # The report's `outputs_reached` at the same masks, per element: 0 is `collapsed`, < 1 "outputs cut".
+        reached = an.with_mt(mt_count).outputs_reached(k, channel_level=False)
+        return reached == 0.0 if require == "any_output" else reached < 1.0
 
     max_mt = largest_mt(an.index, k)
     base = dict(sparsity=float(sparsity), total=total, max_mt=max_mt)

@@ -26,8 +26,8 @@ def add_arguments(p) -> None:
     add_model_args(p)
     add_analysis_args(p)
     p.add_argument("--mt-sparsity", type=sparsity_arg, metavar="S",
-                   help="sparsity of the MT-effect figure (default: the first analysed level that collapses "
-                        "without MT, else the highest)")
+                   help="sparsity of the MT-effect figure (default: the first analysed level that cuts an "
+                        "output without MT, else the highest)")
     add_output_arg(p, "--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--format", nargs="+", choices=["png", "svg"], default=["png", "svg"],
                    help="file formats (default: png svg)")

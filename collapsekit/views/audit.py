@@ -50,7 +50,7 @@ def audit(model, example_inputs=None, sparsities=None, mt=None, include=None, ex
 
     `model` is an nn.Module (analysed once here: one trace, one sort) or an
     Analysis already built. `mt_sparsity` defaults to the first level that
-    collapses without MT, else the highest. The compared MT is `mt` when given,
+    cuts an output without MT (what `suggest_mt` asks MT for), else the highest. The compared MT is `mt` when given,
     else `suggest_mt`'s structural floor there, else (nothing collapses) the
     reference 0.05 %, capped at the largest MT the sparsity leaves room for.
     The model is never modified.
@@ -59,7 +59,7 @@ def audit(model, example_inputs=None, sparsities=None, mt=None, include=None, ex
     report = an.with_mt(mt).report(sparsities, progress=progress, name=name)
     without = report if not report.mt else an.report(sparsities, name=name)
     s = mt_sparsity if mt_sparsity is not None else \
-        next((lv.sparsity for lv in without.levels if lv.collapsed), without.levels[-1].sparsity)
+        next((lv.sparsity for lv in without.levels if lv.outputs_reached < 1.0), without.levels[-1].sparsity)
     compared, note = report.mt, ""
     if not report.mt:
         suggestion = suggest_mt(an, sparsity=s)

@@ -335,7 +335,8 @@ def mt_effect(report_without_mt: CollapseReport, report_with_mt: CollapseReport,
 
 def _verdict(level: LevelReport) -> str:
     emptied = len(level.emptied_layers)
-    return ("collapsed" if level.collapsed else "alive") + f", {emptied} emptied"
+    state = "collapsed" if level.collapsed else "outputs cut" if level.outputs_reached < 1.0 else "alive"
+    return state + f", {emptied} emptied"
 
 
 # -- results of prune + fine-tune ------------------------------------------------------------------------------

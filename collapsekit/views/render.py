@@ -58,6 +58,9 @@ def verdict_lines(report: CollapseReport) -> list[str]:
     else:
         lines.append(f"verdict: Global MP collapses the network at sparsity {report.collapse_sparsity:.6f} "
                      "(from there the output is a constant function)")
+    if report.non_finite_sparsity < 1.0:
+        lines.append(f"from sparsity {report.non_finite_sparsity:.6f} the pruned model computes NaN: it divides by "
+                     "the norm of a slice Global MP empties (a broken model, whatever its paths)")
     first = report.first_bottleneck
     if first is not None:
         lines.append(f"first bottleneck to empty: {first.name} at sparsity {first.critical_sparsity:.6f}")
@@ -72,15 +75,48 @@ def verdict_lines(report: CollapseReport) -> list[str]:
         lines.append(f"interpreted conservatively (every output element depends on every input element; "
                      f"sound, less precise): {sum(n for _, n in ops)} ops: "
                      + ", ".join(f"{op} x{n}" for op, n in ops[:6]) + (" ..." if len(ops) > 6 else ""))
+    unhandled = {name: ops for name, ops in report.unhandled_ops.items() if name != "flow" and ops}
+    if unhandled:
+        lines.append("value-level passes answered ops they have no rule for as unknown (sound; nothing is claimed "
+                     "through them): " + "; ".join(f"{name} {sum(ops.values())} ({', '.join(sorted(ops)[:4])}"
+                                                   f"{' ...' if len(ops) > 4 else ''})"
+                                                   for name, ops in sorted(unhandled.items())))
     return lines
 
 
-LEVEL_HEADER = ["sparsity", "verdict", "effective", "depth", "dead ch", "emptied", "emptied layers"]
-LEVEL_ALIGN = "llrrrrl"
+LEVEL_HEADER = ["sparsity", "verdict", "effective", "reached", "depth", "dead ch", "emptied", "emptied layers"]
+LEVEL_ALIGN = "llrrrrrl"
 LAYER_HEADER = ["layer", "kind", "shape", "weights", "path", "critical sparsity"]
 LAYER_ALIGN = "lllrlr"
 VALUE_NOTE = ("* constant at the current weights although a kept path remains "
               "(value-level collapse: ReLUs cut off by weight signs)")
+
+
+def level_verdict(lv) -> str:
+    """One level's verdict: COLLAPSED (no output reached), outputs cut (some not), constant* (value level), ok;
+    NaN where the pruned model divides by a pruned norm (a broken model, whatever its paths)."""
+    verdict = ("COLLAPSED" if lv.collapsed else "outputs cut" if lv.outputs_reached < 1.0
+               else "constant*" if lv.value_collapsed else "ok")
+    return f"{verdict}, NaN" if lv.non_finite else verdict
+
+
+def level_notes(report: CollapseReport) -> list[str]:
+    """Lines under the levels table explaining the verdicts it uses: outputs cut, constant*, NaN."""
+    notes = []
+    cut = [lv for lv in report.levels if not lv.collapsed and lv.outputs_reached < 1.0]
+    if cut:
+        notes.append(f"outputs cut: from sparsity {cut[0].sparsity:g} no kept path reaches "
+                     f"{1 - cut[0].outputs_reached:.1%} of the output elements: those outputs are constants that "
+                     "fine-tuning cannot move; suggest_mt (require=\"every_output\") gives the MT that reaches all")
+    if any(lv.value_collapsed and not lv.collapsed for lv in report.levels):
+        notes.append(VALUE_NOTE)
+    broken = [lv for lv in report.levels if lv.non_finite]
+    if broken:
+        modules = {lay.name: lay.module for lay in report.layers}
+        layers = ", ".join(dict.fromkeys(modules.get(n, n) for lv in broken for n in lv.non_finite_layers))
+        notes.append(f"NaN: from sparsity {broken[0].sparsity:g} the pruned model computes NaN (layer {layers}: "
+                     "pruned norm): Global MP empties a slice whose norm it divides by")
+    return notes
 
 
 def level_rows(report: CollapseReport) -> list[list[str]]:
@@ -89,8 +125,7 @@ def level_rows(report: CollapseReport) -> list[list[str]]:
     for lv in report.levels:
         emptied = ", ".join(lv.emptied_layers[:2]) + (f" (+{len(lv.emptied_layers) - 2} more)"
                                                        if len(lv.emptied_layers) > 2 else "")
-        verdict = "COLLAPSED" if lv.collapsed else "constant*" if lv.value_collapsed else "ok"
-        rows.append([f"{lv.sparsity:g}", verdict, f"{lv.effective_sparsity:.4f}",
+        rows.append([f"{lv.sparsity:g}", level_verdict(lv), f"{lv.effective_sparsity:.4f}", f"{lv.outputs_reached:.4g}",
                      str(lv.effective_depth), str(lv.dead_channel_count), str(len(lv.emptied_layers)),
                      emptied or "-"])
     return rows
@@ -118,14 +153,10 @@ def _trainable(flag: bool | None) -> str:
     return {True: "trainable", False: "untrainable", None: "-"}[flag]
 
 
-def _value_note(report: CollapseReport) -> list[str]:
-    return [VALUE_NOTE] if any(lv.value_collapsed and not lv.collapsed for lv in report.levels) else []
-
-
 def report_to_text(report: CollapseReport) -> str:
     """The terminal form of a CollapseReport: verdict first, then the levels, then the per-layer table."""
     parts = verdict_lines(report)
-    parts += ["", table(*levels_table(report)), *_value_note(report)]
+    parts += ["", table(*levels_table(report)), *level_notes(report)]
     parts += ["", table(LAYER_HEADER, layer_rows(report), LAYER_ALIGN)]
     return "\n".join(parts)
 
@@ -134,8 +165,8 @@ def report_to_markdown(report: CollapseReport) -> str:
     """The same content as `report_to_text`, as GitHub markdown."""
     parts = [f"# Collapse report: {report.model}", ""] + [f"- {line}" for line in verdict_lines(report)]
     parts += ["", "## Levels", "", md_table(*levels_table(report))]
-    note = _value_note(report)
-    parts += ["", *note] if note else []
+    notes = level_notes(report)
+    parts += ["", *[f"- {line}" for line in notes]] if notes else []
     parts += ["", "## Layers", "", md_table(LAYER_HEADER, layer_rows(report), LAYER_ALIGN)]
     return "\n".join(parts)
 
@@ -220,4 +251,5 @@ def audit_to_text(audit: Audit, written) -> str:
 
 
 __all__ = ["table", "md_table", "report_to_text", "report_to_markdown", "validation_to_text", "mt_search_to_text",
-           "prune_to_text", "audit_to_text", "verdict_lines", "level_rows", "layer_rows"]
+           "prune_to_text", "audit_to_text", "verdict_lines", "level_rows", "layer_rows",
+           "level_verdict", "level_notes"]
