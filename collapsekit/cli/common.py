@@ -95,8 +95,8 @@ def load_model(args: argparse.Namespace, stream: bool = False):
     """(model, meta): the model named by --model or the checkpoint's sidecar, with the checkpoint's weights.
 
     `meta` is the sidecar (or {}) updated with the spec and shapes actually used,
-    which `load_data` then follows. `stream=True` builds the model under
-    `torch.device("meta")` and loads nothing: the caller streams the weights.
+    which `load_data` then follows. `stream=True` builds the model on the meta
+    device, its initialisers skipped (models/meta.py), and loads nothing: the caller streams the weights.
     """
     from collapsekit.files import checkpoint
     from collapsekit.models import names, resolve
@@ -116,9 +116,9 @@ def load_model(args: argparse.Namespace, stream: bool = False):
 
         seed_everything(seed)
     if stream:
-        import torch
+        from collapsekit.models.meta import on_meta
 
-        with torch.device("meta"):
+        with on_meta():
             model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     else:
         model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
