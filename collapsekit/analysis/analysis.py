@@ -25,6 +25,7 @@ from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_c
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
+from collapsekit.analysis.threads import with_analysis_threads
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
@@ -48,9 +49,12 @@ class Analysis:
     under another MT without a new trace or sort. `exact`: True runs every
     level's flow per element (exact dead channels), False per channel (sound,
     fast), "auto" per element for models under ELEMENT_LEVEL_MACS. The collapse
-    sparsity is exact either way.
+    sparsity is exact either way. Building it and `report()` run with as many
+    intra-op threads as there are idle CPUs (threads.py), and leave the caller's
+    torch.get_num_threads() as it was.
     """
 
+    @with_analysis_threads
     def __init__(self, model: nn.Module, example_inputs, include=None, exclude=None, mt=None, exact="auto",
                  name: str | None = None, checkpoint=None, progress: bool = False):
         if exact not in (True, False, "auto"):
@@ -353,6 +357,7 @@ class Analysis:
             value_collapsed=value_collapsed,
             forecast=None if data is None else self.forecast(data, k, flow.collapsed)), (flow, pruned)
 
+    @with_analysis_threads
     def report(self, sparsities=None, progress: bool = False, name: str | None = None, data=None) -> CollapseReport:
         """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT.
 
@@ -382,6 +387,7 @@ class Analysis:
             input_shapes=self.traced.input_shapes, conservative_ops=self.conservative_ops())
 
 
+@with_analysis_threads
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,
             progress: bool = False, name: str | None = None, exact="auto", data=None,
             checkpoint=None) -> CollapseReport:
