@@ -13,7 +13,9 @@ not run with them, so that figure is printed only beside the default one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -46,15 +48,53 @@ def measure(fn) -> dict:
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def in_subprocess(job: str, pinned: bool = False, **kwargs) -> dict:
-    """Runs `benchmarks/jobs.py JOB` with JSON kwargs in a fresh interpreter and returns its JSON."""
-    import os
-
+def in_subprocess(job: str, pinned: bool = False, threads: int | None = None, **kwargs) -> dict:
+    """Runs `benchmarks/jobs.py JOB` with JSON kwargs in a fresh interpreter and returns its JSON.
+    `threads` sets torch's intra-op threads there (BENCH_THREADS); default: torch's own count."""
     script = Path(__file__).with_name("jobs.py")
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV and k != "BENCH_THREADS"}
+    env.update(ALLOCATOR_ENV if pinned else {}, **({"BENCH_THREADS": str(threads)} if threads else {}))
     out = subprocess.run([sys.executable, str(script), job, json.dumps(kwargs)], check=True,
-                         capture_output=True, text=True, env={**env, **(ALLOCATOR_ENV if pinned else {})})
+                         capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def import_seconds(module: str, after: str = "torch") -> float:
+    """Seconds a fresh interpreter spends importing `module` once `after` is imported: what every CLI
+    call pays before its first line of work (the `after` modules are paid by the other side too)."""
+    code = (f"import time, {after}\nstart = time.perf_counter()\nimport {module}\n"
+            "print(time.perf_counter() - start)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def command_seconds(argv: list[str], env: dict | None = None) -> float:
+    """Wall seconds of a whole command in a fresh process (interpreter start and imports included)."""
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def busy(n: int = 2):
+    """`n` processes that each keep one CPU busy (a Python spin loop) for the duration: a loaded machine."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # let them start spinning
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """Median with the range of repeated measurements: '0.71 [0.69-0.80]'."""
+    ordered = sorted(values)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1:][:2]) / 2
+    if len(ordered) == 1:
+        return fmt.format(median)
+    return f"{fmt.format(median)} [{fmt.format(ordered[0])}-{fmt.format(ordered[-1])}]"
 
 
 def table(rows: list[list[str]]) -> str:

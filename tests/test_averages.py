@@ -1,4 +1,5 @@
 """averages: a softmax average of a constant equal in every row is dead; of rows that differ, live."""
+import pytest
 import torch
 import torch.nn as nn
 
@@ -96,9 +97,52 @@ def test_nested_levels_reuse_one_generic_run_and_change_nothing(monkeypatch):
         assert shared.to_dict() == fresh.to_dict(), name
         assert shared_runs < fresh_runs, name
         if name == "hf_llama":
-            assert shared_runs == 1 and fresh_runs > 5
+            assert shared_runs <= 1 and fresh_runs > 5  # none where the structural rule (bias_only) decides
 
 
 def test_position_table_before_the_values_agrees_with_the_oracle():
     torch.manual_seed(2)
     check_levels(PositionFirst(), torch.randn(1, 6, 8), (0.3, 0.5, 0.7, 0.8, 0.9, 0.95), boundary=True)
+
+
+def test_value_features_map_to_the_weight_lines_they_come_from():
+    """Through a q/k/v split and a head split (GPT-2's Conv1D: addmm, columns) or straight from a
+    Linear (rows); a value with a position table added after its projection has no structural map."""
+    from corpus import build
+
+    from collapsekit.analysis.averages import feature_lines
+
+    torch.manual_seed(0)
+    gpt2, example = build("hf_gpt2")
+    lines = list(feature_lines(Analysis(gpt2, example).traced.gm).values())
+    embd, heads = gpt2.config.n_embd, gpt2.config.n_head
+    assert len(lines) == gpt2.config.n_layer and not lines[0].rows
+    assert lines[0].weight == "transformer.h.0.attn.c_attn.weight"
+    expected = 2 * embd + torch.arange(embd).reshape(1, heads, 1, embd // heads)  # v follows q and k
+    assert torch.equal(lines[0].index, expected)
+    plain = Analysis(Attention(False), torch.randn(1, 6, 8)).traced.gm
+    assert [(f.weight, f.rows, f.index.flatten().tolist()) for f in feature_lines(plain).values()] == [
+        ("v.weight", True, list(range(8)))]
+    assert feature_lines(Analysis(Attention(True), torch.randn(1, 6, 8)).traced.gm) == {}
+
+
+def test_a_value_feature_whose_weight_line_is_pruned_whole_is_proven_uniform_without_a_run(monkeypatch):
+    """PositionFirst: the table reaches every value feature through kept weights, so no nested run proves
+    a newly dead feature uniform; its emptied projection row does, from the masks alone."""
+    from collapsekit.analysis import averages
+
+    torch.manual_seed(2)
+    an = Analysis(PositionFirst(), torch.randn(1, 6, 8))
+    monkeypatch.setattr(averages, "_generic_run", lambda *a, **k: pytest.fail("no generic run expected"))
+    uniformity = averages.RowUniformity.of(an.traced)
+    (source, lines), = uniformity.lines.items()
+    v = [w.name for w in an.weights].index("v.weight")
+    for k in range(0, an.total, 7):
+        masks = an.level(k)
+        emptied = ~masks.keep("v.weight").any(1)
+        dead = emptied.reshape(1, 1, 8)
+        counts = masks.pruned_counts()
+        assert uniformity.proven(counts, source, dead, masks)
+        assert torch.equal(averages.bias_only(lines, masks), dead)
+        if bool(emptied.any()) and not bool(emptied.all()):  # a row kept: its feature is not proven so
+            assert not uniformity.proven(counts, source, ~dead, masks) or counts[v] == 0

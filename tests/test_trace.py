@@ -1,4 +1,7 @@
 """trace: fx first, torch.export for shape-dependent control flow, one clear error when both fail."""
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -168,3 +171,35 @@ def test_a_decoder_that_returns_its_cache_by_default_is_traced_without_it(cls, c
     assert model.config.use_cache is True
     with pytest.raises(ck.CollapsekitError, match="cannot trace"):  # the caller's own choice is kept
         ck.analyze(model, {"input_ids": ids, "use_cache": True}, sparsities=[0.5])
+
+
+class Counter(nn.Module):
+    """A forward that updates a buffer in place, as caches and step counters do."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x):
+        self.calls.add_(x.new_ones(()))  # traced as a graph op: only the real forward runs it
+        return self.lin(x) + self.calls
+
+
+def test_shapes_come_from_one_forward_that_leaves_the_model_as_it_was():
+    model = Counter()
+    traced = trace(model, torch.randn(2, 4))
+    assert float(model.calls) == 0.0  # the forward ran on a copy of the buffer
+    out = [n for n in traced.gm.graph.nodes if n.op == "output"][0].args[0]
+    assert tuple(out.meta["tensor_meta"].shape) == (1, 3)
+    assert out.meta["tensor_meta"].memory_format is torch.contiguous_format
+
+
+def test_tracing_imports_no_symbolic_shape_machinery():
+    code = ("import sys, torch, collapsekit as ck\nfrom collapsekit.analysis.trace import trace\n"
+            "m = ck.models.create('resnet20', num_classes=10, in_channels=3, input_size=16)\n"
+            "t = trace(m, torch.randn(1, 3, 16, 16))\n"
+            "print(len([n for n in t.gm.graph.nodes if 'tensor_meta' in n.meta]) > 50, "
+            "sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True []"

@@ -28,6 +28,7 @@ from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
 from collapsekit.analysis.rules import UNHANDLED
 from collapsekit.analysis.streamed import StreamedTensors, skeleton
+from collapsekit.analysis.threads import with_analysis_threads
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
@@ -52,9 +53,12 @@ class Analysis:
     under another MT without a new trace or sort. `exact`: True runs every
     level's flow per element (exact dead channels), False per channel (sound,
     fast), "auto" per element for models under ELEMENT_LEVEL_MACS. The collapse
-    sparsity is exact either way.
+    sparsity is exact either way. Building it and `report()` run with as many
+    intra-op threads as there are idle CPUs (threads.py), and leave the caller's
+    torch.get_num_threads() as it was.
     """
 
+    @with_analysis_threads
     def __init__(self, model: nn.Module, example_inputs, include=None, exclude=None, mt=None, exact="auto",
                  name: str | None = None, checkpoint=None, progress: bool = False):
         if exact not in (True, False, "auto"):
@@ -421,6 +425,7 @@ class Analysis:
             out[i] = replace(lv, outputs_reached=reached)
         return out
 
+    @with_analysis_threads
     def report(self, sparsities=None, progress: bool = False, name: str | None = None, data=None) -> CollapseReport:
         """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT.
 
@@ -458,6 +463,7 @@ class Analysis:
             non_finite_sparsity=non_finite)
 
 
+@with_analysis_threads
 def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, exclude=None,
             progress: bool = False, name: str | None = None, exact="auto", data=None,
             checkpoint=None) -> CollapseReport:

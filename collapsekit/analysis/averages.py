@@ -11,12 +11,17 @@ reads come from a generic network with the same pruning pattern
 (`constant_values`), only for the `v` operands of such averages; one such run
 serves every sparser level of the same Global MP ordering (`RowUniformity`),
 so a model whose constants are all row-uniform (a LLaMA-style decoder) pays
-for one run per report, not one per level.
+for one run per report, not one per level. The common case needs no run at
+all (`bias_only`): a value feature made by a linear layer whose weight line
+for it is pruned whole is that layer's bias in every row, whatever reaches the
+layer's input (a position table included); `RowUniformity.proven(..., masks)`
+checks it from the masks' per-line maxima before any run.
 """
 from __future__ import annotations
 
 import operator
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -328,17 +333,28 @@ class RowUniformity:
 
     KEEP = 16  # runs remembered
 
-    def __init__(self):
+    def __init__(self, lines: dict[str, FeatureLines] | None = None):
         self.runs: list[tuple[np.ndarray, dict[str, torch.Tensor]]] = []  # (pruned counts, node -> row_uniform)
+        self.lines = lines or {}  # averaged operand -> the weight lines its features come from (bias_only)
 
     @staticmethod
     def of(traced) -> RowUniformity:
         """The graph's own RowUniformity (created on first use; stored on gm.meta like shapes are)."""
-        return traced.gm.meta.setdefault("collapsekit_row_uniform", RowUniformity())
+        found = traced.gm.meta.get("collapsekit_row_uniform")
+        if found is None:
+            found = traced.gm.meta["collapsekit_row_uniform"] = RowUniformity(feature_lines(traced.gm))
+        return found
 
-    def proven(self, counts: np.ndarray, source: str, dead: torch.Tensor) -> bool:
-        """True if runs at mask sets keeping a superset of `counts`' weights prove every `dead` feature uniform."""
+    def proven(self, counts: np.ndarray, source: str, dead: torch.Tensor, masks=None) -> bool:
+        """True if every `dead` feature is proven uniform: structurally (with `masks`: its weight line is
+        pruned whole, `bias_only`), or by runs at mask sets keeping a superset of `counts`' weights."""
         covered = ~dead
+        if masks is not None:
+            bias = bias_only(self.lines.get(source), masks)
+            if bias is not None and bias.shape == dead.shape:
+                covered = covered | bias
+                if bool(covered.all()):
+                    return True
         for known, same in self.runs:
             value = same.get(source)
             if value is not None and value.shape == dead.shape and bool((known <= counts).all()):
@@ -349,3 +365,132 @@ class RowUniformity:
         same = {name: row_uniform(v) for name, v in values.items()}
         self.runs = [*self.runs[-(self.KEEP - 1):], (counts, same)]
         return same
+
+
+# Ops that move a tensor's elements without mixing them (a head split, a q/k/v split) or cast them
+# one by one: a value feature behind them is still one output feature of the layer before.
+_LAYOUT_METHODS = {"view", "reshape", "permute", "transpose", "split", "chunk", "unflatten", "flatten", "unsqueeze",
+                   "squeeze", "narrow", "expand", "contiguous", "__getitem__", "unbind"}
+_LAYOUT_FUNCTIONS = {torch.reshape, torch.permute, torch.transpose, torch.split, torch.chunk, torch.flatten,
+                     torch.unflatten, torch.unsqueeze, torch.squeeze, torch.narrow, torch.unbind, operator.getitem,
+                     *aten("view.default", "_unsafe_view.default", "reshape.default", "permute.default",
+                           "transpose.int", "split.Tensor", "split_with_sizes.default", "unsqueeze.default",
+                           "squeeze.dim", "slice.Tensor", "select.int", "expand.default", "unbind.int")}
+
+
+class FeatureLines(NamedTuple):
+    """Where an averaged operand's features come from: line `index[..., f]` of prunable weight `weight`
+    (its rows when `rows`, else its columns), the layer adding only a bias after it."""
+
+    weight: str
+    rows: bool
+    index: torch.Tensor  # int64, the operand's shape with the row axis cut to 1
+
+
+def feature_lines(gm: fx.GraphModule) -> dict[str, FeatureLines]:
+    """{averaged operand: FeatureLines} for operands made from one linear layer by layout ops only."""
+    found = {}
+    for source in averaged_values(gm).values():
+        lines = _feature_lines(gm, source)
+        if lines is not None:
+            found[source.name] = lines
+    return found
+
+
+def _feature_lines(gm: fx.GraphModule, source: fx.Node) -> FeatureLines | None:
+    chain, node = [], source
+    while _is_layout(node) or _key(node) in _PASS:
+        chain.append(node)
+        node = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if node is None:
+            return None
+    producer = _linear_weight(gm, node)
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+    if producer is None or not shape:
+        return None
+    weight, rows = producer
+    # Run the layout ops on the producer's feature numbers: each value then says which line it came from.
+    index = torch.arange(shape[-1]).expand(tuple(shape))
+    values = {node: index}
+    try:
+        for step in reversed(chain):
+            values[step] = _replay(step, values)
+    except Exception:  # noqa: BLE001 - an op this replay cannot stand in for: no structural answer
+        return None
+    out = values[source]
+    if not isinstance(out, torch.Tensor) or out.ndim < 2 or not bool((out.amax(-2) == out.amin(-2)).all()):
+        return None  # a feature would gather several lines over the rows
+    return FeatureLines(weight, rows, out[..., :1, :].clone())
+
+
+def _is_layout(node) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_method":
+        return node.target in _LAYOUT_METHODS
+    try:
+        return node.op == "call_function" and node.target in _LAYOUT_FUNCTIONS
+    except TypeError:  # unhashable target
+        return False
+
+
+def _replay(node: fx.Node, values: dict) -> object:
+    """`node`'s op on the replayed value of its input; every other node argument is a plain value
+    recorded at trace time (sizes, split sections). Casts and dropout keep the feature numbers."""
+    if _key(node) in _PASS:
+        return values[node.args[0]]
+
+    def arg(a):
+        if not isinstance(a, fx.Node):
+            return a
+        if a in values:
+            return values[a]
+        if "value" not in a.meta:
+            raise ValueError(f"{a.name} has no recorded value")
+        return a.meta["value"]
+
+    args, kwargs = fx.node.map_arg(node.args, arg), fx.node.map_arg(node.kwargs, arg)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
+_LINEAR = {torch.nn.functional.linear, *aten("linear.default")}
+_ADDMM = {torch.addmm, *aten("addmm.default")}
+
+
+def _linear_weight(gm: fx.GraphModule, node) -> tuple[str, bool] | None:
+    """(weight, rows) of a linear layer computing `node`: output feature j is the weight's row j (nn.Linear,
+    F.linear) or column j (addmm with the weight [in, out] as mat2, as Hugging Face's Conv1D computes)."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return (f"{node.target}.weight", True) if type(module) is nn.Linear else None
+    if node.op != "call_function":
+        return None
+    try:
+        kind = "linear" if node.target in _LINEAR else "addmm" if node.target in _ADDMM else None
+    except TypeError:
+        return None
+    position = {"linear": 1, "addmm": 2}.get(kind)
+    weight = node.args[position] if position is not None and len(node.args) > position else None
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return None
+    return weight.target, kind == "linear"
+
+
+def bias_only(lines: FeatureLines | None, masks) -> torch.Tensor | None:
+    """Bool, the averaged operand's shape with the row axis cut to 1: features whose weight line the
+    masks prune whole. Such a feature is the layer's bias (or zero) in every row whatever the input
+    and whatever else is kept, so its average is that constant: no generic run needed. None when
+    `lines` is None or the weight is not among the masks."""
+    if lines is None or not hasattr(masks, "keep") or lines.weight not in masks:
+        return None
+    kept = masks.kept_lines(lines.weight) if hasattr(masks, "kept_lines") else None
+    if kept is not None:
+        kept = kept.rows if lines.rows else kept.cols
+    else:
+        keep = masks.keep(lines.weight)
+        kept = keep.reshape(keep.shape[0], -1).any(1) if lines.rows else keep.any(0)
+    return ~kept[lines.index]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from collapsekit.errors import CollapsekitError, first_line
 
@@ -174,15 +174,47 @@ def _erase_unless_read(graph: fx.Graph, placeholder: fx.Node, order: dict) -> bo
     return True
 
 
-class _ShapeValueProp(ShapeProp):
-    """ShapeProp that also keeps every plain non-tensor result (sizes, comparisons, python scalars)
-    on `node.meta["value"]`, so later passes evaluate such nodes concretely."""
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph on real tensors and stores, as ShapeProp does, every tensor result's
+    TensorMetadata on `node.meta["tensor_meta"]` and its type on `node.meta["type"]`; every plain
+    non-tensor result (sizes, comparisons, python scalars) goes on `node.meta["value"]`, so later
+    passes evaluate such nodes concretely.
+
+    Not ShapeProp on meta tensors: ShapeProp imports torch's symbolic-shape machinery (sympy,
+    mpmath, dynamo: ~800 modules, >1 s in a fresh process) on its first node, and meta tensors
+    reach the same imports through the Python meta kernels of batch_norm, layer_norm, gelu and
+    conv. One forward at batch 1 costs less than those imports on every model the report handles
+    (WRN-28-8: ~0.1 s), and the Interpreter frees each value after its last use."""
 
     def run_node(self, n):
         result = super().run_node(n)
+        found = []
+
+        def tensor_meta(value):
+            if isinstance(value, torch.Tensor):
+                found.append(True)
+                return tensor_metadata(value)
+            return value
+
+        meta = fx.node.map_aggregate(result, tensor_meta)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
         if _plain(result):
             n.meta["value"] = result
         return result
+
+
+_MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
+
+
+def tensor_metadata(t: torch.Tensor) -> TensorMetadata:
+    """ShapeProp's TensorMetadata of a real dense tensor, read from the tensor itself: torch's own
+    helper checks contiguity through torch._check, whose first call imports sympy."""
+    if t.is_quantized or t.layout != torch.strided:
+        return _extract_tensor_metadata(t)
+    memory_format = next((f for f in _MEMORY_FORMATS if t.is_contiguous(memory_format=f)), None)
+    return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), memory_format, False, {})
 
 
 _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, slice)
@@ -239,19 +271,14 @@ def aliases_of(node: fx.Node) -> list[tuple[fx.Node, bool]]:
 
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
-    """ShapeProp on meta tensors (shapes without memory or compute), real tensors if an op refuses."""
+    """Records shapes with one real forward of `gm` (see _ShapeRecorder). The graph runs on copies of
+    its buffers, so a forward that updates a buffer in place (a counter, a cache) leaves the user's
+    model as it was."""
     from torch.nn.utils.stateless import _reparametrize_module
 
-    state = {k: torch.empty_like(v, device="meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
-    # ShapeProp prints a traceback before re-raising; the caller turns failures into one line.
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            with _reparametrize_module(gm, state):
-                _ShapeValueProp(gm).propagate(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs))
-            return
-        except Exception:
-            pass
-        _ShapeValueProp(gm).propagate(*inputs)
+    buffers = {k: v.clone() for k, v in gm.named_buffers()}
+    with _reparametrize_module(gm, buffers):
+        _ShapeRecorder(gm).run(*inputs)
 
 
 @contextlib.contextmanager

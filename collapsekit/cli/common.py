@@ -13,6 +13,7 @@ from collapsekit import data, models
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import checkpoint
 from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME
+from collapsekit.models.meta import on_meta as meta_device
 from collapsekit.spec import fraction, keyword_defaults, load_callable
 from collapsekit.training.train import default_input_size, seed_everything
 
@@ -264,7 +265,7 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     `meta` is the sidecar (or {}) updated with the spec and shapes actually used,
     which `load_data` then follows. `stream=True` loads nothing: the caller streams
     the weights (`ck.analyze(..., checkpoint=)`), and the model is built under
-    `torch.device("meta")` unless `on_meta=False` (a question that runs the model on
+    the meta device (initialisers skipped: models/meta.py) unless `on_meta=False` (a question that runs the model on
     data needs its non-persistent buffers, which only a real build computes).
     """
     shapes_from_input(args)
@@ -284,7 +285,7 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
         seed_everything(seed)
     shapes = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     if stream and (on_meta is None or on_meta):
-        with torch.device("meta"):
+        with meta_device():
             model = models.resolve(spec, **shapes)
     else:
         model = models.resolve(spec, **shapes)

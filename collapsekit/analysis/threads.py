@@ -1,0 +1,93 @@
+"""Intra-op threads for the analysis: as many as there are idle CPUs, never more than the user set.
+
+torch starts one intra-op thread per core. The analysis is mostly numpy and
+small single-tensor work; where other processes keep cores busy, torch's
+threads wait on each other at every op (OpenMP barriers spin, then sleep), and
+the README's ResNet-20 report ran 2.76x slower beside two busy processes than
+alone, where a fair share of the CPU is 2x. `analysis_threads()` counts the
+CPUs this process may use (its affinity) that no other runnable thread holds,
+and runs its body with at most that many threads (at least one), then gives
+the user back exactly the count they had: their settings are theirs.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from pathlib import Path
+
+import torch
+
+_depth = 0  # nested scopes keep the count chosen by the outermost one
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def busy_elsewhere(samples: int = 5, interval: float = 0.002) -> int:
+    """Threads of other processes running or waiting for a CPU now (Linux; 0 elsewhere).
+
+    /proc/loadavg's fourth field counts runnable threads machine-wide; this
+    process's own (its main thread, torch workers still spinning after an op)
+    are taken off. The least of a few reads a few ms apart: a busy process is
+    runnable in all of them, a passing one in few.
+    """
+    try:
+        found = []
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+            found.append(runnable - _own_runnable())
+        return max(0, min(found))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _own_runnable() -> int:
+    own = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        own += stat[stat.rindex(")") + 2] == "R"  # the state follows the parenthesised name
+    return own
+
+
+def chosen_threads() -> int:
+    """The analysis's intra-op threads: idle usable CPUs, at least 1, at most torch.get_num_threads()."""
+    idle = min(usable_cpus(), (os.cpu_count() or 1) - busy_elsewhere())
+    return max(1, min(torch.get_num_threads(), idle))
+
+
+@contextlib.contextmanager
+def analysis_threads():
+    """Runs the body with chosen_threads() intra-op threads; restores the caller's count afterwards."""
+    global _depth
+    before = torch.get_num_threads()
+    chosen = chosen_threads() if _depth == 0 else before
+    _depth += 1
+    try:
+        if chosen != before:
+            torch.set_num_threads(chosen)
+        yield chosen
+    finally:
+        _depth -= 1
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def with_analysis_threads(fn):
+    """Decorator: `fn` runs inside analysis_threads()."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with analysis_threads():
+            return fn(*args, **kwargs)
+    return wrapper
