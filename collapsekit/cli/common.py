@@ -272,11 +272,8 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     from collapsekit.models import names, resolve
 
     shapes_from_input(args)
-    path = getattr(args, "checkpoint", None)
-    if path:
-        check_checkpoint_path(path, directory_ok=stream)
-    # A checkpoint folder holding one model.safetensors has its sidecar beside that file.
-    described = Path(path) / "model.safetensors" if path and Path(path).is_dir() else Path(path or "")
+    path = resolve_checkpoint(args)
+    described = Path(path or "")  # a sharded folder has no sidecar
     meta = checkpoint.read_meta(described) if path and described.is_file() else {}
     spec, num_classes, in_channels, input_size = model_shapes(args, meta)
     if not spec:
@@ -297,7 +294,10 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     else:
         model = resolve(spec, **shapes)
     if path and not stream:
-        checkpoint.load_into(model, path)
+        if Path(path).is_dir() or path.endswith(".index.json"):  # a sharded checkpoint (Hugging Face layout)
+            model = _load_sharded(model, path)
+        else:
+            checkpoint.load_into(model, path)
     if ":" in spec:  # what the factory took by its own defaults shapes the example input, as the flags would
         from collapsekit.spec import keyword_defaults, load_callable
 
@@ -306,20 +306,43 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     return model, {**meta, "model": spec, **shapes}
 
 
-def check_checkpoint_path(path, directory_ok: bool = False) -> None:
-    """Raise CollapsekitError unless `path` is a weights file (or, where `directory_ok`, a sharded checkpoint folder)."""
+def _load_sharded(model, path):
+    """A copy of `model` holding the tensors of the sharded checkpoint at `path`; every one the model has must be there."""
+    from collapsekit.files.stream import Checkpoint, materialize
+
+    source = Checkpoint(path)
+    names: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(name)
+    missing = [group[0] for group in names.values() if source.first_of(group) is None]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CollapsekitError(f"checkpoint {path} does not fit the model: missing {', '.join(missing[:3])}{more}")
+    return materialize(model, source)
+
+
+def resolve_checkpoint(args: argparse.Namespace) -> str | None:
+    """--checkpoint made a weights file or a sharded folder (and stored back in `args`), or a one-line error.
+
+    A folder holding the Hugging Face index is a sharded checkpoint; one holding
+    model.safetensors (what `train --out` and a small Hugging Face save write)
+    means that file; any other folder names the weights files it does hold.
+    """
     from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME
 
+    path = getattr(args, "checkpoint", None)
+    if not path:
+        return None
     p = Path(path)
-    if p.is_dir():
-        if directory_ok and ((p / INDEX_NAME).is_file() or (p / SINGLE_NAME).is_file()):
-            return
-        found = sorted(q.name for q in p.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
-        found.sort(key=lambda name: name != SINGLE_NAME)
-        hint = f"; did you mean {p / found[0]}?" if found else " holding no weights file (.safetensors, .pt)"
-        raise CollapsekitError(f"checkpoint {path} is a directory{hint}")
-    if not p.is_file():
+    if p.is_dir() and not (p / INDEX_NAME).is_file():
+        if not (p / SINGLE_NAME).is_file():
+            found = sorted(q.name for q in p.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
+            hint = f"; did you mean {p / found[0]}?" if found else " holding no weights file (.safetensors, .pt)"
+            raise CollapsekitError(f"checkpoint {path} is a directory{hint}")
+        args.checkpoint = path = str(p / SINGLE_NAME)
+    elif not p.exists():
         raise CollapsekitError(f"checkpoint {path} not found")
+    return path
 
 
 def load_data(args: argparse.Namespace, meta: dict):

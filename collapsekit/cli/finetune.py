@@ -80,6 +80,7 @@ def run(args) -> int:
     from collapsekit.training.finetune import MODEL_FILE, prune_and_finetune
     from collapsekit.training.train import EpochEnd
 
+    common.resolve_checkpoint(args)
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
                                "choose another output directory")
