@@ -19,13 +19,13 @@ def _add_once(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Add --model, --checkpoint, --num-classes, --in-channels and --input-size."""
+    """Add --model, --checkpoint, --num-classes, --in-channels, --input-size and the input options."""
     _add_once(parser, "--model", metavar="NAME",
               help="zoo name (see `collapsekit.models.names()`) or package.module:factory; "
                    "defaults to the one recorded next to --checkpoint")
     _add_once(parser, "--checkpoint", metavar="PATH",
-              help="weights to load: a .safetensors file (its .json sidecar gives model and shapes) "
-                   "or a plain torch state_dict")
+              help="weights to load: a .safetensors file (its .json sidecar gives model and shapes), a folder "
+                   "(Hugging Face sharded layout, or holding model.safetensors) or a plain torch state_dict")
     _add_once(parser, "--num-classes", type=int, metavar="N",
               help="model outputs (default: checkpoint, then data, then the factory's own default)")
     _add_once(parser, "--in-channels", type=int, metavar="C",
