@@ -218,3 +218,35 @@ def test_resume_with_nothing_to_resume_warns_and_starts_fresh(capsys, tmp_path, 
                              "(no checkpoint.safetensors); starting a fresh run")
     doc = json.loads(out)
     assert doc["resumed_from"] == 0 and doc["epochs"] == 1
+
+
+def test_a_sharded_checkpoint_folder_is_read_by_every_command(capsys, tmp_path):
+    import torch
+
+    import collapsekit as ck
+    from test_streaming import save
+
+    torch.manual_seed(3)
+    model = four_class_mlp()
+    save(model, tmp_path / "sharded", shards=2)
+    code, _, err = run(capsys, "prune", "--model", f"{__name__}:four_class_mlp", "--checkpoint",
+                       str(tmp_path / "sharded"), "--sparsity", "0.9", "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    got = ck.masks.load(tmp_path / "p" / "pruned.safetensors")
+    expected = ck.prune(model, 0.9).masks  # the same weights in memory
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_a_folder_holding_model_safetensors_means_that_file(capsys, tmp_path, dense):
+    import json
+
+    from collapsekit.files import checkpoint
+
+    meta = {"model": "lenet_300_100", "num_classes": 10, "in_channels": 1, "input_size": 8, "data": "digits"}
+    path = checkpoint.save(dense, tmp_path / "run" / "model.safetensors", meta)
+    docs = []
+    for given in (path.parent, path):
+        code, out, err = run(capsys, "report", "--checkpoint", str(given), "--sparsity", "0.9", "--format", "json")
+        assert code == 0, err
+        docs.append(json.loads(out)["levels"])
+    assert docs[0] == docs[1]

@@ -11,10 +11,10 @@ import sys
 from collapsekit.errors import CollapsekitError
 from collapsekit.version import __version__
 
-# Order in `collapsekit --help`; any other module of this package that defines HELP,
-# DESCRIPTION, add_arguments(parser) and run(args) is added after these.
 ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # terminal escapes a library may put in a message
 
+# Order in `collapsekit --help`; any other module of this package that defines HELP,
+# DESCRIPTION, add_arguments(parser) and run(args) is added after these.
 _ORDER = ["train", "report", "prune", "finetune", "validate", "mt_search", "plot", "export"]
 
 

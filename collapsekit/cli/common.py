@@ -12,7 +12,7 @@ import torch
 from collapsekit import data, models
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import checkpoint
-from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME
+from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME, Checkpoint, materialize
 from collapsekit.models.meta import on_meta as meta_device
 from collapsekit.spec import fraction, keyword_defaults, load_callable
 from collapsekit.training.train import default_input_size, seed_everything
@@ -28,13 +28,13 @@ def _add_once(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Add --model, --checkpoint, --num-classes, --in-channels and --input-size."""
+    """Add --model, --checkpoint, --num-classes, --in-channels, --input-size and the input options."""
     _add_once(parser, "--model", metavar="NAME",
               help="zoo name (see `collapsekit.models.names()`) or package.module:factory; "
                    "defaults to the one recorded next to --checkpoint")
     _add_once(parser, "--checkpoint", metavar="PATH",
-              help="weights to load: a .safetensors file (its .json sidecar gives model and shapes) "
-                   "or a plain torch state_dict")
+              help="weights to load: a .safetensors file (its .json sidecar gives model and shapes), a folder "
+                   "(Hugging Face sharded layout, or holding model.safetensors) or a plain torch state_dict")
     _add_once(parser, "--num-classes", type=int, metavar="N",
               help="model outputs (default: checkpoint, then data, then the factory's own default)")
     _add_once(parser, "--in-channels", type=int, metavar="C",
@@ -269,11 +269,8 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     data needs its non-persistent buffers, which only a real build computes).
     """
     shapes_from_input(args)
-    path = getattr(args, "checkpoint", None)
-    if path:
-        check_checkpoint_path(path, directory_ok=stream)
-    # A checkpoint folder holding one model.safetensors has its sidecar beside that file.
-    described = Path(path) / "model.safetensors" if path and Path(path).is_dir() else Path(path or "")
+    path = resolve_checkpoint(args)
+    described = Path(path or "")  # a sharded folder has no sidecar
     meta = checkpoint.read_meta(described) if path and described.is_file() else {}
     spec, num_classes, in_channels, input_size = model_shapes(args, meta)
     if not spec:
@@ -290,25 +287,49 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     else:
         model = models.resolve(spec, **shapes)
     if path and not stream:
-        checkpoint.load_into(model, path)
+        if Path(path).is_dir() or path.endswith(".index.json"):  # a sharded checkpoint (Hugging Face layout)
+            model = _load_sharded(model, path)
+        else:
+            checkpoint.load_into(model, path)
     if ":" in spec:  # what the factory took by its own defaults shapes the example input, as the flags would
         own = keyword_defaults(load_callable(spec, "model"), [k for k, v in shapes.items() if v is None])
         shapes.update({k: v for k, v in own.items() if isinstance(v, int)})
     return model, {**meta, "model": spec, **shapes}
 
 
-def check_checkpoint_path(path, directory_ok: bool = False) -> None:
-    """Raise CollapsekitError unless `path` is a weights file (or, where `directory_ok`, a sharded checkpoint folder)."""
+def _load_sharded(model, path):
+    """A copy of `model` holding the tensors of the sharded checkpoint at `path`; every one the model has must be there."""
+    source = Checkpoint(path)
+    names: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(name)
+    missing = [group[0] for group in names.values() if source.first_of(group) is None]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CollapsekitError(f"checkpoint {path} does not fit the model: missing {', '.join(missing[:3])}{more}")
+    return materialize(model, source)
+
+
+def resolve_checkpoint(args: argparse.Namespace) -> str | None:
+    """--checkpoint made a weights file or a sharded folder (and stored back in `args`), or a one-line error.
+
+    A folder holding the Hugging Face index is a sharded checkpoint; one holding
+    model.safetensors (what `train --out` and a small Hugging Face save write)
+    means that file; any other folder names the weights files it does hold.
+    """
+    path = getattr(args, "checkpoint", None)
+    if not path:
+        return None
     p = Path(path)
-    if p.is_dir():
-        if directory_ok and ((p / INDEX_NAME).is_file() or (p / SINGLE_NAME).is_file()):
-            return
-        found = sorted(q.name for q in p.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
-        found.sort(key=lambda name: name != SINGLE_NAME)
-        hint = f"; did you mean {p / found[0]}?" if found else " holding no weights file (.safetensors, .pt)"
-        raise CollapsekitError(f"checkpoint {path} is a directory{hint}")
-    if not p.is_file():
+    if p.is_dir() and not (p / INDEX_NAME).is_file():
+        if not (p / SINGLE_NAME).is_file():
+            found = sorted(q.name for q in p.iterdir() if q.suffix in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
+            hint = f"; did you mean {p / found[0]}?" if found else " holding no weights file (.safetensors, .pt)"
+            raise CollapsekitError(f"checkpoint {path} is a directory{hint}")
+        args.checkpoint = path = str(p / SINGLE_NAME)
+    elif not p.exists():
         raise CollapsekitError(f"checkpoint {path} not found")
+    return path
 
 
 def load_job(args: argparse.Namespace):

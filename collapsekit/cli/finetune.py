@@ -72,6 +72,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Load, prune on the schedule, fine-tune, print the result (rank 0 only)."""
+    common.resolve_checkpoint(args)
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
                                "choose another output directory")

@@ -11,7 +11,7 @@ from collapsekit.files.stream import is_streamable
 from collapsekit.files.sparse import is_sparse_checkpoint
 from collapsekit.views.render import report_to_markdown, report_to_text
 from collapsekit.cli.common import (add_data_args, add_model_args, add_mt_arg, add_output_arg, example_input, load_data,
-                                    load_model, sparsity_arg)
+                                    load_model, resolve_checkpoint, sparsity_arg)
 
 
 HELP = "predict where Global MP collapses a model (no pruning)"
@@ -45,6 +45,7 @@ def run(args) -> int:
     # is read from the file when needed. Without data the model is a meta skeleton; with
     # data it is built for real, since the forecast runs it on the checkpoint's values.
     # A sparse checkpoint (prune --out) is decoded whole: its tensors are codes, not weights.
+    resolve_checkpoint(args)
     stream = bool(args.checkpoint) and is_streamable(args.checkpoint) and not (
         Path(args.checkpoint).is_file() and is_sparse_checkpoint(args.checkpoint))
     model, meta = load_model(args, stream=stream, on_meta=not args.data)
