@@ -203,3 +203,17 @@ def test_tracing_imports_no_symbolic_shape_machinery():
             "sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True []"
+
+
+def test_meta_and_real_forwards_record_the_same_shapes_and_values(monkeypatch):
+    """Shapes come from meta tensors once torch's symbolic-shape modules are loaded (no import to pay),
+    from a real forward otherwise: both record the same metadata and plain values."""
+    from collapsekit.analysis import trace as trace_module
+
+    model = ck.models.create("mobilenet_v2", num_classes=10, in_channels=3, input_size=16)
+    found = {}
+    for loaded in (False, True):
+        monkeypatch.setattr(trace_module, "_symbolic_machinery_loaded", lambda loaded=loaded: loaded)
+        traced = trace(model, torch.randn(1, 3, 16, 16))
+        found[loaded] = [(n.name, n.meta.get("tensor_meta"), n.meta.get("value")) for n in traced.gm.graph.nodes]
+    assert found[True] == found[False] and len(found[True]) > 100

@@ -12,6 +12,7 @@ import inspect
 import io
 import linecache
 import operator
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -175,7 +176,7 @@ def _erase_unless_read(graph: fx.Graph, placeholder: fx.Node, order: dict) -> bo
 
 
 class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph on real tensors and stores, as ShapeProp does, every tensor result's
+    """Runs the graph and stores, as ShapeProp does, every tensor result's
     TensorMetadata on `node.meta["tensor_meta"]` and its type on `node.meta["type"]`; every plain
     non-tensor result (sizes, comparisons, python scalars) goes on `node.meta["value"]`, so later
     passes evaluate such nodes concretely.
@@ -183,8 +184,8 @@ class _ShapeRecorder(fx.Interpreter):
     Not ShapeProp on meta tensors: ShapeProp imports torch's symbolic-shape machinery (sympy,
     mpmath, dynamo: ~800 modules, >1 s in a fresh process) on its first node, and meta tensors
     reach the same imports through the Python meta kernels of batch_norm, layer_norm, gelu and
-    conv. One forward at batch 1 costs less than those imports on every model the report handles
-    (WRN-28-8: ~0.1 s), and the Interpreter frees each value after its last use."""
+    conv (see _propagate_shapes for when it runs on meta tensors anyway). The Interpreter frees each
+    value after its last use."""
 
     def run_node(self, n):
         result = super().run_node(n)
@@ -271,14 +272,30 @@ def aliases_of(node: fx.Node) -> list[tuple[fx.Node, bool]]:
 
 
 def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
-    """Records shapes with one real forward of `gm` (see _ShapeRecorder). The graph runs on copies of
-    its buffers, so a forward that updates a buffer in place (a counter, a cache) leaves the user's
-    model as it was."""
+    """Records shapes (see _ShapeRecorder) on meta tensors where torch's symbolic-shape machinery is
+    already loaded (by transformers, or an export): they cost no compute, and a streamed skeleton's
+    expanded weights make a real forward slow (a 1 B decoder: seconds). Otherwise, or if an op refuses
+    meta tensors, with one real forward, which costs less than those imports. Either way the graph runs
+    on copies of its buffers: a forward that updates one in place (a counter, a cache) leaves the
+    user's model as it was."""
     from torch.nn.utils.stateless import _reparametrize_module
 
+    if _symbolic_machinery_loaded():
+        state = {k: torch.empty_like(v, device="meta") for k, v in [*gm.named_parameters(), *gm.named_buffers()]}
+        try:
+            with _reparametrize_module(gm, state):
+                _ShapeRecorder(gm).run(*(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs))
+            return
+        except Exception:  # noqa: BLE001 - an op without a meta kernel, or data-dependent: real tensors below
+            pass
     buffers = {k: v.clone() for k, v in gm.named_buffers()}
     with _reparametrize_module(gm, buffers):
         _ShapeRecorder(gm).run(*inputs)
+
+
+def _symbolic_machinery_loaded() -> bool:
+    """Whether the modules meta kernels import (sympy via symbolic_shapes, torch._dynamo) are loaded."""
+    return all(name in sys.modules for name in ("sympy", "torch._dynamo", "torch.fx.experimental.symbolic_shapes"))
 
 
 @contextlib.contextmanager
