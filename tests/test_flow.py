@@ -357,9 +357,9 @@ def test_flow_and_sign_analysis_leave_the_model_untouched(name):
 
 
 def test_linear_backward_in_row_blocks_matches_autograd(monkeypatch):
-    import collapsekit.analysis.flow as flow_mod
+    import collapsekit.analysis.flow_layers as layers
 
-    monkeypatch.setattr(flow_mod, "_BLOCK", 7)  # a few rows per block
+    monkeypatch.setattr(layers, "_BLOCK", 7)  # a few rows per block
     torch.manual_seed(0)
     keep = torch.rand(9, 5) > 0.6
     for x, g in [((torch.rand(3, 4, 5) > 0.5).float(), (torch.rand(3, 4, 9) > 0.5).float()),  # mixed patterns
@@ -368,12 +368,12 @@ def test_linear_backward_in_row_blocks_matches_autograd(monkeypatch):
                 (torch.ones(3, 4, 5), torch.ones(3, 4, 9))]:  # everything reached
         xx, w = x.clone().requires_grad_(True), keep.float().requires_grad_(True)
         gx_want, gw_want = torch.autograd.grad(torch.nn.functional.linear(xx, w), (xx, w), g)
-        gx, reached = flow_mod._linear_backward(x, keep, g)
-        if reached is flow_mod.EVERYWHERE:
+        gx, reached = layers.linear_backward(x, keep, g)
+        if reached is layers.EVERYWHERE:
             reached = torch.ones(keep.shape, dtype=torch.bool)
         # only positivity carries meaning in the flow: values may differ by positive scaling
         assert torch.equal(gx > 0, gx_want > 0) and torch.equal(reached, gw_want > 0)
-        out = flow_mod._apply(torch.nn.functional.linear, x, keep)
+        out = layers.apply_keep(torch.nn.functional.linear, x, keep)
         assert torch.equal(out > 0, torch.nn.functional.linear(x, keep.float()) > 0)
 
 
@@ -427,14 +427,14 @@ def test_sizes_and_shape_assertions_are_evaluated_concretely():
 
 def test_channel_conv_backward_equals_autograd():
     """The written-out backward of a channel-level conv gives autograd's gradient and reached pairs."""
-    from collapsekit.analysis.flow import EVERYWHERE, _ChannelConv
+    from collapsekit.analysis.flow_layers import EVERYWHERE, ChannelConv
 
     gen = torch.Generator().manual_seed(0)
     everywhere = 0
     for groups, spatial, density in ((1, (5, 5), 0.5), (2, (1, 1), 0.5), (4, (3, 2), 0.5), (1, (2, 2), 1.0),
                                      (2, (3, 3), 1.0)):
         o, i = 8, 8
-        op = _ChannelConv(groups, (1, o, *spatial))
+        op = ChannelConv(groups, (1, o, *spatial))
         x = (torch.rand(1, i, *spatial, generator=gen) < density).float().requires_grad_(True)
         conn = torch.rand(o, i // groups, generator=gen) > 0.6
         w = conn.float().requires_grad_(True)
@@ -481,6 +481,7 @@ def test_transposed_weights_applied_by_matmul_give_the_float_leaf_verdicts(monke
 
     from collapsekit.analysis import flow as flow_mod
     from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.flow_values import PrunableConstant
     from collapsekit.analysis.magnitudes import sparsity_to_count
 
     torch.manual_seed(0)
@@ -503,7 +504,7 @@ def test_transposed_weights_applied_by_matmul_give_the_float_leaf_verdicts(monke
     matmul = flow_mod.ChannelFlow.matmul
 
     def float_leaf(self, a, b):
-        if isinstance(b, flow_mod._LazyWeight):
+        if isinstance(b, PrunableConstant):
             b.mask  # materialised first: the generic path
         return matmul(self, a, b)
 
@@ -519,16 +520,16 @@ def test_transposed_weights_applied_by_matmul_give_the_float_leaf_verdicts(monke
 def test_a_linear_whose_weight_is_not_pruned_is_a_sum_not_a_matmul():
     """A tied vocabulary head (no keep-mask) reads as a broadcast view of ones: each output is live iff some
     input of its row is, and gradients reach every input of a row some used output reads."""
-    from collapsekit.analysis import flow as flow_mod
+    from collapsekit.analysis import flow_layers, flow_rules
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(2, 5, 7, generator=gen) > 0.6).float()
     x[0, 1] = 0  # a row with no live input
     ones = torch.ones((), dtype=torch.float32).expand(11, 7)
-    assert flow_mod._all_ones_view(ones) and not flow_mod._all_ones_view(torch.ones(11, 7))
-    assert not flow_mod._all_ones_view(torch.zeros(()).expand(11, 7))
+    assert flow_layers.all_ones_view(ones) and not flow_layers.all_ones_view(torch.ones(11, 7))
+    assert not flow_layers.all_ones_view(torch.zeros(()).expand(11, 7))
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    got = flow_mod._linear_function(None, xa, ones)
+    got = flow_rules._linear_function(None, xa, ones)
     want = torch.nn.functional.linear(xb, torch.ones(11, 7))
     assert got.shape == want.shape and torch.equal(got > 0, want > 0)
     g = (torch.rand(want.shape, generator=gen) > 0.7).float()

@@ -104,7 +104,9 @@ class Cover:
                 return False
         return True
 
-    # the masks interface run_flow asks of S -------------------------------------------------
+    # the masks interface run_flow asks of S (flow.MaskSource) --------------------------------
+    full_taps = False
+
     def __contains__(self, name: str) -> bool:
         return name in self.position
 
@@ -138,4 +140,7 @@ class Cover:
 
     def kept_count(self, name: str) -> int:
         return 0  # as effective_count: never read
+
+    def pruned_counts(self):
+        return None  # not a Global MP level: no nested run to reuse
 

@@ -1,9 +1,9 @@
 """Rule tables for the analysis interpreters: one entry per op, with its properties as flags.
 
-The channel flow (flow.py), the sign analysis (values.py) and compaction's role
-table (pruning/compact.py) each keep one `RuleTable`: rules filed by module type
-(looked up along the MRO), by called function or torch.ops.aten overload, or by
-tensor method name. A rule's properties are flags given where it is registered
+The channel flow (flow_rules.py), the sign analysis (values.py), the interval
+domain (intervals.py) and compaction's role table (pruning/compact.py) each keep
+one `RuleTable`: rules filed by module type (looked up along the MRO), by called
+function or torch.ops.aten overload, or by tensor method name. A rule's properties are flags given where it is registered
 (STYLE.md 1), so an interpreter reads `rule.reduced_ok`, never `rule is ...`,
 and a new op is one new entry.
 """
@@ -96,6 +96,11 @@ class RuleInterpreter(fx.Interpreter):
     def run_node(self, n):
         self._node = n
         return super().run_node(n)
+
+    @property
+    def current_node(self) -> fx.Node:
+        """The node being run."""
+        return self._node
 
     @property
     def target(self) -> str:
