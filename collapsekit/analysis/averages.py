@@ -24,7 +24,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from collapsekit.analysis.boolops import count_rows, flat_true
-from collapsekit.analysis.heap import release_after
+from collapsekit.analysis.heap import release_after, rows_per_block
 from collapsekit.analysis.rules import aten
 
 _SOFTMAX = {torch.softmax, torch.nn.functional.softmax, "softmax", *aten("_softmax.default", "softmax.int")}
@@ -147,7 +147,7 @@ class _Generic(fx.Interpreter):
         # Drawn in float32 (2x faster than float64 draws, as generic), a block of rows at a time from
         # its own seed, so a lookup makes only the blocks it reads and no float32 copy exists whole.
         keep = self.masks.keep(name) if name in self.masks else None
-        step = max(1, _BLOCK // max(1, real[0].numel()))
+        step = rows_per_block(real[0].numel(), _BLOCK)
         blocks = range(0, real.shape[0], step) if rows is None else sorted({int(r) // step * step for r in rows})
         if rows is None:  # filled in place: a list of blocks joined by cat would hold the weight twice
             out = torch.empty(real.shape, dtype=self.dtype)
