@@ -25,12 +25,13 @@ import torch.nn as nn
 
 from collapsekit.analysis.boolops import count_rows, flat_true
 from collapsekit.analysis.heap import release_after, rows_per_block
+from collapsekit.analysis.ops import DROPOUT_FUNCTIONS, DROPOUT_METHODS, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS
 from collapsekit.analysis.rules import aten
 
-_SOFTMAX = {torch.softmax, torch.nn.functional.softmax, "softmax", *aten("_softmax.default", "softmax.int")}
+_SOFTMAX = {*SOFTMAX_FUNCTIONS, *SOFTMAX_METHODS}
 # Ops between the softmax and the average that keep every row's sum at one.
-_PASS = {"to", "type_as", "contiguous", "float", "clone", "dropout", torch.nn.functional.dropout,
-         *aten("dropout.default", "_to_copy.default", "to.dtype", "clone.default", "contiguous.default",
+_PASS = {"to", "type_as", "contiguous", "float", "clone", *DROPOUT_METHODS, *DROPOUT_FUNCTIONS,
+         *aten("_to_copy.default", "to.dtype", "clone.default", "contiguous.default",
                "alias.default")}
 _AVERAGE = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__",
             *aten("matmul.default", "bmm.default")}

@@ -43,6 +43,7 @@ from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import Rule, RuleInterpreter
 from collapsekit.analysis.trace import TracedModel, aliases_of, mutates_first_operand
 
+
 # -- the interpreter ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class FlowResult:
@@ -107,7 +108,7 @@ class ChannelFlow(RuleInterpreter):
         self.traced = traced
         self.backward = backward
         self.channel_level = channel_level
-        self._dtype = torch.float32
+        self.dtype = torch.float32  # of the liveness tensors
         self._canonical = {alias: w.name for w in weights for alias in (w.name, *w.aliases)}
         self.masks = masks
         self.effective = EffectiveWeights(reached)  # what the backward pass finds on input-output paths
@@ -134,7 +135,7 @@ class ChannelFlow(RuleInterpreter):
         if name not in self.masks:
             if op is F.linear and len(tensor.shape) == 2 and isinstance(x, torch.Tensor):
                 return dense_linear(x, tensor.shape[1] if transposed else tensor.shape[0])
-            return op(x, torch.ones(tensor.shape, dtype=self._dtype))
+            return op(x, torch.ones(tensor.shape, dtype=self.dtype))
         effective = self.effective
         effective.interpreted.add(name)
         effective.applied[name] = effective.applied.get(name, 0) + 1
@@ -169,8 +170,8 @@ class ChannelFlow(RuleInterpreter):
     def weight_of(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         name = self._canonical.get(name, name)
         if name not in self.masks:
-            return torch.ones(tensor.shape, dtype=self._dtype)
-        return as_float(self.masks.keep(name), self._dtype)
+            return torch.ones(tensor.shape, dtype=self.dtype)
+        return as_float(self.masks.keep(name), self.dtype)
 
     def output_shape_of(self, value: torch.Tensor) -> tuple[int, ...]:
         """The real shape of an output value (channel-level values may be reduced)."""
@@ -359,7 +360,7 @@ class ChannelFlow(RuleInterpreter):
         real = super().placeholder(target, args, kwargs)
         if not isinstance(real, torch.Tensor):
             return real
-        return torch.ones(real.shape, dtype=self._dtype).requires_grad_(self.backward)
+        return torch.ones(real.shape, dtype=self.dtype).requires_grad_(self.backward)
 
     def get_attr(self, target, args, kwargs):
         real = super().get_attr(target, args, kwargs)
@@ -377,7 +378,7 @@ class ChannelFlow(RuleInterpreter):
         A tensor that is not pruned (an embedding table, a position table) is all ones: a broadcast
         view, not a table-sized tensor per flow, and nothing records its gradient."""
         if name is None:
-            return torch.ones((), dtype=self._dtype).expand(real.shape)
+            return torch.ones((), dtype=self.dtype).expand(real.shape)
         mask = self.weight_of(target, real).requires_grad_(self.backward and torch.is_grad_enabled())
         if name is not None and mask.requires_grad:
             self.effective.add_leaf(name, mask)
@@ -492,10 +493,10 @@ class ChannelFlow(RuleInterpreter):
             # A layer applied to constants: its output is constant (dead), its weights on no input path.
             self.effective.interpreted.add(layer)
             for o in output_tensors(out)[:1]:
-                self.outputs_of.setdefault(layer, []).append(torch.zeros(o.shape, dtype=self._dtype))
+                self.outputs_of.setdefault(layer, []).append(torch.zeros(o.shape, dtype=self.dtype))
         elif names:
             self.effective.transformed |= names  # a prunable weight changed before use: its paths are not tracked
-        return with_origin(as_constant(out, self._dtype), origin)
+        return with_origin(as_constant(out, self.dtype), origin)
 
     def _module_on_constants(self, target: str, *args, **kwargs):
         # The module's own forward with its prunable weights masked; the module is restored after.
@@ -512,7 +513,7 @@ class ChannelFlow(RuleInterpreter):
 
     def _dense_constant(self, node: fx.Node):
         meta = node.meta.get("tensor_meta", node.meta.get("val"))
-        return as_constant(ones_like_meta(meta, torch.ones(()), self._dtype), self._dtype, known=False)
+        return as_constant(ones_like_meta(meta, torch.ones(()), self.dtype), self.dtype, known=False)
 
     def run_node(self, n):
         if n.op.startswith("call_") and "value" in n.meta:
@@ -562,12 +563,12 @@ class ChannelFlow(RuleInterpreter):
         total = sum(t.sum() for t in flat) if flat else torch.zeros(())
         structure = self._structure(node, args, kwargs)
         if structure is not None:  # the op's own output type (a named tuple such as sort's values/indices)
-            return tree_map_tensors(structure, lambda t: torch.ones(t.shape, dtype=self._dtype) * total)
+            return tree_map_tensors(structure, lambda t: torch.ones(t.shape, dtype=self.dtype) * total)
         meta = node.meta.get("tensor_meta", node.meta.get("val"))
         if meta is None:
             from collapsekit.errors import CollapsekitError
             raise CollapsekitError(f"no transfer rule and no recorded shape for node {node.name} ({node.target})")
-        return ones_like_meta(meta, total, self._dtype)
+        return ones_like_meta(meta, total, self.dtype)
 
     def _structure(self, node: fx.Node, args, kwargs):
         """The op run on the abstract values, for the type and shapes of its output only; None if it fails."""

@@ -135,8 +135,6 @@ def any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> t
 
 
 EVERYWHERE = object()  # "every weight position reached": spares building an all-True [O, I] mask
-
-
 ALL_KEPT = object()  # a layer's effective weights: every kept one
 
 

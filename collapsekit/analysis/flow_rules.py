@@ -20,29 +20,27 @@ import torch.nn.functional as F
 from collapsekit.analysis.flow_layers import ChannelConv, all_ones_view, dense_linear
 from collapsekit.analysis.flow_values import Constant, PrunableConstant, as_constant, boolean, liveness, map_constants, \
     operand_form, support
+from collapsekit.analysis.ops import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, \
+    ADAPTIVE_MAX_POOL_FUNCTIONS, ADAPTIVE_MAX_POOL_MODULES, ARITHMETIC_FUNCTIONS, ARITHMETIC_METHODS, \
+    AVG_POOL_FUNCTIONS, AVG_POOL_MODULES, BATCH_NORM_MODULES, CONV_MODULES, CONV_TRANSPOSE_MODULES, \
+    DROPOUT_FUNCTIONS, DROPOUT_MODULES, LOG_SOFTMAX_FUNCTIONS, LOG_SOFTMAX_METHODS, LOG_SOFTMAX_MODULES, \
+    MAX_POOL_FUNCTIONS, MAX_POOL_MODULES, PARAMETRIC_ACTIVATION_MODULES, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, \
+    SOFTMAX_MODULES
 from collapsekit.analysis.rules import RuleTable, aten
 
 
 # -- the registry ------------------------------------------------------------------------
 RULES = RuleTable()
-
-
 module_rule = RULES.module  # keyed by module type (looked up along the MRO)
-
-
 function_rule = RULES.function  # keyed by the called function or aten overload
-
-
 method_rule = RULES.method  # keyed by tensor method name
 
 
 # Structure-preserving ops: the abstract value goes through the op itself.
 # Activations, dropout and eval-mode batch norm are per-element bijections or
 # per-channel affine maps: they never join or cut a path structurally.
-_IDENTITY_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-                     nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
-                     nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Identity, nn.Dropout, nn.Dropout1d,
-                     nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
+_IDENTITY_MODULES = (*ACTIVATION_MODULES, *PARAMETRIC_ACTIVATION_MODULES, nn.Identity, *DROPOUT_MODULES,
+                     *BATCH_NORM_MODULES)
 
 
 @module_rule(*_IDENTITY_MODULES, reduced_ok=True)
@@ -50,29 +48,22 @@ def _identity_module(flow, module, x, *args, **kwargs):
     return x
 
 
-_IDENTITY_FUNCTIONS = [F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
-                       F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout2d, F.batch_norm,
-                       torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.neg, torch.abs,
-                       torch.sqrt, torch.rsqrt, torch.square, torch.clamp, torch.clip, torch.sign, F.sigmoid,
-                       F.tanh, torch.nn.functional.dropout1d, operator.neg, operator.pos]
-
-
-_IDENTITY_FUNCTIONS += aten("relu.default", "sigmoid.default", "tanh.default", "gelu.default", "silu.default",
-                            "hardtanh.default", "dropout.default", "clone.default", "neg.default",
-                            "batch_norm.default",
-                            "alias.default", "contiguous.default", "hardswish.default", "relu6.default",
-                            "dropout_.default", "relu_.default", "gelu_.default", "silu_.default",
-                            "hardtanh_.default", "hardswish_.default", "detach.default", "lift_fresh_copy.default",
+_IDENTITY_FUNCTIONS = [*ACTIVATION_FUNCTIONS, *DROPOUT_FUNCTIONS, F.batch_norm, torch.exp, torch.log, torch.neg,
+                       torch.abs, torch.sqrt, torch.rsqrt, torch.square, torch.clamp, torch.clip, torch.sign,
+                       operator.neg, operator.pos]
+_IDENTITY_FUNCTIONS += aten("clone.default", "neg.default", "batch_norm.default", "alias.default",
+                            "contiguous.default", "detach.default", "lift_fresh_copy.default",
                             "_to_copy.default", "to.dtype", "to.dtype_layout", "type_as.default",
                             "rsqrt.default", "sqrt.default", "exp.default", "log.default", "abs.default",
                             "clamp.default", "clamp_min.default", "clamp_max.default", "sign.default",
-                            "square.default", "reciprocal.default", "erf.default", "sin.default", "cos.default",
-                            "softplus.default", "mish.default", "leaky_relu.default", "elu.default",
-                            "log_sigmoid.default", "hardsigmoid.default", "silu_.default")
+                            "square.default", "reciprocal.default", "erf.default", "sin.default", "cos.default")
 
 
 @function_rule(*_IDENTITY_FUNCTIONS, reduced_ok=True)
-def _identity_function(flow, x, *args, **kwargs):
+@method_rule(*ACTIVATION_METHODS, "exp", "log", "neg", "abs", "sqrt", "rsqrt", "clamp", "clamp_", "clip",
+             "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "pow", "square", "sign",
+             "detach_", "requires_grad_", reduced_ok=True)
+def _identity(flow, x, *args, **kwargs):
     return x
 
 
@@ -81,21 +72,12 @@ def _native_batch_norm(flow, x, *args, **kwargs):
     return (x, None, None)  # (output, saved mean, saved invstd): only the output flows on
 
 
-@method_rule("relu", "relu_", "sigmoid", "tanh", "exp", "log", "neg", "abs", "sqrt", "rsqrt", "clamp", "clamp_",
-             "clip", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "pow",
-             "square", "sign", "detach_", "requires_grad_", reduced_ok=True)
-def _identity_method(flow, x, *args, **kwargs):
-    return x
-
-
 # Shape and permutation ops: applied to the abstract value as they are.
 _SHAPE_FUNCTIONS = [torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat, torch.concat,
                     torch.stack, torch.chunk, torch.split, torch.squeeze, torch.unsqueeze, torch.narrow,
                     torch.roll, torch.t, torch.movedim, torch.swapaxes, torch.unbind, torch.tile, torch.flip,
                     F.interpolate, F.pixel_shuffle, F.pixel_unshuffle, torch.channel_shuffle, operator.getitem,
                     builtins.getattr, torch.broadcast_to]
-
-
 _SHAPE_FUNCTIONS += aten("view.default", "reshape.default", "flatten.using_ints", "permute.default",
                          "transpose.int", "cat.default", "unsqueeze.default", "squeeze.dim", "t.default",
                          "_unsafe_view.default", "expand.default", "slice.Tensor", "select.int",
@@ -105,9 +87,10 @@ _SHAPE_FUNCTIONS += aten("view.default", "reshape.default", "flatten.using_ints"
                          "roll.default", "flip.default", "movedim.int", "unbind.int", "stack.default",
                          "squeeze.dims", "squeeze.default", "narrow.default", "select.int", "tile.default",
                          "view_as.default", "im2col.default", "col2im.default", "pixel_unshuffle.default")
-
-
 _SHAPE_FUNCTIONS += [F.unfold, F.fold]  # patches: copies (unfold) and sums of copies (fold) of elements
+# Selections by index: the index is a constant (its real values select), the source moves as it is.
+_SHAPE_FUNCTIONS += [torch.gather, torch.index_select, torch.take_along_dim, torch.masked_select,
+                     *aten("gather.default", "index_select.default", "index.Tensor")]
 
 
 @function_rule(*_SHAPE_FUNCTIONS, passes_target=True, rearranges=True)
@@ -118,7 +101,7 @@ def _shape_function(flow, fn, *args, **kwargs):
 @method_rule("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as",
              "repeat", "chunk", "split", "narrow", "size", "dim", "t", "movedim", "unbind", "roll", "flip",
              "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__",
-             passes_target=True, rearranges=True)
+             "gather", "index_select", "take_along_dim", passes_target=True, rearranges=True)
 def _shape_method(flow, name, *args, **kwargs):
     return flow.apply_real(lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
 
@@ -142,19 +125,6 @@ def _view_method(flow, name, x, *shape):
 @function_rule(*aten("view.default", "_unsafe_view.default"), rearranges=True)
 def _aten_view(flow, x, shape):
     return flow.apply_real(torch.reshape, (x, shape), {})
-
-
-# Selections by index: the index is a constant (its real values select), the source moves as it is.
-@function_rule(torch.gather, torch.index_select, torch.take_along_dim, torch.masked_select,
-               *aten("gather.default", "index_select.default", "index.Tensor"), passes_target=True,
-               rearranges=True)
-def _select_function(flow, fn, *args, **kwargs):
-    return flow.apply_real(fn, args, kwargs)
-
-
-@method_rule("gather", "index_select", "take_along_dim", passes_target=True, rearranges=True)
-def _select_method(flow, name, *args, **kwargs):
-    return flow.apply_real(lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
 
 
 # Embedding lookups: every feature of a looked-up row is live iff its index is.
@@ -189,25 +159,15 @@ def _pad_function(flow, x, pad, mode="constant", value=None):
 
 # Elementwise joins: an output element is alive if any of its operands is. `x * c`
 # with a dead constant c is still input-dependent structurally (c == 0 is value-level).
-_JOIN_FUNCTIONS = [operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv,
-                   operator.iadd, operator.imul, operator.isub, torch.add, torch.sub, torch.mul, torch.div,
-                   torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.lerp, torch.pow,
+_JOIN_FUNCTIONS = [*ARITHMETIC_FUNCTIONS, operator.truediv, operator.floordiv, torch.div, torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.lerp, torch.pow,
                    torch.true_divide, torch.max, torch.min]
-
-
 _JOIN_FUNCTIONS += aten("add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "add_.Tensor", "mul.Scalar",
                         "add.Scalar", "div.Scalar", "maximum.default", "minimum.default", "where.self",
                         "masked_fill.Scalar", "masked_fill.Tensor", "sub.Scalar", "rsub.Scalar", "pow.Tensor_Scalar")
-
-
 _JOIN_FUNCTIONS += aten("__and__.Tensor", "__or__.Tensor", "bitwise_and.Tensor", "bitwise_or.Tensor",
                         "logical_and.default", "logical_or.default", "where.ScalarOther", "where.ScalarSelf",
                         "where.Scalar", "add_.Tensor", "mul_.Tensor")
-
-
 _JOIN_FUNCTIONS += aten("multiply.Tensor", "multiply.Scalar", "true_divide.Tensor", "subtract.Tensor")
-
-
 _JOIN_FUNCTIONS += [torch.masked_fill, operator.itruediv, operator.and_, operator.or_, torch.multiply,
                     torch.eq, torch.ne, torch.ge, torch.gt, torch.le, torch.lt,
                     operator.eq, operator.ne, operator.ge, operator.gt, operator.le, operator.lt]
@@ -219,19 +179,14 @@ _JOIN_FUNCTIONS += aten("eq.Scalar", "eq.Tensor", "ne.Scalar", "ne.Tensor", "ge.
 
 
 @function_rule(*_JOIN_FUNCTIONS, reduced_ok=True)
-def _join_function(flow, *args, **kwargs):
-    return flow.join(*args, *kwargs.values())
-
-
-@method_rule("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__", "__sub__",
-             "maximum", "minimum", "masked_fill", "addcmul", reduced_ok=True)
-def _join_method(flow, *args, **kwargs):
+@method_rule(*ARITHMETIC_METHODS, "div", "div_", "maximum", "minimum", "masked_fill", "addcmul", reduced_ok=True)
+def _join(flow, *args, **kwargs):
     return flow.join(*args, *kwargs.values())
 
 
 # Layers with weights: conv and linear on the keep-mask (non-negative, so any kept
 # tap that reads a live element makes the output element live).
-@module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, reduced_ok=True)
+@module_rule(*CONV_MODULES, reduced_ok=True)
 def _conv_module(flow, module, x):
     if module.padding_mode != "zeros":
         x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
@@ -244,7 +199,7 @@ def _conv_module(flow, module, x):
                       channel_op=ChannelConv(module.groups, flow.output_shape()))
 
 
-@module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@module_rule(*CONV_TRANSPOSE_MODULES)
 def _conv_transpose_module(flow, module, x, output_size=None):
     conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.ndim - 2]
     out_pad = module._output_padding(x, output_size, module.stride, module.padding, module.kernel_size,
@@ -285,25 +240,17 @@ def _aten_convolution(flow, x, weight, bias, stride, padding, dilation, transpos
 
 @function_rule(torch.matmul, operator.matmul, torch.mm, torch.bmm, *aten("matmul.default", "mm.default",
                                                                          "bmm.default"))
-def _matmul_function(flow, a, b):
-    return flow.constant_average(flow.matmul(a, b), b)
-
-
 @method_rule("matmul", "mm", "bmm", "__matmul__")
-def _matmul_method(flow, a, b):
+def _matmul(flow, a, b):
     return flow.constant_average(flow.matmul(a, b), b)
 
 
 @function_rule(*aten("copy_.default"))
+@method_rule("copy_")
 def _copy(flow, dst, src, *args, **kwargs):
     """dst.copy_(src): dst takes src's liveness (a constant src leaves it dead)."""
     live = liveness(src)
     return (live if live is not None else torch.zeros(())).expand(support(dst).shape).clone()
-
-
-@method_rule("copy_")
-def _copy_method(flow, dst, src, *args, **kwargs):
-    return _copy(flow, dst, src)
 
 
 @function_rule(operator.setitem)
@@ -330,19 +277,15 @@ def _einsum(flow, equation, *operands):
     return out
 
 
-@function_rule(torch.baddbmm, *aten("baddbmm.default"))
-def _baddbmm(flow, bias, a, b, **kwargs):
+@function_rule(torch.baddbmm, torch.addmm, *aten("baddbmm.default", "addmm.default"))
+def _add_product(flow, bias, a, b, **kwargs):
     return flow.join(bias, flow.matmul(a, b))
 
 
 @function_rule(torch.cumsum, *aten("cumsum.default"))
+@method_rule("cumsum")
 def _cumsum(flow, x, dim, **kwargs):
     return x.cumsum(dim)  # element i sums elements up to i: exactly their support
-
-
-@method_rule("cumsum")
-def _cumsum_method(flow, x, dim, **kwargs):
-    return x.cumsum(dim)
 
 
 # Tensors built from another's shape and dtype alone are constants.
@@ -353,59 +296,45 @@ def _cumsum_method(flow, x, dim, **kwargs):
 def _like(flow, fn, x, *args, **kwargs):
     meta = flow.current_node.meta.get("tensor_meta")
     real = torch.zeros(x.shape, dtype=meta.dtype if meta is not None else x.dtype)
-    return as_constant(fn(real, *args, **kwargs), flow._dtype)
+    return as_constant(fn(real, *args, **kwargs), flow.dtype)
 
 
 @method_rule("new_ones", "new_zeros", "new_full", "new_empty", "new_tensor", passes_target=True)
 def _like_method(flow, name, x, *args, **kwargs):
-    meta = flow.current_node.meta.get("tensor_meta")
-    real = torch.zeros(x.shape, dtype=meta.dtype if meta is not None else x.dtype)
-    return as_constant(getattr(real, name)(*args, **kwargs), flow._dtype)
-
-
-@function_rule(torch.addmm, *aten("addmm.default"))
-def _addmm(flow, bias, a, b, **kwargs):
-    return flow.join(bias, flow.matmul(a, b))
+    return _like(flow, lambda real, *a, **k: getattr(real, name)(*a, **k), x, *args, **kwargs)
 
 
 # Pooling: max pooling becomes average pooling over the same windows. Both make a
 # window's output live iff some element of it is, but only averaging sends the
 # backward pass to every element a max could pick under other weights.
-@module_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, reduced_ok=True)
+@module_rule(*MAX_POOL_MODULES, reduced_ok=True)
 def _max_pool_module(flow, module, x):
     return flow.window_any(x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode)
 
 
-@function_rule(F.max_pool1d, F.max_pool2d, F.max_pool3d, *aten("max_pool2d.default"), reduced_ok=True)
+@function_rule(*MAX_POOL_FUNCTIONS, reduced_ok=True)
 def _max_pool_function(flow, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **kwargs):
     return flow.window_any(x, kernel_size, stride or kernel_size, padding, dilation, ceil_mode)
 
 
-@module_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-             nn.AdaptiveAvgPool3d, reduced_ok=True)
+@module_rule(*AVG_POOL_MODULES, reduced_ok=True)
 def _avg_pool_module(flow, module, x):
     return x if flow.is_reduced(x) else module(x)
 
 
-@module_rule(nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, reduced_ok=True)
+@module_rule(*ADAPTIVE_MAX_POOL_MODULES, reduced_ok=True)
 def _adaptive_max_module(flow, module, x):
-    if flow.is_reduced(x):
-        return x
-    pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[x.ndim]
-    return pool(x, module.output_size)
+    return _adaptive_max_function(flow, x, module.output_size)
 
 
-@function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-               F.adaptive_avg_pool3d, *aten("avg_pool2d.default", "adaptive_avg_pool2d.default",
-                                            "_adaptive_avg_pool2d.default", "adaptive_avg_pool1d.default",
-                                            "avg_pool1d.default", "avg_pool3d.default",
-                                            "adaptive_avg_pool3d.default"), reduced_ok=True, passes_target=True)
+@function_rule(*AVG_POOL_FUNCTIONS, reduced_ok=True, passes_target=True)
 def _avg_pool_function(flow, fn, x, *args, **kwargs):
     return x if flow.is_reduced(x) else fn(x, *args, **kwargs)
 
 
-@function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, reduced_ok=True)
+@function_rule(*ADAPTIVE_MAX_POOL_FUNCTIONS, reduced_ok=True)
 def _adaptive_max_function(flow, x, output_size, return_indices=False):
+    # as average pooling over the same windows (see max pooling above)
     if flow.is_reduced(x):
         return x
     pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[x.ndim]
@@ -427,9 +356,9 @@ def _reduce_method(flow, x, dim=None, keepdim=False, *args, **kwargs):
     return flow.any_over(x, dim, keepdim)
 
 
-@function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, *aten("_softmax.default",
-                                                                                  "softmax.int"))
-def _softmax_function(flow, x, dim=None, *args, **kwargs):
+@function_rule(*SOFTMAX_FUNCTIONS, *LOG_SOFTMAX_FUNCTIONS)
+@method_rule(*SOFTMAX_METHODS, *LOG_SOFTMAX_METHODS)
+def _softmax(flow, x, dim=None, *args, **kwargs):
     return flow.normalise_over(x, dim)
 
 
@@ -443,12 +372,7 @@ def _group_norm(flow, x, num_groups, *args, **kwargs):
     return flow.group_mix(x, num_groups)
 
 
-@method_rule("softmax", "log_softmax")
-def _softmax_method(flow, x, dim=None, *args, **kwargs):
-    return flow.normalise_over(x, dim)
-
-
-@module_rule(nn.Softmax, nn.LogSoftmax, nn.Softmin)
+@module_rule(*SOFTMAX_MODULES, *LOG_SOFTMAX_MODULES)
 def _softmax_module(flow, module, x):
     return flow.normalise_over(x, module.dim)
 
