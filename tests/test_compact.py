@@ -192,19 +192,19 @@ def test_compact_leaves_the_model_untouched():
 
 
 def test_a_new_module_type_is_one_registry_entry():
-    # nn.Softsign has no handler: compaction refuses it until one entry says it is per-element.
+    # nn.PReLU has no handler: compaction refuses it until one entry says it is per-element (one slope here).
     from collapsekit.pruning import compact as compact_module
 
-    model = nn.Sequential(nn.Linear(4, 6), nn.Softsign(), nn.Linear(6, 3)).eval()
+    model = nn.Sequential(nn.Linear(4, 6), nn.PReLU(), nn.Linear(6, 3)).eval()
     masks = {"0.weight": torch.ones(6, 4, dtype=torch.bool), "2.weight": torch.ones(3, 6, dtype=torch.bool)}
     masks["2.weight"][:, [1, 4]] = False  # hidden units 1 and 4 are unused
     x = torch.randn(1, 4)
-    with pytest.raises(CollapsekitError, match="1 \\(Softsign\\)"):
+    with pytest.raises(CollapsekitError, match="1 \\(PReLU\\)"):
         ck.compact(model, masks, x)
-    compact_module.register(compact_module.LayerHandler(compact_module.PASSTHROUGH), nn.Softsign)
+    compact_module.register(compact_module.LayerHandler(compact_module.PASSTHROUGH), nn.PReLU)
     try:
         small = ck.compact(model, masks, x)
     finally:
-        del compact_module.HANDLERS[nn.Softsign]
+        del compact_module.HANDLERS[nn.PReLU]
     assert small.get_submodule("0").weight.shape == (4, 4) and small.get_submodule("2").weight.shape == (3, 4)
     assert_same_outputs(apply_masks(copy.deepcopy(model), masks), small, (4,))

@@ -459,7 +459,7 @@ class Analysis:
             model=name or self.name, total=self.index.total, mt=self.mt, collapse_sparsity=collapse,
             layers=self.layers(), levels=tuple(levels), trace_method=self.traced.method,
             input_shapes=self.traced.input_shapes, conservative_ops=conservative,
-            unhandled_ops={"flow": conservative, **self.traced.gm.meta.get(UNHANDLED, {})},
+            unhandled_ops={**self.traced.gm.meta.get(UNHANDLED, {}), "flow": conservative},  # flow: over every level
             non_finite_sparsity=non_finite)
 
 

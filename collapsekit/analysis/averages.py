@@ -29,13 +29,14 @@ import torch.fx as fx
 import torch.nn as nn
 
 from collapsekit.analysis.boolops import count_rows, flat_true
-from collapsekit.analysis.heap import release_after
+from collapsekit.analysis.heap import release_after, rows_per_block
+from collapsekit.analysis.ops import DROPOUT_FUNCTIONS, DROPOUT_METHODS, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS
 from collapsekit.analysis.rules import UNHANDLED, aten, op_name
 
-_SOFTMAX = {torch.softmax, torch.nn.functional.softmax, "softmax", *aten("_softmax.default", "softmax.int")}
+_SOFTMAX = {*SOFTMAX_FUNCTIONS, *SOFTMAX_METHODS}
 # Ops between the softmax and the average that keep every row's sum at one.
-_PASS = {"to", "type_as", "contiguous", "float", "clone", "dropout", torch.nn.functional.dropout,
-         *aten("dropout.default", "_to_copy.default", "to.dtype", "clone.default", "contiguous.default",
+_PASS = {"to", "type_as", "contiguous", "float", "clone", *DROPOUT_METHODS, *DROPOUT_FUNCTIONS,
+         *aten("_to_copy.default", "to.dtype", "clone.default", "contiguous.default",
                "alias.default")}
 _AVERAGE = {torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__",
             *aten("matmul.default", "bmm.default")}
@@ -152,7 +153,7 @@ class _Generic(fx.Interpreter):
         # Drawn in float32 (2x faster than float64 draws, as generic), a block of rows at a time from
         # its own seed, so a lookup makes only the blocks it reads and no float32 copy exists whole.
         keep = self.masks.keep(name) if name in self.masks else None
-        step = max(1, _BLOCK // max(1, real[0].numel()))
+        step = rows_per_block(real[0].numel(), _BLOCK)
         blocks = range(0, real.shape[0], step) if rows is None else sorted({int(r) // step * step for r in rows})
         if rows is None:  # filled in place: a list of blocks joined by cat would hold the weight twice
             out = torch.empty(real.shape, dtype=self.dtype)

@@ -99,3 +99,25 @@ def any_true(mask: torch.Tensor) -> bool:
 def count_true(mask: torch.Tensor) -> int:
     a = _np(mask)
     return int(np.count_nonzero(a)) if a is not None else int(torch.count_nonzero(mask))
+
+
+def pack_bits(mask: torch.Tensor):
+    """A bool tensor's entries (C order) packed eight to a byte, as a numpy uint8 array; a tensor on
+    another device stays as it is (numpy cannot see it)."""
+    if mask.device.type != "cpu":
+        return mask
+    return np.packbits(mask.detach().reshape(-1).numpy())
+
+
+def unpack_bits(packed, shape) -> torch.Tensor:
+    """The bool tensor of `shape` that `pack_bits` packed."""
+    if isinstance(packed, torch.Tensor):
+        return packed
+    n = int(np.prod(shape, dtype=np.int64))
+    return torch.from_numpy(np.unpackbits(packed, count=n).view(np.bool_)).view(tuple(shape))
+
+
+def count_bits(packed) -> int:
+    """How many entries hold in what `pack_bits` gave."""
+    return int(np.bitwise_count(packed).sum()) if not isinstance(packed, torch.Tensor) else \
+        int(torch.count_nonzero(packed))

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.analysis.boolops import any_true, count_true, greater
+from collapsekit.analysis.heap import rows_per_block
 from collapsekit.analysis.magnitudes import Allocation, MagnitudeIndex, abs_bits, bits_to_float, line_maxima
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.trace import TracedModel
@@ -112,7 +113,7 @@ def _tap_max(t: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
         return out
     w = t.detach().reshape(t.shape[0], t.shape[1], -1)
     every = bool(taps.all())
-    rows = max(1, _BLOCK // max(1, w[0].numel()))
+    rows = rows_per_block(w[0].numel(), _BLOCK)
     with torch.no_grad():
         for a in range(0, w.shape[0], rows):
             block = w[a:a + rows] if every else w[a:a + rows][:, :, taps]
@@ -129,6 +130,8 @@ class KeptLines(NamedTuple):
 
 class LevelMasks:
     """The keep-masks of one Global MP allocation, computed only when and as far as asked."""
+
+    full_taps = False  # see full_taps_only
 
     def __init__(self, conn: Connectivity, alloc: Allocation):
         self.conn, self.alloc = conn, alloc
@@ -222,7 +225,7 @@ class LevelMasks:
 
     def effective_count(self, name: str, reached_pairs) -> int:
         """Kept weights of `name` on an input-output path, given the channel pairs the flow reached
-        (bool [O, I/groups], or flow.EVERYWHERE)."""
+        (bool [O, I/groups], or flow_layers.EVERYWHERE)."""
         i = self.conn.position[name]
         kept_total = int(self.conn.index.sizes[i] - self.alloc.pruned[i])
         conn = self.channel_conn(name)

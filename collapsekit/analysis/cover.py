@@ -46,7 +46,7 @@ def _weight_cover(tensor: torch.Tensor, rows: int) -> tuple[tuple[torch.Tensor, 
     return positions, int(min(int(row_max.min()), int(col_max.min()))), (row_max, col_max)
 
 
-def _as_mask(positions: tuple[torch.Tensor, torch.Tensor], shape) -> torch.Tensor:
+def _mask_from_positions(positions: tuple[torch.Tensor, torch.Tensor], shape) -> torch.Tensor:
     rows, cols = positions
     mask = torch.zeros(shape[0], int(np.prod(shape[1:])), dtype=torch.bool)
     mask[rows, cols] = True
@@ -104,7 +104,9 @@ class Cover:
                 return False
         return True
 
-    # the masks interface run_flow asks of S -------------------------------------------------
+    # the masks interface run_flow asks of S (flow.MaskSource) --------------------------------
+    full_taps = False
+
     def __contains__(self, name: str) -> bool:
         return name in self.position
 
@@ -118,12 +120,12 @@ class Cover:
     def keep(self, name: str) -> torch.Tensor:
         if name not in self._keep:
             self._element_cover(self.position[name])
-        return _as_mask(self._keep[name], self.an.weights[self.position[name]].shape)
+        return _mask_from_positions(self._keep[name], self.an.weights[self.position[name]].shape)
 
     def channel_conn(self, name: str):
         if name not in self._conn:
             return None
-        return _as_mask(self._conn[name], self.an.connectivity.kmax[self.position[name]].shape)
+        return _mask_from_positions(self._conn[name], self.an.connectivity.kmax[self.position[name]].shape)
 
     def kept_lines(self, name: str):
         """Every row and every column of a 2-D weight keeps its maximum: all of them keep a weight,
@@ -138,4 +140,7 @@ class Cover:
 
     def kept_count(self, name: str) -> int:
         return 0  # as effective_count: never read
+
+    def pruned_counts(self):
+        return None  # not a Global MP level: no nested run to reuse
 

@@ -1,4 +1,7 @@
-"""Hand freed heap memory back to the operating system between the stages of a long analysis.
+"""Memory bounds of a long analysis: work in blocks of rows, and freed heap handed back to the OS.
+
+Large weights are read a block of rows at a time (`row_blocks`), so no
+temporary the size of a whole weight exists.
 
 glibc keeps freed blocks below its (self-raising, up to 32 MiB) mmap threshold on
 the heap, so a report that frees one layer's masks and allocates the next one's
@@ -41,3 +44,14 @@ def release_after(numel: int) -> None:
     if _pending[0] >= STRETCH:
         _pending[0] = 0
         release_freed()
+
+
+def rows_per_block(row_size: int, budget: int) -> int:
+    """Rows of `row_size` elements that fit in a block of `budget` elements (at least one)."""
+    return max(1, budget // max(1, row_size))
+
+
+def row_blocks(rows: int, row_size: int, budget: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive blocks of `rows` rows, each of at most `budget` elements (or one row)."""
+    step = rows_per_block(row_size, budget)
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from collapsekit.analysis.ops import CONV_MODULES, DROPOUT_MODULES, POOL_MODULES
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import RuleInterpreter, RuleTable, index_pair
 from collapsekit.analysis.trace import TracedModel
@@ -148,13 +149,12 @@ def _hardswish(ip, box: Box) -> Box:
     return _clip(out_lo, torch.maximum(f(lo), f(hi)))
 
 
-@INTERVAL_RULES.module(nn.Identity, nn.Dropout, nn.Dropout2d)
+@INTERVAL_RULES.module(nn.Identity, *DROPOUT_MODULES)
 def _identity_module(ip, module, x):
     return x  # dropout is the identity in eval mode, where value-level claims are made
 
 
-@INTERVAL_RULES.module(nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
-                       nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+@INTERVAL_RULES.module(nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Flatten, *POOL_MODULES)
 def _monotone_module(ip, module, x):
     # Non-decreasing elementwise maps, reshapes and pooling with non-negative weights.
     return _monotone(module, x)
@@ -168,7 +168,7 @@ def _batch_norm(ip, module, x):
     return _scale_shift(x, a, torch.as_tensor(b))
 
 
-@INTERVAL_RULES.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@INTERVAL_RULES.module(*CONV_MODULES)
 def _conv(ip, module, x):
     w = ip.weight(module)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x[0].ndim]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from collapsekit.analysis.boolops import greater
+from collapsekit.analysis.heap import rows_per_block
 from collapsekit.errors import CollapsekitError
 from collapsekit.spec import fraction, read_number
 from collapsekit.analysis.prunable import PrunableWeight
@@ -105,7 +106,7 @@ def line_maxima(tensor: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Te
     """(row max, row argmax, column max, column argmax) of |w| bit patterns in the weight's
     [rows, -1] view, read a block of rows at a time (no whole-weight temporary)."""
     flat = tensor.detach().reshape(rows, -1)
-    step = max(1, _CHUNK // max(flat.shape[1], 1))
+    step = rows_per_block(flat.shape[1], _CHUNK)
     row_max, row_arg, col_max, col_arg = [], [], None, None
     for start in range(0, rows, step):
         bits = abs_bits(flat[start:start + step]).cpu()

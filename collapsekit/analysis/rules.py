@@ -1,9 +1,9 @@
 """Rule tables for the analysis interpreters: one entry per op, with its properties as flags.
 
-The channel flow (flow.py), the sign analysis (values.py) and compaction's role
-table (pruning/compact.py) each keep one `RuleTable`: rules filed by module type
-(looked up along the MRO), by called function or torch.ops.aten overload, or by
-tensor method name. A rule's properties are flags given where it is registered
+The channel flow (flow_rules.py), the sign analysis (values.py), the interval
+domain (intervals.py) and compaction's role table (pruning/compact.py) each keep
+one `RuleTable`: rules filed by module type (looked up along the MRO), by called
+function or torch.ops.aten overload, or by tensor method name. A rule's properties are flags given where it is registered
 (docs/design.md, Style 1), so an interpreter reads `rule.reduced_ok`, never `rule is ...`,
 and a new op is one new entry.
 """
@@ -138,6 +138,11 @@ class RuleInterpreter(fx.Interpreter):
         if n.op.startswith("call_") and "value" in n.meta:
             return n.meta["value"]  # sizes, dtypes, python scalars: concrete (the trace recorded them)
         return super().run_node(n)
+
+    @property
+    def current_node(self) -> fx.Node:
+        """The node being run."""
+        return self._node
 
     @property
     def target(self) -> str:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from collapsekit.analysis.ops import CONV_MODULES, DROPOUT_MODULES, POOL_MODULES, RELU_FUNCTIONS, RELU_MODULES
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import RuleInterpreter, RuleTable, index_pair
 from collapsekit.analysis.trace import TracedModel
@@ -26,19 +27,18 @@ from collapsekit.analysis.trace import TracedModel
 Sign = tuple  # (can_be_positive, can_be_negative), float 0/1 tensors of the value's shape
 
 SIGN_RULES = RuleTable()
-_RELU_FUNCTIONS = (F.relu, torch.relu, F.relu6)
 
 
 def _any(t: torch.Tensor) -> torch.Tensor:
     return (t > 0).to(torch.float32)
 
 
-@SIGN_RULES.module(nn.ReLU, nn.ReLU6)
+@SIGN_RULES.module(*RELU_MODULES)
 def _relu_module(sp, module, x):
     return sp.relu(x)
 
 
-@SIGN_RULES.function(*_RELU_FUNCTIONS)
+@SIGN_RULES.function(*RELU_FUNCTIONS)
 def _relu_function(sp, x, *args, **kwargs):
     return sp.relu(x)
 
@@ -48,7 +48,7 @@ def _relu_method(sp, x):
     return sp.relu(x)
 
 
-@SIGN_RULES.module(nn.Identity, nn.Dropout, nn.Dropout2d, nn.Tanh, nn.SiLU, nn.GELU, nn.Flatten, nn.Hardswish,
+@SIGN_RULES.module(nn.Identity, *DROPOUT_MODULES, nn.Tanh, nn.SiLU, nn.GELU, nn.Flatten, nn.Hardswish,
                    nn.LeakyReLU)
 def _same_sign_module(sp, module, x):
     # These keep the sign of their input (or of its elements, reshaped).
@@ -71,7 +71,7 @@ def _batch_norm(sp, module, x):
     return (_any(pos * (a > 0) + neg * (a < 0) + (b > 0)), _any(pos * (a < 0) + neg * (a > 0) + (b < 0)))
 
 
-@SIGN_RULES.module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@SIGN_RULES.module(*CONV_MODULES)
 def _conv(sp, module, x):
     w = sp.weight(f"{sp.target}.weight", module.weight)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x[0].ndim]
@@ -86,13 +86,9 @@ def _linear(sp, module, x):
     return sp.affine(x, w, module.bias, F.linear, channel_dim=-1)
 
 
-@SIGN_RULES.module(nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
-def _avg_pool(sp, module, x):
-    return tuple(_any(module(t)) for t in x)
-
-
-@SIGN_RULES.module(nn.MaxPool2d, nn.MaxPool1d)
-def _max_pool(sp, module, x):
+@SIGN_RULES.module(*POOL_MODULES)
+def _pool(sp, module, x):
+    # Non-negative weights over a window: the output may take a sign if an element of the window may.
     return tuple(_any(module(t)) for t in x)
 
 
@@ -193,8 +189,8 @@ class _Unsupported(Exception):
 
 # Activations the value level can cut (here: ReLU by sign; intervals.py: ReLU, ReLU6,
 # Hardtanh and Hardswish by range). A graph without one has no value-level cut.
-_CUTTABLE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish)
-_CUTTABLE_FUNCTIONS = (*_RELU_FUNCTIONS, F.hardswish, F.hardtanh)
+_CUTTABLE_MODULES = (*RELU_MODULES, nn.Hardtanh, nn.Hardswish)
+_CUTTABLE_FUNCTIONS = (*RELU_FUNCTIONS, F.hardswish, F.hardtanh)
 
 
 def has_cuttable_activation(traced: TracedModel) -> bool:

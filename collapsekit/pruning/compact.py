@@ -18,9 +18,10 @@ channel of a group is removed from every tensor of the group at once when either
 Groups that reach the model's input or output, or an op that may depend on the
 channel count (grouped conv, reshapes with literal sizes, indexing), are pinned:
 kept whole, which is always correct. Ops with no rule raise CollapsekitError.
-Per module type a `LayerHandler` (HANDLERS) says how it reads channels and how
-it is rebuilt; functions and methods have a role rule in ROLES; the channel
-groups are a networkx UnionFind.
+One `rules.RuleTable` (ROLES) holds per module type a `LayerHandler`, which says
+how it reads channels and how it is rebuilt, and per function or method a role
+rule; op kinds come from analysis/ops.py; the channel groups are a networkx
+UnionFind.
 Outputs equal the masked model's in eval mode (batch norm with running stats).
 """
 from __future__ import annotations
@@ -37,6 +38,10 @@ from networkx.utils import UnionFind
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.analysis.flow import run_flow
+from collapsekit.analysis.ops import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, \
+    ADAPTIVE_MAX_POOL_FUNCTIONS, ARITHMETIC_FUNCTIONS, ARITHMETIC_METHODS, AVG_POOL_FUNCTIONS, BATCH_NORM_MODULES, \
+    CONV_MODULES, DROPOUT_FUNCTIONS, DROPOUT_MODULES, LOG_SOFTMAX_FUNCTIONS, LOG_SOFTMAX_METHODS, \
+    LOG_SOFTMAX_MODULES, MAX_POOL_FUNCTIONS, POOL_MODULES, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX_MODULES
 from collapsekit.analysis.prunable import find_prunable
 from collapsekit.analysis.rules import RuleTable
 from collapsekit.pruning.prune import apply_masks, check_masks
@@ -138,56 +143,46 @@ class _Flatten(LayerHandler):
         return FLATTEN if module.start_dim == 1 and module.end_dim == -1 else PIN
 
 
-HANDLERS: dict[type, LayerHandler] = {}
+# Module types: a LayerHandler each; functions and tensor methods: rule(node) -> role. One rules.RuleTable.
+ROLES = RuleTable()
+HANDLERS = ROLES.modules  # module type -> Rule whose fn is the LayerHandler
 
 
 def register(handler: LayerHandler, *types: type) -> None:
     """Files `handler` under each module type (subclasses inherit it)."""
-    for t in types:
-        HANDLERS[t] = handler
+    ROLES.module(*types)(handler)
 
 
 def handler_for(module: nn.Module) -> LayerHandler | None:
-    return next((HANDLERS[t] for t in type(module).__mro__ if t in HANDLERS), None)
+    rule = ROLES.for_module(module)
+    return rule.fn if rule is not None else None
 
 
-register(_Conv(), nn.Conv1d, nn.Conv2d, nn.Conv3d)
+register(_Conv(), *CONV_MODULES)
 register(_Linear(), nn.Linear)
-register(_BatchNorm(), nn.modules.batchnorm._BatchNorm)
+register(_BatchNorm(), *BATCH_NORM_MODULES)
 register(_Flatten(), nn.Flatten)
-register(LayerHandler(PASSTHROUGH), nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-         nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
-         nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-         nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+register(LayerHandler(PASSTHROUGH), *ACTIVATION_MODULES, nn.Identity, *DROPOUT_MODULES, *POOL_MODULES)
 register(LayerHandler(PIN), nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, nn.Unflatten,
-         nn.Softmax, nn.LogSoftmax)
-
-# Functions and tensor methods: rule(node) -> role, in one rules.RuleTable.
-ROLES = RuleTable()
+         *SOFTMAX_MODULES, *LOG_SOFTMAX_MODULES)
 
 
 def _fixed(role: str):
     return lambda node: role
 
 
-ROLES.function(F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-               F.hardtanh, F.softplus, F.dropout, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
-               F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-               F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-               F.adaptive_max_pool2d)(_fixed(PASSTHROUGH))
-ROLES.function(operator.add, operator.iadd, operator.sub, operator.mul, operator.imul, torch.add, torch.sub,
-               torch.mul)(_fixed(JOIN))
+ROLES.function(*ACTIVATION_FUNCTIONS, *DROPOUT_FUNCTIONS, *MAX_POOL_FUNCTIONS, *AVG_POOL_FUNCTIONS,
+               *ADAPTIVE_MAX_POOL_FUNCTIONS)(_fixed(PASSTHROUGH))
+ROLES.function(*ARITHMETIC_FUNCTIONS)(_fixed(JOIN))
 # Ops that may select or count channels: kept whole, never an error. `getattr` is
 # x.shape: whatever uses it sees the group's channel count unchanged.
 ROLES.function(torch.cat, torch.concat, torch.stack, torch.chunk, torch.split, torch.reshape, torch.permute,
                torch.transpose, torch.squeeze, torch.unsqueeze, torch.channel_shuffle, F.interpolate, F.pad,
-               torch.mean, torch.sum, F.softmax, F.log_softmax, torch.softmax, getattr)(_fixed(PIN))
-ROLES.method("relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach")(_fixed(PASSTHROUGH))
-ROLES.method("add", "add_", "sub", "mul", "mul_", "__add__", "__mul__")(_fixed(JOIN))
-ROLES.method("permute", "transpose", "unsqueeze", "squeeze", "chunk", "split", "expand", "mean", "sum", "softmax",
-             "log_softmax", "__getitem__")(_fixed(PIN))
+               torch.mean, torch.sum, *SOFTMAX_FUNCTIONS, *LOG_SOFTMAX_FUNCTIONS, getattr)(_fixed(PIN))
+ROLES.method(*ACTIVATION_METHODS, "contiguous", "clone", "detach")(_fixed(PASSTHROUGH))
+ROLES.method(*ARITHMETIC_METHODS)(_fixed(JOIN))
+ROLES.method("permute", "transpose", "unsqueeze", "squeeze", "chunk", "split", "expand", "mean", "sum",
+             *SOFTMAX_METHODS, *LOG_SOFTMAX_METHODS, "__getitem__")(_fixed(PIN))
 
 
 @ROLES.function(torch.flatten)
@@ -217,11 +212,10 @@ def _reshape(node):
 
 def _role(node: fx.Node, module: nn.Module | None) -> str | None:
     """The node's role, or None where compaction has no rule for its op."""
-    if module is not None:
-        handler = handler_for(module)
-        return handler.role(module, node) if handler is not None else None
-    rule = ROLES.for_node(node)
-    return rule.fn(node) if rule is not None else None
+    rule = ROLES.for_node(node, module)
+    if rule is None:
+        return None
+    return rule.fn.role(module, node) if module is not None else rule.fn(node)
 
 
 def _is_flatten_call(node: fx.Node) -> bool:

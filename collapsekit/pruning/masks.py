@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as torch_prune
 from safetensors.torch import save_file
 
+from collapsekit.analysis.boolops import pack_bits, unpack_bits
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import sparse
 from collapsekit.files.atomic import atomic_write
@@ -33,8 +34,7 @@ WHAT = "mask file"
 
 def pack(mask: torch.Tensor) -> torch.Tensor:
     """uint8 tensor of `mask` flattened (C order) and packed eight bits to a byte."""
-    flat = mask.detach().to("cpu", torch.bool).contiguous().view(-1).numpy()
-    return torch.from_numpy(np.packbits(flat))
+    return torch.from_numpy(pack_bits(mask.detach().to("cpu", torch.bool)))
 
 
 def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
@@ -43,8 +43,7 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
     if packed.numel() != (numel + 7) // 8:
         raise CollapsekitError(f"packed mask has {packed.numel()} bytes, a mask of shape {list(shape)} needs "
                                f"{(numel + 7) // 8}")
-    bits = np.unpackbits(packed.numpy(), count=numel).astype(bool, copy=False)
-    return torch.from_numpy(bits).reshape(tuple(shape))
+    return unpack_bits(packed.numpy(), shape)
 
 
 def save(masks: dict[str, torch.Tensor], path) -> Path:
