@@ -357,14 +357,16 @@ class ChannelFlow(RuleInterpreter):
         self.effective.leaves.clear()
 
     # fx.Interpreter hooks --------------------------------------------------------------
+    # The flow's values are liveness tensors and Constants, not the sign/interval passes' `Abstract`
+    # operands: inputs and attributes are read as fx reads them and given the flow's own values.
     def placeholder(self, target, args, kwargs):
-        real = super().placeholder(target, args, kwargs)
+        real = fx.Interpreter.placeholder(self, target, args, kwargs)
         if not isinstance(real, torch.Tensor):
             return real
         return torch.ones(real.shape, dtype=self.dtype).requires_grad_(self.backward)
 
     def get_attr(self, target, args, kwargs):
-        real = super().get_attr(target, args, kwargs)
+        real = fx.Interpreter.get_attr(self, target, args, kwargs)
         if not isinstance(real, torch.Tensor):
             return real
         name = self._canonical.get(target)
