@@ -93,7 +93,7 @@ def shapes_from_input(args) -> None:
 
 def run(args) -> int:
     """Analyse the model and print the report as text, markdown or JSON."""
-    from collapsekit.analysis.analysis import analyze
+    from collapsekit.validation.trainable import analyze  # with --data, levels carry the forecast
     from collapsekit.files.atomic import atomic_write_text
     from collapsekit.views.render import report_to_markdown, report_to_text
 

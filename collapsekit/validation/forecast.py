@@ -1,4 +1,5 @@
-"""Trainability forecast: measurements at the pruned weights on a batch of data say whether fine-tuning will work.
+"""Trainability forecast: scale-free measurements at the pruned weights on a data batch, read by a small logistic
+model as the probability that masked fine-tuning lifts the pruned net above chance.
 
 A kept input-to-output path (`level.collapsed is False`) is necessary for a
 pruned network to train, not sufficient: Global MP can leave a path whose
@@ -6,32 +7,43 @@ product of kept weights is so small that the output barely moves with the
 input, and gradients barely reach the layers. Lee et al. ("A Signal
 Propagation Perspective for Pruning Neural Networks at Initialization", ICLR
 2020) show that trainability after pruning is governed by how faithfully the
-pruned network propagates signal forward (its input-output Jacobian) and
-gradient backward; SynFlow (Tanaka et al., NeurIPS 2020) scores the same thing
-as the product of weight magnitudes along kept paths; GraSP (Wang et al., ICLR
-2020) as the gradient norm the pruned net preserves. Here the three are
-measured directly, on the real pruned weights and real data, with one forward
-and one backward pass (no fine-tuning):
+pruned network propagates signal forward and gradient backward; SynFlow
+(Tanaka et al., NeurIPS 2020) scores the product of weight magnitudes along
+kept paths, GraSP (Wang et al., ICLR 2020) the gradient norm the pruned net
+keeps. Here both are measured on the real pruned weights and real data, with
+one forward and one backward pass, each made free of the network's depth and
+width by construction (`FEATURES`):
 
-- `signal`: the spread of the logits over the batch (their standard deviation
-  per class, averaged) relative to the dense model's on the same batch: the
-  finite-difference version of the Jacobian's scale;
-- `gradient`: per prunable layer, the norm of the loss gradient on its kept
-  weights relative to the norm of those weights (how far one SGD step moves
-  the layer); the evidence keeps the smallest over layers and how many layers
-  it reaches at all;
-- `accuracy_pruned`: top-1 accuracy on the batch right after pruning.
+- `loss_kept`: (H - L_pruned) / (H - L_dense), the share of the dense model's
+  loss gain over the uninformed predictor (H, the entropy of the batch's
+  targets: log(classes) for balanced classes, the unigram entropy for a
+  language model) that the pruned net keeps right after pruning; clipped to
+  [-1, 1]. Loss-based, so it does not assume a classifier;
+- `signal_per_layer`: log(spread of the outputs over the batch relative to the
+  dense model's) divided by the number of bottleneck layers (those every path
+  crosses): the attenuation per layer, where the raw ratio is a product over
+  depth;
+- `gradient_log_median` / `gradient_log_min`: per judged layer, log of the
+  relative gradient (|grad| / |weight| over kept entries) over the dense
+  model's same layer, median and minimum over the bottleneck layers that keep
+  weights: per-layer normalised, whatever scale an architecture gives its
+  layers;
+- `class_signal_kept`: the fraction of the outputs' variance the targets
+  explain (R^2, scale-free) relative to the dense model's.
+
+`probability` is a logistic model on these (`MODEL`, fitted by
+analyses/trainability_forecast.py; calibration domain and leave-one-architecture-out
+agreement in analyses/README.md), `trainable = probability >= 0.5`. Where it is
+near 0.5 (`PROBE_BAND`), a short probe (`sgdprobe.py`: a few masked SGD steps of
+the fine-tune's optimiser, loss drop compared with the dense net's over the
+same steps) is added and a second model (`PROBE_MODEL`) reads both. Every
+measurement, the probe's cost as a fraction of one fine-tune epoch included,
+stays in `evidence`.
 
 BatchNorm is measured the way fine-tuning runs it: in train mode, on batch
-statistics. Masked fine-tuning trains with batch statistics, so a vanishing
-signal that BN re-normalises is one fine-tuning can use, while eval mode with
-the dense running statistics would call it dead (its numbers are kept in the
-evidence as `signal_eval` and `accuracy_pruned_eval`, never used by the rule).
-
-The rule (`decide`) was calibrated on digits by
-analyses/trainability_forecast.py (thresholds and the runs behind them in
-analyses/README.md); it is a forecast, checked against real fine-tunes by
-`validate` and `mt-search`, and never mixed into `collapsed`.
+statistics (masked fine-tuning trains with them, so a vanishing signal BN
+re-normalises is one fine-tuning can use). It is a forecast, checked against
+real fine-tunes by `validate` and `mt-search`, never mixed into `collapsed`.
 """
 from __future__ import annotations
 
@@ -39,47 +51,93 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.pruning.prune import apply_masks
+from collapsekit.validation.probe import flat_outputs
 
-BATCH = 256  # training examples per measurement: enough for stable per-class spreads, cheap on CPU
+BATCH = 256  # training examples per measurement: enough for stable spreads, cheap on CPU
 SEED = 0
-
-# Calibrated thresholds (analyses/trainability_forecast.py, calibration runs; see analyses/README.md), per
-# regime: with batch norm on batch statistics the logit spread is re-normalised at every BN, so a pruned
-# net keeps far more of it, and its layers' gradients are scale-free; without, both shrink together.
-THRESHOLDS = {
-    "plain": {"signal": 3e-3, "gradient_relative_min": 0.3},
-    "batch_norm": {"signal": 0.05, "gradient_relative_min": 0.05},
-}
 TINY = 1e-12
+LOG_CLIP = 10.0  # log-ratios beyond e^10 carry no more information and would let one layer decide alone
+
+FEATURES = ("loss_kept", "signal_per_layer", "gradient_log_median", "gradient_log_min", "class_signal_kept")
+PROBE_FEATURES = ("logit", "probe_loss_kept", "probe_drop")
+PROBE_BAND = (0.2, 0.8)  # probabilities the probe is run for (auto mode): where the one-pass model is unsure
+
+
+@dataclass(frozen=True)
+class LogisticModel:
+    """p = sigmoid(bias + sum_i weights[i] * x[features[i]]): a few parameters, fitted by `fit`."""
+
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    bias: float
+
+    def logit(self, evidence: dict) -> float:
+        return self.bias + sum(w * float(evidence.get(f, 0.0)) for f, w in zip(self.features, self.weights))
+
+    def probability(self, evidence: dict) -> float:
+        return _sigmoid(self.logit(evidence))
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias}
+
+
+# Fitted on every calibration architecture by analyses/trainability_forecast.py (analyses/README.md).
+MODEL = LogisticModel(FEATURES, (1.88, 1.493, 0.6536, 0.8489, 5.504), -1.588)
+PROBE_MODEL = LogisticModel(PROBE_FEATURES, (0.7586, 2.925, 3.339), -0.1322)
+
+
+def fit(evidences: list[dict], labels: list[bool], features: tuple[str, ...] = FEATURES,
+        l2: float = 1.0) -> LogisticModel:
+    """LogisticModel fitted by Newton's method (iteratively reweighted least squares) with an L2 penalty `l2`
+    on standardised weights (the intercept is not penalised), returned in the evidence's own units."""
+    x = np.array([[float(e.get(f, 0.0)) for f in features] for e in evidences], dtype=np.float64)
+    y = np.array(labels, dtype=np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-9
+    z = np.hstack([np.ones((len(x), 1)), (x - mu) / sd])
+    beta = np.zeros(z.shape[1])
+    penalty = np.diag([0.0] + [l2] * len(features))
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-z @ beta))
+        grad = z.T @ (p - y) + penalty @ beta
+        hess = z.T @ (z * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(len(beta))
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    weights = beta[1:] / sd
+    return LogisticModel(tuple(features), tuple(float(w) for w in weights), float(beta[0] - weights @ mu))
 
 
 @dataclass(frozen=True)
 class Forecast:
-    """Will masked fine-tuning lift the pruned network above chance? `trainable` and the measurements behind it."""
+    """Will masked fine-tuning lift the pruned network above chance? Its probability and the measurements behind it."""
 
-    trainable: bool
-    evidence: dict  # name -> float (see `measure`)
-    reason: str  # which measurement decided
+    trainable: bool  # probability >= 0.5
+    evidence: dict  # name -> float (see `measure`, and the probe's keys when it ran)
+    reason: str
     batch: int  # training examples measured
+    probability: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"trainable": self.trainable, "reason": self.reason, "batch": self.batch,
-                "evidence": dict(self.evidence)}
+        return {"trainable": self.trainable, "probability": self.probability, "reason": self.reason,
+                "batch": self.batch, "evidence": dict(self.evidence)}
 
 
 @dataclass(frozen=True)
-class _Dense:
-    """What the dense model gives on the measurement batch: the reference for `signal`."""
+class Dense:
+    """What the dense model gives on the measurement batch: the reference every measurement is relative to."""
 
     spread: float
-    spread_eval: float
-    accuracy: float
+    loss: float
+    entropy: float  # of the batch's targets: the uninformed predictor's loss
+    class_signal: float
     ratios: dict  # weight name -> |grad| / |weight| of the dense model (every weight of 2+ dimensions)
 
 
@@ -87,8 +145,9 @@ class _Dense:
 class Forecaster:
     """Forecasts for one model and one data batch: built once, called with each level's masks.
 
-    The dense model's spread on the batch is measured once here; each call
-    prunes a copy (the user's model is never touched).
+    The dense reference is measured once here; each call prunes a copy (the
+    user's model is never touched). `probe_data` (the training set) enables the
+    probe; `probe_steps` and `probe_batch` bound it.
     """
 
     model: nn.Module
@@ -97,30 +156,32 @@ class Forecaster:
     num_classes: int
     margin: float = 0.1
     bottlenecks: frozenset | None = None  # layers every path crosses; None: every layer counts as one
-    dense: _Dense = field(init=False)
+    probe_data: object = None  # a TensorDataset to draw the probe's steps from
+    dense: Dense = field(init=False)
 
     def __post_init__(self):
         if any(p.is_meta for p in self.model.parameters()):
             raise CollapsekitError("the trainability forecast runs the model on data: load its weights first "
                                    "(a meta-device model has none)")
         net = _copy(self.model, {})
-        spread, _, acc = _forward(net, self.x, self.y, train=True)
-        spread_eval, _, _ = _forward(net, self.x, self.y, train=False)
+        full = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in self.model.named_parameters() if p.ndim > 1}
+        ratios, out, loss = _gradients(net, self.x, self.y, full)
+        spread = _spread(out)
         if spread <= TINY:
             raise CollapsekitError("the dense model's output does not vary over the data batch: "
                                    "nothing to compare the pruned model with")
-        full = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in self.model.named_parameters() if p.ndim > 1}
-        ratios, _, _ = _gradients(net, self.x, self.y, full)
-        self.dense = _Dense(spread=spread, spread_eval=spread_eval, accuracy=acc, ratios=ratios)
+        self.dense = Dense(spread=spread, loss=float(loss), entropy=target_entropy(self.y),
+                           class_signal=class_signal(out, self.y), ratios=ratios)
+        self._probe = None
 
     @classmethod
     def from_bundle(cls, model: nn.Module, bundle, batch: int = BATCH, seed: int = SEED, margin: float = 0.1,
                     bottlenecks=None) -> "Forecaster":
         """A Forecaster on `batch` training examples of `bundle` (a `collapsekit.data.DataBundle`), drawn with `seed`.
 
-        `bottlenecks` (weight names of layers no path avoids, `Analysis.graph`)
-        limits the gradient test to them: a bypassable layer that gradient
-        misses costs capacity, not trainability (its shortcut carries the signal).
+        `bottlenecks` (weight names of layers no path avoids, `Analysis.bottlenecks`)
+        limits the gradient and depth measurements to them: a bypassable layer that
+        gradient misses costs capacity, not trainability (its shortcut carries the signal).
         """
         x, y = bundle.train.tensors[:2]
         if len(x) == 0:
@@ -128,99 +189,132 @@ class Forecaster:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(x), generator=g)[:batch]
         return cls(model, x[idx], y[idx], bundle.num_classes, margin,
-                   None if bottlenecks is None else frozenset(bottlenecks))
+                   None if bottlenecks is None else frozenset(bottlenecks), bundle.train)
 
     def measure(self, masks: dict[str, torch.Tensor]) -> dict:
-        """The evidence at the weights `masks` (name -> bool keep) leave: floats, see the module docstring."""
+        """The evidence at the weights `masks` (name -> bool keep) leave: floats, see `measure`."""
         return measure(self.model, masks, self.x, self.y, self.dense, self.bottlenecks)
 
-    def __call__(self, masks: dict[str, torch.Tensor]) -> Forecast:
-        """Forecast for the model pruned with `masks`."""
+    def __call__(self, masks: dict[str, torch.Tensor], probe: bool | None = None) -> Forecast:
+        """Forecast for the model pruned with `masks`; `probe`: None runs the probe where the one-pass probability
+        is within PROBE_BAND, True always (its evidence recorded), False never."""
         evidence = self.measure(masks)
-        trainable, reason = decide(evidence, 1.0 / self.num_classes, self.margin)
-        return Forecast(trainable=trainable, evidence=evidence, reason=reason, batch=int(len(self.x)))
+        p = MODEL.probability(evidence)
+        evidence["probability_one_pass"] = p
+        unsure = PROBE_BAND[0] <= p <= PROBE_BAND[1]
+        if self.probe_data is not None and (probe or (probe is None and unsure)):
+            evidence.update(self.probe(masks, evidence))
+            evidence["logit"] = MODEL.logit(evidence)
+            if unsure:
+                p = PROBE_MODEL.probability(evidence)
+        trainable = p >= 0.5
+        return Forecast(trainable=trainable, evidence=evidence, reason=explain(evidence, p, unsure and
+                        "probe_loss_kept" in evidence), batch=int(len(self.x)), probability=p)
+
+    def probe(self, masks: dict[str, torch.Tensor], evidence: dict) -> dict:
+        """The probe's evidence for `masks` (sgdprobe.py), the dense run over the same steps made once."""
+        from collapsekit.validation.sgdprobe import Probe
+
+        if self._probe is None:
+            self._probe = Probe(self.model, self.probe_data, self.x, self.y, self.dense.entropy, self.dense.loss)
+        return self._probe(masks)
 
 
-def decide(evidence: dict, chance: float, margin: float = 0.1) -> tuple[bool, str]:
-    """(trainable, reason) from the evidence: the calibrated rule.
-
-    Accuracy already above chance + margin right after pruning (BN on batch
-    statistics) means the pruned net works before any training. Otherwise it
-    must both carry signal forward (`signal`, the logit spread relative to the
-    dense model's) and let gradient reach every layer that keeps weights, each
-    at a fair share of what the dense model's same layer gets
-    (`gradient_relative_min`): Lee et al.'s two conditions for trainability
-    after pruning (forward signal, backward gradient), with THRESHOLDS for
-    networks with and without batch norm.
-    """
-    if evidence["accuracy_pruned"] > chance + margin:
-        return True, "accurate right after pruning"
-    if evidence["gradient_reach"] < 1.0:
-        return False, f"gradient reaches {evidence['gradient_reach']:.0%} of the layers that keep weights"
-    regime = "batch_norm" if evidence.get("batch_norm") else "plain"
-    for key, least in THRESHOLDS[regime].items():
-        if evidence[key] < least:
-            return False, f"{key} {evidence[key]:.2g} < {least:g} ({regime.replace('_', ' ')})"
-    return True, f"signal and gradient reach every layer ({regime.replace('_', ' ')})"
+def explain(evidence: dict, p: float, probed: bool) -> str:
+    """One line: the probability and what the measurements say."""
+    head = f"p={p:.2f}"
+    if probed:
+        return (f"{head} with the probe: {evidence['probe_steps']:.0f} masked steps kept "
+                f"{evidence['probe_loss_kept']:.2f} of the dense loss gain (one pass: p="
+                f"{evidence['probability_one_pass']:.2f})")
+    return (f"{head}: loss gain kept {evidence['loss_kept']:.2f}, signal per layer "
+            f"{math.exp(evidence['signal_per_layer']):.2g}x, weakest layer gradient "
+            f"{math.exp(evidence['gradient_log_min']):.2g}x dense")
 
 
 def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-            dense: _Dense, bottlenecks: frozenset | None = None) -> dict:
+            dense: Dense, bottlenecks: frozenset | None = None) -> dict:
     """Evidence dict of `model` pruned with `masks` on the batch (x, y), relative to the dense reference.
 
-    Keys: signal (train-mode BN spread / dense), signal_eval (eval mode, for
-    contrast), accuracy_pruned (train-mode BN), accuracy_pruned_eval,
-    gradient_min / gradient_median (relative kept-weight gradient over layers
-    that keep weights), gradient_reach (fraction of those layers whose kept
-    gradient is non-zero), gradient_relative_min / _median (each layer's
-    relative gradient over the dense model's; reach and these two over the
-    `bottlenecks` only, when given), batch_norm (1.0 if the model has any), loss.
+    The model's FEATURES (module docstring) and, for reading: signal (output
+    spread / dense), loss, accuracy_pruned (top-1 where the outputs are class
+    scores), gradient_min / gradient_median (relative kept-weight gradient
+    over layers that keep weights), gradient_reach (fraction of the judged
+    layers whose kept gradient is non-zero), depth (bottleneck layers counted),
+    batch_norm (1.0 if the model has any).
     """
     net = _copy(model, masks)
-    spread_eval, _, acc_eval = _forward(net, x, y, train=False)
-    by_layer, logits, loss = _gradients(net, x, y, masks)
-    spread = _spread(logits)
-    out = logits
+    by_layer, out, loss = _gradients(net, x, y, masks)
+    spread = _spread(out)
     ratios = sorted(by_layer.values())
-    # Each layer's gradient relative to what the dense model's same layer gets: free of the scale
-    # each architecture gives its layers (batch norm makes pre-BN weights scale-invariant).
-    # Only bottlenecks must learn: a bypassable branch gradient misses is capacity lost, not the path.
     judged = {n: r for n, r in by_layer.items() if not bottlenecks or n in bottlenecks} or by_layer
-    relative = sorted(r / dense.ratios[n] for n, r in judged.items() if dense.ratios.get(n, 0.0) > TINY)
-    norm2 = sum((r * float(net.get_parameter(n).detach()[masks[n]].norm())) ** 2 for n, r in by_layer.items())
-    reached = sum(r > TINY for r in judged.values())
+    logs = sorted(_log_clip(r / dense.ratios[n]) for n, r in judged.items() if dense.ratios.get(n, 0.0) > TINY)
+    depth = max(1, len(bottlenecks) if bottlenecks else len(masks))
+    signal = spread / dense.spread
+    gain = dense.entropy - dense.loss
+    loss = float(loss)
+    flat, target = _flat(out, y)
     return {
-        "signal": spread / dense.spread,
-        "signal_eval": spread_eval / dense.spread_eval if dense.spread_eval > TINY else 0.0,
-        "accuracy_pruned": float((out.argmax(1) == y).float().mean()),
-        "class_signal": class_signal(logits, y),
-        "ncm_accuracy": ncm_accuracy(logits, y),
-        "accuracy_pruned_eval": acc_eval,
+        "loss_kept": _clip((dense.entropy - loss) / gain, -1.0, 1.0) if gain > TINY else 0.0,
+        "signal_per_layer": _log_clip(signal) / depth,
+        "gradient_log_median": logs[len(logs) // 2] if logs else -LOG_CLIP,
+        "gradient_log_min": logs[0] if logs else -LOG_CLIP,
+        "class_signal_kept": _clip(class_signal(out, y) / dense.class_signal, 0.0, 2.0)
+        if dense.class_signal > TINY else 0.0,
+        "signal": signal,
+        "loss": loss,
+        "accuracy_pruned": float((flat.argmax(1) == target).float().mean()),
         "gradient_min": ratios[0] if ratios else 0.0,
         "gradient_median": ratios[len(ratios) // 2] if ratios else 0.0,
-        "gradient_reach": reached / len(judged) if judged else 0.0,
-        "gradient_relative_min": relative[0] if relative else 0.0,
-        "gradient_relative_median": relative[len(relative) // 2] if relative else 0.0,
-        "gradient_norm": math.sqrt(norm2),
-        "loss": float(loss.detach()),
+        "gradient_reach": sum(r > TINY for r in judged.values()) / len(judged) if judged else 0.0,
+        "depth": float(depth),
         "batch": float(len(y)),
         "batch_norm": float(any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())),
     }
 
 
+def loss_of(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of outputs `out` against targets `y`: per example ([N, C] vs [N]) or per token ([N, T, V] vs
+    [N, T]); a model without one score per target class is a one-line error."""
+    flat, target = _flat(out, y)
+    if flat.shape[1] <= int(target.max()):
+        raise CollapsekitError(f"the model gives {flat.shape[1]} outputs per example but the data has label "
+                               f"{int(target.max())}: the forecast needs one logit per class")
+    return F.cross_entropy(flat, target)
+
+
+def target_entropy(y: torch.Tensor) -> float:
+    """Entropy (nats) of the targets' empirical distribution: the loss of the best input-blind predictor."""
+    counts = torch.bincount(y.reshape(-1)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def class_signal(out: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of the outputs' variance over the batch that the targets explain (between-class / total, R^2).
+
+    Scale-free, so batch norm's re-normalisation of a faint signal does not
+    inflate it: noise amplified to unit variance explains ~(classes - 1) / batch.
+    """
+    out, y = _flat(out, y)
+    centred = out - out.mean(0)
+    total = float((centred ** 2).sum())
+    if total <= TINY:
+        return 0.0
+    between = sum(float((y == c).sum()) * float((centred[y == c].mean(0) ** 2).sum()) for c in y.unique())
+    return between / total
+
+
 def _gradients(net: nn.Module, x, y, masks: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """({weight name: |grad| / |weight| over its kept entries}, logits, loss) of one train-mode-BN pass.
+    """({weight name: |grad| / |weight| over its kept entries}, outputs, loss) of one train-mode-BN pass.
 
     Only weights in `masks` that keep something: an emptied layer is the
     structural verdict's business.
     """
-    _bn_mode(net, train=True)
+    bn_mode(net, train=True)
     net.zero_grad(set_to_none=True)
-    out = _logits(net(x))
-    if out.shape[1] <= int(y.max()):
-        raise CollapsekitError(f"the model gives {out.shape[1]} outputs per example but the data has label "
-                               f"{int(y.max())}: the forecast needs one logit per class")
-    loss = F.cross_entropy(out, y)
+    out = outputs(net(x))
+    loss = loss_of(out, y)
     loss.backward()
     ratios = {}
     for name, p in net.named_parameters():
@@ -233,41 +327,6 @@ def _gradients(net: nn.Module, x, y, masks: dict) -> tuple[dict, torch.Tensor, t
     return ratios, out.detach(), loss.detach()
 
 
-def class_signal(out: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of the outputs' variance over the batch that the labels explain (between-class / total, R^2).
-
-    Scale-free, so batch norm's re-normalisation of a faint signal does not
-    inflate it: noise amplified to unit variance explains ~(classes - 1) / batch.
-    """
-    centred = out - out.mean(0)
-    total = float((centred ** 2).sum())
-    if total <= TINY:
-        return 0.0
-    between = sum(float((y == c).sum()) * float((centred[y == c].mean(0) ** 2).sum()) for c in y.unique())
-    return between / total
-
-
-def ncm_accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy of nearest-class-mean on the outputs, means from one half of the batch, scored on the other.
-
-    The class information a re-fitted last layer could read, whatever the kept
-    last-layer weights do with it now.
-    """
-    half = len(y) // 2
-    fit, test = slice(0, half), slice(half, None)
-    classes = y[fit].unique()
-    if len(classes) < 2:
-        return 0.0
-    # Centred and scaled per unit (so one loud unit does not decide alone, and a faint signal
-    # riding on a large constant does not drown in rounding); distances computed directly.
-    centre, scale = out[fit].mean(0), out[fit].std(0)
-    scale = scale.clamp_min(float(scale.max()) * 1e-6 + TINY)
-    z = (out - centre) / scale
-    means = torch.stack([z[fit][y[fit] == c].mean(0) for c in classes])
-    pred = classes[((z[test][:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
-    return float((pred == y[test]).float().mean())
-
-
 def _copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """A float32 CPU deep copy with `masks` applied (+0.0 at pruned positions)."""
     net = copy.deepcopy(model).cpu().float()
@@ -278,15 +337,7 @@ def _copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return net
 
 
-def _forward(net: nn.Module, x, y, train: bool) -> tuple[float, torch.Tensor, float]:
-    """(spread, logits, accuracy) of one no-grad pass with BN on batch (train) or running statistics."""
-    _bn_mode(net, train)
-    with torch.no_grad():
-        out = _logits(net(x))
-    return _spread(out), out, float((out.argmax(1) == y).float().mean())
-
-
-def _bn_mode(net: nn.Module, train: bool) -> None:
+def bn_mode(net: nn.Module, train: bool) -> None:
     """Everything in eval mode (no dropout noise), batch norms in `train` mode: batch statistics as in fine-tuning."""
     net.eval()
     for m in net.modules():
@@ -294,18 +345,37 @@ def _bn_mode(net: nn.Module, train: bool) -> None:
             m.train(train)
 
 
-def _logits(out) -> torch.Tensor:
-    from collapsekit.validation.probe import flat_outputs
-
+def outputs(out) -> torch.Tensor:
+    """The model's first output tensor, as float: the scores the loss reads."""
     tensors = flat_outputs(out)
     if not tensors:
         raise CollapsekitError("the model returned no tensor: cannot forecast trainability")
-    return tensors[0].flatten(1).float()
+    return tensors[0].float()
+
+
+def _flat(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [M, classes], targets [M]): per token when the outputs carry the targets' shape plus a class axis."""
+    if out.ndim == y.ndim + 1 and out.shape[:-1] == y.shape:
+        return out.reshape(-1, out.shape[-1]), y.reshape(-1)
+    return out.flatten(1), y
 
 
 def _spread(out: torch.Tensor) -> float:
     """Mean over output units of the standard deviation over the batch: how much the output follows the data."""
-    return float(out.std(dim=0, unbiased=False).mean())
+    return float(out.flatten(1).std(dim=0, unbiased=False).mean())
 
 
-__all__ = ["Forecast", "Forecaster", "decide", "measure", "class_signal", "ncm_accuracy", "THRESHOLDS", "BATCH"]
+def _log_clip(r: float) -> float:
+    return _clip(math.log(r) if r > 0 else -LOG_CLIP, -LOG_CLIP, LOG_CLIP)
+
+
+def _clip(v: float, lo: float, hi: float) -> float:
+    return lo if not v > lo else hi if v > hi else float(v)  # NaN goes to lo
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+__all__ = ["Forecast", "Forecaster", "LogisticModel", "MODEL", "PROBE_MODEL", "FEATURES", "PROBE_FEATURES",
+           "PROBE_BAND", "fit", "measure", "class_signal", "target_entropy", "loss_of", "BATCH"]

@@ -1,0 +1,81 @@
+"""The trainability probe: a few masked SGD steps on the pruned copy, its loss drop against the dense net's.
+
+Where one forward and backward pass cannot tell (the forecast's probability
+near 0.5), the cheapest direct evidence that fine-tuning will work is to start
+it: a handful of steps of the fine-tune's own optimiser (SGD, momentum 0.9,
+weight decay 5e-4, lr 0.01: `ck.finetune`'s defaults) with the masks held
+exact by training's `MaskCallback`, then the loss on the measurement batch.
+The dense net runs the same steps on the same examples once, so the pruned
+net's drop is read against what those steps do to a net that has nothing to
+recover. The cost is bounded (PROBE_STEPS of PROBE_BATCH examples, at most
+MAX_EPOCHS of one fine-tune epoch) and recorded as `probe_epochs`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from collapsekit.training.masking import MaskCallback
+from collapsekit.validation import forecast as fc
+
+PROBE_STEPS = 8
+PROBE_BATCH = 64  # ck.finetune's default batch
+MAX_EPOCHS = 0.25  # the probe never costs more than this fraction of one fine-tune epoch
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4  # ck.finetune's defaults
+
+
+class Probe:
+    """Called with masks: the probe's evidence (floats). The steps' examples are drawn once (seeded)."""
+
+    def __init__(self, model: nn.Module, dataset, x: torch.Tensor, y: torch.Tensor, entropy: float,
+                 dense_loss: float, seed: int = 0):
+        self.model, self.x, self.y, self.entropy = model, x, y, entropy
+        n = len(dataset)
+        self.steps = max(1, min(PROBE_STEPS, int(MAX_EPOCHS * n / PROBE_BATCH)))
+        batch = min(PROBE_BATCH, n)
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(n, (self.steps, batch), generator=g)
+        xs, ys = dataset.tensors[:2]
+        self.batches = [(xs[i], ys[i]) for i in idx]
+        self.epochs = self.steps * batch / n
+        before = dense_loss
+        after = self._run({})
+        self.dense_drop = fc._clip((before - after) / max(entropy, fc.TINY), -1.0, 1.0)
+        self.dense_after = after
+
+    def __call__(self, masks: dict[str, torch.Tensor]) -> dict:
+        before = self._loss(fc._copy(self.model, masks))
+        after = self._run(masks)
+        drop = fc._clip((before - after) / max(self.entropy, fc.TINY), -1.0, 1.0)
+        gain = self.entropy - self.dense_after
+        return {"probe_steps": float(self.steps), "probe_batch": float(len(self.batches[0][1])),
+                "probe_epochs": self.epochs, "probe_loss_before": before, "probe_loss_after": after,
+                "probe_loss_drop": drop, "probe_dense_loss_drop": self.dense_drop,
+                "probe_drop": drop - self.dense_drop,
+                "probe_loss_kept": fc._clip((self.entropy - after) / gain, -1.0, 1.0) if gain > fc.TINY else 0.0}
+
+    def _run(self, masks: dict[str, torch.Tensor]) -> float:
+        """Loss on the measurement batch after the probe's masked steps on a copy."""
+        net = fc._copy(self.model, masks)
+        fc.bn_mode(net, train=True)
+        hold = MaskCallback(net, masks)
+        opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        for step, (x, y) in enumerate(self.batches):
+            opt.zero_grad(set_to_none=True)
+            loss = fc.loss_of(fc.outputs(net(x)), y)
+            if not torch.isfinite(loss):
+                return float("inf")
+            loss.backward()
+            hold.on_before_step(opt, step)
+            opt.step()
+            hold.on_step_end(opt, step)
+        return self._loss(net)
+
+    def _loss(self, net: nn.Module) -> float:
+        fc.bn_mode(net, train=True)
+        with torch.no_grad():
+            loss = float(fc.loss_of(fc.outputs(net(self.x)), self.y))
+        return loss if loss == loss else float("inf")
+
+
+__all__ = ["Probe", "PROBE_STEPS", "PROBE_BATCH", "MAX_EPOCHS"]
