@@ -185,8 +185,8 @@ class Rule:
         from collapsekit.validation import forecast
 
         one = forecast.fit([r["evidence"] for r in rows], [trained(r) for r in rows])
-        probe = forecast.fit([{**r["evidence"], "logit": one.logit(r["evidence"])} for r in rows],
-                             [trained(r) for r in rows], forecast.PROBE_FEATURES)
+        probe = forecast.fit([cls.probe_evidence(one, r["evidence"]) for r in rows], [trained(r) for r in rows],
+                             forecast.PROBE_FEATURES)
         return cls(one, probe)
 
     def probability(self, evidence: dict, probe: bool = True) -> float:
@@ -197,8 +197,14 @@ class Rule:
         p = self.one.probability(evidence)
         lo, hi = forecast.PROBE_BAND
         if probe and lo <= p <= hi:
-            p = self.probe.probability({**evidence, "logit": self.one.logit(evidence)})
+            p = self.probe.probability(self.probe_evidence(self.one, evidence))
         return p
+
+    @staticmethod
+    def probe_evidence(one, evidence: dict) -> dict:
+        """`evidence` with the probe model's inputs under the one-pass model `one` (as the Forecaster adds them)."""
+        after = {k: evidence.get(f"after_{k}", 0.0) for k in one.features}
+        return {**evidence, "logit": one.logit(evidence), "logit_after": one.logit(after)}
 
 
 def loao(rows: list[dict]) -> dict:
@@ -240,13 +246,13 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
         for r in sorted(pts, key=lambda r: r["mt"]):
             if r["mt"] >= floor:
                 p = judge.probability(r["evidence"])
-                cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5,
-                              "quality": float(r["evidence"].get(trainable.QUALITY, -1.0))})
+                cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5})
         pick = trainable.choose(cands)
         by_mt = {r["mt"]: r for r in pts}
         best = max(pts, key=lambda r: (r["accuracy"], -r["mt"]))
         acc = by_mt[pick["mt"]]["accuracy"]
-        out.append({"arch": arch, "data": data, "dense_epochs": epochs, "sparsity": s, "suggested_mt": pick["mt"],
+        out.append({"arch": arch, "data": data, "dense_epochs": epochs, "sparsity": s, "floor_mt": floor,
+                    "suggested_mt": pick["mt"],
                     "suggested_probability": pick["probability"], "suggested_accuracy": acc, "best_mt": best["mt"],
                     "best_accuracy": best["accuracy"], "some_mt_trains": trained(best),
                     "within_90": acc >= 0.9 * best["accuracy"]})

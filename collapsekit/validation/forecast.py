@@ -29,14 +29,18 @@ width by construction (`FEATURES`):
   weights: per-layer normalised, whatever scale an architecture gives its
   layers;
 - `class_signal_kept`: the fraction of the outputs' variance the targets
-  explain (R^2, scale-free) relative to the dense model's.
+  explain (R^2, scale-free) relative to the dense model's;
+- `dense_gain`: (H - L_dense) / H, how much the dense model itself beats the
+  uninformed predictor: a pruned copy of a net near chance has little to recover.
 
 `probability` is a logistic model on these (`MODEL`, fitted by
 analyses/trainability_forecast.py; calibration domain and leave-one-architecture-out
 agreement in analyses/README.md), `trainable = probability >= 0.5`. Where it is
 near 0.5 (`PROBE_BAND`), a short probe (`sgdprobe.py`: a few masked SGD steps of
 the fine-tune's optimiser, loss drop compared with the dense net's over the
-same steps) is added and a second model (`PROBE_MODEL`) reads both. Every
+same steps, and the one-pass measurements again on the stepped copy) is added
+and a second model (`PROBE_MODEL`) reads the one-pass logit before and after
+the steps. Every
 measurement, the probe's cost as a fraction of one fine-tune epoch included,
 stays in `evidence`.
 
@@ -65,8 +69,9 @@ SEED = 0
 TINY = 1e-12
 LOG_CLIP = 10.0  # log-ratios beyond e^10 carry no more information and would let one layer decide alone
 
-FEATURES = ("loss_kept", "signal_per_layer", "gradient_log_median", "gradient_log_min", "class_signal_kept")
-PROBE_FEATURES = ("logit", "probe_loss_kept", "probe_drop")
+FEATURES = ("loss_kept", "signal_per_layer", "gradient_log_median", "gradient_log_min", "class_signal_kept",
+            "dense_gain")
+PROBE_FEATURES = ("logit", "logit_after")
 PROBE_BAND = (0.2, 0.8)  # probabilities the probe is run for (auto mode): where the one-pass model is unsure
 
 
@@ -89,8 +94,8 @@ class LogisticModel:
 
 
 # Fitted on every calibration architecture by analyses/trainability_forecast.py (analyses/README.md).
-MODEL = LogisticModel(FEATURES, (1.88, 1.493, 0.6536, 0.8489, 5.504), -1.588)
-PROBE_MODEL = LogisticModel(PROBE_FEATURES, (0.7586, 2.925, 3.339), -0.1322)
+MODEL = LogisticModel(FEATURES, (4.446, 1.762, 0.407, 0.8122, 7.875, 4.346), -5.259)
+PROBE_MODEL = LogisticModel(PROBE_FEATURES, (0.4178, 0.5607), -0.3021)
 
 
 def fit(evidences: list[dict], labels: list[bool], features: tuple[str, ...] = FEATURES,
@@ -195,6 +200,10 @@ class Forecaster:
         """The evidence at the weights `masks` (name -> bool keep) leave: floats, see `measure`."""
         return measure(self.model, masks, self.x, self.y, self.dense, self.bottlenecks)
 
+    def measure_net(self, net: nn.Module, masks: dict[str, torch.Tensor]) -> dict:
+        """The evidence of another net of the same architecture (the probe's stepped copy), against this dense one."""
+        return measure(net, masks, self.x, self.y, self.dense, self.bottlenecks)
+
     def __call__(self, masks: dict[str, torch.Tensor], probe: bool | None = None) -> Forecast:
         """Forecast for the model pruned with `masks`; `probe`: None runs the probe where the one-pass probability
         is within PROBE_BAND, True always (its evidence recorded), False never."""
@@ -205,6 +214,7 @@ class Forecaster:
         if self.probe_data is not None and (probe or (probe is None and unsure)):
             evidence.update(self.probe(masks, evidence))
             evidence["logit"] = MODEL.logit(evidence)
+            evidence["logit_after"] = MODEL.logit({k: evidence[f"after_{k}"] for k in MODEL.features})
             if unsure:
                 p = PROBE_MODEL.probability(evidence)
         trainable = p >= 0.5
@@ -216,7 +226,7 @@ class Forecaster:
         from collapsekit.validation.sgdprobe import Probe
 
         if self._probe is None:
-            self._probe = Probe(self.model, self.probe_data, self.x, self.y, self.dense.entropy, self.dense.loss)
+            self._probe = Probe(self)
         return self._probe(masks)
 
 
@@ -261,6 +271,7 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
         "gradient_log_min": logs[0] if logs else -LOG_CLIP,
         "class_signal_kept": _clip(class_signal(out, y) / dense.class_signal, 0.0, 2.0)
         if dense.class_signal > TINY else 0.0,
+        "dense_gain": _clip(gain / dense.entropy, -1.0, 1.0) if dense.entropy > TINY else 0.0,
         "signal": signal,
         "loss": loss,
         "accuracy_pruned": float((flat.argmax(1) == target).float().mean()),

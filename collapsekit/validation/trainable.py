@@ -19,8 +19,6 @@ from collapsekit.analysis.suggest import MTSuggestion, suggest_mt as _suggest_mt
 from collapsekit.validation.forecast import MODEL, Forecast, Forecaster
 
 CANDIDATES = 7  # log-spaced MTs from the structural floor to the largest MT, each forecast once
-QUALITY = "loss_kept"  # the evidence that tracks fine-tuned accuracy across MT among trainable candidates
-NEAR_TOP = 0.9  # the smallest trainable MT whose quality is >= this fraction of the best candidate's
 
 
 def forecaster(an: Analysis, bundle) -> Forecaster:
@@ -100,21 +98,11 @@ def sweep_mts(an: Analysis, structural: MTSuggestion) -> list[int]:
     return sorted({0, *candidate_mts(structural)})
 
 
-def candidate(model, evidence: dict) -> dict:
-    """{probability, trainable, quality} of one candidate MT from its evidence under the logistic `model`."""
-    p = model.probability(evidence) if evidence else 0.0
-    return {"probability": p, "trainable": p >= 0.5, "quality": float(evidence.get(QUALITY, -1.0))}
-
-
 def choose(candidates: list[dict]) -> dict:
-    """The candidate to suggest: the smallest trainable MT whose quality is within NEAR_TOP of the best trainable
-    one's (accuracy rises then falls with MT, Gupta et al.); none trainable: the likeliest to train."""
-    live = [c for c in candidates if c["trainable"]]
-    if live:
-        best = max(c["quality"] for c in live)
-        floor = best - (1 - NEAR_TOP) * abs(best)
-        return next(c for c in live if c["quality"] >= floor)
-    return max(candidates, key=lambda c: (c["probability"], -c["mt"]))
+    """The candidate to suggest: the one the forecast gives the highest probability of training, the smallest MT on
+    ties. Accuracy first rises then falls with MT (Gupta et al.); the probability tracks that curve's top better
+    than the smallest trainable MT does (analyses/README.md: suggestion hit rate, leave-one-architecture-out)."""
+    return max(candidates, key=lambda c: (round(c["probability"], 6), -c["mt"]))
 
 
 def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion:
@@ -123,13 +111,12 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
     forecasts = []
     for mt in candidate_mts(structural):
         f = forecast(an.with_mt(mt), bundle, k)
-        forecasts.append({"mt": mt, **candidate(MODEL, f.evidence), "probability": f.probability,
-                          "trainable": f.trainable, **{key: float(f.evidence.get(key, 0.0)) for key in MODEL.features}})
+        forecasts.append({"mt": mt, "probability": f.probability, "trainable": f.trainable,
+                          **{key: float(f.evidence.get(key, 0.0)) for key in MODEL.features}})
     pick = choose(forecasts)
     if pick["trainable"]:
-        reason = (f"MT={pick['mt']} is the smallest forecast trainable (p={pick['probability']:.2f}) with {QUALITY} "
-                  f"within {1 - NEAR_TOP:.0%} of the best over {len(forecasts)} candidates; structural floor "
-                  f"{structural.mt}")
+        reason = (f"MT={pick['mt']} is the likeliest to train of {len(forecasts)} candidates (p={pick['probability']:.2f}); "
+                  f"structural floor {structural.mt}")
     else:
         reason = (f"no MT from {structural.mt} to {structural.max_mt} is forecast trainable at this sparsity; "
                   f"MT={pick['mt']} is the likeliest (p={pick['probability']:.2f}); structural floor {structural.mt}")
@@ -138,4 +125,4 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
 
 
 __all__ = ["analyze", "suggest_mt", "forecast", "forecaster", "report", "annotate", "trainable_mt", "candidate_mts",
-           "sweep_mts", "candidate", "choose", "CANDIDATES", "QUALITY", "NEAR_TOP"]
+           "sweep_mts", "choose", "CANDIDATES"]
