@@ -47,6 +47,10 @@ RUNS = [(a, "digits", e) for a in _nets.ARCHITECTURES for e in (3, 12)] + [
     (a, "synthetic", 3) for a in ("mlp", "cnn", "vgg_bn", "resnet", "dwsep")] + [
     (a, "synthetic_seq", 3) for a in ("transformer", "mlp", "mlp_bn")]
 QUICK_RUNS = [("mlp", "digits", 2), ("cnn", "digits", 2)]
+# Held out of every fit: zoo nets (their own families' dense training), scored by the model fitted on all RUNS.
+HELD_OUT = [("lenet5", "digits", 2), ("lenet5", "digits", 8), ("lenet_300_100", "digits", 2),
+            ("mobilenet_v1", "digits", 3), ("resnet20", "digits", 1)]
+ZOO_KWARGS = {"mobilenet_v1": {"width_mult": 0.25}}
 
 
 def level_grid(collapse: float, quick: bool) -> list[float]:
@@ -105,9 +109,21 @@ def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
 
     from collapsekit.training.train import evaluate, fit, seed_everything
 
+    import collapsekit as ck
+
     image = bundle.train.tensors[0].ndim == 4
     path = out / "dense" / f"{arch}_{data}_e{epochs}.safetensors"
     seed_everything(0)
+    if arch not in _nets.ARCHITECTURES:  # a zoo net, trained with its family's defaults
+        model = ck.models.create(arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                                 input_size=bundle.input_size, **ZOO_KWARGS.get(arch, {}))
+        if path.exists():
+            model.load_state_dict(load_file(str(path)))
+            return model.eval(), evaluate(model, bundle.test)
+        model, acc = _common.train_on_digits(arch, bundle, epochs, 0, **ZOO_KWARGS.get(arch, {}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        return model, acc
     model = _nets.create(arch, bundle, image)
     if path.exists():
         model.load_state_dict(load_file(str(path)))
@@ -120,7 +136,8 @@ def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
     return model.eval(), result.accuracy
 
 
-def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Path, refit: bool) -> list[dict]:
+def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Path, refit: bool,
+            split: str = "calibration") -> list[dict]:
     """Rows for one dense model: every level and MT-sweep point, evidence beside outcome."""
     import collapsekit as ck
     from collapsekit.validation import trainable
@@ -130,7 +147,7 @@ def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Pat
     an = ck.Analysis(model, bundle.example_input(), name=arch)
     collapse = an.collapse_sparsity()
     tag = f"{arch}|{data}|e{epochs}"
-    base = dict(arch=arch, data=data, dense_epochs=epochs, dense_accuracy=dense, collapse_sparsity=collapse,
+    base = dict(split=split, arch=arch, data=data, dense_epochs=epochs, dense_accuracy=dense, collapse_sparsity=collapse,
                 chance=1.0 / bundle.num_classes)
     rows = []
 
@@ -269,23 +286,42 @@ def main(argv=None) -> int:
     rows = []
     for arch, data, epochs in (QUICK_RUNS if args.quick else RUNS):
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit)
+    for arch, data, epochs in (() if args.quick else HELD_OUT):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out")
     report(rows, args)
     return 0
 
 
 def report(rows: list[dict], args) -> dict:
-    """Tables, LOAO agreement, suggestion hit rates, the rule fitted on everything, and the summary."""
+    """Tables, LOAO agreement, suggestion hit rates, the rule fitted on everything, and the summary; held-out
+    rows are scored by the rule fitted on every calibration architecture and never fitted on."""
+    held_out = [r for r in rows if r["split"] == "held-out"]
+    rows = [r for r in rows if r["split"] == "calibration"]
     held = loao(rows)
     alive = distinct(rows)
     everything = Rule.fitted(alive)
+    unseen = distinct(held_out)
+    unseen_per = {}
+    for r in unseen:
+        c = unseen_per.setdefault(f"{r['arch']} ({r['dense_epochs']} epochs)", {"agree": 0, "counted": 0})
+        c["agree"] += (everything.probability(r["evidence"]) >= 0.5) == trained(r)
+        c["counted"] += 1
     in_sample = sum((everything.probability(r["evidence"]) >= 0.5) == trained(r) for r in alive) / max(1, len(alive))
     table = [{k: v for k, v in r.items() if k != "evidence"} | {
         "trained": trained(r), "probability_loao": held["rules"][r["arch"]].probability(r["evidence"])
         if r["arch"] in held["rules"] else 0.0, "probability": everything.probability(r["evidence"]),
         **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
         for r in rows]
+    table += [{k: v for k, v in r.items() if k != "evidence"} | {
+        "trained": trained(r), "probability_loao": everything.probability(r["evidence"]),
+        "probability": everything.probability(r["evidence"]),
+        **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
+        for r in held_out]
     _common.write_table(table, args.out)
     sug_loao, sug_in = suggestions(rows, held["rules"]), suggestions(rows, None, everything)
+    sug_unseen = suggestions(held_out, None, everything)
+    if sug_unseen:
+        _common.write_table(sug_unseen, args.out, stem="suggestion_held_out")
     _common.write_table(sug_loao, args.out, stem="suggestion")
 
     def hit(sugs):
@@ -304,10 +340,16 @@ def report(rows: list[dict], args) -> dict:
     summary = {"loao_agreement": held["agreement"], "loao_agreement_one_pass": held["agreement_one_pass"],
                "in_sample_agreement": in_sample, "counted": len(alive), "per_architecture": held["per_architecture"],
                "suggestion_loao": hit(sug_loao), "suggestion_in_sample": hit(sug_in), "probe": probe_cost(rows),
+               "held_out": {"agreement": sum(c["agree"] for c in unseen_per.values()) / max(1, len(unseen)),
+                            "counted": len(unseen), "per_run": unseen_per, "suggestion": hit(sug_unseen)},
                "model": everything.one.to_dict(), "probe_model": everything.probe.to_dict(),
                "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS)],
+               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT],
                "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN}}
     print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs")}, indent=1))
+    for s in sug_unseen:
+        print(f"  held out {s['arch']} ({s['dense_epochs']}) at {s['sparsity']}: suggested {s['suggested_mt']} "
+              f"({s['suggested_accuracy']:.3f}), best {s['best_mt']} ({s['best_accuracy']:.3f})")
     _common.save_figure(figure(table), args.out)
     _common.write_summary(args.out, summary, args)
     _common.done(args.out, args)
@@ -323,7 +365,8 @@ def figure(table: list[dict]):
         ax = fig.subplots()
     for ok, colour, label in ((True, plots.BYPASSABLE, "trained above chance"),
                               (False, plots.COLLAPSED, "stayed at chance")):
-        pts = [(r["probability_loao"], r["accuracy"]) for r in distinct(table) if r["trained"] == ok]
+        pts = [(r["probability_loao"], r["accuracy"]) for r in distinct(table)
+               if r["trained"] == ok and r["split"] == "calibration"]
         if pts:
             ax.scatter(*zip(*pts), s=12, color=colour, label=label, alpha=0.7)
     ax.axvline(0.5, color="black", lw=0.8, ls="--")
