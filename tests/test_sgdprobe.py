@@ -69,7 +69,7 @@ def test_masks_stay_exact_through_the_probe_steps(setup, monkeypatch):
         return original(self, net)
 
     monkeypatch.setattr(sgdprobe.Probe, "_loss", spy)
-    sgdprobe.Probe(fc)(masks)
+    sgdprobe.Probe(fc, forecast.FEATURES)(masks)
     after = seen[-1]  # the loss read after the steps
     assert all(bool((w[~masks[n]] == 0).all()) for n, w in after.items())
     assert any(not torch.equal(w[masks[n]], model.get_parameter(n).detach()[masks[n]]) for n, w in after.items())

@@ -51,22 +51,19 @@ real fine-tunes by `validate` and `mt-search`, never mixed into `collapsed`.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.pruning.prune import apply_masks
-from collapsekit.validation.probe import flat_outputs
+from collapsekit.validation.measuring import TINY, bn_mode, clip, flat, loss_of, masked_copy, outputs
+from collapsekit.validation.sgdprobe import Probe
 
 BATCH = 256  # training examples per measurement: enough for stable spreads, cheap on CPU
 SEED = 0
-TINY = 1e-12
 LOG_CLIP = 10.0  # log-ratios beyond e^10 carry no more information and would let one layer decide alone
 
 FEATURES = ("loss_kept", "signal_per_layer", "gradient_log_median", "gradient_log_min", "class_signal_kept",
@@ -168,7 +165,7 @@ class Forecaster:
         if any(p.is_meta for p in self.model.parameters()):
             raise CollapsekitError("the trainability forecast runs the model on data: load its weights first "
                                    "(a meta-device model has none)")
-        net = _copy(self.model, {})
+        net = masked_copy(self.model, {})
         full = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in self.model.named_parameters() if p.ndim > 1}
         ratios, out, loss = _gradients(net, self.x, self.y, full)
         spread = _spread(out)
@@ -223,10 +220,8 @@ class Forecaster:
 
     def probe(self, masks: dict[str, torch.Tensor], evidence: dict) -> dict:
         """The probe's evidence for `masks` (sgdprobe.py), the dense run over the same steps made once."""
-        from collapsekit.validation.sgdprobe import Probe
-
         if self._probe is None:
-            self._probe = Probe(self)
+            self._probe = Probe(self, FEATURES)
         return self._probe(masks)
 
 
@@ -253,28 +248,28 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
     layers whose kept gradient is non-zero), depth (bottleneck layers counted),
     batch_norm (1.0 if the model has any).
     """
-    net = _copy(model, masks)
+    net = masked_copy(model, masks)
     by_layer, out, loss = _gradients(net, x, y, masks)
     spread = _spread(out)
     ratios = sorted(by_layer.values())
     judged = {n: r for n, r in by_layer.items() if not bottlenecks or n in bottlenecks} or by_layer
-    logs = sorted(_log_clip(r / dense.ratios[n]) for n, r in judged.items() if dense.ratios.get(n, 0.0) > TINY)
+    logs = sorted(_logclip(r / dense.ratios[n]) for n, r in judged.items() if dense.ratios.get(n, 0.0) > TINY)
     depth = max(1, len(bottlenecks) if bottlenecks else len(masks))
     signal = spread / dense.spread
     gain = dense.entropy - dense.loss
     loss = float(loss)
-    flat, target = _flat(out, y)
+    scores, target = flat(out, y)
     return {
-        "loss_kept": _clip((dense.entropy - loss) / gain, -1.0, 1.0) if gain > TINY else 0.0,
-        "signal_per_layer": _log_clip(signal) / depth,
+        "loss_kept": clip((dense.entropy - loss) / gain, -1.0, 1.0) if gain > TINY else 0.0,
+        "signal_per_layer": _logclip(signal) / depth,
         "gradient_log_median": logs[len(logs) // 2] if logs else -LOG_CLIP,
         "gradient_log_min": logs[0] if logs else -LOG_CLIP,
-        "class_signal_kept": _clip(class_signal(out, y) / dense.class_signal, 0.0, 2.0)
+        "class_signal_kept": clip(class_signal(out, y) / dense.class_signal, 0.0, 2.0)
         if dense.class_signal > TINY else 0.0,
-        "dense_gain": _clip(gain / dense.entropy, -1.0, 1.0) if dense.entropy > TINY else 0.0,
+        "dense_gain": clip(gain / dense.entropy, -1.0, 1.0) if dense.entropy > TINY else 0.0,
         "signal": signal,
         "loss": loss,
-        "accuracy_pruned": float((flat.argmax(1) == target).float().mean()),
+        "accuracy_pruned": float((scores.argmax(1) == target).float().mean()),
         "gradient_min": ratios[0] if ratios else 0.0,
         "gradient_median": ratios[len(ratios) // 2] if ratios else 0.0,
         "gradient_reach": sum(r > TINY for r in judged.values()) / len(judged) if judged else 0.0,
@@ -282,16 +277,6 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
         "batch": float(len(y)),
         "batch_norm": float(any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())),
     }
-
-
-def loss_of(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of outputs `out` against targets `y`: per example ([N, C] vs [N]) or per token ([N, T, V] vs
-    [N, T]); a model without one score per target class is a one-line error."""
-    flat, target = _flat(out, y)
-    if flat.shape[1] <= int(target.max()):
-        raise CollapsekitError(f"the model gives {flat.shape[1]} outputs per example but the data has label "
-                               f"{int(target.max())}: the forecast needs one logit per class")
-    return F.cross_entropy(flat, target)
 
 
 def target_entropy(y: torch.Tensor) -> float:
@@ -307,7 +292,7 @@ def class_signal(out: torch.Tensor, y: torch.Tensor) -> float:
     Scale-free, so batch norm's re-normalisation of a faint signal does not
     inflate it: noise amplified to unit variance explains ~(classes - 1) / batch.
     """
-    out, y = _flat(out, y)
+    out, y = flat(out, y)
     centred = out - out.mean(0)
     total = float((centred ** 2).sum())
     if total <= TINY:
@@ -338,50 +323,13 @@ def _gradients(net: nn.Module, x, y, masks: dict) -> tuple[dict, torch.Tensor, t
     return ratios, out.detach(), loss.detach()
 
 
-def _copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """A float32 CPU deep copy with `masks` applied (+0.0 at pruned positions)."""
-    net = copy.deepcopy(model).cpu().float()
-    if masks:  # {} is the dense reference
-        apply_masks(net, masks)  # the one masked write ck.prune uses
-    for p in net.parameters():
-        p.requires_grad_(True)
-    return net
-
-
-def bn_mode(net: nn.Module, train: bool) -> None:
-    """Everything in eval mode (no dropout noise), batch norms in `train` mode: batch statistics as in fine-tuning."""
-    net.eval()
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train(train)
-
-
-def outputs(out) -> torch.Tensor:
-    """The model's first output tensor, as float: the scores the loss reads."""
-    tensors = flat_outputs(out)
-    if not tensors:
-        raise CollapsekitError("the model returned no tensor: cannot forecast trainability")
-    return tensors[0].float()
-
-
-def _flat(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores [M, classes], targets [M]): per token when the outputs carry the targets' shape plus a class axis."""
-    if out.ndim == y.ndim + 1 and out.shape[:-1] == y.shape:
-        return out.reshape(-1, out.shape[-1]), y.reshape(-1)
-    return out.flatten(1), y
-
-
 def _spread(out: torch.Tensor) -> float:
     """Mean over output units of the standard deviation over the batch: how much the output follows the data."""
     return float(out.flatten(1).std(dim=0, unbiased=False).mean())
 
 
-def _log_clip(r: float) -> float:
-    return _clip(math.log(r) if r > 0 else -LOG_CLIP, -LOG_CLIP, LOG_CLIP)
-
-
-def _clip(v: float, lo: float, hi: float) -> float:
-    return lo if not v > lo else hi if v > hi else float(v)  # NaN goes to lo
+def _logclip(r: float) -> float:
+    return clip(math.log(r) if r > 0 else -LOG_CLIP, -LOG_CLIP, LOG_CLIP)
 
 
 def _sigmoid(z: float) -> float:

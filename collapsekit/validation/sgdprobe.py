@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from collapsekit.training.masking import MaskCallback
-from collapsekit.validation import forecast as fc
+from collapsekit.validation.measuring import TINY, bn_mode, clip, loss_of, masked_copy, outputs
 
 PROBE_STEPS = 8
 PROBE_BATCH = 64  # ck.finetune's default batch
@@ -30,8 +30,10 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.01 * LR_SCALE, 0.9, 5e-4  # ck.finetune's default
 class Probe:
     """Called with masks: the probe's evidence (floats). The steps' examples are drawn once (seeded)."""
 
-    def __init__(self, forecaster, seed: int = 0):
-        self.forecaster = forecaster
+    def __init__(self, forecaster, features: tuple[str, ...], seed: int = 0):
+        """`forecaster` (forecast.Forecaster) gives the model, batch, dense reference and `measure_net`;
+        `features` are the one-pass readings taken again after the steps (as `after_<name>`)."""
+        self.forecaster, self.features = forecaster, features
         self.model, self.x, self.y = forecaster.model, forecaster.x, forecaster.y
         self.entropy = entropy = forecaster.dense.entropy
         dense_loss = forecaster.dense.loss
@@ -46,31 +48,31 @@ class Probe:
         self.epochs = self.steps * batch / n
         before = dense_loss
         after = self._run({})[0]
-        self.dense_drop = fc._clip((before - after) / max(entropy, fc.TINY), -1.0, 1.0)
+        self.dense_drop = clip((before - after) / max(entropy, TINY), -1.0, 1.0)
         self.dense_after = after
 
     def __call__(self, masks: dict[str, torch.Tensor]) -> dict:
-        before = self._loss(fc._copy(self.model, masks))
+        before = self._loss(masked_copy(self.model, masks))
         after, net = self._run(masks)
         measured = self.forecaster.measure_net(net, masks)  # the one-pass evidence again, after the steps
-        drop = fc._clip((before - after) / max(self.entropy, fc.TINY), -1.0, 1.0)
+        drop = clip((before - after) / max(self.entropy, TINY), -1.0, 1.0)
         gain = self.entropy - self.dense_after
         return {"probe_steps": float(self.steps), "probe_batch": float(len(self.batches[0][1])),
                 "probe_epochs": self.epochs, "probe_loss_before": before, "probe_loss_after": after,
                 "probe_loss_drop": drop, "probe_dense_loss_drop": self.dense_drop,
                 "probe_drop": drop - self.dense_drop,
-                "probe_loss_kept": fc._clip((self.entropy - after) / gain, -1.0, 1.0) if gain > fc.TINY else 0.0,
-                **{f"after_{k}": measured[k] for k in fc.FEATURES}}
+                "probe_loss_kept": clip((self.entropy - after) / gain, -1.0, 1.0) if gain > TINY else 0.0,
+                **{f"after_{k}": measured[k] for k in self.features}}
 
     def _run(self, masks: dict[str, torch.Tensor]) -> tuple[float, nn.Module]:
         """(loss on the measurement batch, the copy) after the probe's masked steps on a copy."""
-        net = fc._copy(self.model, masks)
-        fc.bn_mode(net, train=True)
+        net = masked_copy(self.model, masks)
+        bn_mode(net, train=True)
         hold = MaskCallback(net, masks)
         opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         for step, (x, y) in enumerate(self.batches):
             opt.zero_grad(set_to_none=True)
-            loss = fc.loss_of(fc.outputs(net(x)), y)
+            loss = loss_of(outputs(net(x)), y)
             if not torch.isfinite(loss):
                 return float("inf"), net
             loss.backward()
@@ -80,9 +82,9 @@ class Probe:
         return self._loss(net), net
 
     def _loss(self, net: nn.Module) -> float:
-        fc.bn_mode(net, train=True)
+        bn_mode(net, train=True)
         with torch.no_grad():
-            loss = float(fc.loss_of(fc.outputs(net(self.x)), self.y))
+            loss = float(loss_of(outputs(net(self.x)), self.y))
         return loss if loss == loss else float("inf")
 
 
