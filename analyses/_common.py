@@ -10,12 +10,15 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(name: str, doc: str, argv=None) -> argparse.Namespace:
-    """--quick (a reduced run for CI), --out (default analyses/results/NAME), --seed."""
+def parse_args(name: str, doc: str, argv=None, flags: dict[str, str] | None = None) -> argparse.Namespace:
+    """--quick (a reduced run for CI), --out (default analyses/results/NAME), --seed, and `flags` ({--flag: help},
+    store_true) of the script's own."""
     parser = argparse.ArgumentParser(prog=f"python analyses/{name}.py", description=doc.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and levels: a smoke run for CI")
     parser.add_argument("--out", type=Path, default=RESULTS / name, help=f"output folder (default {RESULTS / name})")
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and training (default 0)")
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.started = time.perf_counter()

@@ -1,23 +1,28 @@
-"""Does the trainability forecast (one forward and backward pass at the pruned weights) predict masked fine-tuning?
+"""Does the trainability forecast (one forward and backward pass at the pruned weights) predict masked fine-tuning,
+on architectures it was not calibrated on?
 
 Reproduces the finding behind collapsekit's data-aware tier, after Lee et al.
 ("A Signal Propagation Perspective for Pruning Neural Networks at
 Initialization", 2020): a kept path is not enough to train; how much signal
 and gradient the pruned weights still propagate decides it, and can be
-measured before any fine-tuning. Zoo models (LeNet-5, LeNet-300-100,
-ResNet-20, MobileNet-V1 x0.25) are trained densely on the bundled digits for a
-short and a longer time, pruned with Global MP at sparsities around each
-model's collapse and at a sweep of Minimum Thresholds, forecast
-(`Analysis.forecast`, `ck.suggest_mt(..., data=bundle)`), then fine-tuned
-with masks for 3 epochs (validate's defaults). Calibration runs (seed 0) set
-the thresholds in collapsekit/analysis/forecast.py; test runs (seed 1: other
-initialisations, other dense training lengths) are never used to set them.
-Only levels below the structural collapse count: above it structure decides.
+measured before any fine-tuning. Eight small architectures (plain MLPs with
+and without batch norm, a deep narrow MLP, a plain and a batch-norm VGG-style
+conv stack, a residual net with a narrow head, a depthwise-separable net and a
+one-block transformer; analyses/_nets.py) are trained densely on digits for a
+short and a normal time, and on synthetic image and sequence clusters; each is
+pruned with Global MP at sparsities approaching its collapse and at sweeps of
+Minimum Thresholds, measured (`collapsekit.validation.forecast`), and
+fine-tuned with masks for 3 epochs (validate's defaults). The forecast's
+logistic model is then fitted LEAVE-ONE-ARCHITECTURE-OUT: each architecture is
+scored by a model fitted on the others only, and so is the data-aware
+suggestion. The model shipped in collapsekit is the fit on every architecture.
+Only prunes below the structural collapse count: above it structure decides.
 
-Run: python analyses/trainability_forecast.py [--quick]
-Writes analyses/results/trainability_forecast/{table.csv,table.md,confusion.md,suggestion.md,figure.png,
-summary.json}; fine-tune outcomes and dense weights are cached there (finetunes.json, dense/), so a rerun
-after changing the rule only re-forecasts.
+Run: python analyses/trainability_forecast.py [--quick] [--refit]
+The runs (every prune's evidence and fine-tuned accuracy) are kept in analyses/forecast_runs.json (committed):
+a rerun only measures and fine-tunes what is missing, and `--refit` re-measures the evidence from the cached
+dense weights (analyses/results/trainability_forecast/dense/) without fine-tuning again. Writes
+analyses/results/trainability_forecast/{table.csv,table.md,loao.md,suggestion.csv,summary.json,figure.png}.
 """
 from __future__ import annotations
 
@@ -27,242 +32,355 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+import _nets  # noqa: E402
 
 EPOCHS, LR, BATCH = 3, 0.01, 64  # validate's fine-tuning defaults
 MARGIN = 0.1  # validate's: trained = accuracy > chance + margin
-WIDTH = {"mobilenet_v1": {"width_mult": 0.25}}
+RUNS_FILE = Path(__file__).resolve().parent / "forecast_runs.json"
 
-# (model, dense epochs): a short (under-trained) and a longer dense run per model.
-CALIBRATION = [("lenet5", 1), ("lenet5", 5), ("lenet_300_100", 1), ("lenet_300_100", 5),
-               ("mobilenet_v1", 2), ("mobilenet_v1", 6), ("resnet20", 1), ("resnet20", 3)]
-TEST = [("lenet5", 2), ("lenet5", 8), ("lenet_300_100", 2), ("lenet_300_100", 8),
-        ("mobilenet_v1", 3), ("mobilenet_v1", 8), ("resnet20", 1), ("resnet20", 2)]
-QUICK_CALIBRATION, QUICK_TEST = [("lenet5", 5)], [("lenet_300_100", 3)]
-SEEDS = {"calibration": 0, "test": 1}
+# (architecture, data, dense epochs): digits for a short and a normal time, synthetic clusters for variety.
+RUNS = [(a, "digits", e) for a in _nets.ARCHITECTURES for e in (3, 12)] + [
+    (a, "synthetic", 3) for a in ("mlp", "cnn", "vgg_bn", "resnet", "dwsep")] + [
+    (a, "synthetic_seq", 3) for a in ("transformer", "mlp", "mlp_bn")]
+QUICK_RUNS = [("mlp", "digits", 2), ("cnn", "digits", 2)]
+# Held out of every fit: zoo nets (their own families' dense training), scored by the model fitted on all RUNS.
+HELD_OUT = [("lenet5", "digits", 2), ("lenet5", "digits", 8), ("lenet_300_100", "digits", 2),
+            ("mobilenet_v1", "digits", 3), ("resnet20", "digits", 1)]
+ZOO_KWARGS = {"mobilenet_v1": {"width_mult": 0.25}}
 
 
 def level_grid(collapse: float, quick: bool) -> list[float]:
-    """Sparsities to validate: fixed ones, and ones approaching the collapse sparsity from below."""
-    fixed = (0.5, 0.9) if quick else (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
-    near = (4, 1.5) if quick else (8, 4, 2, 1.4, 1.1)
-    return sorted({s for s in fixed if s < collapse} | {round(1 - (1 - collapse) * f, 5) for f in near})
+    """Sparsities to validate: fixed ones and ones approaching the collapse sparsity from below (0.9.. if none)."""
+    if collapse >= 1.0:
+        return [0.95, 0.99] if quick else [0.9, 0.95, 0.98, 0.99, 0.995]
+    fixed = (0.5,) if quick else (0.5, 0.8, 0.9, 0.95)
+    near = (4, 1.4) if quick else (8, 4, 2, 1.4, 1.1)
+    near = {round(1 - (1 - collapse) * f, 5) for f in near}
+    return sorted({s for s in (*fixed, *near) if 0.3 <= s < collapse})
 
 
-class Outcomes:
-    """Fine-tune outcomes cached in OUT/finetunes.json, keyed by run, sparsity and MT (fine-tuning is deterministic)."""
+def sweep_levels(collapse: float, quick: bool) -> list[float]:
+    """Sparsities of the MT sweeps: where MT matters, just below the collapse."""
+    if collapse >= 1.0:
+        return [0.99] if quick else [0.99, 0.995]
+    return [s for s in (round(1 - (1 - collapse) * f, 5) for f in ((1.5,) if quick else (3.0, 1.3))) if s >= 0.3]
 
-    def __init__(self, out: Path):
-        self.path = out / "finetunes.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def get(self, key: str, model, an, k: int, bundle) -> dict:
-        if key not in self.data:
+class Runs:
+    """Every measured prune, kept in RUNS_FILE keyed by run, sparsity and MT (fine-tuning is deterministic)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def save(self) -> None:
+        from collapsekit.files.atomic import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(self.data, indent=0, sort_keys=True) + "\n")
+
+    def outcome(self, key: str, model, masks, bundle) -> dict:
+        """{"accuracy", "accuracy_before"} of 3 masked fine-tuning epochs, fine-tuned on the first ask."""
+        entry = self.data.setdefault(key, {})
+        if "accuracy" not in entry:
             import collapsekit as ck
-
             from collapsekit.pruning.prune import apply_masks
 
             net = copy.deepcopy(model)
-            masks = an.masks(k=k)
             apply_masks(net, masks)
             run = ck.finetune(net, masks, bundle, EPOCHS, LR, BATCH, device="cpu", seed=0, progress=False)
-            self.data[key] = {"accuracy": run.accuracy, "accuracy_before": run.accuracy_before}
-            from collapsekit.files.atomic import atomic_write_text
-
-            atomic_write_text(self.path, json.dumps(self.data, indent=1))
-        return self.data[key]
+            entry.update(accuracy=run.accuracy, accuracy_before=run.accuracy_before)
+            self.save()
+        return entry
 
 
-def dense_model(name: str, epochs: int, seed: int, bundle, out: Path):
-    """(model, accuracy): trained once, then read from OUT/dense/ (safetensors)."""
-    import collapsekit as ck
+def load_data(name: str):
+    from collapsekit import data
+
+    return data.load(name)
+
+
+def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
+    """(model, test accuracy): trained once (seed 0), then read from OUT/dense/ (safetensors)."""
     from safetensors.torch import load_file, save_file
-    from collapsekit.training.train import evaluate
 
-    path = out / "dense" / f"{name}_e{epochs}_s{seed}.safetensors"
+    from collapsekit.training.train import evaluate, fit, seed_everything
+
+    import collapsekit as ck
+
+    image = bundle.train.tensors[0].ndim == 4
+    path = out / "dense" / f"{arch}_{data}_e{epochs}.safetensors"
+    seed_everything(0)
+    if arch not in _nets.ARCHITECTURES:  # a zoo net, trained with its family's defaults
+        model = ck.models.create(arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                                 input_size=bundle.input_size, **ZOO_KWARGS.get(arch, {}))
+        if path.exists():
+            model.load_state_dict(load_file(str(path)))
+            return model.eval(), evaluate(model, bundle.test)
+        model, acc = _common.train_on_digits(arch, bundle, epochs, 0, **ZOO_KWARGS.get(arch, {}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        return model, acc
+    model = _nets.create(arch, bundle, image)
     if path.exists():
-        model = ck.models.create(name, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                                 input_size=bundle.input_size, **WIDTH.get(name, {}))
         model.load_state_dict(load_file(str(path)))
         return model.eval(), evaluate(model, bundle.test)
-    model, acc = _common.train_on_digits(name, bundle, epochs, seed, **WIDTH.get(name, {}))
+    _, _, optimizer, lr = _nets.ARCHITECTURES[arch]
+    result = fit(model, bundle, epochs=epochs, lr=lr, batch_size=64, device="cpu", seed=0, optimizer=optimizer,
+                 weight_decay=0.0, progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return model, acc
+    return model.eval(), result.accuracy
 
 
-def run(name: str, epochs: int, split: str, bundle, outcomes: Outcomes, quick: bool, out: Path) -> tuple[list, list]:
-    """(rows, suggestion rows) for one dense model: every level and MT point, forecast beside outcome."""
+def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Path, refit: bool,
+            split: str = "calibration") -> list[dict]:
+    """Rows for one dense model: every level and MT-sweep point, evidence beside outcome."""
     import collapsekit as ck
+    from collapsekit.validation import trainable
 
-    seed = SEEDS[split]
-    model, dense = dense_model(name, epochs, seed, bundle, out)
-    an = ck.Analysis(model, bundle.example_input(), name=name)
+    bundle = load_data(data)
+    model, dense = dense_model(arch, data, epochs, bundle, out)
+    an = ck.Analysis(model, bundle.example_input(), name=arch)
     collapse = an.collapse_sparsity()
-    chance = 1.0 / bundle.num_classes
-    tag = f"{name}|e{epochs}|s{seed}"
-    base = dict(split=split, model=name, dense_epochs=epochs, seed=seed, dense_accuracy=dense,
-                collapse_sparsity=collapse)
+    tag = f"{arch}|{data}|e{epochs}"
+    base = dict(split=split, arch=arch, data=data, dense_epochs=epochs, dense_accuracy=dense, collapse_sparsity=collapse,
+                chance=1.0 / bundle.num_classes)
+    rows = []
 
-    def point(kind: str, s: float, mt: int) -> dict:
+    def point(kind: str, s: float, mt: int, floor: int = 0) -> dict:
         a = an.with_mt(mt)
         k = a.count(s)
-        collapsed = a.collapsed_at(k)
-        started = time.perf_counter()
-        f = a.forecast(bundle, k, collapsed)
-        seconds = time.perf_counter() - started
-        o = outcomes.get(f"{tag}|{s:.6g}|{mt}", model, a, k, bundle)
-        ev = f.evidence
-        kept = "-".join(str(int(m.sum())) for m in a.masks(k=k).values())  # MTs that change nothing share it
-        return {**base, "kind": kind, "sparsity": s, "mt": mt, "collapsed": collapsed, "prune": kept,
-                "forecast_trainable": f.trainable, "trained": o["accuracy"] > chance + MARGIN,
-                "accuracy": o["accuracy"], "accuracy_before": o["accuracy_before"],
-                **{key: ev.get(key, 0.0) for key in EVIDENCE}, "forecast_seconds": seconds, "reason": f.reason}
+        masks = a.masks(k=k)
+        key = f"{tag}|{s:.6g}|{mt}"
+        entry = runs.outcome(key, model, masks, bundle)
+        if "collapsed" not in entry or "evidence" not in entry or refit:
+            collapsed = a.collapsed_at(k)
+            started = time.perf_counter()
+            f = trainable.forecast(a, bundle, k, collapsed, probe=True)
+            entry.update(collapsed=collapsed, evidence=dict(f.evidence), forecast_seconds=time.perf_counter() - started,
+                         prune="-".join(str(int(m.sum())) for m in masks.values()))
+            runs.save()
+        return {**base, "key": key, "kind": kind, "sparsity": s, "mt": mt, "floor": floor, **entry}
 
-    rows = [point("level", s, 0) for s in level_grid(collapse, quick)]
-    for r in rows:
-        print(f"  {tag} s={r['sparsity']:.5g}: forecast {r['forecast_trainable']}, acc {r['accuracy']:.3f} "
-              f"(signal {r['signal']:.3g}, class {r['class_signal']:.3g}; {r['reason']})", flush=True)
-    sugs = [sweep_mt(an, round(1 - (1 - collapse) * f, 5), point, tag, quick, bundle)
-            for f in ((1.5,) if quick else (2.0, 1.1))]  # MT matters most below collapse
-    for sug, sweep in sugs:
-        rows += sweep
-    return rows, [sug for sug, _ in sugs]
-
-
-def sweep_mt(an, s_mt: float, point, tag: str, quick: bool, bundle) -> tuple[dict, list]:
-    """(suggestion row, MT point rows): suggest_mt with data at `s_mt`, then mt-search's sweep plus every
-    candidate the suggestion forecast, each fine-tuned."""
-    import collapsekit as ck
-    from collapsekit.validation.mtsearch import default_mts
-
-    suggestion = ck.suggest_mt(an, sparsity=s_mt, data=bundle)
-    mts = sorted({0, suggestion.floor, suggestion.mt} if quick else
-                 {*default_mts(suggestion), *(f["mt"] for f in suggestion.forecasts)})
-    sweep = [point("mt", s_mt, mt) for mt in mts]
-    best = max(sweep, key=lambda r: (r["accuracy"], -r["mt"]))  # over every MT tried (the stricter bar)
-    default = set(default_mts(suggestion))  # what `collapsekit mt-search` sweeps by default
-    search_best = max((r for r in sweep if r["mt"] in default), key=lambda r: (r["accuracy"], -r["mt"]))
-    picked = next(r for r in sweep if r["mt"] == suggestion.mt)
-    floor = next((r for r in sweep if r["mt"] == suggestion.floor), None)
-    print(f"  {tag} MT sweep at {s_mt:g}: suggested {suggestion.mt} (acc {picked['accuracy']:.3f}), floor "
-          f"{suggestion.floor}, best {best['mt']} (acc {best['accuracy']:.3f}); {suggestion.seconds:.2f} s",
-          flush=True)
-    first = sweep[0]
-    sug = {"split": first["split"], "model": first["model"], "dense_epochs": first["dense_epochs"],
-           "seed": first["seed"], "sparsity": s_mt,
-           "floor_mt": suggestion.floor, "floor_accuracy": None if floor is None else floor["accuracy"],
-           "suggested_mt": suggestion.mt, "suggested_accuracy": picked["accuracy"], "best_mt": best["mt"],
-           "best_accuracy": best["accuracy"], "ratio": picked["accuracy"] / best["accuracy"],
-           "within_90": picked["accuracy"] >= 0.9 * best["accuracy"],
-           "mt_search_best_mt": search_best["mt"], "mt_search_best_accuracy": search_best["accuracy"],
-           "within_90_of_mt_search": picked["accuracy"] >= 0.9 * search_best["accuracy"],
-           "suggest_seconds": suggestion.seconds,
-           "candidates": json.dumps(list(suggestion.forecasts))}
-    return sug, sweep
-
-
-EVIDENCE = ("signal", "signal_eval", "class_signal", "ncm_accuracy", "accuracy_pruned", "gradient_norm",
-            "gradient_min", "gradient_reach", "gradient_relative_min", "gradient_relative_median", "batch_norm")
+    for s in level_grid(collapse, quick):
+        rows.append(point("level", s, 0))
+    for s in sweep_levels(collapse, quick):
+        structural = ck.suggest_mt(an, sparsity=s)
+        for mt in trainable.sweep_mts(an, structural):
+            rows.append(point(f"mt@{s:.6g}", s, mt, structural.mt))
+    print(f"  {tag}: dense {dense:.3f}, collapse {collapse:.4f}, {len(rows)} prunes", flush=True)
+    return rows
 
 
 def distinct(rows: list[dict]) -> list[dict]:
-    """Rows not decided by structure (below collapse), one per distinct prune: a level and an MT point with
-    the same kept counts per layer (MT 0, or an MT smaller than every layer keeps anyway) count once."""
+    """Rows not decided by structure (below collapse), one per distinct prune (same kept counts count once)."""
     seen, out = set(), []
     for r in rows:
-        key = (r["split"], r["model"], r["dense_epochs"], r["sparsity"], r["prune"])
+        key = (r["arch"], r["data"], r["dense_epochs"], r["sparsity"], r["prune"])
         if not r["collapsed"] and key not in seen:
             seen.add(key)
             out.append(r)
     return out
 
 
-def confusion(rows: list[dict]) -> dict:
-    """Forecast vs outcome counts over the distinct prunes not decided by structure."""
+def trained(r: dict) -> bool:
+    return r["accuracy"] > r["chance"] + MARGIN
+
+
+class Rule:
+    """The one-pass model and the probe's model, applied as the Forecaster does: the probe decides in its band."""
+
+    def __init__(self, one, probe):
+        self.one, self.probe = one, probe
+
+    @classmethod
+    def fitted(cls, rows: list[dict]) -> "Rule":
+        from collapsekit.validation import forecast
+
+        one = forecast.fit([r["evidence"] for r in rows], [trained(r) for r in rows])
+        probe = forecast.fit([cls.probe_evidence(one, r["evidence"]) for r in rows], [trained(r) for r in rows],
+                             forecast.PROBE_FEATURES)
+        return cls(one, probe)
+
+    def probability(self, evidence: dict, probe: bool = True) -> float:
+        from collapsekit.validation import forecast
+
+        if not evidence:  # structurally collapsed
+            return 0.0
+        p = self.one.probability(evidence)
+        lo, hi = forecast.PROBE_BAND
+        if probe and lo <= p <= hi:
+            p = self.probe.probability(self.probe_evidence(self.one, evidence))
+        return p
+
+    @staticmethod
+    def probe_evidence(one, evidence: dict) -> dict:
+        """`evidence` with the probe model's inputs under the one-pass model `one` (as the Forecaster adds them)."""
+        after = {k: evidence.get(f"after_{k}", 0.0) for k in one.features}
+        return {**evidence, "logit": one.logit(evidence), "logit_after": one.logit(after)}
+
+
+def loao(rows: list[dict]) -> dict:
+    """Leave-one-architecture-out: per architecture, agreement of the rule fitted on every other one (one pass
+    alone, and with the probe where the one pass is unsure)."""
+    from collapsekit.validation import forecast
+
     alive = distinct(rows)
-    c = {f"forecast_{f}_trained_{t}": sum(r["forecast_trainable"] == f and r["trained"] == t for r in alive)
-         for f in (True, False) for t in (True, False)}
-    agree = sum(r["forecast_trainable"] == r["trained"] for r in alive)
-    return {**c, "counted": len(alive), "agreement": agree / len(alive) if alive else 1.0}
+    per, rules = {}, {}
+    for arch in sorted({r["arch"] for r in alive}):
+        rule = rules[arch] = Rule.fitted([r for r in alive if r["arch"] != arch])
+        test = [r for r in alive if r["arch"] == arch]
+        one = [(rule.probability(r["evidence"], probe=False) >= 0.5) == trained(r) for r in test]
+        both = [(rule.probability(r["evidence"]) >= 0.5) == trained(r) for r in test]
+        lo, hi = forecast.PROBE_BAND
+        probed = sum(lo <= rule.one.probability(r["evidence"]) <= hi for r in test)
+        per[arch] = {"counted": len(test), "agree_one_pass": sum(one), "agree": sum(both), "probed": probed}
+    total = sum(c["counted"] for c in per.values())
+    return {"per_architecture": per, "counted": total, "rules": rules,
+            "agreement_one_pass": sum(c["agree_one_pass"] for c in per.values()) / max(1, total),
+            "agreement": sum(c["agree"] for c in per.values()) / max(1, total),
+            "probed": sum(c["probed"] for c in per.values())}
+
+
+def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) -> list[dict]:
+    """Per MT sweep: the data-aware suggestion (by the rule fitted without the sweep's architecture, from `rules`,
+    else `rule`) against the best MT fine-tuned."""
+    from collapsekit.validation import trainable
+
+    sweeps = {}
+    for r in rows:
+        if r["kind"].startswith("mt@"):
+            sweeps.setdefault((r["arch"], r["data"], r["dense_epochs"], r["sparsity"]), []).append(r)
+    out = []
+    for (arch, data, epochs, s), pts in sweeps.items():
+        judge = rule if rules is None else rules[arch]
+        floor = pts[0]["floor"]  # the structural floor: MT 0 below it is the collapse baseline, not a candidate
+        cands = []
+        for r in sorted(pts, key=lambda r: r["mt"]):
+            if r["mt"] >= floor:
+                p = judge.probability(r["evidence"])
+                cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5})
+        pick = trainable.choose(cands)
+        by_mt = {r["mt"]: r for r in pts}
+        best = max(pts, key=lambda r: (r["accuracy"], -r["mt"]))
+        acc = by_mt[pick["mt"]]["accuracy"]
+        out.append({"arch": arch, "data": data, "dense_epochs": epochs, "sparsity": s, "floor_mt": floor,
+                    "suggested_mt": pick["mt"],
+                    "suggested_probability": pick["probability"], "suggested_accuracy": acc, "best_mt": best["mt"],
+                    "best_accuracy": best["accuracy"], "some_mt_trains": trained(best),
+                    "within_90": acc >= 0.9 * best["accuracy"]})
+    return out
 
 
 def main(argv=None) -> int:
-    args = _common.parse_args("trainability_forecast", __doc__, argv)
+    args = _common.parse_args("trainability_forecast", __doc__, argv, {
+        "--refit": "measure the evidence again from the cached dense weights (no fine-tuning)"})
     import torch
 
     torch.set_num_threads(1)
-    from collapsekit import data
-
-    bundle = data.load("digits")
-    outcomes = Outcomes(args.out)
-    plan = {"calibration": QUICK_CALIBRATION if args.quick else CALIBRATION,
-            "test": QUICK_TEST if args.quick else TEST}
-    rows, suggestions = [], []
-    for split, runs in plan.items():
-        for name, epochs in runs:
-            r, s = run(name, epochs, split, bundle, outcomes, args.quick, args.out)
-            rows += r
-            suggestions += s
-    _common.write_table(rows, args.out)
-    _common.write_table(suggestions, args.out, stem="suggestion")
-    per_split = {split: confusion([r for r in rows if r["split"] == split]) for split in plan}
-    suggest = {split: sum(s["within_90"] for s in suggestions if s["split"] == split)
-               / max(1, sum(s["split"] == split for s in suggestions)) for split in plan}
-    suggest_search = {split: sum(s["within_90_of_mt_search"] for s in suggestions if s["split"] == split)
-                      / max(1, sum(s["split"] == split for s in suggestions)) for split in plan}
-    lines = ["| split | counted | forecast yes, trained | forecast yes, not trained | forecast no, trained | "
-             "forecast no, not trained | agreement | suggestion within 90 % of the best MT tried | "
-             "... of mt-search's default sweep |", "|" + "---|" * 9]
-    for split, c in per_split.items():
-        lines.append(f"| {split} | {c['counted']} | {c['forecast_True_trained_True']} | "
-                     f"{c['forecast_True_trained_False']} | {c['forecast_False_trained_True']} | "
-                     f"{c['forecast_False_trained_False']} | {c['agreement']:.1%} | {suggest[split]:.0%} | "
-                     f"{suggest_search[split]:.0%} |")
-    (args.out / "confusion.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    _common.save_figure(figure(rows), args.out)
-    _common.write_summary(args.out, {"confusion": per_split, "suggestion_within_90": suggest,
-                                     "suggestion_within_90_of_mt_search": suggest_search,
-                                     "suggestions": suggestions, "finetune": {"epochs": EPOCHS, "lr": LR,
-                                                                               "batch_size": BATCH,
-                                                                               "margin": MARGIN}}, args)
-    _common.done(args.out, args)
+    runs = Runs(args.out / "forecast_runs.json" if args.quick else RUNS_FILE)
+    rows = []
+    for arch, data, epochs in (QUICK_RUNS if args.quick else RUNS):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit)
+    for arch, data, epochs in (() if args.quick else HELD_OUT):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out")
+    report(rows, args)
     return 0
 
 
-def figure(rows: list[dict]):
-    """The rule's two measurements, one point per distinct prune below collapse, by outcome; thresholds drawn."""
-    from collapsekit.analysis import forecast
+def report(rows: list[dict], args) -> dict:
+    """Tables, LOAO agreement, suggestion hit rates, the rule fitted on everything, and the summary; held-out
+    rows are scored by the rule fitted on every calibration architecture and never fitted on."""
+    held_out = [r for r in rows if r["split"] == "held-out"]
+    rows = [r for r in rows if r["split"] == "calibration"]
+    held = loao(rows)
+    alive = distinct(rows)
+    everything = Rule.fitted(alive)
+    unseen = distinct(held_out)
+    unseen_per = {}
+    for r in unseen:
+        c = unseen_per.setdefault(f"{r['arch']} ({r['dense_epochs']} epochs)", {"agree": 0, "counted": 0})
+        c["agree"] += (everything.probability(r["evidence"]) >= 0.5) == trained(r)
+        c["counted"] += 1
+    in_sample = sum((everything.probability(r["evidence"]) >= 0.5) == trained(r) for r in alive) / max(1, len(alive))
+    table = [{k: v for k, v in r.items() if k != "evidence"} | {
+        "trained": trained(r), "probability_loao": held["rules"][r["arch"]].probability(r["evidence"])
+        if r["arch"] in held["rules"] else 0.0, "probability": everything.probability(r["evidence"]),
+        **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
+        for r in rows]
+    table += [{k: v for k, v in r.items() if k != "evidence"} | {
+        "trained": trained(r), "probability_loao": everything.probability(r["evidence"]),
+        "probability": everything.probability(r["evidence"]),
+        **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
+        for r in held_out]
+    _common.write_table(table, args.out)
+    sug_loao, sug_in = suggestions(rows, held["rules"]), suggestions(rows, None, everything)
+    sug_unseen = suggestions(held_out, None, everything)
+    if sug_unseen:
+        _common.write_table(sug_unseen, args.out, stem="suggestion_held_out")
+    _common.write_table(sug_loao, args.out, stem="suggestion")
+
+    def hit(sugs):
+        live = [s for s in sugs if s["some_mt_trains"]]
+        return {"hits": sum(s["within_90"] for s in live), "sweeps": len(live), "all_sweeps": len(sugs)}
+
+    lines = ["| architecture | prunes counted | one pass (LOAO) | with the probe (LOAO) | probed |",
+             "|---|---|---|---|---|"]
+    for arch, c in held["per_architecture"].items():
+        lines.append(f"| {arch} | {c['counted']} | {c['agree_one_pass']}/{c['counted']} | {c['agree']}/{c['counted']} "
+                     f"| {c['probed']} |")
+    lines.append(f"| **all** | {held['counted']} | {held['agreement_one_pass']:.1%} | **{held['agreement']:.1%}** | "
+                 f"{held['probed']} |")
+    (args.out / "loao.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    summary = {"loao_agreement": held["agreement"], "loao_agreement_one_pass": held["agreement_one_pass"],
+               "in_sample_agreement": in_sample, "counted": len(alive), "per_architecture": held["per_architecture"],
+               "suggestion_loao": hit(sug_loao), "suggestion_in_sample": hit(sug_in), "probe": probe_cost(rows),
+               "held_out": {"agreement": sum(c["agree"] for c in unseen_per.values()) / max(1, len(unseen)),
+                            "counted": len(unseen), "per_run": unseen_per, "suggestion": hit(sug_unseen)},
+               "model": everything.one.to_dict(), "probe_model": everything.probe.to_dict(),
+               "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS)],
+               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT],
+               "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN}}
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs")}, indent=1))
+    for s in sug_unseen:
+        print(f"  held out {s['arch']} ({s['dense_epochs']}) at {s['sparsity']}: suggested {s['suggested_mt']} "
+              f"({s['suggested_accuracy']:.3f}), best {s['best_mt']} ({s['best_accuracy']:.3f})")
+    _common.save_figure(figure(table), args.out)
+    _common.write_summary(args.out, summary, args)
+    _common.done(args.out, args)
+    return summary
+
+
+def figure(table: list[dict]):
+    """Fine-tuned accuracy against the LOAO probability, one point per distinct prune below collapse."""
     from collapsekit.views import plots
 
-    fig = plots.new_figure(9.0, 4.2)
+    fig = plots.new_figure(6.5, 4.2)
     with plots.style():
-        axes = fig.subplots(1, 2, sharey=True)
-    floor = 1e-6  # zeros drawn at the bottom of the log axes
-    for ax, regime in zip(axes, ("plain", "batch_norm")):
-        alive = [r for r in distinct(rows) if bool(r["batch_norm"]) == (regime == "batch_norm")]
-        for trained, colour, label in ((True, plots.BYPASSABLE, "trained above chance"),
-                                       (False, plots.COLLAPSED, "stayed at chance")):
-            pts = [r for r in alive if r["trained"] == trained]
-            xy = [(max(r["signal"], floor), max(r["gradient_relative_min"], floor)) for r in pts]
-            ax.scatter(*zip(*xy), s=16, color=colour, label=label, alpha=0.8) if xy else None
-            wrong = [p for p, r in zip(xy, pts) if r["forecast_trainable"] != trained]
-            if wrong:
-                ax.scatter(*zip(*wrong), s=60, facecolors="none", edgecolors="black", lw=0.8)
-        least = forecast.THRESHOLDS[regime]
-        ax.axvline(least["signal"], color="black", lw=0.8, ls="--")
-        ax.axhline(least["gradient_relative_min"], color="black", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("signal (logit spread / dense)")
-        ax.set_title(f"{regime.replace('_', ' ')}: forecast trainable up and right of the dashes", fontsize=9)
-    axes[0].set_ylabel("weakest bottleneck gradient / dense")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Forecast vs 3-epoch masked fine-tune (circled: forecast wrong; accurate-after-pruning "
-                 "prunes are trainable anywhere)", fontsize=9)
+        ax = fig.subplots()
+    for ok, colour, label in ((True, plots.BYPASSABLE, "trained above chance"),
+                              (False, plots.COLLAPSED, "stayed at chance")):
+        pts = [(r["probability_loao"], r["accuracy"]) for r in distinct(table)
+               if r["trained"] == ok and r["split"] == "calibration"]
+        if pts:
+            ax.scatter(*zip(*pts), s=12, color=colour, label=label, alpha=0.7)
+    ax.axvline(0.5, color="black", lw=0.8, ls="--")
+    ax.set_xlabel("forecast probability (rule fitted without the architecture)")
+    ax.set_ylabel("accuracy after 3 epochs of masked fine-tuning")
+    ax.legend(fontsize=7, loc="upper left")
     return fig
+
+
+def probe_cost(rows: list[dict]) -> dict:
+    """How often the probe ran, and its cost as a fraction of one fine-tune epoch (evidence `probe_epochs`)."""
+    ran = [r["evidence"] for r in distinct(rows) if r["evidence"].get("probe_epochs", 0) > 0]
+    return {"ran": len(ran), "epochs_max": max((e["probe_epochs"] for e in ran), default=0.0),
+            "epochs_mean": float(np.mean([e["probe_epochs"] for e in ran])) if ran else 0.0}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from collapsekit import models
 
 # The stages' entry points (each stage lives in its own subpackage, see docs/design.md's data flow).
 from collapsekit.pruning.prune import prune  # noqa: E402
-from collapsekit.analysis.suggest import suggest_mt  # noqa: E402
+from collapsekit.validation.trainable import suggest_mt  # noqa: E402  (structural, or with data the forecast's)
 from collapsekit.pruning.compact import compact  # noqa: E402
 from collapsekit.training.finetune import finetune  # noqa: E402
 from collapsekit.validation.validate import validate  # noqa: E402
@@ -14,7 +14,7 @@ from collapsekit.version import __version__  # noqa: E402
 # Heavier entry points are imported lazily so `import collapsekit` stays cheap
 # and a stage that fails to import never hides the others.
 _LAZY = {
-    "analyze": ("collapsekit.analysis.analysis", "analyze"),
+    "analyze": ("collapsekit.validation.trainable", "analyze"),  # with data= it adds the forecast
     "Analysis": ("collapsekit.analysis.analysis", "Analysis"),
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
     "masks": ("collapsekit.pruning.masks", None),

@@ -1,14 +1,15 @@
 """Trainability forecast: measurements at the pruned weights on a data batch, and the rule that reads them."""
 import copy
-import json
+import math
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import collapsekit as ck
-from collapsekit.analysis import forecast
-from collapsekit.analysis.forecast import Forecaster, class_signal, decide, ncm_accuracy
+from collapsekit.validation import forecast
+from collapsekit.validation.forecast import Forecaster, LogisticModel, class_signal, fit, target_entropy
 from collapsekit.errors import CollapsekitError
 
 
@@ -16,6 +17,15 @@ def mlp(bias: bool = False) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32, bias=bias), nn.ReLU(), nn.Linear(32, 32, bias=bias),
                          nn.ReLU(), nn.Linear(32, 10, bias=bias))
+
+
+def trained_mlp(bundle) -> nn.Module:
+    """mlp() fitted a few epochs on `bundle`: a dense net with a loss gain over the uninformed predictor."""
+    from collapsekit.training.train import fit as train
+
+    model = mlp()
+    train(model, bundle, epochs=3, lr=0.05, batch_size=64, device="cpu", seed=0, progress=False)
+    return model.eval()
 
 
 def full(model) -> dict:
@@ -27,22 +37,47 @@ def synthetic():
     return ck.data.load("synthetic")
 
 
-def test_signal_is_the_logit_spread_relative_to_dense(synthetic):
-    """Without biases a ReLU net is positively homogeneous: shrinking one layer by c shrinks the logits by c."""
-    model = mlp()
+def test_measurements_are_relative_to_dense_and_per_layer(synthetic):
+    """Without biases a ReLU net is positively homogeneous: shrinking one layer by c shrinks the outputs by c, and
+    the depth-free measurement spreads that over the layers every path crosses."""
+    model = trained_mlp(synthetic)
     fc = Forecaster.from_bundle(model, synthetic)
     dense = fc.measure(full(model))
-    assert dense["signal"] == pytest.approx(1.0) and dense["signal_eval"] == pytest.approx(1.0)
-    assert dense["gradient_reach"] == 1.0 and dense["gradient_min"] > 0
-    assert dense["gradient_relative_min"] == pytest.approx(1.0)  # every layer gets what the dense one gets
+    assert dense["signal"] == pytest.approx(1.0) and dense["signal_per_layer"] == pytest.approx(0.0, abs=1e-6)
+    assert dense["loss_kept"] == pytest.approx(1.0) and dense["class_signal_kept"] == pytest.approx(1.0)
+    assert dense["gradient_log_median"] == pytest.approx(0.0, abs=1e-5) and dense["gradient_reach"] == 1.0
     faint = copy.deepcopy(model)
     with torch.no_grad():
         faint[3].weight.mul_(1e-4)
-    # Measured against the original's spread, as a pruned level of the original is.
+    # Measured against the original's, as a pruned level of the original is.
     ev = forecast.measure(faint, full(faint), fc.x, fc.y, fc.dense)
-    assert ev["signal"] == pytest.approx(1e-4, rel=1e-3) and ev["batch_norm"] == 0.0
-    trainable, reason = decide(ev, chance=0.1)
-    assert not trainable and "signal" in reason
+    assert ev["signal"] == pytest.approx(1e-4, rel=1e-3) and ev["batch_norm"] == 0.0 and ev["depth"] == 3
+    assert ev["signal_per_layer"] == pytest.approx(math.log(1e-4) / 3, rel=1e-3)
+    assert ev["loss_kept"] < 0.01  # the outputs are ~0: the uninformed predictor's loss
+    assert forecast.MODEL.probability(ev) < 0.5 < forecast.MODEL.probability(dense)
+
+
+def test_per_layer_signal_does_not_shrink_with_depth(synthetic):
+    """The same attenuation per layer reads the same at depth 2 and depth 6; the raw spread ratio does not."""
+    def stack(depth):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32, bias=False), nn.ReLU(),
+                             *[m for _ in range(depth - 2) for m in (nn.Linear(32, 32, bias=False), nn.ReLU())],
+                             nn.Linear(32, 10, bias=False))
+
+    read = {}
+    for depth in (2, 6):
+        model = stack(depth)
+        fc = Forecaster.from_bundle(model, synthetic)
+        faint = copy.deepcopy(model)
+        with torch.no_grad():
+            for m in faint.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.mul_(0.5)
+        read[depth] = forecast.measure(faint, full(faint), fc.x, fc.y, fc.dense)
+    assert read[2]["signal_per_layer"] == pytest.approx(math.log(0.5), rel=1e-3)
+    assert read[6]["signal_per_layer"] == pytest.approx(math.log(0.5), rel=1e-3)
+    assert read[6]["signal"] == pytest.approx(read[2]["signal"] ** 3, rel=1e-3)
 
 
 def test_masks_decide_and_the_model_is_untouched(synthetic):
@@ -70,50 +105,62 @@ def test_batch_norm_is_measured_on_batch_statistics():
             model(bundle.train.tensors[0][:256])
     model.eval()
     fc = Forecaster.from_bundle(model, bundle)
-    dense = fc.measure(full(model))
     with torch.no_grad():
         model[1].weight.mul_(1e-2)  # the pruned net: the layer before BN keeps only faint weights
     ev = forecast.measure(model, full(model), fc.x, fc.y, fc.dense)
-    assert ev["signal_eval"] < 0.05  # eval mode: the dense statistics see a vanished signal
-    assert ev["signal"] > 0.3 and ev["batch_norm"] == 1.0  # batch statistics restore it
-    assert ev["class_signal"] == pytest.approx(dense["class_signal"], rel=0.1)  # the class information is kept
-    assert decide(ev, 0.1)[0]
+    assert ev["signal"] > 0.3 and ev["batch_norm"] == 1.0  # batch statistics restore the faint signal
+    assert ev["class_signal_kept"] == pytest.approx(1.0, rel=0.1)  # the class information is kept
+    assert forecast.MODEL.probability(ev) >= 0.5
     # And fine-tuning (train-mode BN) does train it, as the batch-statistics forecast says.
     masks = full(model)
     run = ck.finetune(model, masks, bundle, 2, 0.01, 64, device="cpu", progress=False)
     assert run.accuracy > 0.5
 
 
-def test_class_signal_and_ncm_read_class_information_whatever_the_scale():
+def test_class_signal_reads_class_information_whatever_the_scale():
     torch.manual_seed(0)
     y = torch.arange(200) % 10
-    separated = torch.eye(10)[y] * 1e-6
-    assert class_signal(separated, y) == pytest.approx(1.0)
-    assert ncm_accuracy(separated, y) == 1.0
-    assert ncm_accuracy(torch.eye(10)[y] * 1e-3 + 10.0, y) == 1.0  # a faint signal on a large constant is read
-    noise = torch.randn(200, 10)
-    assert class_signal(noise, y) < 0.1
+    assert class_signal(torch.eye(10)[y] * 1e-6, y) == pytest.approx(1.0)
+    assert class_signal(torch.randn(200, 10), y) < 0.1
     assert class_signal(torch.ones(200, 10), y) == 0.0
 
 
-PLAIN, BN = forecast.THRESHOLDS["plain"], forecast.THRESHOLDS["batch_norm"]
+def test_losses_do_not_assume_a_classifier():
+    """Per-token scores [N, T, V] against targets [N, T] (a language model) read as N*T examples."""
+    torch.manual_seed(0)
+    y = torch.randint(0, 7, (4, 5))
+    out = torch.randn(4, 5, 7)
+    assert float(forecast.loss_of(out, y)) == pytest.approx(float(F.cross_entropy(out.reshape(20, 7), y.reshape(20))))
+    assert target_entropy(torch.tensor([0, 1, 2, 3])) == pytest.approx(math.log(4))
+    assert target_entropy(torch.zeros(5, dtype=torch.long)) == 0.0
+    assert class_signal(torch.eye(7)[y] * 3.0, y) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("evidence, trainable, why", [
-    (dict(accuracy_pruned=0.5, signal=0.0, gradient_relative_min=0.0, gradient_reach=0.0), True, "accurate"),
-    (dict(signal=PLAIN["signal"] / 2), False, "signal"),
-    (dict(gradient_relative_min=PLAIN["gradient_relative_min"] / 2), False, "gradient_relative_min"),
-    (dict(gradient_reach=0.5), False, "gradient reaches 50%"),
-    (dict(signal=PLAIN["signal"], gradient_relative_min=PLAIN["gradient_relative_min"]), True, "plain"),
-    # With batch norm the spread survives re-normalisation, so more of it is asked for; gradients are scale-free.
-    (dict(batch_norm=1.0, signal=BN["signal"] / 2), False, "signal"),
-    (dict(batch_norm=1.0, signal=BN["signal"], gradient_relative_min=BN["gradient_relative_min"]), True, "batch norm"),
-])
-def test_rule(evidence, trainable, why):
-    ev = {"accuracy_pruned": 0.1, "signal": 1.0, "gradient_relative_min": 1.0, "gradient_reach": 1.0,
-          "batch_norm": 0.0, **evidence}
-    got, reason = decide(ev, chance=0.1)
-    assert got is trainable and why in reason
+def test_fit_recovers_a_threshold_and_probability_decides():
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(400, generator=rng) * 2 - 1
+    labels = [bool(v > 0.2) for v in x]
+    model = fit([{"a": float(v), "b": 0.0} for v in x], labels, features=("a", "b"), l2=0.01)
+    assert model.features == ("a", "b") and model.weights[0] > 0
+    assert -model.bias / model.weights[0] == pytest.approx(0.2, abs=0.05)  # p = 0.5 at the threshold
+    assert model.probability({"a": 0.9}) > 0.9 and model.probability({"a": -0.5}) < 0.1
+    assert LogisticModel(("a",), (2.0,), -1.0).probability({"a": 0.5}) == pytest.approx(0.5)
+
+
+def test_unsure_forecasts_run_the_probe_and_say_so(synthetic, monkeypatch):
+    model = trained_mlp(synthetic)
+    fc = Forecaster.from_bundle(model, synthetic)
+    sure = fc(full(model))
+    assert sure.trainable and sure.probability >= 0.5 and "probe_steps" not in sure.evidence
+    probed = fc(full(model), probe=True)  # forced: the evidence records it, the sure probability stands
+    assert probed.probability == sure.probability and probed.evidence["probe_epochs"] > 0
+    monkeypatch.setattr(forecast, "PROBE_BAND", (0.0, 1.0))  # everything unsure: the probe's model decides
+    unsure = fc(full(model))
+    assert "probe_loss_kept" in unsure.evidence
+    assert unsure.reason.startswith(f"p={unsure.probability:.2f} with the probe")
+    assert unsure.probability == pytest.approx(forecast.PROBE_MODEL.probability(unsure.evidence))
+    assert unsure.trainable == (unsure.probability >= 0.5)
+    assert fc(full(model), probe=False).evidence.keys() == sure.evidence.keys()
 
 
 def test_empty_data_is_a_one_line_error(synthetic):
@@ -130,42 +177,3 @@ def test_a_model_without_one_logit_per_class_is_a_one_line_error(synthetic):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # 3 outputs, 10 classes
     with pytest.raises(CollapsekitError, match="one logit per class"):
         Forecaster.from_bundle(model, synthetic)
-
-
-def test_analyze_with_data_carries_forecasts(dense, digits):
-    x = digits.example_input()
-    report = ck.analyze(dense, x, sparsities=[0.5, 0.999], data=digits)
-    alive, dead = report.at(0.5), report.at(0.999)
-    assert alive.forecast.trainable and alive.forecast.evidence["accuracy_pruned"] > 0.5
-    assert dead.collapsed and not dead.forecast.trainable and dead.forecast.reason.startswith("collapsed")
-    doc = json.loads(json.dumps(report.to_dict()))
-    assert doc["levels"][0]["forecast"]["trainable"] is True
-    assert set(doc["levels"][0]["forecast"]["evidence"]) >= {"signal", "gradient_min", "accuracy_pruned"}
-    plain = ck.analyze(dense, x, sparsities=[0.5])
-    assert plain.at(0.5).forecast is None and plain.to_dict()["levels"][0]["forecast"] is None
-    from collapsekit.views.render import report_to_markdown as to_markdown, report_to_text as to_text
-
-    text = to_text(report)
-    assert "forecast" in text and "untrainable (collapsed: no kept path)" in text
-    assert "| forecast |" in to_markdown(report) and "forecast" not in to_text(plain).split("layer ")[0]
-
-
-def test_suggest_mt_with_data_keeps_the_floor(dense, digits):
-    from collapsekit.analysis.suggest import NEAR_TOP
-
-    x = digits.example_input()
-    an = ck.Analysis(dense, x)
-    s = 0.97
-    structural = ck.suggest_mt(an, sparsity=s)
-    aware = ck.suggest_mt(an, sparsity=s, data=digits)
-    assert structural.forecast_trainable is None and structural.forecasts == ()
-    assert aware.floor == structural.mt == structural.floor and aware.mt >= aware.floor
-    assert aware.seconds > 0 and len(aware.forecasts) >= 5
-    assert all(aware.floor <= f["mt"] <= aware.max_mt for f in aware.forecasts)
-    trainable = [f for f in aware.forecasts if f["trainable"]]
-    assert trainable and aware.forecast_trainable  # this LeNet trains at 0.97
-    best = max(f["quality"] for f in trainable)
-    assert aware.mt == min(f["mt"] for f in trainable if f["quality"] >= NEAR_TOP * best)
-    assert an.with_mt(aware.mt).forecast(digits, an.count(s)).trainable  # the same forecast, asked directly
-    doc = aware.to_dict()
-    assert doc["floor"] == structural.mt and doc["mt"] == aware.mt and doc["forecast_trainable"] is True

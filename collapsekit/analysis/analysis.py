@@ -34,7 +34,7 @@ from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
 from collapsekit.errors import CollapsekitError
 from collapsekit.spec import fraction
-from collapsekit.files.stream import Checkpoint, materialize
+from collapsekit.files.stream import Checkpoint
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).
@@ -67,9 +67,9 @@ class Analysis:
         self.timings = Timings()  # seconds per stage, shared by with_mt copies
         self.checkpoint = checkpoint
         self.zero_filled: list[str] = []  # streamed: meta buffers the checkpoint lacks, traced as zeros
-        self.model = model  # read (copied) by the data-aware forecast, never changed
+        self.model = model  # read (copied) by the data-aware forecast (validation/), never changed
         self.input_range = DEFAULT_RANGE  # what the value level assumes of inputs; with data, the data's min/max
-        self._forecasters: dict[int, object] = {}
+        self._forecasters: dict[int, object] = {}  # validation/trainable.py's Forecasters, by data set
         self.weights = find_prunable(model, include, exclude)
         traced_model = model
         with self.timings.stage("open checkpoint"):
@@ -217,32 +217,6 @@ class Analysis:
         other.input_range = data_range(bundle)
         return other
 
-    def forecaster(self, bundle):
-        """The trainability Forecaster on a batch of `bundle`'s training data (built once per data set)."""
-        from collapsekit.analysis.forecast import Forecaster
-
-        key = id(bundle)
-        if key not in self._forecasters:
-            # Streamed: the forecast runs the model, so it runs on the checkpoint's values (Invariant 9).
-            model = self.model if self.checkpoint is None else materialize(self.model, Checkpoint(self.checkpoint))
-            forecaster = Forecaster.from_bundle(model, bundle, bottlenecks=self.bottlenecks)
-            self._forecasters[key] = (bundle, forecaster)
-        return self._forecasters[key][1]
-
-    def forecast(self, bundle, k: int, collapsed: bool | None = None):
-        """forecast.Forecast for the masks that prune `k` weights: will masked fine-tuning train them?
-
-        A structurally collapsed level is a constant function: untrainable
-        without measuring (pass `collapsed` when the flow has already run).
-        """
-        from collapsekit.analysis.forecast import Forecast
-
-        if collapsed is None:
-            collapsed = self.collapsed_at(k)
-        if collapsed:
-            return Forecast(trainable=False, evidence={}, reason="collapsed: no kept path", batch=0)
-        return self.forecaster(bundle)(self.masks(k=k))
-
     def collapse_sparsity(self, known: list[tuple[int, bool]] = ()) -> float:
         """The smallest global sparsity (to the weight) whose Global MP masks collapse the network; 1.0 if none.
 
@@ -320,10 +294,9 @@ class Analysis:
                                  float(c), self.graph.rejoins_at[w.name], int(p))
                      for w, c, p in zip(self.weights, crit, protected))
 
-    def level_report(self, sparsity: float, data=None) -> LevelReport:
-        """What Global MP (+MT) at `sparsity` does, as the masks alone decide (plus the value-level verdict);
-        with `data` (a DataBundle) also the trainability forecast."""
-        return self._level_report(sparsity, data)[0]
+    def level_report(self, sparsity: float) -> LevelReport:
+        """What Global MP (+MT) at `sparsity` does, as the masks alone decide (plus the value-level verdict)."""
+        return self._level_report(sparsity)[0]
 
     def _known_unused(self, denser, pruned) -> dict[str, list[int]] | None:
         """The unused channels of masks pruning `pruned` per layer, known without a backward pass: a denser
@@ -339,7 +312,7 @@ class Analysis:
         floor = self._floors[key]
         return floor if denser[0].unused_channels == floor else None
 
-    def _level_report(self, sparsity: float, data=None, denser=None) -> tuple[LevelReport, tuple]:
+    def _level_report(self, sparsity: float, denser=None) -> tuple[LevelReport, tuple]:
         """level_report, and (its flow, pruned counts) to pass as `denser` to a sparser level (`_known_unused`)."""
         k = self.count(sparsity)
         masks = self.level(k)
@@ -364,7 +337,6 @@ class Analysis:
             effective_depth=0 if flow.collapsed else effective_depth(self.graph, set(emptied)),
             layer_sparsity={w.name: float(n) / w.numel for w, n in zip(self.weights, pruned)},
             value_collapsed=value_collapsed,
-            forecast=None if data is None else self.forecast(data, k, flow.collapsed),
             outputs_reached=0.0 if flow.collapsed else flow.output_alive,
             non_finite=bool(non_finite), non_finite_layers=non_finite), (flow, pruned)
 
@@ -429,8 +401,9 @@ class Analysis:
     def report(self, sparsities=None, progress: bool = False, name: str | None = None, data=None) -> CollapseReport:
         """The CollapseReport at `sparsities` (default: 21 levels, 0.5-0.999) under this analysis's MT.
 
-        With `data` (a DataBundle) each level carries its trainability forecast
-        and the value level assumes inputs within the data's min and max.
+        With `data` (a DataBundle) the value level assumes inputs within the data's
+        min and max; the trainability forecast runs the model on data, so
+        `collapsekit.validation.trainable.report` adds it (`ck.analyze(..., data=)`).
         """
         wanted = sparsity_levels(sparsities)
         an = self if data is None else self.with_data(data)
@@ -439,7 +412,7 @@ class Analysis:
         release_freed()
         levels, flow = [], None
         for s in _progress(wanted, "levels", progress):  # ascending: each level's masks nest in the last's
-            level, flow = an._level_report(s, data, flow)
+            level, flow = an._level_report(s, flow)
             levels.append(level)
             release_after(self.index.total)  # one level's masks are gone: their heap pages too
         with self.timings.stage("boundary search"):
@@ -447,8 +420,7 @@ class Analysis:
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
             levels = [lv if lv.collapsed or lv.sparsity < collapse
                       else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0,
-                                   effective_depth=0, outputs_reached=0.0,
-                                   forecast=None if data is None else self.forecast(data, lv.pruned, True))
+                                   effective_depth=0, outputs_reached=0.0)
                       for lv in levels]
             with self.timings.stage("outputs reached"):
                 levels = self._exact_outputs(levels)
@@ -472,7 +444,8 @@ def analyze(model, example_inputs=None, sparsities=None, mt=None, include=None, 
     `mt` is the Minimum Threshold: an int count per layer, or a percent of all
     prunable weights (float or "0.05%"). `example_inputs` (a tensor, a tuple, or a
     dict of keyword inputs) fixes the input shape. The model is never modified.
-    With `data` (a `collapsekit.data.DataBundle`) each level carries `level.forecast`.
+    With `data` (a `collapsekit.data.DataBundle`) the value level reads the data's range; `ck.analyze`
+    (`collapsekit.validation.trainable.analyze`) also fills each level's `level.forecast`.
     `checkpoint` (a .safetensors file, or a sharded directory or its index file)
     streams the weights: `model` may live on the meta device, and each weight is
     read from the memory-mapped file when a question needs it (Invariant 9).

@@ -50,12 +50,12 @@ class MTSuggestion:
 
 
 def suggest_mt(model, example_inputs=None, sparsity: float | None = None, include: list[str] | None = None,
-               exclude: list[str] | None = None, require: str = "every_output", data=None) -> MTSuggestion:
+               exclude: list[str] | None = None, require: str = "every_output") -> MTSuggestion:
     """MTSuggestion: the smallest MT count with which Global MP at `sparsity` keeps the net alive.
 
-    With `data` (a DataBundle), `mt` is the smallest MT the trainability
-    forecast calls trainable and whose forecast quality is near the best of the
-    candidates (`trainable_mt`); the structural answer stays as `floor`.
+    The data-aware suggestion (`ck.suggest_mt(..., data=bundle)`: the MT the
+    trainability forecast calls trainable, this answer kept as `floor`) runs
+    the model on data, so it lives in `collapsekit.validation.trainable`.
 
     `model` is an nn.Module (traced and indexed once here) or an Analysis already
     built. `require` says what "alive" means, as the report's levels read it:
@@ -77,10 +77,7 @@ def suggest_mt(model, example_inputs=None, sparsity: float | None = None, includ
         raise CollapsekitError("suggest_mt needs a sparsity")
     sparsity = fraction(sparsity)  # 0.95 or "95%"
     an = Analysis.of(model, example_inputs, include, exclude, mt=0)
-    structural = _structural(an, sparsity, require)
-    if data is not None:
-        structural = trainable_mt(an, structural, data)
-    return replace(structural, seconds=time.perf_counter() - started)
+    return replace(_structural(an, sparsity, require), seconds=time.perf_counter() - started)
 
 
 def _structural(an: Analysis, sparsity: float, require: str) -> MTSuggestion:
@@ -124,47 +121,6 @@ def _structural(an: Analysis, sparsity: float, require: str) -> MTSuggestion:
                         else f"MT={hi} keeps a path; MT={lo} collapses", **base)
 
 
-# Trainability-aware suggestion: candidates from the floor to the largest MT, log-spaced,
-# and the accuracy-vs-MT curve's top read from the forecast's signal, which rises with the
-# fine-tuned accuracy across MT in the calibration sweeps (analyses/trainability_forecast.py).
-CANDIDATES = 9
-QUALITY = "signal"  # forecast evidence that tracks accuracy after fine-tuning across MT
-NEAR_TOP = 0.9  # the smallest trainable MT whose quality is >= this fraction of the best candidate's
-
-
-def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion:
-    """`structural` with `mt` replaced by the smallest trainable MT near the top of the forecast quality curve.
-
-    Each candidate costs one forecast (a forward and backward pass on a data
-    batch), no fine-tuning. When no candidate is forecast trainable, `mt` is the
-    candidate of best quality (the likeliest to train anyway) and `reason` says so.
-    """
-    k = an.count(structural.sparsity)
-    top = structural.max_mt
-    grid = {0, structural.mt, *structural.search_range}
-    if top > 0:
-        grid |= {int(round(v)) for v in np.geomspace(max(1, structural.mt), top, CANDIDATES)}
-    forecasts = []
-    for mt in sorted(m for m in grid if m <= top and m >= structural.mt):
-        f = an.with_mt(mt).forecast(bundle, k)
-        forecasts.append({"mt": mt, "trainable": f.trainable, "quality": float(f.evidence.get(QUALITY, 0.0)),
-                          **{key: float(f.evidence.get(key, 0.0)) for key in ("signal", "gradient_relative_min",
-                                                                              "accuracy_pruned", "class_signal")}})
-    trainable = [f for f in forecasts if f["trainable"]]
-    if trainable:
-        best = max(f["quality"] for f in trainable)
-        pick = next(f for f in trainable if f["quality"] >= NEAR_TOP * best)
-        reason = (f"MT={pick['mt']} is the smallest forecast trainable with {QUALITY} {pick['quality']:.3g} >= "
-                  f"{NEAR_TOP:g} x the best {best:.3g} over {len(forecasts)} candidates; structural floor "
-                  f"{structural.mt}")
-    else:
-        pick = max(forecasts, key=lambda f: (f["quality"], -f["mt"]))
-        reason = (f"no MT from {structural.mt} to {top} is forecast trainable at this sparsity; MT={pick['mt']} "
-                  f"has the best {QUALITY} ({pick['quality']:.3g}); structural floor {structural.mt}")
-    return replace(structural, mt=pick["mt"], percent=100.0 * pick["mt"] / an.total, structural_floor=structural.mt,
-                   forecasts=tuple(forecasts), forecast_trainable=bool(pick["trainable"]), reason=reason)
-
-
 def reference_mt(total: int) -> int:
     """The reference code's default Minimum Threshold, 0.05 % of the prunable weights, as a count."""
     return resolve_mt(0.05, total)
@@ -182,4 +138,4 @@ def largest_mt(index: MagnitudeIndex, k: int) -> int:
     return lo
 
 
-__all__ = ["suggest_mt", "MTSuggestion", "trainable_mt", "reference_mt", "largest_mt"]
+__all__ = ["suggest_mt", "MTSuggestion", "reference_mt", "largest_mt"]

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from collapsekit.analysis.analysis import analyze
+from collapsekit.validation.trainable import analyze  # with --data, levels carry the forecast
 from collapsekit.files.atomic import atomic_write_text
 from collapsekit.files.stream import is_streamable
 from collapsekit.files.sparse import is_sparse_checkpoint

@@ -77,7 +77,7 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
 
     from collapsekit.analysis.analysis import Analysis
     from collapsekit.analysis.magnitudes import resolve_mt
-    from collapsekit.analysis.suggest import suggest_mt
+    from collapsekit.validation.trainable import forecast, suggest_mt
     from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
 
@@ -100,11 +100,11 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
         masks = an.masks(k=level.pruned)
         pruned = copy.deepcopy(model).cpu()
         apply_masks(pruned, masks)
-        forecast = an.forecast(bundle, level.pruned, level.collapsed)  # before fine-tuning
+        predicted = forecast(an, bundle, level.pruned, level.collapsed)  # before fine-tuning
         run = finetune(pruned, masks, bundle, epochs, lr, batch_size, progress=progress, **finetune_kwargs)
         points.append(MTPoint(mt=mt, percent=100.0 * mt / suggestion.total, predicted_collapsed=level.collapsed,
                               emptied_layers=len(level.emptied_layers), accuracy_pruned=run.accuracy_before,
-                              accuracy=run.accuracy, forecast_trainable=forecast.trainable,
+                              accuracy=run.accuracy, forecast_trainable=predicted.trainable,
                               trained=run.accuracy > 1.0 / bundle.num_classes + DEFAULT_MARGIN))
     return MTSearchResult(sparsity=float(sparsity), suggestion=suggestion.to_dict(), points=tuple(points),
                           epochs=epochs)

@@ -112,13 +112,14 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
     from collapsekit.training.train import evaluate
+    from collapsekit.validation import trainable
     from collapsekit.validation.probe import output_is_constant
 
     example = bundle.example_input()
     # One trace and one sort of the magnitudes serve the prediction and every real prune:
     # the analysis's masks are exactly those ck.prune would build.
     an = Analysis(model, example, mt=mt, name=name)
-    report = an.report(sparsities, data=bundle)  # levels carry the forecast, made before any fine-tuning
+    report = trainable.report(an, sparsities, data=bundle)  # levels carry the forecast, made before fine-tuning
     dense_accuracy = evaluate(model, bundle.test, next(model.parameters()).device)  # where the model lives
     chance = 1.0 / bundle.num_classes
     levels = []

@@ -1,0 +1,121 @@
+"""Tiny networks of the families the trainability forecast is calibrated on: plain stacks with and without batch
+norm, deep narrow stacks, residual, depthwise-separable and a small transformer block (CPU-sized, digits-sized).
+
+Each factory takes (num_classes, in_channels, input_size, image) and returns an nn.Module for a DataBundle's
+inputs: images [N, C, S, S], or sequences [N, S steps, C features] when `image` is False.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def mlp(num_classes, in_channels, input_size, image=True, width=64, depth=3, bn=False) -> nn.Module:
+    """Flatten, `depth` hidden Linear(+BN)+ReLU layers of `width`, a Linear head."""
+    layers, fan_in = [nn.Flatten()], in_channels * input_size * input_size if image else in_channels * input_size
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width)] + ([nn.BatchNorm1d(width)] if bn else []) + [nn.ReLU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, num_classes))
+
+
+def cnn(num_classes, in_channels, input_size, image=True, widths=(16, 32, 32), bn=False) -> nn.Module:
+    """VGG-style plain conv stack (3x3, ReLU, one max-pool after the second conv), global average pool, Linear."""
+    layers, c = [], in_channels
+    for i, w in enumerate(widths):
+        layers += [nn.Conv2d(c, w, 3, padding=1, bias=not bn)] + ([nn.BatchNorm2d(w)] if bn else []) + [nn.ReLU()]
+        if i == 1:
+            layers.append(nn.MaxPool2d(2))
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+
+
+class _Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class ResNet(nn.Module):
+    """Stem conv, `blocks` identity-shortcut basic blocks of width `c`, a narrow 1x1 head conv, GAP, Linear."""
+
+    def __init__(self, num_classes, in_channels, input_size, image=True, c=16, blocks=3, head=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.blocks = nn.Sequential(*[_Block(c) for _ in range(blocks)])
+        self.head = nn.Sequential(nn.Conv2d(c, head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(head, num_classes))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def dwsep(num_classes, in_channels, input_size, image=True, widths=(16, 32, 32, 64)) -> nn.Module:
+    """MobileNet-style: a stem conv, then depthwise 3x3 + pointwise 1x1 pairs (each BN + ReLU), GAP, Linear."""
+    c = widths[0]
+    layers = [nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+    for i, w in enumerate(widths[1:]):
+        layers += [nn.Conv2d(c, c, 3, stride=2 if i == 1 else 1, padding=1, groups=c, bias=False),
+                   nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+
+
+class Transformer(nn.Module):
+    """Tokens (image rows, or sequence steps) embedded, `blocks` pre-norm attention + MLP blocks, mean pool, Linear."""
+
+    def __init__(self, num_classes, in_channels, input_size, image=True, d=32, blocks=1):
+        super().__init__()
+        self.image = image
+        features = in_channels * input_size if image else in_channels
+        self.embed = nn.Linear(features, d)
+        self.pos = nn.Parameter(torch.randn(1, input_size, d) * 0.02)
+        self.blocks = nn.ModuleList([_Attention(d) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(d)
+        self.out = nn.Linear(d, num_classes)
+
+    def forward(self, x):
+        if self.image:  # [N, C, H, W] -> H tokens of C*W features
+            x = x.permute(0, 2, 1, 3).flatten(2)
+        h = self.embed(x) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.out(self.norm(h.mean(1)))
+
+
+class _Attention(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.scale = d ** -0.5
+
+    def forward(self, h):
+        a = self.norm1(h)
+        att = torch.softmax(self.q(a) @ self.k(a).transpose(1, 2) * self.scale, dim=-1)
+        h = h + self.o(att @ self.v(a))
+        return h + self.fc2(torch.relu(self.fc1(self.norm2(h))))
+
+
+# name -> (factory, keyword arguments, optimizer, lr) for dense training.
+ARCHITECTURES = {
+    "mlp": (mlp, {}, "adam", 3e-3),
+    "mlp_bn": (mlp, {"bn": True}, "adam", 3e-3),
+    "deep_mlp": (mlp, {"width": 32, "depth": 8}, "adam", 3e-3),
+    "cnn": (cnn, {}, "adam", 3e-3),
+    "vgg_bn": (cnn, {"widths": (16, 16, 32, 32, 32), "bn": True}, "adam", 3e-3),
+    "resnet": (ResNet, {}, "adam", 3e-3),
+    "dwsep": (dwsep, {}, "adam", 3e-3),
+    "transformer": (Transformer, {}, "adam", 3e-3),
+}
+
+
+def create(name: str, bundle, image: bool = True) -> nn.Module:
+    """Architecture `name` built for `bundle`'s shape."""
+    factory, kwargs, _, _ = ARCHITECTURES[name]
+    return factory(bundle.num_classes, bundle.in_channels, bundle.input_size, image, **kwargs)
