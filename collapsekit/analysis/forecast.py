@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -97,6 +98,8 @@ class Forecaster:
     num_classes: int
     margin: float = 0.1
     bottlenecks: frozenset | None = None  # layers every path crosses; None: every layer counts as one
+    rows: Callable | None = None  # logits -> [predictions, classes] (a causal LM's tokens); None: flatten(1)
+    chance: float | None = None  # what "accurate right after pruning" must beat; None: 1 / num_classes
     dense: _Dense = field(init=False)
 
     def __post_init__(self):
@@ -104,13 +107,13 @@ class Forecaster:
             raise CollapsekitError("the trainability forecast runs the model on data: load its weights first "
                                    "(a meta-device model has none)")
         net = _copy(self.model, {})
-        spread, _, acc = _forward(net, self.x, self.y, train=True)
-        spread_eval, _, _ = _forward(net, self.x, self.y, train=False)
+        spread, _, acc = _forward(net, self.x, self.y, train=True, rows=self.rows)
+        spread_eval, _, _ = _forward(net, self.x, self.y, train=False, rows=self.rows)
         if spread <= TINY:
             raise CollapsekitError("the dense model's output does not vary over the data batch: "
                                    "nothing to compare the pruned model with")
         full = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in self.model.named_parameters() if p.ndim > 1}
-        ratios, _, _ = _gradients(net, self.x, self.y, full)
+        ratios, _, _ = _gradients(net, self.x, self.y, full, rows=self.rows)
         self.dense = _Dense(spread=spread, spread_eval=spread_eval, accuracy=acc, ratios=ratios)
 
     @classmethod
@@ -121,23 +124,32 @@ class Forecaster:
         `bottlenecks` (weight names of layers no path avoids, `Analysis.graph`)
         limits the gradient test to them: a bypassable layer that gradient
         misses costs capacity, not trainability (its shortcut carries the signal).
+        A causal LM's every next-token prediction counts as one example: `batch`
+        predictions, in whole sequences, and its chance is the most frequent token's share.
         """
+        from collapsekit.data.tasks import task_of
+
+        task = task_of(bundle)
         x, y = bundle.train.tensors[:2]
         if len(x) == 0:
             raise CollapsekitError(f"data set {bundle.name!r} has no training examples to forecast with")
+        per_example = y[0].numel()  # predictions per example: 1 for a label, the context for an LM
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(x), generator=g)[:batch]
-        return cls(model, x[idx], y[idx], bundle.num_classes, margin,
-                   None if bottlenecks is None else frozenset(bottlenecks))
+        idx = torch.randperm(len(x), generator=g)[:max(2, batch // per_example)]
+        rows = None if task.name == "classification" else (lambda t: task.flat(t, t)[0])
+        return cls(model, x[idx], y[idx] if rows is None else y[idx].reshape(-1), bundle.num_classes, margin,
+                   None if bottlenecks is None else frozenset(bottlenecks), rows=rows,
+                   chance=None if rows is None else task.forecast_chance(y[idx], bundle.num_classes))
 
     def measure(self, masks: dict[str, torch.Tensor]) -> dict:
         """The evidence at the weights `masks` (name -> bool keep) leave: floats, see the module docstring."""
-        return measure(self.model, masks, self.x, self.y, self.dense, self.bottlenecks)
+        return measure(self.model, masks, self.x, self.y, self.dense, self.bottlenecks, self.rows)
 
     def __call__(self, masks: dict[str, torch.Tensor]) -> Forecast:
         """Forecast for the model pruned with `masks`."""
         evidence = self.measure(masks)
-        trainable, reason = decide(evidence, 1.0 / self.num_classes, self.margin)
+        chance = 1.0 / self.num_classes if self.chance is None else self.chance
+        trainable, reason = decide(evidence, chance, self.margin)
         return Forecast(trainable=trainable, evidence=evidence, reason=reason, batch=int(len(self.x)))
 
 
@@ -165,7 +177,7 @@ def decide(evidence: dict, chance: float, margin: float = 0.1) -> tuple[bool, st
 
 
 def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-            dense: _Dense, bottlenecks: frozenset | None = None) -> dict:
+            dense: _Dense, bottlenecks: frozenset | None = None, rows: Callable | None = None) -> dict:
     """Evidence dict of `model` pruned with `masks` on the batch (x, y), relative to the dense reference.
 
     Keys: signal (train-mode BN spread / dense), signal_eval (eval mode, for
@@ -177,8 +189,8 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
     `bottlenecks` only, when given), batch_norm (1.0 if the model has any), loss.
     """
     net = _copy(model, masks)
-    spread_eval, _, acc_eval = _forward(net, x, y, train=False)
-    by_layer, logits, loss = _gradients(net, x, y, masks)
+    spread_eval, _, acc_eval = _forward(net, x, y, train=False, rows=rows)
+    by_layer, logits, loss = _gradients(net, x, y, masks, rows=rows)
     spread = _spread(logits)
     out = logits
     ratios = sorted(by_layer.values())
@@ -208,7 +220,8 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
     }
 
 
-def _gradients(net: nn.Module, x, y, masks: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def _gradients(net: nn.Module, x, y, masks: dict, rows: Callable | None = None
+               ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """({weight name: |grad| / |weight| over its kept entries}, logits, loss) of one train-mode-BN pass.
 
     Only weights in `masks` that keep something: an emptied layer is the
@@ -216,7 +229,7 @@ def _gradients(net: nn.Module, x, y, masks: dict) -> tuple[dict, torch.Tensor, t
     """
     _bn_mode(net, train=True)
     net.zero_grad(set_to_none=True)
-    out = _logits(net(x))
+    out = _logits(net(x), rows)
     if out.shape[1] <= int(y.max()):
         raise CollapsekitError(f"the model gives {out.shape[1]} outputs per example but the data has label "
                                f"{int(y.max())}: the forecast needs one logit per class")
@@ -278,11 +291,11 @@ def _copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return net
 
 
-def _forward(net: nn.Module, x, y, train: bool) -> tuple[float, torch.Tensor, float]:
+def _forward(net: nn.Module, x, y, train: bool, rows: Callable | None = None) -> tuple[float, torch.Tensor, float]:
     """(spread, logits, accuracy) of one no-grad pass with BN on batch (train) or running statistics."""
     _bn_mode(net, train)
     with torch.no_grad():
-        out = _logits(net(x))
+        out = _logits(net(x), rows)
     return _spread(out), out, float((out.argmax(1) == y).float().mean())
 
 
@@ -294,13 +307,13 @@ def _bn_mode(net: nn.Module, train: bool) -> None:
             m.train(train)
 
 
-def _logits(out) -> torch.Tensor:
+def _logits(out, rows: Callable | None = None) -> torch.Tensor:
     from collapsekit.validation.probe import flat_outputs
 
     tensors = flat_outputs(out)
     if not tensors:
         raise CollapsekitError("the model returned no tensor: cannot forecast trainability")
-    return tensors[0].flatten(1).float()
+    return (tensors[0].flatten(1) if rows is None else rows(tensors[0])).float()
 
 
 def _spread(out: torch.Tensor) -> float:

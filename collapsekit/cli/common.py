@@ -34,7 +34,8 @@ def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> No
     from collapsekit import data
 
     _add_once(parser, "--data", metavar="NAME", required=required,
-              help=f"data set: {', '.join(data.names())}, or package.module:loader returning a DataBundle "
+              help=f"data set: {', '.join(data.names())} (the embedded text corpus, for causal LMs), "
+                   "text:PATH (your .txt/.jsonl), or package.module:loader returning a DataBundle "
                    "(default: the checkpoint's)")
     _add_once(parser, "--data-path", metavar="DIR",
               help="folder of a downloaded data set (cifar10: the python batches; har: 'UCI HAR Dataset')")
@@ -74,7 +75,7 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int,
 
     spec = getattr(args, "model", None) or meta.get("model")
     name = getattr(args, "data", None) or meta.get("data")
-    native = data.native_shape(name) if name in data.names() else (10, 3, 32)
+    native = data.native_shape(name) if name in data.names() or data.is_text(name) else (10, 3, 32)
 
     def pick(attr: str, key: str, fallback: int) -> int:
         value = getattr(args, attr, None)
@@ -110,6 +111,11 @@ def load_model(args: argparse.Namespace, stream: bool = False):
         where = f"{checkpoint.sidecar_path(path)} does not exist" if path else "no --checkpoint was given"
         raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(names())}, or package.module:factory); "
                                f"{where}")
+    from collapsekit import data
+
+    # A text model's factory may take the vocabulary and context (num_classes and input_size, for text).
+    text = data.is_text(getattr(args, "data", None) or meta.get("data"))
+    offered = {"vocab_size": num_classes, "context_length": input_size} if text else None
     seed = getattr(args, "seed", None)
     if seed is not None:  # a fresh model's initialisation repeats with --seed
         from collapsekit.training.train import seed_everything
@@ -119,9 +125,11 @@ def load_model(args: argparse.Namespace, stream: bool = False):
         import torch
 
         with torch.device("meta"):
-            model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+            model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                            offered=offered)
     else:
-        model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+        model = resolve(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                        offered=offered)
     if path and not stream:
         checkpoint.load_into(model, path)
     return model, {**meta, "model": spec, "num_classes": num_classes, "in_channels": in_channels,

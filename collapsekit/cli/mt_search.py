@@ -33,7 +33,7 @@ def run(args) -> int:
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)
     result = search_mt(model, bundle, args.sparsity, mts=args.mt, epochs=args.epochs,
-                       progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta))
+                       progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta, bundle))
     if is_main_process():  # under torchrun every rank sweeps; rank 0 prints
         print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else mt_search_to_text(result))
     return 0

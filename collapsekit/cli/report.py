@@ -42,21 +42,25 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
 
 def example_input(args, meta: dict, model=None):
     """A random example input: token ids from --tokens, a tensor from --input-shape, else the model's recorded shape."""
-    from collapsekit import models
+    from collapsekit import data, models
 
     if getattr(args, "tokens", None) is not None:
         return token_inputs(model, args.tokens)
     if args.input_shape:
         if any(d <= 0 for d in args.input_shape):
             raise CollapsekitError(f"--input-shape must be positive integers, got {args.input_shape}")
-        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        if isinstance(embed, torch.nn.Embedding):
-            return torch.randint(0, embed.num_embeddings, tuple(args.input_shape))
-        return torch.randn(*args.input_shape)
-    spec = meta.get("model") or args.model
-    in_channels = meta.get("in_channels") or args.in_channels or 3
-    input_size = meta.get("input_size") or args.input_size or 32
-    return torch.randn(*models.input_shape(spec, in_channels, input_size))
+        shape = tuple(args.input_shape)
+    else:
+        spec = meta.get("model") or args.model
+        in_channels = meta.get("in_channels") or args.in_channels or 3
+        input_size = meta.get("input_size") or args.input_size or 32
+        shape = models.input_shape(spec, in_channels, input_size)
+        if data.is_text(meta.get("data")):  # trained on text: token ids [1, context]
+            shape = (1, input_size)
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embed, torch.nn.Embedding):  # a token model: ids, not floats
+        return torch.randint(0, embed.num_embeddings, shape, generator=torch.Generator().manual_seed(0))
+    return torch.randn(*shape)
 
 
 def token_inputs(model, length: int) -> dict[str, torch.Tensor]:

@@ -25,8 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default: per family")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     p.add_argument("--weight-decay", type=float, help="default: per family (5e-4 with SGD)")
-    p.add_argument("--lr-schedule", choices=["cosine", "linear", "constant"], default="cosine",
-                   help="learning-rate decay to 0 over the run (default: cosine)")
+    p.add_argument("--lr-schedule", choices=["cosine", "linear", "constant", "warmup_cosine"],
+                   help="learning-rate decay to 0 over the run (default: cosine; warmup_cosine for language "
+                        "models: 5 %% linear warm-up, then cosine)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--augment", action="store_true", default=None,
                    help="random flips and shifts (default: on for cifar10 only)")
@@ -36,6 +37,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Train, save, print the final test accuracy."""
+    from collapsekit.cli.finetune import metrics_line
     from collapsekit.training.train import dense_train
 
     model, meta = common.load_model(args)
@@ -46,8 +48,8 @@ def run(args) -> int:
         if not quiet:
             from tqdm.auto import tqdm
 
-            tqdm.write(f"epoch {epoch}: loss {m['loss']:.4f}  train {m['train_acc']:.2%}  "
-                       f"test {m['test_acc']:.2%}  ({m['seconds']:.1f} s)", file=sys.stderr)
+            tqdm.write(f"epoch {epoch}: loss {m['loss']:.4f}  {metrics_line(m)}  ({m['seconds']:.1f} s)",
+                       file=sys.stderr)
 
     # A recorded data path belongs to the data set the checkpoint was trained on.
     data_path = args.data_path or (meta.get("data_path") if meta.get("data") == bundle.name else None)
@@ -60,6 +62,8 @@ def run(args) -> int:
     if args.format == "json":
         print(json.dumps({**result.to_dict(), "checkpoint": str(out)}, indent=2))
     else:
-        print(f"test accuracy {result.accuracy:.4f} ({meta['model']} on {bundle.name}, "
+        score = (f"test perplexity {result.perplexity:.4f} (next-token accuracy {result.accuracy:.4f})"
+                 if result.perplexity is not None else f"test accuracy {result.accuracy:.4f}")
+        print(f"{score} ({meta['model']} on {bundle.name}, "
               f"{len(result.history)} epochs); wrote {out} and {out.with_suffix('.json')}")
     return 0

@@ -21,8 +21,9 @@ def add_arguments(p) -> None:
     common.add_training_job_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", required=True, metavar="S", help="sparsity levels")
     common.add_mt_arg(p)
-    p.add_argument("--margin", type=float, default=0.1,
-                   help="'above chance' means accuracy > 1/classes + MARGIN (default: 0.1)")
+    p.add_argument("--margin", type=float,
+                   help="'trained' means accuracy > 1/classes + MARGIN (default: 0.1); for a language model, "
+                        "closing MARGIN of the log-perplexity gap from unigram to dense (default: 0.5)")
     add_finetune_args(p)
     p.add_argument("--out", metavar="DIR", help="keep each level's fine-tuning run under DIR/s<sparsity>/")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
@@ -35,7 +36,7 @@ def run(args) -> int:
 
     model, meta = common.load_model(args)
     bundle = common.load_data(args, meta)
-    kwargs = finetune_kwargs(args, meta)
+    kwargs = finetune_kwargs(args, meta, bundle)
     report = validate(model, bundle, args.sparsity, mt=args.mt, epochs=args.epochs, margin=args.margin,
                       name=meta.get("model"), out=args.out,
                       progress=not args.no_progress and args.format != "json", **kwargs)

@@ -12,6 +12,8 @@ def input_shape(spec: str, in_channels: int = 3, input_size: int = 32, batch: in
     _load_zoo()
     if _LAYOUT.get(spec, "image") == "sequence":
         return (batch, input_size, in_channels)
+    if _LAYOUT.get(spec) == "tokens":  # token ids: [B, input_size steps]
+        return (batch, input_size)
     return (batch, in_channels, input_size, input_size)
 
 
@@ -30,16 +32,34 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3, input_size: i
     return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
 
 
-def resolve(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kwargs) -> nn.Module:
-    """A model from a zoo name or from `package.module:factory` (called with the zoo's keywords it accepts)."""
+def resolve(spec: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32,
+            offered: dict | None = None, **kwargs) -> nn.Module:
+    """A model from a zoo name or from `package.module:factory` (called with the zoo's keywords it accepts).
+
+    `offered` keywords (a text bundle's `vocab_size` and `context_length`) go
+    only to a factory, zoo or user's, whose signature accepts them.
+    """
     if ":" not in spec:
-        return create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+        _load_zoo()
+        extra = {}
+        if offered and spec in _REGISTRY:
+            extra = {k: v for k, v in offered.items() if k in _accepted(_REGISTRY[spec])}
+        return create(spec, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **extra,
+                      **kwargs)
     factory = load_callable(spec, "model")
-    offered = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+    offered = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **(offered or {}),
+                   **kwargs)
     model = call_with_accepted(factory, offered)
     if not isinstance(model, nn.Module):
         raise CollapsekitError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _accepted(factory) -> set[str]:
+    """Keyword names a zoo factory names in its signature (a **kwargs catch-all is passed on to layers, so no)."""
+    import inspect
+
+    return set(inspect.signature(factory).parameters)
 
 
 def _load_zoo() -> None:
