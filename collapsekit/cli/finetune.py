@@ -38,7 +38,7 @@ def finetune_kwargs(args, meta: dict, bundle=None) -> dict:
                   optimizer=args.optimizer or hp["optimizer"], momentum=args.momentum,
                   weight_decay=hp["weight_decay"] if args.weight_decay is None else args.weight_decay,
                   label_smoothing=args.label_smoothing, device=args.device, seed=args.seed)
-    if args.lr_schedule or hp["lr_schedule"] != "cosine":  # cosine is finetune's own default (IMP: linear)
+    if args.lr_schedule or hp.get("lr_schedule"):  # else finetune's own default (cosine; IMP: linear)
         kwargs["lr_schedule"] = args.lr_schedule or hp["lr_schedule"]
     return kwargs
 

@@ -73,15 +73,15 @@ def default_input_size(spec: str, data_name: str) -> int | None:
 
 
 def defaults_for(spec: str, task: Task | None = None) -> dict:
-    """Training defaults (epochs, lr, batch_size, optimizer, weight_decay, lr_schedule) for a model spec's family.
+    """Training defaults (epochs, lr, batch_size, optimizer, weight_decay) for a model spec's family.
 
-    The task comes first: every causal LM takes the "lm" family's.
+    The task comes first: every causal LM takes the "lm" family's, which adds its lr_schedule.
     """
     name = spec.rpartition(":")[2].lower()
     family = next((fam for prefix, fam in _FAMILY_PREFIXES if name.startswith(prefix)), "cnn")
     if task is not None and task.name == "causal_lm":
         family = "lm"
-    return {"lr_schedule": "cosine", **FAMILY_DEFAULTS[family]}
+    return dict(FAMILY_DEFAULTS[family])
 
 
 def seed_everything(seed: int) -> None:
@@ -358,7 +358,7 @@ def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | 
     hp = defaults_for(spec, task)
     hp.update({k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
                                      weight_decay=weight_decay, lr_schedule=lr_schedule).items() if v is not None})
-    lr_schedule = hp.pop("lr_schedule")
+    lr_schedule = hp.pop("lr_schedule", "cosine")
     seed_everything(seed)
     if model is None:
         model = resolve(spec, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
