@@ -48,7 +48,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "rnn": dict(epochs=30, lr=1e-2, batch_size=64, optimizer="adam", weight_decay=0.0),
     # Causal LMs, whatever the architecture: AdamW with warm-up and cosine decay, as LM recipes use;
     # measured on the embedded text with llama_tiny (docs/language-models.md).
-    "lm": dict(epochs=1, lr=3e-3, batch_size=16, optimizer="adamw", weight_decay=0.01, lr_schedule="warmup_cosine"),
+    "lm": dict(epochs=1, lr=3e-3, batch_size=8, optimizer="adamw", weight_decay=0.01, lr_schedule="warmup_cosine"),
 }
 _FAMILY_PREFIXES = [("lenet_300", "mlp"), ("mlp", "mlp"), ("lenet", "lenet"), ("fastgrnn", "rnn"),
                     ("lstm", "rnn"), ("gru", "rnn"), ("rnn", "rnn")]
