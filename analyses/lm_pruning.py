@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 MODEL = "llama_tiny"
-FULL = dict(text_chars=None, context=128, finetune_fraction=0.25, sparsities=(0.5, 0.7, 0.9), mt_sparsity=0.99)
-QUICK = dict(text_chars=120_000, context=64, finetune_fraction=0.25, sparsities=(0.5, 0.9), mt_sparsity=0.99)
+FULL = dict(text_chars=None, context=128, finetune_fraction=0.25, sparsities=(0.5, 0.7, 0.9), mt_sparsity=0.99,
+            mt_grid=4)
+QUICK = dict(text_chars=120_000, context=64, finetune_fraction=0.25, sparsities=(0.5, 0.9), mt_sparsity=0.99,
+             mt_grid=2)
 
 
 def uniform_masks(model, names, sparsity: float) -> dict:
@@ -50,6 +52,8 @@ def main(argv=None) -> int:
     args = _common.parse_args("lm_pruning", __doc__, argv)
     import copy
     import dataclasses
+
+    import numpy as np
 
     from torch.utils.data import TensorDataset
 
@@ -104,8 +108,8 @@ def main(argv=None) -> int:
 
     s = cfg["mt_sparsity"]
     suggestion = ck.suggest_mt(an, sparsity=s, data=bundle)
-    mts = sorted({0, suggestion.floor, suggestion.mt, max(1, suggestion.mt) * 8})
-    mts = [m for m in mts if m <= suggestion.max_mt]
+    grid = np.geomspace(1, max(suggestion.max_mt, 1), cfg["mt_grid"])  # log-spaced up to the largest MT allowed
+    mts = sorted({0, suggestion.floor, suggestion.mt, *(int(round(v)) for v in grid)})
     result = search_mt(model, short, s, mts=mts, epochs=1, **{k: v for k, v in tune.items() if k != "progress"})
     print(mt_search_to_text(result), flush=True)
     mt_rows = [{"sparsity": s, "mt": p.mt, "mt_percent": p.percent, "emptied_layers": p.emptied_layers,

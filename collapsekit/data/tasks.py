@@ -52,11 +52,6 @@ class Task:
         """([predictions, classes] logits, [predictions] targets): every scored prediction as one row."""
         return logits.flatten(1), y
 
-    def loss(self, out, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-        """Mean cross-entropy of a model output `out` against targets `y`."""
-        logits, target = self.flat(model_logits(out), y)
-        return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-
     def batch_sums(self, out, y: torch.Tensor) -> tuple[float, int, int]:
         """(summed cross-entropy, correct top-1 predictions, predictions) of one batch: what `score` adds up."""
         logits, target = self.flat(model_logits(out), y)
