@@ -1,21 +1,22 @@
 """Perplexity of a small LLaMA-style LM under Global MP vs layer-wise uniform pruning, and the MT that keeps it working.
 
-Reproduces, at toy scale on CPU, the finding behind outlier-aware LLM pruning
-(Yin et al., "Outlier Weighed Layerwise Sparsity (OWL)", 2023; Sun et al.,
-"Wanda", 2023): magnitude pruning of language models holds up at 50 % and
-breaks down at 70-90 %, where perplexity after pruning shoots up (OWL's README:
-LLaMA-7B at 70 % magnitude pruning goes from perplexity 5.68 to 48,419), and how
-the sparsity is spread over layers matters as much as how much. A 2-layer
-`llama_tiny` (hidden 64, 4 heads) is trained one epoch on the embedded text
-(`--data text`: the Python reference manual's topics, byte tokens), then:
+Reproduces, at toy scale on CPU, what LLM pruning papers report of magnitude
+pruning (Sun et al., "Wanda", 2023; Yin et al., "Outlier Weighed Layerwise
+Sparsity (OWL)", 2023: LLaMA-7B at 70 % magnitude pruning goes from perplexity
+5.68 to 48,419): it holds at 50 %, and perplexity right after pruning climbs
+steeply from there, while how the sparsity is spread over layers (global or
+uniform) changes the damage. A 2-layer `llama_tiny` (hidden 64, 4 heads) is
+trained one epoch on the embedded text (`--data text`: the Python reference
+manual's topics, byte tokens), then:
 
 - the collapse report (`ck.analyze` with the text bundle: emptied layers, collapse sparsity, forecast);
 - Global MP vs layer-wise uniform magnitude pruning (every prunable layer at the same sparsity) at
   50/70/90 %: test perplexity right after pruning and after a short masked fine-tune (one pass over a
   quarter of the training text, AdamW with warm-up and cosine);
-- at 99 %, where Global MP empties layers, the MT sweep (`search_mt`) around `ck.suggest_mt(..., data=)`:
-  perplexity after fine-tuning per MT, and which MTs count as `trained` (closing half the log gap from the
-  unigram to the dense perplexity, docs/language-models.md).
+- at 99 %, where Global MP empties layers, an MT sweep (`search_mt`: 0, `ck.suggest_mt(..., data=)`'s
+  suggestion and floor, and a log grid up to the largest MT allowed): perplexity after fine-tuning per MT,
+  and which MTs count as `trained` (closing half the log gap from the unigram to the dense perplexity,
+  docs/language-models.md).
 
 Run: python analyses/lm_pruning.py [--quick]
 Writes analyses/results/lm_pruning/{table.csv,table.md,figure.png,summary.json} and mt_search.{csv,md}.
