@@ -120,10 +120,8 @@ def load(name: str, path=None, input_size: int | None = None, channels: int | No
     name calls the user's loader with the keywords it accepts; it must return a DataBundle.
     `text:PATH` is the user's own text (`collapsekit.data.text`).
     """
-    if name.startswith(TEXT_PREFIX):
-        from collapsekit.data import text
-
-        return text.load(path=name[len(TEXT_PREFIX):], input_size=input_size, channels=channels, seed=seed)
+    if name.startswith(TEXT_PREFIX):  # the text loader, on the user's file
+        name, path = "text", name[len(TEXT_PREFIX):]
     if ":" in name and name not in _LOADERS:
         from collapsekit.spec import call_with_accepted, load_callable
 

@@ -147,7 +147,7 @@ def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     raise CollapsekitError(f"unknown optimizer {name!r} (use sgd, adam or adamw)")
 
 
-WARMUP = 0.05  # warmup_cosine: fraction of a decay's steps spent warming up (the factor starts at 0)
+WARMUP = 0.05  # warmup_cosine: fraction of a decay's steps spent warming up (from 0, as transformers' get_cosine_schedule_with_warmup)
 # Learning-rate factor at progress t in [0, 1) of a decay, set before every step.
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
