@@ -147,7 +147,9 @@ def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     raise CollapsekitError(f"unknown optimizer {name!r} (use sgd, adam or adamw)")
 
 
-WARMUP = 0.05  # warmup_cosine: fraction of a decay's steps spent warming up (from 0, as transformers' get_cosine_schedule_with_warmup)
+# warmup_cosine: the fraction of a decay's steps spent warming up, from 0 (as transformers'
+# get_cosine_schedule_with_warmup, whose first step also has factor 0).
+WARMUP = 0.05
 # Learning-rate factor at progress t in [0, 1) of a decay, set before every step.
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
@@ -411,5 +413,6 @@ def _check_model_fits_data(spec: str, model: nn.Module, bundle) -> None:
         raise CollapsekitError(f"model {spec!r}: {exc}") from None
 
 
-__all__ = ["TrainResult", "Callback", "EpochEnd", "evaluate", "score", "epoch_metrics", "fit", "lr_segment", "epoch_seed", "dense_train",
-           "defaults_for", "default_input_size", "seed_everything", "augment_flip_crop", "FAMILY_DEFAULTS", "LR_SCHEDULES"]
+__all__ = ["TrainResult", "Callback", "EpochEnd", "evaluate", "score", "epoch_metrics", "fit", "lr_segment",
+           "epoch_seed", "dense_train", "defaults_for", "default_input_size", "seed_everything", "augment_flip_crop",
+           "FAMILY_DEFAULTS", "LR_SCHEDULES", "WARMUP"]
