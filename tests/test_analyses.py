@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
-NAMES = ["wrn_vs_mobilenet", "mt_ablation", "lenet_l1_vs_global_mp", "trainability_forecast"]
+NAMES = ["wrn_vs_mobilenet", "mt_ablation", "lenet_l1_vs_global_mp", "trainability_forecast", "lm_pruning"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -140,3 +140,23 @@ def test_tables_and_summary_are_written_whole_or_not_at_all(tmp_path, monkeypatc
     args = argparse.Namespace(quick=True, seed=3, started=0.0)
     summary = json.loads(_common.write_summary(tmp_path, {"collapse": 0.93}, args).read_text())
     assert summary["collapse"] == 0.93 and summary["quick"] is True and summary["seed"] == 3
+
+
+@pytest.mark.slow
+def test_lm_pruning(tmp_path):
+    pytest.importorskip("transformers")
+    summary, rows = outputs(tmp_path, "lm_pruning")
+    unigram, dense = summary["unigram_perplexity"], summary["dense_perplexity"]
+    assert dense <= 0.8 * unigram  # the dense LM learned
+    assert {(float(r["sparsity"]), r["method"]) for r in rows} == {(s, m) for s in (0.5, 0.9)
+                                                                    for m in ("global_mp", "uniform")}
+    levels = summary["levels"]
+    for method in ("global_mp", "uniform"):
+        half, ninety = levels[f"{method}@0.5"], levels[f"{method}@0.9"]
+        assert dense < half["perplexity_pruned"] < ninety["perplexity_pruned"]  # pruning costs more as it deepens
+        for lv in (half, ninety):
+            assert lv["perplexity_finetuned"] < lv["perplexity_pruned"]  # and fine-tuning wins some back
+    assert levels["global_mp@0.5"]["trained"]
+    points = summary["mt_points"]
+    assert points[0]["mt"] == 0 and all(p["perplexity_finetuned"] > dense for p in points)
+    assert summary["suggested_mt"] in [p["mt"] for p in points]

@@ -21,7 +21,7 @@ def _one_line(exc_info) -> str:
 
 
 def test_names_lists_every_loader():
-    assert data.names() == ["cifar10", "digits", "har", "har2", "synthetic", "synthetic_seq"]
+    assert data.names() == ["cifar10", "digits", "har", "har2", "synthetic", "synthetic_seq", "text"]
     with pytest.raises(CollapsekitError, match="unknown data set 'mnist'; known: cifar10, digits"):
         data.load("mnist")
 

@@ -44,6 +44,23 @@ def test_shards_are_equal_sized_cover_the_data_and_change_per_epoch():
     assert not torch.equal(shards[1], shards[2])
 
 
+def torchrun_two(argv: list[str], timeout: int) -> dict:
+    """The JSON that rank 0 of `torchrun --nproc-per-node 2 -m collapsekit ARGV` prints (rank 0 alone prints)."""
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # --standalone: a local rendezvous on a free port. A session of its own, so a hang is killed whole.
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "collapsekit", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    return json.loads(stdout)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
@@ -61,20 +78,7 @@ def test_torchrun_two_processes_same_masks_as_one_and_trains(tmp_path, capsys):
     assert main(common + ["--out", str(tmp_path / "one")]) == 0
     one = json.loads(capsys.readouterr().out)
 
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # --standalone: a local rendezvous on a free port. A session of its own, so a hang is killed whole.
-    proc = subprocess.Popen([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "collapsekit", *common,
-                             "--out", str(tmp_path / "two")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
-    two = json.loads(stdout)  # rank 0 alone prints
+    two = torchrun_two(common + ["--out", str(tmp_path / "two")], timeout=240)
     assert two["world_size"] == 2 and one["world_size"] == 1
 
     masks_one = mask_io.load(tmp_path / "one" / "model.safetensors")
@@ -88,3 +92,31 @@ def test_torchrun_two_processes_same_masks_as_one_and_trains(tmp_path, capsys):
     model = checkpoint.load_into(models.create("lenet_300_100", 10, 1, 8), tmp_path / "two" / "model.safetensors")
     for name, keep in masks_two.items():
         assert not model.get_parameter(name).detach()[~keep].any()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
+    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
+def test_torchrun_fine_tunes_a_causal_lm_by_perplexity(tmp_path, capsys):
+    """llama_tiny (a Hugging Face model returning an output object) under DDP: masks as one process's, learns."""
+    pytest.importorskip("transformers")
+    from collapsekit.data.text import embedded_corpus
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(embedded_corpus()[:20_000])
+    text = ["--data", f"text:{corpus}", "--input-size", "32", "--device", "cpu", "--no-progress", "--format", "json"]
+    assert main(["train", "--model", "llama_tiny", "--epochs", "1", "--out", str(tmp_path / "dense"), *text]) == 0
+    dense = json.loads(capsys.readouterr().out)
+    common = ["finetune", "--checkpoint", str(tmp_path / "dense" / "model.safetensors"), "--sparsity", "0.8",
+              "--epochs", "1", *text]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    two = torchrun_two(common + ["--out", str(tmp_path / "two")], timeout=300)
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    masks_one = mask_io.load(tmp_path / "one" / "model.safetensors")
+    masks_two = mask_io.load(tmp_path / "two" / "model.safetensors")
+    assert all(torch.equal(masks_one[n], masks_two[n]) for n in masks_one)
+    # Same pruned model before fine-tuning; both runs win perplexity back from it.
+    assert two["perplexity_before"] == pytest.approx(one["perplexity_before"], rel=1e-5)
+    assert two["perplexity"] < two["perplexity_before"] and one["perplexity"] < one["perplexity_before"]
+    assert dense["perplexity"] < two["perplexity_before"]

@@ -1,5 +1,6 @@
 """Masked fine-tuning: masks exact through SGD momentum / weight decay / Adam, resume after a kill, files, CLI."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -307,3 +308,75 @@ def test_bf16_autocast_wrapper_trains_with_exact_masks(dense, digits, monkeypatc
                       callbacks=[AfterStep(model, lambda m: assert_pruned_plus_zero(m, masks))])
     assert_pruned_plus_zero(model, masks)
     assert result.accuracy > 0.7
+
+
+# ---- causal language models ----------------------------------------------------------------------------------
+
+class TinyLM(torch.nn.Module):
+    """Token embedding -> MLP -> next-token logits [batch, steps, vocab]: the smallest LM with prunable layers."""
+
+    def __init__(self, vocab_size=256):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, 16)
+        self.hidden = torch.nn.Linear(16, 64)
+        self.head = torch.nn.Linear(64, vocab_size)
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.hidden(self.embed(ids))))
+
+
+@pytest.fixture(scope="module")
+def small_text():
+    from collapsekit.data.text import embedded_corpus, text_bundle
+
+    return text_bundle(embedded_corpus()[:30_000], "small_text", context=16)
+
+
+def test_lm_masked_finetune_resumes_bit_identical_and_learns(small_text, tmp_path):
+    """A causal LM fine-tuned with masks: next-token loss, perplexity before/after, exact masks, resume."""
+    from collapsekit.data.tasks import task_of
+    from collapsekit.training.train import score
+
+    torch.manual_seed(0)
+    dense_lm = TinyLM()
+    kw = dict(lr=2e-2, batch_size=32, optimizer="adamw", weight_decay=0.01, lr_schedule="warmup_cosine",
+              device="cpu", progress=False)
+
+    def pruned():
+        model = TinyLM()
+        model.load_state_dict(dense_lm.state_dict())
+        return model, ck.prune(model, 0.7).masks
+
+    clean_model, masks = pruned()
+    clean = finetune(clean_model, masks, small_text, epochs=3, out=tmp_path / "clean", **kw)
+    steps_per_epoch = -(-len(small_text.train) // 32)
+
+    class DieInEpoch2(Callback):
+        def on_step_end(self, opt, step):
+            if step == steps_per_epoch + 5:
+                raise Killed
+
+    model, masks2 = pruned()
+    with pytest.raises(Killed):
+        finetune(model, masks2, small_text, epochs=3, out=tmp_path / "run", callbacks=[DieInEpoch2()], **kw)
+    model, masks3 = pruned()
+    resumed = finetune(model, masks3, small_text, epochs=3, out=tmp_path / "run", resume=True, **kw)
+    assert resumed.resumed_from == 1
+    for (name, a), b in zip(clean_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert_pruned_plus_zero(model, masks)
+    assert resumed.perplexity == clean.perplexity and resumed.perplexity_before == clean.perplexity_before
+    # The numbers are the task's: perplexity = exp(mean next-token cross-entropy) on the test windows.
+    scores = score(model, small_text.test, task=task_of(small_text))
+    assert resumed.perplexity == pytest.approx(math.exp(scores["loss"]), rel=1e-9)
+    assert resumed.accuracy == pytest.approx(scores["accuracy"])
+    # Random init: near uniform (256) before; fine-tuning learns bigram statistics well below the unigram's.
+    unigram = task_of(small_text).baseline(small_text)
+    assert resumed.perplexity_before > 200 and resumed.perplexity < 0.8 * unigram
+    history = resumed.history
+    assert [m["sparsity"] for m in history] == [pytest.approx(0.7, abs=1e-4)] * 3
+    assert history[-1]["test_perplexity"] == resumed.perplexity
+    assert history[0]["train_perplexity"] == pytest.approx(math.exp(history[0]["loss"]))
+    saved = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert saved["perplexity"] == resumed.perplexity and saved["perplexity_before"] == resumed.perplexity_before
+    assert checkpoint.read_meta(tmp_path / "run" / "model.safetensors")["perplexity"] == resumed.perplexity

@@ -13,8 +13,9 @@ from collapsekit.models import create, names, resolve
 from collapsekit.models.resnet import resnet
 from collapsekit.models.wrn import wrn
 
-ZOO = ["fastgrnn", "lenet5", "lenet_300_100", "mobilenet_v1", "mobilenet_v2", "resnet20", "resnet32",
+ZOO = ["fastgrnn", "lenet5", "lenet_300_100", "llama_tiny", "mobilenet_v1", "mobilenet_v2", "resnet20", "resnet32",
        "resnet56", "wrn_16_2", "wrn_16_4", "wrn_28_10", "wrn_28_8"]
+CLASSIFIERS = [name for name in ZOO if name != "llama_tiny"]  # llama_tiny takes token ids (its own test below)
 # (in_channels, input_size, num_classes): sklearn digits, CIFAR-10.
 SHAPES = {"digits": (1, 8, 10), "cifar": (3, 32, 10)}
 BATCH = 2
@@ -103,7 +104,7 @@ def test_mobilenet_v1_strides_and_width_multiplier():
 # ---- forward shapes and fx traces for every zoo model ----
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_forward_gives_one_logit_per_class(name, shape):
     with torch.no_grad():
         out = zoo_model(name, shape)(example_input(name, shape))
@@ -112,7 +113,7 @@ def test_forward_gives_one_logit_per_class(name, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_fx_trace_matches_eager(name, shape):
     model = zoo_model(name, shape)
     traced = torch.fx.symbolic_trace(model)
@@ -176,3 +177,24 @@ def test_resolve_takes_zoo_names_and_user_factories():
 def test_resolve_bad_spec_raises(spec):
     with pytest.raises(CollapsekitError):
         resolve(spec)
+
+
+def test_llama_tiny_is_a_small_causal_lm_that_takes_the_text_bundles_vocabulary():
+    pytest.importorskip("transformers")
+    from collapsekit.data.tasks import model_logits
+
+    torch.manual_seed(0)
+    # A text bundle offers vocab_size and context_length; the factory takes both.
+    model = resolve("llama_tiny", num_classes=300, in_channels=1, input_size=16,
+                    offered={"vocab_size": 300, "context_length": 16}).eval()
+    config = model.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 2, 4)
+    assert (config.vocab_size, config.max_position_embeddings) == (300, 16)
+    ids = torch.randint(0, 300, (2, 16))
+    logits = model_logits(model(ids))
+    assert logits.shape == (2, 16, 300)
+    # Causal: the logits at step t do not change when a later token does.
+    changed = ids.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 300
+    assert torch.allclose(model_logits(model(changed))[:, :10], logits[:, :10], atol=1e-5)
+    assert not torch.allclose(model_logits(model(changed))[:, 10], logits[:, 10])

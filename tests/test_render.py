@@ -59,6 +59,38 @@ def test_mt_search_to_text_marks_the_best_point():
     assert lines[6] == "best MT 3 (0.3 %): accuracy 0.8000 (range 0.1000-0.8000 over 3 values, 2 epochs each)"
 
 
+def test_validation_and_mt_search_of_a_language_model_print_perplexities():
+    def level(s, collapsed, before, after):
+        return LevelValidation(sparsity=s, predicted_collapsed=collapsed, emptied_layers=(), effective_sparsity=s,
+                               dead_channel_count=0, accuracy_pruned=0.3, accuracy=0.4, trained=not collapsed,
+                               constant_after_prune=collapsed, observed_collapsed=collapsed, agree=True,
+                               forecast_trainable=not collapsed, perplexity_pruned=before, perplexity=after)
+
+    report = ValidationReport(model="llama_tiny", mt=0, collapse_sparsity=0.99998, dense_accuracy=0.5,
+                              chance=1 / 256, margin=0.5, epochs=1, metric="perplexity", unigram_perplexity=25.99,
+                              dense_perplexity=6.39, levels=(level(0.5, False, 7.56, 6.08),
+                                                             level(0.99999, True, 256.0, 256.0)))
+    lines = validation_to_text(report).splitlines()
+    assert lines[0] == ("llama_tiny: dense perplexity 6.390, unigram perplexity 25.990, MT 0, predicted collapse "
+                        "sparsity 0.99998, 1 fine-tuning epochs, trained = closes 50% of the log gap from unigram "
+                        "to dense")
+    assert lines[1].split()[5:9] == ["ppl", "pruned", "ppl", "tuned"]
+    assert lines[3].split()[5:7] == ["7.5600", "6.0800"] and lines[4].split()[5:7] == ["256.0000", "256.0000"]
+    assert report.to_dict()["metric"] == "perplexity" and report.to_dict()["levels"][0]["perplexity"] == 6.08
+
+    points = tuple(MTPoint(mt=m, percent=m / 10, predicted_collapsed=False, emptied_layers=0, accuracy_pruned=0.2,
+                           accuracy=0.9 - m / 100, perplexity_pruned=100.0, perplexity=ppl)
+                   for m, ppl in ((0, 16.8), (5, 16.7), (98, 63.5)))
+    result = MTSearchResult(sparsity=0.99, suggestion={"mt": 0, "percent": 0.0, "total": 1000, "reason": "why",
+                                                       "floor": 0}, points=points, epochs=1, metric="perplexity",
+                            baselines={"unigram_perplexity": 25.99, "dense_perplexity": 6.39})
+    assert result.best.mt == 5  # lower perplexity wins, whatever the (higher) accuracy of MT 0
+    assert result.to_dict()["best_perplexity"] == 16.7 and result.to_dict()["unigram_perplexity"] == 25.99
+    lines = mt_search_to_text(result).splitlines()
+    assert lines[1].split()[5:9] == ["ppl", "pruned", "ppl", "tuned"]
+    assert lines[-1] == "best MT 5 (0.5 %): perplexity 16.7000 (range 16.7000-63.5000 over 3 values, 1 epochs each)"
+
+
 @pytest.mark.parametrize("align", ["", "r", "lrl"])
 def test_table_header_rule_and_rows_have_one_width_per_column(align):
     text = table(["aa", "b", "c"], [["x", "yyy", "z"]], align)

@@ -138,3 +138,66 @@ def test_wrn_does_not_collapse_at_that_sparsity(wrn, digits, sparsity):
     assert not level.predicted_collapsed and not level.observed_collapsed
     assert level.trained and level.accuracy > 0.8
     assert report.agreement_rate == 1.0
+
+
+# ---- causal LMs end to end, by perplexity --------------------------------------------------------------------
+
+def _cli_json(capsys, *argv) -> dict:
+    from collapsekit.cli import main
+
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def user_lm_module(monkeypatch):
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # heldout_lm.py, as a user's own module
+
+
+@pytest.mark.slow
+def test_held_out_lm_learns_in_one_epoch_and_stays_trained_at_half_sparsity(tmp_path, user_lm_module, capsys):
+    """A GPT-2 (not in the zoo) through `train --data text --epochs 1` -> `report` -> `validate` at 0.5."""
+    out = tmp_path / "gpt2"
+    trained_doc = _cli_json(capsys, "train", "--model", "heldout_lm:gpt2_tiny", "--data", "text", "--epochs", "1",
+                            "--out", str(out), "--no-progress", "--format", "json")
+    ckpt = str(out / "model.safetensors")
+    report = _cli_json(capsys, "report", "--checkpoint", ckpt, "--format", "json", "--sparsity", "0.5")
+    assert not report["levels"][0]["collapsed"]
+    doc = _cli_json(capsys, "validate", "--checkpoint", ckpt, "--data", "text", "--sparsity", "0.5", "--epochs", "1",
+                    "--no-progress", "--format", "json")
+    unigram = doc["unigram_perplexity"]
+    assert doc["metric"] == "perplexity" and 20 < unigram < 35  # byte-level English prose and code: ~26
+    assert doc["dense_perplexity"] == pytest.approx(trained_doc["perplexity"], rel=1e-6)
+    assert doc["dense_perplexity"] <= 0.8 * unigram  # one epoch is enough to learn
+    (half,) = doc["levels"]
+    assert {"perplexity", "perplexity_pruned", "trained", "predicted_collapsed", "forecast_trainable"} <= set(half)
+    assert not half["predicted_collapsed"] and half["trained"] and half["perplexity"] <= 0.8 * unigram
+    assert half["forecast_trainable"] and half["agree"] and doc["agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_held_out_lm_past_its_predicted_collapse_cannot_beat_the_unigram(tmp_path, user_lm_module, capsys):
+    """An OPT whose narrow embedding projections are bottlenecks, on the user's own text: every level predicted
+    collapsed is a constant function, so its perplexity stays at or above the unigram perplexity."""
+    from collapsekit.data.text import embedded_corpus
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(embedded_corpus()[:60_000])
+    out = tmp_path / "opt"
+    _cli_json(capsys, "train", "--model", "heldout_lm:opt_tiny", "--data", f"text:{corpus}", "--epochs", "1",
+              "--input-size", "64", "--out", str(out), "--no-progress", "--format", "json")
+    ckpt = str(out / "model.safetensors")
+    collapse = _cli_json(capsys, "report", "--checkpoint", ckpt, "--format", "json",
+                         "--sparsity", "0.5")["collapse_sparsity"]
+    assert 0.99 < collapse < 1.0  # project_in / project_out lie on every path
+    past = collapse + (1.0 - collapse) / 2
+    doc = _cli_json(capsys, "validate", "--checkpoint", ckpt, "--data", f"text:{corpus}", "--sparsity", f"{past:.12f}",
+                    "--epochs", "1", "--no-progress", "--format", "json")
+    unigram = doc["unigram_perplexity"]
+    (gone,) = doc["levels"]
+    assert gone["predicted_collapsed"] and gone["observed_collapsed"] and gone["constant_after_prune"]
+    assert gone["perplexity"] >= 0.98 * unigram and gone["perplexity_pruned"] >= 0.98 * unigram
+    assert not gone["trained"] and gone["forecast_trainable"] is False and gone["agree"]

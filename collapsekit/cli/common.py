@@ -61,7 +61,8 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
 def add_data_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """Add --data, --data-path and (if not there yet) --input-size."""
     _add_once(parser, "--data", metavar="NAME", required=required,
-              help=f"data set: {', '.join(data.names())}, or package.module:loader returning a DataBundle "
+              help=f"data set: {', '.join(data.names())} (the embedded text corpus, for causal LMs), "
+                   "text:PATH (your .txt/.jsonl), or package.module:loader returning a DataBundle "
                    "(default: the checkpoint's)")
     _add_once(parser, "--data-path", metavar="DIR",
               help="folder of a downloaded data set (cifar10: the python batches; har: 'UCI HAR Dataset')")
@@ -165,7 +166,7 @@ def model_shapes(args: argparse.Namespace, meta: dict) -> tuple[str | None, int 
     """
     spec = getattr(args, "model", None) or meta.get("model")
     name = getattr(args, "data", None) or meta.get("data")
-    native = data.native_shape(name) if name in data.names() else (None, None, None)
+    native = data.native_shape(name) if name in data.names() or data.is_text(name) else (None, None, None)
     if spec and ":" not in spec:
         native = tuple(n if n is not None else z for n, z in zip(native, (10, 3, 32)))
 
@@ -214,6 +215,10 @@ def example_input(args: argparse.Namespace, meta: dict, model=None, bundle=None)
         return bundle.example_input()
     if _token_vocabulary(model):  # an image-shaped tensor means nothing to an embedding
         return token_inputs(model, DEFAULT_TOKENS)
+    if data.is_text(meta.get("data")) and meta.get("num_classes") and meta.get("input_size"):
+        # trained on text, no config to read: token ids of one context window
+        return torch.randint(0, int(meta["num_classes"]), (1, int(meta["input_size"])),
+                             generator=torch.Generator().manual_seed(0))
     spec = meta.get("model") or getattr(args, "model", None)
     in_channels = meta.get("in_channels") or getattr(args, "in_channels", None) or 3
     input_size = meta.get("input_size") or getattr(args, "input_size", None) or 32
@@ -277,15 +282,18 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
         where = f"{checkpoint.sidecar_path(described)} does not exist" if path else "no --checkpoint was given"
         raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(models.names())}, or "
                                f"package.module:factory); {where}")
+    # A text model's factory may take the vocabulary and context (num_classes and input_size, for text).
+    text = data.is_text(getattr(args, "data", None) or meta.get("data"))
+    offered = {"vocab_size": num_classes, "context_length": input_size} if text else None
     seed = getattr(args, "seed", None)
     if seed is not None:  # a fresh model's initialisation repeats with --seed
         seed_everything(seed)
     shapes = dict(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
     if stream and (on_meta is None or on_meta):
         with meta_device():
-            model = models.resolve(spec, **shapes)
+            model = models.resolve(spec, offered=offered, **shapes)
     else:
-        model = models.resolve(spec, **shapes)
+        model = models.resolve(spec, offered=offered, **shapes)
     if path and not stream:
         if Path(path).is_dir() or path.endswith(".index.json"):  # a sharded checkpoint (Hugging Face layout)
             model = _load_sharded(model, path)

@@ -33,7 +33,7 @@ def run(args) -> int:
 
     model, meta, bundle = common.load_job(args)
     result = search_mt(model, bundle, args.sparsity, mts=args.mt, epochs=args.epochs,
-                       progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta))
+                       progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta, bundle))
     if is_main_process():  # under torchrun every rank sweeps; rank 0 prints
         common.print_result(result, args.format, mt_search_to_text)
     return 0

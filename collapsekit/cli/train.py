@@ -5,7 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+from collapsekit.analysis.timing import tqdm_class
 from collapsekit.cli import common
+from collapsekit.cli.finetune import metrics_line
 from collapsekit.training.train import dense_train
 
 HELP = "train a dense model (the network to analyse and prune) and save it"
@@ -22,8 +24,9 @@ def add_arguments(p) -> None:
     common.add_output_arg(p, "--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/model.json")
     p.add_argument("--epochs", type=int, help="epochs (default: per family, e.g. 8 for resnet20)")
     common.add_optimizer_args(p)
-    p.add_argument("--lr-schedule", choices=["cosine", "linear", "constant"], default="cosine",
-                   help="learning-rate decay to 0 over the run (default: cosine)")
+    p.add_argument("--lr-schedule", choices=["cosine", "linear", "constant", "warmup_cosine"],
+                   help="learning-rate decay to 0 over the run (default: cosine; warmup_cosine for language "
+                        "models: 5 %% linear warm-up, then cosine)")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--augment", action="store_true", default=None,
                    help="random flips and shifts (default: on for cifar10 only)")
@@ -38,11 +41,9 @@ def run(args) -> int:
 
     def log_epoch(epoch: int, m: dict) -> None:
         if not quiet:
-            from collapsekit.analysis.timing import tqdm_class
-
             tqdm = tqdm_class()
-            tqdm.write(f"epoch {epoch}: loss {m['loss']:.4f}  train {m['train_acc']:.2%}  "
-                       f"test {m['test_acc']:.2%}  ({m['seconds']:.1f} s)", file=sys.stderr)
+            tqdm.write(f"epoch {epoch}: loss {m['loss']:.4f}  {metrics_line(m)}  ({m['seconds']:.1f} s)",
+                       file=sys.stderr)
 
     # A recorded data path belongs to the data set the checkpoint was trained on.
     data_path = args.data_path or (meta.get("data_path") if meta.get("data") == bundle.name else None)
@@ -55,6 +56,8 @@ def run(args) -> int:
     if args.format == "json":
         print(json.dumps({**result.to_dict(), "checkpoint": str(out)}, indent=2))
     else:
-        print(f"test accuracy {result.accuracy:.4f} ({meta['model']} on {bundle.name}, "
+        score = (f"test perplexity {result.perplexity:.4f} (next-token accuracy {result.accuracy:.4f})"
+                 if result.perplexity is not None else f"test accuracy {result.accuracy:.4f}")
+        print(f"{score} ({meta['model']} on {bundle.name}, "
               f"{len(result.history)} epochs); wrote {out} and {out.with_suffix('.json')}")
     return 0

@@ -22,8 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("--sparsity", type=common.sparsity_arg, nargs="+", required=True, metavar="S",
                    help="sparsity levels in [0, 1), or N%%")
     common.add_mt_arg(p)
-    p.add_argument("--margin", type=float, default=0.1,
-                   help="'above chance' means accuracy > 1/classes + MARGIN (default: 0.1)")
+    p.add_argument("--margin", type=float,
+                   help="'trained' means accuracy > 1/classes + MARGIN (default: 0.1); for a language model, "
+                        "closing MARGIN of the log-perplexity gap from unigram to dense (default: 0.5)")
     add_finetune_args(p)
     common.add_output_arg(p, "--out", metavar="DIR", help="keep each level's fine-tuning run under DIR/s<sparsity>/")
     p.add_argument("--format", choices=["text", "json"], default="text", help="output form (default text)")
@@ -32,7 +33,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     """Validate the prediction at each sparsity and print the table (rank 0 only)."""
     model, meta, bundle = common.load_job(args)
-    kwargs = finetune_kwargs(args, meta)
+    kwargs = finetune_kwargs(args, meta, bundle)
     report = validate(model, bundle, args.sparsity, mt=args.mt, epochs=args.epochs, margin=args.margin,
                       name=meta.get("model"), out=args.out,
                       progress=not args.no_progress and args.format != "json", **kwargs)

@@ -1,8 +1,8 @@
-"""Datasets as DataBundles: bundled digits, CIFAR-10 and UCI HAR from local files, synthetic clusters."""
+"""Datasets as DataBundles: bundled digits, CIFAR-10 and UCI HAR from local files, synthetic clusters, text."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +19,9 @@ class DataBundle:
 
     Images are [N, in_channels, input_size, input_size]; sequences are
     [N, input_size, in_channels] (input_size = steps, in_channels = features).
+    A causal-LM bundle (`task="causal_lm"`, `collapsekit.data.text`) holds int64
+    token windows [N, input_size] with the next tokens as targets; num_classes is
+    its vocabulary size and input_size its context length.
     """
 
     name: str
@@ -27,6 +30,24 @@ class DataBundle:
     num_classes: int
     in_channels: int
     input_size: int
+    task: str = "classification"  # a key of collapsekit.data.tasks.TASKS
+    tokenizer: object = field(default=None, repr=False, compare=False)  # text: encode/decode
+    source_sha256: str | None = None  # text: the SHA-256 of the text it was cut from
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Tokens a language model must predict (None unless the task is causal_lm)."""
+        return self.num_classes if self.task == "causal_lm" else None
+
+    @property
+    def context_length(self) -> int | None:
+        """Tokens per example of a language model (None unless the task is causal_lm)."""
+        return self.input_size if self.task == "causal_lm" else None
+
+    def model_kwargs(self) -> dict:
+        """Keywords a model factory may accept beyond the shapes: vocab_size and context_length for text."""
+        return {} if self.task == "classification" else {"vocab_size": self.vocab_size,
+                                                          "context_length": self.context_length}
 
     def example_input(self) -> torch.Tensor:
         """A batch holding the first test input: what tracing and analysis need."""
@@ -39,7 +60,11 @@ class DataBundle:
 
     def to_dict(self) -> dict:
         """Description for metadata and reports (no tensors)."""
+        extra = {} if self.task == "classification" else {
+            "task": self.task, **self.model_kwargs(), "source_sha256": self.source_sha256,
+            "tokenizer": self.tokenizer.to_dict() if hasattr(self.tokenizer, "to_dict") else None}
         return {
+            **extra,
             "name": self.name,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
@@ -59,7 +84,9 @@ _LOADERS: dict[str, tuple[str, tuple[int, int, int]]] = {
     "har2": ("collapsekit.data.har:load_har2", (2, 9, 128)),
     "synthetic": ("collapsekit.data.synthetic:load", (10, 1, 8)),
     "synthetic_seq": ("collapsekit.data.synthetic:load_seq", (10, 3, 16)),
+    "text": ("collapsekit.data.text:load", (256, 1, 128)),  # byte tokens, context 128
 }
+TEXT_PREFIX = "text:"  # --data text:PATH, the user's own text
 
 
 def names() -> list[str]:
@@ -77,7 +104,12 @@ def is_sequence(name: str) -> bool:
 
 def native_shape(name: str) -> tuple[int, int, int]:
     """(num_classes, in_channels, input_size) of a dataset as stored, without loading it."""
-    return _LOADERS[_check_name(name)][1]
+    return _LOADERS["text" if is_text(name) else _check_name(name)][1]
+
+
+def is_text(name: str | None) -> bool:
+    """True for the causal-LM data sets: `text` and `text:PATH`."""
+    return bool(name) and (name == "text" or name.startswith(TEXT_PREFIX))
 
 
 def load(name: str, path=None, input_size: int | None = None, channels: int | None = None,
@@ -87,7 +119,10 @@ def load(name: str, path=None, input_size: int | None = None, channels: int | No
     `path` is where the files of a downloaded dataset live (cifar10, har, har2);
     `seed` only changes synthetic data: real splits are fixed. A `package.module:loader`
     name calls the user's loader with the keywords it accepts; it must return a DataBundle.
+    `text:PATH` is the user's own text (`collapsekit.data.text`).
     """
+    if name.startswith(TEXT_PREFIX):  # the text loader, on the user's file
+        name, path = "text", name[len(TEXT_PREFIX):]
     if ":" in name and name not in _LOADERS:
         loader = load_callable(name, "data")
         try:
@@ -157,4 +192,4 @@ def bundle(name: str, x_train, y_train, x_test, y_test, num_classes: int, in_cha
     )
 
 
-__all__ = ["DataBundle", "load", "names", "native_shape", "is_sequence"]
+__all__ = ["DataBundle", "load", "names", "native_shape", "is_sequence", "is_text"]

@@ -28,7 +28,8 @@ from collapsekit.pruning.prune import check_masks, prune
 from collapsekit.training import distributed
 from collapsekit.training.masking import MaskCallback, check_pruned_zero
 from collapsekit.training.schedules import PruningSchedule, make
-from collapsekit.training.train import LR_SCHEDULES, Callback, evaluate, fit
+from collapsekit.data.tasks import task_of
+from collapsekit.training.train import LR_SCHEDULES, Callback, fit, score
 
 RESULT_FILE = "finetune.json"
 MODEL_FILE = "model.safetensors"
@@ -36,7 +37,10 @@ MODEL_FILE = "model.safetensors"
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """Test accuracy before (pruned) and after masked fine-tuning, one metrics dict per epoch, the final masks."""
+    """Test accuracy before (pruned) and after masked fine-tuning, one metrics dict per epoch, the final masks.
+
+    A causal LM's accuracy is next-token accuracy; its perplexity before and after come beside it.
+    """
 
     accuracy: float
     accuracy_before: float  # before the first fine-tuning step (after the pruning due before epoch 1, if any)
@@ -49,10 +53,14 @@ class FinetuneResult:
     world_size: int
     out: str | None
     masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    perplexity: float | None = None  # causal LM: test perplexity after fine-tuning
+    perplexity_before: float | None = None  # ... and before it
 
     def to_dict(self) -> dict:
         """The JSON document (`OUT/finetune.json`); the masks themselves go inside `OUT/model.safetensors`."""
-        return {"accuracy": self.accuracy, "accuracy_before": self.accuracy_before, "sparsity": self.sparsity,
+        lm = {} if self.perplexity is None else {"perplexity": self.perplexity,
+                                                 "perplexity_before": self.perplexity_before}
+        return {**lm, "accuracy": self.accuracy, "accuracy_before": self.accuracy_before, "sparsity": self.sparsity,
                 "pruning_schedule": self.pruning_schedule, "epochs": self.epochs, "resumed_from": self.resumed_from,
                 "history": list(self.history), "device": self.device, "world_size": self.world_size,
                 "out": self.out}
@@ -60,7 +68,7 @@ class FinetuneResult:
 
 def finetune(model: nn.Module, masks: dict[str, torch.Tensor] | None, bundle, epochs: int, lr: float = 0.01,
              batch_size: int = 64, *, optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
-             device="auto", lr_schedule: str = "cosine", label_smoothing: float = 0.1, seed: int = 0,
+             device="auto", lr_schedule: str = "cosine", label_smoothing: float | None = None, seed: int = 0,
              out=None, resume: bool = False, plan: PruningSchedule | None = None, mt=None,
              progress: bool = True, callbacks: Sequence[Callback] = (), meta: dict | None = None) -> FinetuneResult:
     """FinetuneResult of fine-tuning `model` in place with `masks` (name -> bool keep-mask) held exact.
@@ -77,7 +85,9 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor] | None, bundle, ep
     with `batch_size // world_size` per step; masks are rank 0's, rank 0 writes.
     `callbacks` (`train.Callback`) run after the masks' at every step (they see
     masked weights) and after the checkpoint at every epoch end; their metrics
-    carry the epoch's `sparsity`.
+    carry the epoch's `sparsity`. Loss and metrics are the bundle's task's
+    (`collapsekit.data.tasks`); `label_smoothing` defaults to the task's (0.1
+    for classifiers, 0 for causal LMs, whose perplexity it would bias).
     """
     plan = plan or PruningSchedule("finetune", epochs, ())
     if plan.epochs != epochs:
@@ -90,6 +100,8 @@ def finetune(model: nn.Module, masks: dict[str, torch.Tensor] | None, bundle, ep
         raise CollapsekitError("resume needs the run's output directory (out)")
     if masks:
         check_masks(model, masks)
+    if label_smoothing is None:
+        label_smoothing = task_of(bundle).default_label_smoothing
     hp = dict(lr=float(lr), batch_size=int(batch_size), optimizer=optimizer, momentum=float(momentum),
               weight_decay=float(weight_decay), lr_schedule=lr_schedule, label_smoothing=float(label_smoothing),
               seed=int(seed))
@@ -136,7 +148,8 @@ class _MaskedRun(Callback):
         self.events = dict(plan.events)
         self.config: dict = {}
         self.history: list[dict] = []
-        self.accuracy_before: float | None = None
+        self.task = task_of(bundle)
+        self.before: dict | None = None  # test scores before the first step (`train.score`)
         if not any(p.requires_grad for p in model.parameters()):
             raise CollapsekitError(f"{type(model).__name__} has no trainable parameters")
 
@@ -170,10 +183,10 @@ class _MaskedRun(Callback):
                 lr_restarts=plan.restarts, epoch_data=self._shard)
         finally:
             bar.close()
-        if self.accuracy_before is None:  # a zero-epoch plan, or a complete run resumed
-            self.accuracy_before = evaluate(self.model, self.bundle.test, ctx.device)
+        if self.before is None:  # a zero-epoch plan, or a complete run resumed
+            self.before = self._score()
         check_pruned_zero(self.model, self.masking.masks)
-        result = self._result(start, evaluate(self.model, self.bundle.test, ctx.device))
+        result = self._result(start, self._score())
         if self.out is not None and ctx.is_main:
             self._write_outputs(result)
         distributed.barrier(ctx)
@@ -186,8 +199,8 @@ class _MaskedRun(Callback):
     def on_epoch_begin(self, epoch: int, optimizer) -> None:
         if epoch in self.events:
             self._prune(self.events[epoch], optimizer)
-        if self.accuracy_before is None:
-            self.accuracy_before = evaluate(self.model, self.bundle.test, self.ctx.device)
+        if self.before is None:
+            self.before = self._score()
 
     def on_epoch_end(self, epoch: int, metrics: dict, optimizer) -> None:
         metrics["loss"], metrics["train_acc"] = distributed.mean([metrics["loss"], metrics["train_acc"]], self.ctx)
@@ -195,7 +208,7 @@ class _MaskedRun(Callback):
         self.history.append(dict(metrics))
         if self.out is not None and self.ctx.is_main:  # first the state, then the log line it vouches for
             document = {"epoch": epoch, "config": self.config, "history": self.history,
-                        "accuracy_before": self.accuracy_before}
+                        "accuracy_before": self.before["accuracy"], "scores_before": self.before}
             runstate.write_state(self.out / runstate.STATE_FILE, self.model, self.masking.masks,
                                  optimizer.state_dict(), document)
             runstate.write_metrics(self.out, self.history)
@@ -239,16 +252,21 @@ class _MaskedRun(Callback):
                                    "model and settings, or fine-tune into another directory")
         state.load_weights(self.model, self.out / runstate.STATE_FILE)
         self.history = list(state.doc["history"])
-        self.accuracy_before = state.doc["accuracy_before"]
+        self.before = state.doc.get("scores_before") or {"accuracy": state.doc["accuracy_before"]}
         state.restore_rng()
         self.masking.set_masks(distributed.broadcast_masks(state.masks(self.ctx.device), self.ctx))
         if self.ctx.is_main:  # the log is exactly the checkpoint's epochs: none lost, none twice
             runstate.write_metrics(self.out, self.history)
         return state.epoch
 
-    def _result(self, start: int, accuracy: float) -> FinetuneResult:
+    def _score(self) -> dict:
+        return score(self.model, self.bundle.test, self.ctx.device, task=self.task)
+
+    def _result(self, start: int, scores: dict) -> FinetuneResult:
         return FinetuneResult(
-            accuracy=accuracy, accuracy_before=float(self.accuracy_before), sparsity=self.masking.sparsity(),
+            accuracy=scores["accuracy"], accuracy_before=float(self.before["accuracy"]),
+            perplexity=scores.get("perplexity"), perplexity_before=self.before.get("perplexity"),
+            sparsity=self.masking.sparsity(),
             pruning_schedule=self.plan.name, epochs=self.plan.epochs, resumed_from=start,
             history=tuple(self.history), device=str(self.ctx.device), world_size=self.ctx.world_size,
             out=None if self.out is None else str(self.out),
@@ -259,6 +277,8 @@ class _MaskedRun(Callback):
         meta = {"num_classes": self.bundle.num_classes, "in_channels": self.bundle.in_channels,
                 "input_size": self.bundle.input_size, "data": self.bundle.name, **self.meta,
                 "accuracy": result.accuracy, "sparsity": result.sparsity, "finetune": result.to_dict()}
+        if result.perplexity is not None:
+            meta["perplexity"] = result.perplexity
         meta.pop("history", None)  # the dense run's; this run's is under "finetune"
         meta.pop(checkpoint.SHA_KEY, None)
         save_outputs(self.out, model, result.masks, meta)
@@ -273,7 +293,9 @@ class _EpochBar(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict, optimizer) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['test_acc']:.3f}")
+        shown = {"ppl": f"{metrics['test_perplexity']:.2f}"} if "test_perplexity" in metrics else {
+            "acc": f"{metrics['test_acc']:.3f}"}
+        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", **shown)
 
 
 class BF16Autocast(nn.Module):

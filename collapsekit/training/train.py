@@ -19,19 +19,27 @@ from collapsekit import data as datasets
 from collapsekit.errors import CollapsekitError, first_line
 from collapsekit.files import checkpoint
 from collapsekit.models import resolve
+from collapsekit.data.tasks import TASKS, Task, model_logits, task_of
 from collapsekit.training.device import resolve_device
+
+CLASSIFICATION = TASKS["classification"]
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Final test accuracy and one dict per epoch: {epoch, loss, train_acc, test_acc, seconds, lr}."""
+    """Final test accuracy (an LM's: next-token accuracy, and its perplexity) and one dict per epoch.
+
+    History entries: {epoch, loss, train_acc, test_acc, seconds, lr}, plus
+    train_perplexity and test_perplexity for a causal LM.
+    """
 
     accuracy: float
     history: list = field(default_factory=list)
+    perplexity: float | None = None  # causal LM: test perplexity
 
     def to_dict(self) -> dict:
-        """The JSON document the CLI prints."""
-        return asdict(self)
+        """The JSON document the CLI prints (no perplexity key for a classifier)."""
+        return {k: v for k, v in asdict(self).items() if not (k == "perplexity" and v is None)}
 
 
 # Defaults per model family, measured on digits (see README): CNNs with BN take
@@ -41,6 +49,9 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "lenet": dict(epochs=20, lr=0.05, batch_size=32, optimizer="sgd", weight_decay=5e-4),
     "cnn": dict(epochs=8, lr=0.05, batch_size=32, optimizer="sgd", weight_decay=5e-4),
     "rnn": dict(epochs=30, lr=1e-2, batch_size=64, optimizer="adam", weight_decay=0.0),
+    # Causal LMs, whatever the architecture: AdamW with warm-up and cosine decay, as LM recipes use;
+    # measured on the embedded text with llama_tiny (docs/language-models.md).
+    "lm": dict(epochs=1, lr=3e-3, batch_size=8, optimizer="adamw", weight_decay=0.01, lr_schedule="warmup_cosine"),
 }
 _FAMILY_PREFIXES = [("lenet_300", "mlp"), ("mlp", "mlp"), ("lenet", "lenet"), ("fastgrnn", "rnn"),
                     ("lstm", "rnn"), ("gru", "rnn"), ("rnn", "rnn")]
@@ -62,10 +73,15 @@ def default_input_size(spec: str, data_name: str) -> int | None:
     return floor if floor is not None and native < floor else None
 
 
-def defaults_for(spec: str) -> dict:
-    """Training defaults (epochs, lr, batch_size, optimizer, weight_decay) for a model spec's family."""
+def defaults_for(spec: str, task: Task | None = None) -> dict:
+    """Training defaults (epochs, lr, batch_size, optimizer, weight_decay) for a model spec's family.
+
+    The task comes first: every causal LM takes the "lm" family's, which adds its lr_schedule.
+    """
     name = spec.rpartition(":")[2].lower()
     family = next((fam for prefix, fam in _FAMILY_PREFIXES if name.startswith(prefix)), "cnn")
+    if task is not None and task.name == "causal_lm":
+        family = "lm"
     return dict(FAMILY_DEFAULTS[family])
 
 
@@ -93,21 +109,32 @@ def _batches(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, device="cpu", batch_size: int = 512) -> float:
-    """Top-1 accuracy of `model` on `dataset` in eval mode (the model's mode is restored)."""
+def score(model: nn.Module, dataset: Dataset, device="cpu", batch_size: int = 512, task: Task = CLASSIFICATION
+          ) -> dict:
+    """`task.score`'s {accuracy, loss[, perplexity]} of `model` on `dataset` in eval mode (its mode is restored).
+
+    Sums run over every scored prediction (an LM's every target token), so the
+    loss is the mean cross-entropy per prediction and perplexity its exp.
+    """
     device = resolve_device(device)
     if len(dataset) == 0:
         raise CollapsekitError("cannot evaluate on an empty data set")
     was_training = model.training
     model.eval()
-    correct = 0
+    loss_sum, correct, count = 0.0, 0, 0
     try:
         for x, y in _batches(dataset, batch_size, shuffle=False):
-            out = model(x.to(device, non_blocking=True))
-            correct += (out.argmax(dim=1).cpu() == y).sum().item()
+            batch = task.batch_sums(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+            loss_sum, correct, count = loss_sum + batch[0], correct + batch[1], count + batch[2]
     finally:
         model.train(was_training)
-    return correct / len(dataset)
+    return task.score(loss_sum, correct, count)
+
+
+def evaluate(model: nn.Module, dataset: Dataset, device="cpu", batch_size: int = 512,
+             task: Task = CLASSIFICATION) -> float:
+    """Top-1 accuracy of `model` on `dataset` in eval mode (an LM's: next-token accuracy)."""
+    return score(model, dataset, device, batch_size, task)["accuracy"]
 
 
 def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
@@ -121,12 +148,19 @@ def _make_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
     raise CollapsekitError(f"unknown optimizer {name!r} (use sgd, adam or adamw)")
 
 
+# warmup_cosine: the fraction of a decay's steps spent warming up, from 0 (as transformers'
+# get_cosine_schedule_with_warmup, whose first step also has factor 0).
+WARMUP = 0.05
 # Learning-rate factor at progress t in [0, 1) of a decay, set before every step.
 LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
     # Linear decay to zero: Zimmer et al.'s short retraining after pruning.
     "linear": lambda t: 1.0 - t,
     "constant": lambda t: 1.0,
+    # Linear warm-up over the first WARMUP of the steps, then cosine to zero: the usual LM recipe
+    # (Loshchilov & Hutter's cosine, with the warm-up of Goyal et al. / GPT-2 and LLaMA training).
+    "warmup_cosine": lambda t: (t / WARMUP if t < WARMUP
+                                else 0.5 * (1.0 + math.cos(math.pi * (t - WARMUP) / (1.0 - WARMUP)))),
 }
 
 
@@ -211,7 +245,9 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
     the weights then) runs epochs e+1.. exactly as an uninterrupted run would;
     the history holds those epochs only. `epoch_data(epoch)` gives an epoch's
     training set (a DDP rank's shard; default `bundle.train`). `augment` flips
-    and shifts image batches (CIFAR).
+    and shifts image batches (CIFAR). The loss and the test metrics are the
+    bundle's task's (`collapsekit.data.tasks`): cross-entropy per class label,
+    or per next token for a causal LM (which also logs perplexities).
     """
     device = resolve_device(device)
     if epochs < 0 or batch_size < 1 or not lr > 0:
@@ -226,7 +262,7 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     factor = LR_SCHEDULES[lr_schedule]
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    task = task_of(bundle)
     generator = torch.Generator()
 
     from collapsekit.analysis.timing import tqdm_class
@@ -259,8 +295,8 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
                 y = y.to(device, non_blocking=True)
                 if augment and x.dim() == 4:
                     x = augment_flip_crop(x, generator)
-                out = model(x)
-                loss = criterion(out, y)
+                logits, target = task.flat(model_logits(model(x)), y)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for cb in callbacks:
@@ -272,48 +308,61 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
                 if not math.isfinite(batch_loss):
                     raise CollapsekitError(f"training diverged (loss {batch_loss} in epoch {epoch}); lower the lr "
                                            f"(now {lr})")
-                loss_sum += batch_loss * y.shape[0]
-                correct += (out.argmax(dim=1) == y).sum().item()
-                seen += y.shape[0]
+                loss_sum += batch_loss * target.shape[0]
+                correct += (logits.argmax(dim=1) == target).sum().item()
+                seen += target.shape[0]
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{batch_loss:.3f}")
-            test_acc = evaluate(model, bundle.test, device)
-            metrics = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                       "test_acc": test_acc, "seconds": time.perf_counter() - start, "lr": epoch_lr}
+            metrics = epoch_metrics(task, task.score(loss_sum, correct, seen), score(model, bundle.test, device,
+                                                                                      task=task))
+            metrics = {"epoch": epoch, **metrics, "seconds": time.perf_counter() - start, "lr": epoch_lr}
             for cb in callbacks:
                 cb.on_epoch_end(epoch, metrics, opt)
             history.append(metrics)
     finally:
         bar.close()
-    accuracy = history[-1]["test_acc"] if history else evaluate(model, bundle.test, device)
-    return TrainResult(accuracy=accuracy, history=history)
+    final = score(model, bundle.test, device, task=task) if not history else {
+        "accuracy": history[-1]["test_acc"], "perplexity": history[-1].get("test_perplexity")}
+    return TrainResult(accuracy=final["accuracy"], history=history, perplexity=final.get("perplexity"))
+
+
+def epoch_metrics(task: Task, train: dict, test: dict) -> dict:
+    """An epoch's history entry from `task.score` dicts of its training batches and of the test set:
+    loss, train_acc, test_acc (+ train_perplexity, test_perplexity for an LM)."""
+    metrics = {"loss": train["loss"], "train_acc": train["accuracy"], "test_acc": test["accuracy"]}
+    if task.metric != "accuracy":
+        metrics.update({f"train_{task.metric}": train[task.metric], f"test_{task.metric}": test[task.metric]})
+    return metrics
 
 
 def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | None = None,
                 data_path=None, input_size: int | None = None, channels: int | None = None,
                 lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
-                momentum: float = 0.9, weight_decay: float | None = None, lr_schedule: str = "cosine",
+                momentum: float = 0.9, weight_decay: float | None = None, lr_schedule: str | None = None,
                 label_smoothing: float = 0.0, augment: bool | None = None, device="auto", seed: int = 0,
                 progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
     """TrainResult of training model `spec` on `data`; writes `out/model.safetensors` and `out/model.json`.
 
     `data` is a data set name (loaded with data_path/input_size/channels) or a
     DataBundle. `model` is an already built (and possibly initialised) model for
-    `spec`; by default `spec` is built for the data's shape after seeding. Unset
-    hyper-parameters come from `defaults_for(spec)`. The sidecar records spec,
-    shapes, data and arguments, so `--checkpoint` alone rebuilds the model.
+    `spec`; by default `spec` is built for the data's shape after seeding (a
+    factory accepting `vocab_size`/`context_length` receives a text bundle's).
+    Unset hyper-parameters come from `defaults_for(spec, task)`. The sidecar
+    records spec, shapes, data and arguments, so `--checkpoint` alone rebuilds the model.
     """
-    hp = defaults_for(spec)
-    hp.update({k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                                     weight_decay=weight_decay).items() if v is not None})
     if input_size is None and isinstance(data, str):
         input_size = default_input_size(spec, data)
     bundle = data if isinstance(data, datasets.DataBundle) else datasets.load(
         data, path=data_path, input_size=input_size, channels=channels, seed=seed)
+    task = task_of(bundle)
+    hp = defaults_for(spec, task)
+    hp.update({k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                                     weight_decay=weight_decay, lr_schedule=lr_schedule).items() if v is not None})
+    lr_schedule = hp.pop("lr_schedule", "cosine")
     seed_everything(seed)
     if model is None:
         model = resolve(spec, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                        input_size=bundle.input_size)
+                        input_size=bundle.input_size, offered=bundle.model_kwargs())
     _check_model_fits_data(spec, model, bundle)
     if augment is None:
         augment = bundle.name == "cifar10"  # flips would turn digits into other glyphs
@@ -334,6 +383,7 @@ def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | 
         "data_path": str(Path(data_path).expanduser().resolve()) if data_path is not None else None,
         "args": args,
         "accuracy": result.accuracy,
+        **({} if result.perplexity is None else {"perplexity": result.perplexity, "task": task.name}),
         "seed": seed,
         "history": result.history,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -343,7 +393,7 @@ def dense_train(spec: str, data, epochs: int | None, out, *, model: nn.Module | 
 
 
 def _check_model_fits_data(spec: str, model: nn.Module, bundle) -> None:
-    """Raise a one-line error unless one example batch runs through `model` and gives num_classes logits."""
+    """Raise a one-line error unless one example batch runs through `model` and gives the logits the task needs."""
     was_training = model.training
     model.eval()
     try:
@@ -354,10 +404,12 @@ def _check_model_fits_data(spec: str, model: nn.Module, bundle) -> None:
                                f"{list(bundle.input_shape)}: {first_line(exc)}") from None
     finally:
         model.train(was_training)
-    if out.dim() != 2 or out.shape[1] != bundle.num_classes:
-        raise CollapsekitError(f"model {spec!r} gives outputs of shape {list(out.shape)}, but {bundle.name} has "
-                               f"{bundle.num_classes} classes (pass --num-classes {bundle.num_classes})")
+    try:
+        task_of(bundle).check_output(out, bundle)
+    except CollapsekitError as exc:
+        raise CollapsekitError(f"model {spec!r}: {exc}") from None
 
 
-__all__ = ["TrainResult", "Callback", "EpochEnd", "evaluate", "fit", "lr_segment", "epoch_seed", "dense_train",
-           "defaults_for", "default_input_size", "seed_everything", "augment_flip_crop", "FAMILY_DEFAULTS", "LR_SCHEDULES"]
+__all__ = ["TrainResult", "Callback", "EpochEnd", "evaluate", "score", "epoch_metrics", "fit", "lr_segment",
+           "epoch_seed", "dense_train", "defaults_for", "default_input_size", "seed_everything", "augment_flip_crop",
+           "FAMILY_DEFAULTS", "LR_SCHEDULES", "WARMUP"]

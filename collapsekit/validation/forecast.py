@@ -188,8 +188,10 @@ class Forecaster:
         x, y = bundle.train.tensors[:2]
         if len(x) == 0:
             raise CollapsekitError(f"data set {bundle.name!r} has no training examples to forecast with")
+        # A causal LM's every next-token prediction counts as one example: `batch` predictions, in whole sequences.
+        per_example = y[0].numel()
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(x), generator=g)[:batch]
+        idx = torch.randperm(len(x), generator=g)[:max(2, batch // per_example)]
         return cls(model, x[idx], y[idx], bundle.num_classes, margin,
                    None if bottlenecks is None else frozenset(bottlenecks), bundle.train)
 

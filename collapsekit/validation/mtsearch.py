@@ -10,7 +10,7 @@ its trainability forecast beside the fine-tuned accuracy.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 
@@ -33,10 +33,18 @@ class MTPoint:
     accuracy_pruned: float
     accuracy: float  # after fine-tuning
     forecast_trainable: bool | None = None  # the trainability forecast, made before fine-tuning
-    trained: bool | None = None  # accuracy > chance + validate's margin
+    trained: bool | None = None  # the task's `trained` (classifier: accuracy > chance + validate's margin)
+    perplexity_pruned: float | None = None  # causal LM: right after pruning
+    perplexity: float | None = None  # causal LM: after fine-tuning
+
+    def score(self, metric: str) -> float:
+        """The point's fine-tuned `metric` ("accuracy" or "perplexity")."""
+        return self.perplexity if metric == "perplexity" else self.accuracy
 
     def to_dict(self) -> dict:
-        return {"mt": self.mt, "percent": self.percent, "predicted_collapsed": self.predicted_collapsed,
+        lm = {} if self.perplexity is None else {"perplexity_pruned": self.perplexity_pruned,
+                                                 "perplexity": self.perplexity}
+        return {**lm, "mt": self.mt, "percent": self.percent, "predicted_collapsed": self.predicted_collapsed,
                 "emptied_layers": self.emptied_layers, "accuracy_pruned": self.accuracy_pruned,
                 "accuracy": self.accuracy, "forecast_trainable": self.forecast_trainable, "trained": self.trained}
 
@@ -49,17 +57,21 @@ class MTSearchResult:
     suggestion: dict  # ck.suggest_mt's MTSuggestion.to_dict()
     points: tuple[MTPoint, ...]
     epochs: int
+    metric: str = "accuracy"  # the task's: "perplexity" (lower is better) for a causal LM
+    baselines: dict = field(default_factory=dict)  # causal LM: unigram_perplexity, dense_perplexity
 
     @property
     def best(self) -> MTPoint:
-        return max(self.points, key=lambda p: (p.accuracy, -p.mt))
+        sign = -1.0 if self.metric == "perplexity" else 1.0  # perplexity: lower is better
+        return max(self.points, key=lambda p: (sign * p.score(self.metric), -p.mt))
 
     def to_dict(self) -> dict:
         """The JSON document `collapsekit mt-search --format json` prints."""
         best = self.best
-        return {"sparsity": self.sparsity, "epochs": self.epochs, "suggestion": self.suggestion,
-                "best_mt": best.mt, "best_percent": best.percent, "best_accuracy": best.accuracy,
-                "points": [p.to_dict() for p in self.points]}
+        lm = {} if self.metric == "accuracy" else {**self.baselines, "best_perplexity": best.perplexity}
+        return {"metric": self.metric, **lm, "sparsity": self.sparsity, "epochs": self.epochs,
+                "suggestion": self.suggestion, "best_mt": best.mt, "best_percent": best.percent,
+                "best_accuracy": best.accuracy, "points": [p.to_dict() for p in self.points]}
 
 
 def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int = 3, lr: float = 0.01,
@@ -73,13 +85,13 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     trainability-aware, its `floor` structural). `model` is not changed.
     `finetune_kwargs` go to `finetune.finetune`.
     """
-    from collapsekit.validation.validate import DEFAULT_MARGIN
-
+    from collapsekit.data.tasks import task_of
     from collapsekit.analysis.analysis import Analysis
     from collapsekit.analysis.magnitudes import resolve_mt
     from collapsekit.validation.trainable import forecast, suggest_mt
     from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
+    from collapsekit.training.train import score
 
     sparsity = fraction(sparsity)  # 0.95 or "95%"
     # One trace and one sort serve the suggestion and every MT: only the allocation changes.
@@ -93,6 +105,9 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     if bad:
         raise CollapsekitError(f"MT {bad} out of range: sparsity {sparsity} leaves room for MT 0..{suggestion.max_mt}")
     mts = sorted(set(mts))
+    task = task_of(bundle)
+    baseline = task.baseline(bundle)
+    dense = task.value(score(model, bundle.test, next(model.parameters()).device, task=task))
     points = []
     for mt in mts:
         an = base.with_mt(mt)
@@ -105,9 +120,12 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
         points.append(MTPoint(mt=mt, percent=100.0 * mt / suggestion.total, predicted_collapsed=level.collapsed,
                               emptied_layers=len(level.emptied_layers), accuracy_pruned=run.accuracy_before,
                               accuracy=run.accuracy, forecast_trainable=predicted.trainable,
-                              trained=run.accuracy > 1.0 / bundle.num_classes + DEFAULT_MARGIN))
+                              trained=task.trained(run.perplexity if task.metric == "perplexity" else run.accuracy,
+                                                   baseline, dense),
+                              perplexity_pruned=run.perplexity_before, perplexity=run.perplexity))
+    baselines = {} if task.metric == "accuracy" else {"unigram_perplexity": baseline, "dense_perplexity": dense}
     return MTSearchResult(sparsity=float(sparsity), suggestion=suggestion.to_dict(), points=tuple(points),
-                          epochs=epochs)
+                          epochs=epochs, metric=task.metric, baselines=baselines)
 
 
 def default_mts(suggestion) -> list[int]:

@@ -76,8 +76,14 @@ def flat_outputs(out) -> list[torch.Tensor]:
 def random_inputs(example_inputs: tuple, batch: int, scales=(0.1, 1.0, 10.0), seed: int = 0) -> list[tuple]:
     """Batches of random inputs shaped like `example_inputs`, one per scale."""
     g = torch.Generator().manual_seed(seed)
-    return [tuple(torch.randn((batch, *x.shape[1:]), generator=g, dtype=x.dtype) * s for x in example_inputs)
-            for s in scales]
+    return [tuple(_random_like(x, batch, s, g) for x in example_inputs) for s in scales]
+
+
+def _random_like(x: torch.Tensor, batch: int, scale: float, g: torch.Generator) -> torch.Tensor:
+    """Gaussian values times `scale`; for integer inputs (token ids) ids drawn within the example's own range."""
+    if x.dtype.is_floating_point or x.dtype.is_complex:
+        return torch.randn((batch, *x.shape[1:]), generator=g, dtype=x.dtype) * scale
+    return torch.randint(0, int(x.max()) + 1, (batch, *x.shape[1:]), generator=g, dtype=x.dtype)
 
 
 def output_is_constant(model: nn.Module, example_inputs: tuple, batch: int = 8, seed: int = 0) -> bool:

@@ -13,6 +13,12 @@ forecast (`forecast.Forecast`, measured on a batch of the training data before
 fine-tuning) and the outcome it forecasts: `trained`, the fine-tuned accuracy
 above chance + margin. `agreement` is the fraction of levels where the two
 match; the structural check's fraction is `structural_agreement`.
+
+On a causal LM (a text bundle) the metric is perplexity, lower is better: the
+baseline is the unigram perplexity of the test text (the best any constant
+function reaches, so a collapsed LM cannot beat it: `collapsekit.data.tasks`),
+and `trained` means closing at least `margin` (default half) of the gap from
+the unigram to the dense model in log perplexity (docs/language-models.md).
 """
 from __future__ import annotations
 
@@ -22,7 +28,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
-DEFAULT_MARGIN = 0.1  # "above chance" means test accuracy > 1/num_classes + this
+from collapsekit.data.tasks import task_of
+
+DEFAULT_MARGIN = 0.1  # "above chance" means test accuracy > 1/num_classes + this (a causal LM's: tasks.CausalLM)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class LevelValidation:
     agree: bool  # the structural check: predicted collapse matches the forward checks and the outcome
     forecast_trainable: bool | None = None  # the trainability forecast, made before fine-tuning
     forecast: dict | None = None  # forecast.Forecast.to_dict(): its evidence and reason
+    perplexity_pruned: float | None = None  # causal LM: test perplexity right after pruning
+    perplexity: float | None = None  # causal LM: after fine-tuning
 
     @property
     def forecast_agree(self) -> bool:
@@ -49,7 +59,9 @@ class LevelValidation:
         return self.forecast_trainable == self.trained
 
     def to_dict(self) -> dict:
-        return {"sparsity": self.sparsity, "predicted_collapsed": self.predicted_collapsed,
+        lm = {} if self.perplexity is None else {"perplexity_pruned": self.perplexity_pruned,
+                                                 "perplexity": self.perplexity}
+        return {**lm, "sparsity": self.sparsity, "predicted_collapsed": self.predicted_collapsed,
                 "emptied_layers": list(self.emptied_layers), "effective_sparsity": self.effective_sparsity,
                 "dead_channel_count": self.dead_channel_count, "accuracy_pruned": self.accuracy_pruned,
                 "accuracy": self.accuracy, "trained": self.trained,
@@ -70,6 +82,9 @@ class ValidationReport:
     margin: float
     epochs: int
     levels: tuple[LevelValidation, ...] = field(default=())
+    metric: str = "accuracy"  # the task's: "perplexity" for a causal LM
+    unigram_perplexity: float | None = None  # causal LM: the best constant function's test perplexity
+    dense_perplexity: float | None = None  # causal LM: the unpruned model's
 
     @property
     def structural_agreement(self) -> float:
@@ -92,7 +107,10 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         """The JSON document `collapsekit validate --format json` prints."""
-        return {"model": self.model, "mt": self.mt, "collapse_sparsity": self.collapse_sparsity,
+        lm = {} if self.metric == "accuracy" else {"unigram_perplexity": self.unigram_perplexity,
+                                                   "dense_perplexity": self.dense_perplexity}
+        return {"metric": self.metric, **lm, "model": self.model, "mt": self.mt,
+                "collapse_sparsity": self.collapse_sparsity,
                 "dense_accuracy": self.dense_accuracy, "chance": self.chance, "margin": self.margin,
                 "epochs": self.epochs, "agreement": self.agreement,
                 "structural_agreement": self.structural_agreement, "agreement_rate": self.structural_agreement,
@@ -100,18 +118,20 @@ class ValidationReport:
 
 
 def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr: float = 0.01,
-             batch_size: int = 64, margin: float = DEFAULT_MARGIN, name: str | None = None, out=None,
+             batch_size: int = 64, margin: float | None = None, name: str | None = None, out=None,
              progress: bool = False, **finetune_kwargs) -> ValidationReport:
     """ValidationReport of Global MP (+ MT) at each of `sparsities`: prediction beside prune + fine-tune.
 
     `model` is left unchanged (each level prunes a deep copy). `finetune_kwargs`
     (device, lr_schedule, label_smoothing, seed, optimizer...) go to
     `finetune.finetune`; with `out`, each level's run goes to `out/s<sparsity>/`.
+    `margin` defaults to the task's (0.1 of accuracy; half the unigram-to-dense
+    gap for an LM).
     """
     from collapsekit.analysis.analysis import Analysis
     from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
-    from collapsekit.training.train import evaluate
+    from collapsekit.training.train import score
     from collapsekit.validation import trainable
     from collapsekit.validation.probe import output_is_constant
 
@@ -120,8 +140,10 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     # the analysis's masks are exactly those ck.prune would build.
     an = Analysis(model, example, mt=mt, name=name)
     report = trainable.report(an, sparsities, data=bundle)  # levels carry the forecast, made before fine-tuning
-    dense_accuracy = evaluate(model, bundle.test, next(model.parameters()).device)  # where the model lives
-    chance = 1.0 / bundle.num_classes
+    task = task_of(bundle)
+    margin = task.default_margin if margin is None else margin
+    dense = score(model, bundle.test, next(model.parameters()).device, task=task)  # where the model lives
+    baseline = task.baseline(bundle)
     levels = []
     for level in report.levels:
         pruned = copy.deepcopy(model).cpu()
@@ -131,17 +153,22 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
         run = finetune(pruned, masks, bundle, epochs, lr, batch_size, progress=progress,
                        out=None if out is None else Path(out) / f"s{level.sparsity:g}", **finetune_kwargs)
         observed = output_is_constant(pruned.cpu(), (example,))
-        trained = run.accuracy > chance + margin
+        value = run.accuracy if task.metric == "accuracy" else run.perplexity
+        trained = task.trained(value, baseline, task.value(dense), margin)
         agree = level.collapsed == observed and not (level.collapsed and trained)
         levels.append(LevelValidation(
             sparsity=level.sparsity, predicted_collapsed=level.collapsed, emptied_layers=level.emptied_layers,
             effective_sparsity=level.effective_sparsity, dead_channel_count=level.dead_channel_count,
             accuracy_pruned=run.accuracy_before, accuracy=run.accuracy, trained=trained,
             constant_after_prune=constant_after_prune, observed_collapsed=observed, agree=agree,
-            forecast_trainable=level.forecast.trainable, forecast=level.forecast.to_dict()))
+            forecast_trainable=level.forecast.trainable, forecast=level.forecast.to_dict(),
+            perplexity_pruned=run.perplexity_before, perplexity=run.perplexity))
+    lm = task.metric == "perplexity"
     return ValidationReport(model=report.model, mt=report.mt, collapse_sparsity=report.collapse_sparsity,
-                            dense_accuracy=dense_accuracy, chance=chance, margin=margin, epochs=epochs,
-                            levels=tuple(levels))
+                            dense_accuracy=dense["accuracy"], chance=1.0 / bundle.num_classes, margin=margin,
+                            epochs=epochs, levels=tuple(levels), metric=task.metric,
+                            unigram_perplexity=baseline if lm else None,
+                            dense_perplexity=dense.get("perplexity"))
 
 
 __all__ = ["validate", "ValidationReport", "LevelValidation", "DEFAULT_MARGIN"]

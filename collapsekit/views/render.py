@@ -178,15 +178,23 @@ def validation_to_text(report: ValidationReport) -> str:
     `agree` is the forecast (made before fine-tuning) against `trained`; `structural`
     the predicted collapse against the forward checks and the outcome.
     """
-    head = (f"{report.model}: dense accuracy {report.dense_accuracy:.4f}, MT {report.mt}, predicted collapse "
-            f"sparsity {report.collapse_sparsity:.6g}, {report.epochs} fine-tuning epochs, above chance = "
-            f"> {report.chance + report.margin:.2f}")
-    header = ["sparsity", "predicted", "emptied", "eff.sparsity", "forecast", "acc pruned", "acc tuned", "trained",
-              "observed", "agree", "structural"]
+    lm = report.metric == "perplexity"
+    if lm:
+        dense = (f"dense perplexity {report.dense_perplexity:.3f}, unigram perplexity {report.unigram_perplexity:.3f}")
+        trained = f"trained = closes {report.margin:.0%} of the log gap from unigram to dense"
+    else:
+        dense = f"dense accuracy {report.dense_accuracy:.4f}"
+        trained = f"above chance = > {report.chance + report.margin:.2f}"
+    head = (f"{report.model}: {dense}, MT {report.mt}, predicted collapse sparsity {report.collapse_sparsity:.6g}, "
+            f"{report.epochs} fine-tuning epochs, {trained}")
+    what = "ppl" if lm else "acc"
+    header = ["sparsity", "predicted", "emptied", "eff.sparsity", "forecast", f"{what} pruned", f"{what} tuned",
+              "trained", "observed", "agree", "structural"]
     rows = [[f"{lv.sparsity:g}", _alive(lv.predicted_collapsed), len(lv.emptied_layers),
-             f"{lv.effective_sparsity:.4f}", _trainable(lv.forecast_trainable), f"{lv.accuracy_pruned:.4f}",
-             f"{lv.accuracy:.4f}", _yes(lv.trained), _alive(lv.observed_collapsed), _yes(lv.forecast_agree),
-             _yes(lv.agree)] for lv in report.levels]
+             f"{lv.effective_sparsity:.4f}", _trainable(lv.forecast_trainable),
+             f"{lv.perplexity_pruned if lm else lv.accuracy_pruned:.4f}", f"{lv.perplexity if lm else lv.accuracy:.4f}",
+             _yes(lv.trained), _alive(lv.observed_collapsed), _yes(lv.forecast_agree), _yes(lv.agree)]
+            for lv in report.levels]
     n = len(report.levels)
     return "\n".join([head, table(header, rows, "r" * len(header)),
                       f"agreement {sum(lv.forecast_agree for lv in report.levels)}/{n} ({report.agreement:.0%}) "
@@ -205,17 +213,20 @@ def mt_search_to_text(result: MTSearchResult) -> str:
                                  ("floor", p.mt == s.get("floor", s["mt"]))) if hit]
         return f"<- {', '.join(hits)}" if hits else ""
 
-    header = ["MT", "percent", "predicted", "emptied", "forecast", "acc pruned", "acc tuned", ""]
+    lm = result.metric == "perplexity"
+    what = "ppl" if lm else "acc"
+    header = ["MT", "percent", "predicted", "emptied", "forecast", f"{what} pruned", f"{what} tuned", ""]
     rows = [[p.mt, f"{p.percent:.4f}", _alive(p.predicted_collapsed), p.emptied_layers,
-             _trainable(p.forecast_trainable), f"{p.accuracy_pruned:.4f}", f"{p.accuracy:.4f}", marks(p)]
-            for p in result.points]
-    accuracies = [p.accuracy for p in result.points]
+             _trainable(p.forecast_trainable), f"{p.perplexity_pruned if lm else p.accuracy_pruned:.4f}",
+             f"{p.score(result.metric):.4f}", marks(p)] for p in result.points]
+    accuracies = [p.score(result.metric) for p in result.points]
     return "\n".join([
         f"sparsity {result.sparsity:g}: suggested MT {s['mt']} ({s['percent']:.4g} % of {s['total']} "
         f"prunable weights; {s['reason']}; {s.get('seconds', 0.0):.2f} s), structural floor "
         f"{s.get('floor', s['mt'])}",
         table(header, rows, "rrrrrrrl"),
-        f"best MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} (range {min(accuracies):.4f}-"
+        f"best MT {best.mt} ({best.percent:.4g} %): {result.metric} {best.score(result.metric):.4f} (range "
+        f"{min(accuracies):.4f}-"
         f"{max(accuracies):.4f} over {len(accuracies)} values, {result.epochs} epochs each)"])
 
 
