@@ -174,18 +174,23 @@ def mt_search_to_text(result: MTSearchResult) -> str:
                                  ("floor", p.mt == s.get("floor", s["mt"]))) if hit]
         return f"<- {', '.join(hits)}" if hits else ""
 
-    header = ["MT", "percent", "predicted", "emptied", "forecast", "acc pruned", "acc tuned", ""]
+    header = ["MT", "percent", "predicted", "emptied", "forecast", "acc pruned", "acc tuned", "epochs", ""]
     rows = [[p.mt, f"{p.percent:.4f}", _alive(p.predicted_collapsed), p.emptied_layers,
-             _trainable(p.forecast_trainable), f"{p.accuracy_pruned:.4f}", f"{p.accuracy:.4f}", marks(p)]
-            for p in result.points]
+             _trainable(p.forecast_trainable), f"{p.accuracy_pruned:.4f}", f"{p.accuracy:.4f}",
+             f"{result.epochs if p.budget is None else p.budget:g}", marks(p)] for p in result.points]
     accuracies = [p.accuracy for p in result.points]
+    if result.search == "halving":
+        last = (f"picked MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} after {result.epochs} "
+                f"epochs; successive halving fine-tuned {result.fine_tune_epochs:g} epochs here, the full sweep "
+                f"{result.epochs * len(result.points)} (epochs column: how far each candidate got)")
+    else:
+        last = (f"best MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} (range {min(accuracies):.4f}-"
+                f"{max(accuracies):.4f} over {len(accuracies)} values, {result.epochs} epochs each)")
     return "\n".join([
         f"sparsity {result.sparsity:g}: suggested MT {s['mt']} ({s['percent']:.4g} % of {s['total']} "
         f"prunable weights; {s['reason']}; {s.get('seconds', 0.0):.2f} s), structural floor "
         f"{s.get('floor', s['mt'])}",
-        table(header, rows, "rrrrrrrl"),
-        f"best MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} (range {min(accuracies):.4f}-"
-        f"{max(accuracies):.4f} over {len(accuracies)} values, {result.epochs} epochs each)"])
+        table(header, rows, "rrrrrrrrl"), last])
 
 
 # -- prune (`collapsekit prune`) --------------------------------------------------------------------------------
