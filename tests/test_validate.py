@@ -61,8 +61,9 @@ def test_cli_validate_and_mt_search_json(lenet, tmp_path, capsys):
     points = {p["mt"]: p for p in doc["points"]}
     # MT 16, the most 0.999 leaves room for, keeps a path (the floor depends on the trained weights: 7-13).
     assert points[0]["predicted_collapsed"] and not points[16]["predicted_collapsed"]
-    best = max(doc["points"], key=lambda p: (p["accuracy"], -p["mt"]))
-    assert doc["best_mt"] == best["mt"] and doc["best_accuracy"] == best["accuracy"]
+    # Successive halving: the collapsed MT 0 is a constant function, measured without training; MT 16 is left.
+    assert doc["search"] == "halving" and points[0]["budget"] == 0 and points[16]["budget"] == 1
+    assert doc["best_mt"] == doc["suggestion"]["mt"] == 16 and doc["best_accuracy"] == points[16]["accuracy"]
     assert points[0]["accuracy"] <= 0.2  # collapsed: a constant function
     assert main(["mt-search", "--checkpoint", str(path), "--sparsity", "0.999", "--mt", "50", "--epochs", "1",
                  "--device", "cpu"]) == 2

@@ -1,0 +1,78 @@
+"""Successive halving: rung budgets within the search's share, and a promotion rule that ignores report order."""
+import itertools
+import math
+
+import optuna
+import pytest
+
+from collapsekit.validation.halving import HalvingPruner, halving, reported_values, rung_sizes, rung_steps
+
+
+def cost(n, steps):
+    """Optimizer steps the search trains: each candidate up to the rung it is dropped at, the last to the end."""
+    sizes = rung_sizes(n)
+    return steps[-1] + sum(steps[r] * (sizes[r] - sizes[r + 1]) for r in range(len(sizes) - 1))
+
+
+@pytest.mark.parametrize("n", [4, 5, 6, 7, 8, 12])
+@pytest.mark.parametrize("total", [24, 69, 690])
+def test_rungs_double_end_at_the_whole_run_and_cost_at_most_the_share(n, total):
+    steps = rung_steps(n, total, target=n * total / 3)
+    assert len(steps) == len(rung_sizes(n)) and steps[-1] == total
+    assert all(0 < a <= b for a, b in zip(steps, steps[1:]))
+    assert cost(n, steps) <= n * total / 3 + n  # within a step per candidate of the third (rounding down)
+    assert steps[-2] <= total / 2  # the budgets grow by eta = 2 per rung at least at the top
+
+
+def test_rung_sizes_halve_to_one():
+    assert rung_sizes(7) == [7, 4, 2, 1] and rung_sizes(8) == [8, 4, 2, 1] and rung_sizes(1) == [1]
+
+
+def test_too_few_candidates_for_the_share_get_the_papers_budgets():
+    # Two candidates cannot pay for one whole run plus a look at the other within a third of two runs.
+    assert rung_steps(2, 100, target=2 * 100 / 3) == [50, 100]
+    assert rung_steps(1, 100, target=33) == [100]
+
+
+def test_the_rule_keeps_the_better_half_and_ties_go_to_the_smaller_candidate():
+    steps = [10, 20, 40]
+    values = {1: {10: 0.5}, 2: {10: 0.9}, 3: {10: 0.5}, 4: {10: 0.1}}
+    state = halving([1, 2, 3, 4], steps, values)
+    assert state.need == {1: 20, 2: 20} and state.dropped == {3: 10, 4: 10} and not state.finished
+    values[2][20], values[1][20] = 0.7, 0.8
+    state = halving([1, 2, 3, 4], steps, values)
+    assert state.need == {1: 40} and state.dropped == {3: 10, 4: 10, 2: 20}
+    values[1][40] = 0.85
+    assert halving([1, 2, 3, 4], steps, values).winner == 1
+    # lower-is-better (perplexity): the other way round
+    assert halving([1, 2, 3, 4], [10], {c: {10: v[10]} for c, v in values.items()}, maximize=False).winner == 4
+
+
+def test_a_rung_waits_for_every_candidate_and_nan_ranks_last():
+    state = halving([1, 2, 3], [10, 20], {1: {10: 0.9}, 2: {10: 0.8}})
+    assert state.need == {3: 10} and state.dropped == {}  # nothing decided before the rung is complete
+    state = halving([1, 2, 3], [10, 20], {1: {10: math.nan}, 2: {10: 0.1}, 3: {10: 0.2}})
+    assert set(state.need) == {3, 2} and state.dropped == {1: 10}
+
+
+def _trials(order, values):
+    """FrozenTrials reporting `values` ({mt: {step: value}}), numbered in `order`."""
+    out = []
+    for number, mt in enumerate(order):
+        t = optuna.trial.create_trial(params={"mt": mt}, distributions={
+            "mt": optuna.distributions.CategoricalDistribution(sorted(values))},
+            intermediate_values=dict(values[mt]), state=optuna.trial.TrialState.PRUNED)
+        t.number = number
+        out.append(t)
+    return out
+
+
+def test_the_answer_does_not_depend_on_the_order_trials_were_made_or_reported_in():
+    values = {7: {4: 0.3}, 12: {4: 0.35, 8: 0.5}, 20: {4: 0.4, 8: 0.6, 16: 0.8}, 33: {4: 0.2}}
+    pruner = HalvingPruner([7, 12, 20, 33], [4, 8, 16])
+    winners = {pruner.state_from(_trials(order, values)).winner for order in itertools.permutations(values)}
+    assert winners == {20}
+    # A later trial of the same candidate (a retry) never overrides the first report of a step.
+    retry = _trials([7, 12, 20, 33, 20], {**values, 20: {4: 0.4, 8: 0.6, 16: 0.8}})
+    retry[-1].intermediate_values[8] = 0.0
+    assert reported_values(retry)[20][8] == 0.6
