@@ -217,9 +217,11 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
                               budget=round(step / per_epoch, 4),
                               forecast_probability=getattr(c.forecast, "probability", None)))
     pick = done.state.winner if done else aware.mt
+    skipped = len(candidates) - len(racing)
     how = (f"the best of {len(racing)} candidates fine-tuned for {epochs} epochs each" if full else
-           f"successive halving over {len(racing)} candidates ({len(candidates) - len(racing)} collapsed, not "
-           f"trained): the last left after rungs at {', '.join(f'{s / per_epoch:.3g}' for s in steps)} epochs")
+           f"successive halving over {len(racing)} candidates" + (f" ({skipped} collapsed: not trained)" if skipped
+                                                                   else "")
+           + f", the last left after rungs at {', '.join(f'{s / per_epoch:.3g}' for s in steps)} epochs")
     suggestion = {**aware.to_dict(), "mt": pick, "percent": 100.0 * pick / aware.total, "forecast_mt": aware.mt,
                   "reason": how if racing else f"every candidate collapses; {aware.reason}"}
     return MTSearchResult(sparsity=float(sparsity), suggestion=suggestion, points=tuple(points), epochs=epochs,
