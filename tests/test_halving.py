@@ -28,10 +28,12 @@ def test_rung_sizes_halve_to_one():
     assert rung_sizes(7) == [7, 4, 2, 1] and rung_sizes(8) == [8, 4, 2, 1] and rung_sizes(1) == [1]
 
 
-def test_too_few_candidates_for_the_share_get_the_papers_budgets():
-    # Two candidates cannot pay for one whole run plus a look at the other within a third of two runs.
-    assert rung_steps(2, 100, target=2 * 100 / 3) == [50, 100]
-    assert rung_steps(1, 100, target=33) == [100]
+@pytest.mark.parametrize("n, runs", [(1, 2), (2, 2), (2, 3), (3, 3)])
+def test_too_few_candidates_for_a_whole_run_shrink_every_rung_to_stay_within_the_share(n, runs):
+    # `runs` candidates in the sweep, `n` of them racing: a third of the sweep cannot pay for one whole run.
+    steps = rung_steps(n, 690, target=runs * 690 / 3)
+    assert steps[-1] < 690 and cost(n, steps) <= runs * 690 / 3
+    assert all(b == 2 * a or b == 2 * a + 1 for a, b in zip(steps, steps[1:]))  # still doubling
 
 
 def test_the_rule_keeps_the_better_half_and_ties_go_to_the_smaller_candidate():

@@ -62,7 +62,8 @@ def test_cli_validate_and_mt_search_json(lenet, tmp_path, capsys):
     # MT 16, the most 0.999 leaves room for, keeps a path (the floor depends on the trained weights: 7-13).
     assert points[0]["predicted_collapsed"] and not points[16]["predicted_collapsed"]
     # Successive halving: the collapsed MT 0 is a constant function, measured without training; MT 16 is left.
-    assert doc["search"] == "halving" and points[0]["budget"] == 0 and points[16]["budget"] == 1
+    # With one candidate to train, a third of the sweep's 2 epochs is all it gets.
+    assert doc["search"] == "halving" and points[0]["budget"] == 0 and 0.5 < points[16]["budget"] <= 2 / 3
     assert doc["best_mt"] == doc["suggestion"]["mt"] == 16 and doc["best_accuracy"] == points[16]["accuracy"]
     assert points[0]["accuracy"] <= 0.2  # collapsed: a constant function
     assert main(["mt-search", "--checkpoint", str(path), "--sparsity", "0.999", "--mt", "50", "--epochs", "1",

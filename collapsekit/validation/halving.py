@@ -5,8 +5,8 @@ Hyperparameter Optimization", AISTATS 2016, Algorithm 1): every candidate gets
 a short budget, the better 1/eta go on with eta times more, and so on until
 one is left, which gets the whole budget. Here the budget is optimizer steps of
 one fixed fine-tuning run per candidate (the run `--full` would do), so a
-candidate that goes on continues the same run, and the one left is exactly the
-run the exhaustive sweep makes for it.
+candidate that goes on continues the same run, and the one left is, when the budget
+pays for it, exactly the run the exhaustive sweep makes for it.
 
 This is the synchronous form on purpose. Optuna's `SuccessiveHalvingPruner`
 is asynchronous (Li et al., ASHA, MLSys 2020): a trial is promoted against the
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import optuna
 
 ETA = 2  # "the better half goes on"
+SHORTEST = 4  # first rungs at most this many times shorter than the paper's before the last rung shrinks too
 
 
 def rung_sizes(n: int, eta: int = ETA) -> list[int]:
@@ -36,26 +37,31 @@ def rung_sizes(n: int, eta: int = ETA) -> list[int]:
 
 
 def rung_steps(n: int, total: int, target: float, eta: int = ETA) -> list[int]:
-    """Optimizer steps each rung ends at, for `n` candidates whose whole run is `total` steps.
+    """Optimizer steps each rung ends at, for `n` candidates whose whole run is `total` steps, costing <= `target`.
 
-    The last rung ends at `total` (one candidate left); the earlier ones at b0,
-    eta b0, eta^2 b0, ... with b0 the largest that keeps the search's cost (every
-    candidate's steps, counting a candidate that goes on once) within `target`
-    steps, and at most total / eta^R (budgets that grow by eta per rung, as in
-    the paper). When `target` cannot pay for the last candidate's whole run plus
-    a look at the others, b0 is total / eta^R: the search then costs more than
-    `target`, never less than that run.
+    The cost is every candidate's steps, a candidate that goes on counted once.
+    When `target` pays for the last candidate's whole run and rungs at most
+    SHORTEST times shorter than the paper's (total / eta^R, eta times more per
+    rung), the last rung ends at `total` and the earlier ones at b0, eta b0, ...
+    with b0 the largest that fits, up to the paper's. Otherwise (few candidates:
+    one whole run is already most of the target) the paper's rungs are scaled
+    down together until they fit, the last one too.
     """
     sizes = rung_sizes(n, eta)
     rungs = len(sizes) - 1
-    if rungs == 0:
-        return [total]
-    # cost(b0) = total + b0 * sum_r eta^r (n_r - n_{r+1}): a candidate dropped after rung r ran b0 eta^r steps.
+    # cost(b0, last) = last + b0 * sum_r eta^r (n_r - n_{r+1}): a candidate dropped after rung r ran b0 eta^r steps.
     weight = sum(eta ** r * (sizes[r] - sizes[r + 1]) for r in range(rungs))
     natural = total / eta ** rungs
-    b0 = min(natural, (target - total) / weight) if target > total else natural
-    steps = [max(1, min(total - 1, math.floor(b0 * eta ** r))) for r in range(rungs)]
-    return [*steps, total] if total > 1 else [total] * (rungs + 1)
+    if rungs == 0:  # one candidate: nothing to decide, it trains as far as the target pays
+        return [max(1, min(total, math.floor(target)))]
+    b0 = min(natural, (target - total) / weight)
+    if b0 >= natural / SHORTEST:
+        ends = [b0 * eta ** r for r in range(rungs)] + [total]
+    else:
+        scale = min(1.0, target / (total + natural * weight))
+        ends = [scale * natural * eta ** r for r in range(rungs + 1)]
+    steps = [max(1, min(total, math.floor(e))) for e in ends]
+    return [min(s, steps[-1]) for s in steps]
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ carries its trainability forecast beside the fine-tuned accuracy.
 By default the candidates race by successive halving (`halving`, on an Optuna
 study: `study`): in the forecast's order each gets a short part of its
 fine-tuning run, the better half goes on, until one is left and finishes its
-run; the whole search costs about a third of fine-tuning every candidate
-(SHARE). A structurally collapsed candidate is a constant function whatever
+run; the whole search costs at most a third of fine-tuning every candidate
+(SHARE; with so few candidates that a third cannot pay for one whole run,
+every rung is shorter, the last one too). A structurally collapsed candidate is a constant function whatever
 its weights (invariant 4), so it is measured without training. `full=True` is
 the exhaustive sweep: every candidate, collapsed ones too, fine-tuned for every
 epoch. With `storage` (an Optuna database URL) several processes share one
@@ -187,7 +188,7 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
 
     steps = [total] if full else rung_steps(len(racing), total, SHARE * len(candidates) * total)
     plan = shared.SearchPlan(candidates=tuple(c.mt for c in racing), steps=tuple(steps), steps_per_epoch=per_epoch,
-                             maximize=metric.maximize,
+                             run_steps=total, maximize=metric.maximize,
                              config=_config(model, bundle, sparsity, epochs, lr, batch_size, full, metric, racing,
                                             steps, finetune_kwargs))
     by_mt = {c.mt: c for c in candidates}

@@ -54,12 +54,9 @@ class SearchPlan:
     candidates: tuple[int, ...]
     steps: tuple[int, ...]
     steps_per_epoch: int
+    run_steps: int  # a candidate's whole fine-tuning run; the last rung ends there unless the budget is short
     maximize: bool
     config: dict = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return self.steps[-1]
 
     def default_study_name(self) -> str:
         """A name made from `config`: the same search started twice lands in the same study."""
@@ -233,8 +230,8 @@ def plan_cost(plan: SearchPlan) -> int:
 
     sizes = rung_sizes(len(plan.candidates))
     if len(plan.steps) == 1:
-        return len(plan.candidates) * plan.total
-    return plan.total + sum(plan.steps[r] * (sizes[r] - sizes[r + 1]) for r in range(len(sizes) - 1))
+        return len(plan.candidates) * plan.steps[-1]
+    return plan.steps[-1] + sum(plan.steps[r] * (sizes[r] - sizes[r + 1]) for r in range(len(sizes) - 1))
 
 
 def _next(held: dict, state: HalvingState, plan: SearchPlan):
@@ -249,14 +246,14 @@ def _advance(study, own: _Held, step: int, plan: SearchPlan, start_run, bar) -> 
     if own.run is None:
         own.run = start_run(own.mt)
     before = own.run.steps_done
-    value = own.run.advance(None if step >= plan.total else step)
+    value = own.run.advance(None if step >= plan.run_steps else step)
     done = own.run.steps_done - before
     bar.update(done / plan.steps_per_epoch)
     # Per-epoch values for the learning curve, then the rung's own (the same step twice is one report).
     reports = dict(own.run.epoch_values)
     reports[step] = value  # paused exactly there, or (a run shorter than planned) finished before
-    if own.run.finished:
-        reports[plan.total] = value
+    if own.run.finished:  # nothing more to train: the value of every later rung
+        reports.update({s: value for s in plan.steps if s > step})
     with warnings.catch_warnings():  # Optuna warns on a step reported twice (a retry): the first value stays
         warnings.simplefilter("ignore")
         for s, v in sorted(reports.items()):

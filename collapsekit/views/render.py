@@ -180,7 +180,7 @@ def mt_search_to_text(result: MTSearchResult) -> str:
              f"{result.epochs if p.budget is None else p.budget:g}", marks(p)] for p in result.points]
     accuracies = [p.accuracy for p in result.points]
     if result.search == "halving":
-        last = (f"picked MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} after {result.epochs} "
+        last = (f"picked MT {best.mt} ({best.percent:.4g} %): accuracy {best.accuracy:.4f} after {best.budget:g} "
                 f"epochs; successive halving fine-tuned {result.fine_tune_epochs:g} epochs here, the full sweep "
                 f"{result.epochs * len(result.points)} (epochs column: how far each candidate got)")
     else:
