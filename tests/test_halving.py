@@ -36,7 +36,7 @@ def test_too_few_candidates_for_a_whole_run_shrink_every_rung_to_stay_within_the
     assert all(b == 2 * a or b == 2 * a + 1 for a, b in zip(steps, steps[1:]))  # still doubling
 
 
-def test_the_rule_keeps_the_better_half_and_ties_go_to_the_smaller_candidate():
+def test_the_rule_keeps_the_better_half_and_ties_go_to_the_earlier_candidate():
     steps = [10, 20, 40]
     values = {1: {10: 0.5}, 2: {10: 0.9}, 3: {10: 0.5}, 4: {10: 0.1}}
     state = halving([1, 2, 3, 4], steps, values)
@@ -48,6 +48,19 @@ def test_the_rule_keeps_the_better_half_and_ties_go_to_the_smaller_candidate():
     assert halving([1, 2, 3, 4], steps, values).winner == 1
     # lower-is-better (perplexity): the other way round
     assert halving([1, 2, 3, 4], [10], {c: {10: v[10]} for c, v in values.items()}, maximize=False).winner == 4
+
+
+def test_values_no_better_than_chance_tie_and_the_forecasts_order_decides():
+    # At 0.3 epochs every candidate is at chance (0.1 vs 0.1028: one test image); the forecast ranks 42 first.
+    values = {0: {10: 0.1028}, 8: {10: 0.1}, 42: {10: 0.1}, 46: {10: 0.1}}
+    state = halving([42, 46, 0, 8], [10, 20], values, floor=0.2)
+    assert set(state.need) == {42, 46} and set(state.dropped) == {0, 8}
+    assert set(halving([42, 46, 0, 8], [10, 20], values).need) == {0, 42}  # without a floor, one image decides
+    values = {0: {10: 0.35}, 8: {10: 0.1}, 42: {10: 0.3}, 46: {10: 0.1}}
+    assert set(halving([42, 46, 0, 8], [10, 20], values, floor=0.2).need) == {0, 42}  # above chance: by value
+    # lower is better (perplexity): everything at or above the floor ties
+    assert set(halving([3, 1, 2], [10, 20], {1: {10: 90.0}, 2: {10: 400.0}, 3: {10: 500.0}}, maximize=False,
+                       floor=300.0).need) == {1, 3}
 
 
 def test_a_rung_waits_for_every_candidate_and_nan_ranks_last():

@@ -138,7 +138,7 @@ def test_halving_spends_a_third_of_the_sweep_and_picks_within_5_percent_of_its_b
     assert by_mt[halved.best.mt].accuracy >= 0.95 * full.best.accuracy
     # The candidate left at the end ran exactly the sweep's fine-tune: the same accuracy, to the bit.
     assert halved.best.accuracy == by_mt[halved.best.mt].accuracy
-    assert full.best.mt == full.suggestion["mt"] == max(full.points, key=lambda p: (p.accuracy, -p.mt)).mt
+    assert full.best.mt == full.suggestion["mt"] and full.best.accuracy == max(p.accuracy for p in full.points)
 
 
 # -- a search shared through an Optuna storage ----------------------------------------------------------------------

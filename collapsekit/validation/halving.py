@@ -12,9 +12,10 @@ This is the synchronous form on purpose. Optuna's `SuccessiveHalvingPruner`
 is asynchronous (Li et al., ASHA, MLSys 2020): a trial is promoted against the
 trials that happen to have reached the rung before it, so which candidates go
 on depends on the order the processes finish in. Here a rung is decided only
-when every candidate still in it has reported, and by value (ties to the
-smaller MT), so one process or many, in any order, give the same answer
-(invariant 11, docs/design.md). The rule reads only the values reported to the
+when every candidate still in it has reported, and by value (ties, and values
+no better than chance, in the forecast's order of the candidates), so one
+process or many, in any order, give the same answer (invariant 11,
+docs/design.md). The rule reads only the values reported to the
 study, which is why a rerun on a finished study decides without training.
 """
 from __future__ import annotations
@@ -83,18 +84,26 @@ class HalvingState:
         return self.winner is not None
 
 
-def halving(candidates, steps: list[int], values: dict, maximize: bool = True, eta: int = ETA) -> HalvingState:
+def halving(candidates, steps: list[int], values: dict, maximize: bool = True, eta: int = ETA,
+            floor: float | None = None) -> HalvingState:
     """HalvingState of successive halving over `candidates` with rungs ending at `steps` and `values` reported.
 
     `values[c][step]` is candidate c's metric after `step` optimizer steps (NaN
     for a run that diverged: it ranks last). A rung keeps the best
-    ceil(alive / eta) by value, ties to the smaller candidate (the smaller MT),
-    and only once every alive candidate has its value there. With one rung
-    (`steps == [total]`) every candidate runs to the end: the exhaustive sweep.
+    ceil(alive / eta) by value, ties to the candidate listed first, and only
+    once every alive candidate has its value there. Values no better than
+    `floor` (an accuracy not above chance) all tie: they say nothing about
+    which run will train, so the order of `candidates` (the forecast's) decides.
+    With one rung (`steps == [total]`) every candidate runs to the end: the
+    exhaustive sweep.
     """
+    position = {c: i for i, c in enumerate(candidates)}
+
     def key(c, step):
         v = values[c][step]
-        return (math.isnan(v), -v if maximize else v, c)
+        if floor is not None and not math.isnan(v):
+            v = max(v, floor) if maximize else min(v, floor)
+        return (math.isnan(v), -v if maximize else v, position[c])
 
     alive, dropped = list(candidates), {}
     for r, step in enumerate(steps):
@@ -137,13 +146,16 @@ def candidate_of(trial, param: str = "mt"):
 class HalvingPruner(optuna.pruners.BasePruner):
     """Optuna pruner: a trial is pruned once the synchronous halving rule (`halving`) has left its candidate behind."""
 
-    def __init__(self, candidates, steps: list[int], maximize: bool = True, param: str = "mt", eta: int = ETA):
+    def __init__(self, candidates, steps: list[int], maximize: bool = True, param: str = "mt", eta: int = ETA,
+                 floor: float | None = None):
         self.candidates, self.steps, self.maximize, self.param, self.eta = tuple(candidates), list(steps), maximize, \
             param, eta
+        self.floor = floor
 
     def state_from(self, trials) -> HalvingState:
         """The halving state from every value reported to `trials` (a study's FrozenTrials)."""
-        return halving(self.candidates, self.steps, reported_values(trials, self.param), self.maximize, self.eta)
+        return halving(self.candidates, self.steps, reported_values(trials, self.param), self.maximize, self.eta,
+                       self.floor)
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         state = self.state_from(study.get_trials(deepcopy=False))

@@ -40,14 +40,19 @@ class Metric:
 
     `evaluate(model, bundle)` measures it on the model's device; `epoch_key` is
     the entry of `train.fit`'s per-epoch metrics holding the same number (None:
-    none does); `trained(value, bundle)` says the value means the net learned.
+    none does); `floor(bundle)` is the value a net that learned nothing reaches
+    (chance); `trained(value, bundle)` says the value means the net learned.
     """
 
     name: str
     maximize: bool
     evaluate: Callable
-    trained: Callable
+    floor: Callable
     epoch_key: str | None = None
+
+    def trained(self, value: float, bundle) -> bool:
+        """`value` is better than the floor: the net learned something."""
+        return value > self.floor(bundle) if self.maximize else value < self.floor(bundle)
 
 
 def _accuracy(model: nn.Module, bundle) -> float:
@@ -56,13 +61,13 @@ def _accuracy(model: nn.Module, bundle) -> float:
     return evaluate(model, bundle.test, next(model.parameters()).device)
 
 
-def _above_chance(accuracy: float, bundle) -> bool:
+def _chance(bundle) -> float:
     from collapsekit.validation.validate import DEFAULT_MARGIN
 
-    return accuracy > 1.0 / bundle.num_classes + DEFAULT_MARGIN
+    return 1.0 / bundle.num_classes + DEFAULT_MARGIN  # validate's "above chance"
 
 
-ACCURACY = Metric("accuracy", maximize=True, evaluate=_accuracy, trained=_above_chance, epoch_key="test_acc")
+ACCURACY = Metric("accuracy", maximize=True, evaluate=_accuracy, floor=_chance, epoch_key="test_acc")
 
 
 def search_metric(bundle) -> Metric:
@@ -188,7 +193,7 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
 
     steps = [total] if full else rung_steps(len(racing), total, SHARE * len(candidates) * total)
     plan = shared.SearchPlan(candidates=tuple(c.mt for c in racing), steps=tuple(steps), steps_per_epoch=per_epoch,
-                             run_steps=total, maximize=metric.maximize,
+                             run_steps=total, maximize=metric.maximize, floor=metric.floor(bundle),
                              config=_config(model, bundle, sparsity, epochs, lr, batch_size, full, metric, racing,
                                             steps, finetune_kwargs))
     by_mt = {c.mt: c for c in candidates}
@@ -269,6 +274,7 @@ def _config(model, bundle, sparsity, epochs, lr, batch_size, full, metric, racin
     settings = {k: str(v) for k, v in sorted(finetune_kwargs.items()) if k != "device"}
     return {"search": "full" if full else "halving", "sparsity": float(sparsity), "epochs": int(epochs),
             "lr": float(lr), "batch_size": int(batch_size), "finetune": settings, "metric": metric.name,
+            "floor": metric.floor(bundle),
             "data": bundle.name, "train_examples": len(bundle.train), "model_sha256": fingerprint(model),
             "candidates": [c.mt for c in racing], "steps": list(steps)}
 

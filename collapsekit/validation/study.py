@@ -56,6 +56,7 @@ class SearchPlan:
     steps_per_epoch: int
     run_steps: int  # a candidate's whole fine-tuning run; the last rung ends there unless the budget is short
     maximize: bool
+    floor: float | None = None  # values no better than this tie (`halving.halving`)
     config: dict = field(default_factory=dict)
 
     def default_study_name(self) -> str:
@@ -102,7 +103,7 @@ def open_study(plan: SearchPlan, storage=None, study_name: str | None = None,
     with no trial yet (the creator was killed while enqueueing) is enqueued.
     """
     name = study_name or plan.default_study_name()
-    pruner = HalvingPruner(plan.candidates, list(plan.steps), plan.maximize, PARAM)
+    pruner = HalvingPruner(plan.candidates, list(plan.steps), plan.maximize, PARAM, floor=plan.floor)
     study = optuna.create_study(storage=make_storage(storage, heartbeat), study_name=name, load_if_exists=True,
                                 direction="maximize" if plan.maximize else "minimize", pruner=pruner)
     config = json.loads(json.dumps(plan.config))  # as the storage gives it back
