@@ -77,7 +77,7 @@ class PausableRun(Callback):
         return self.value
 
     def close(self) -> None:
-        """End the run where it stands (a paused thread unwinds); the model is left as it is."""
+        """End the run where it stands (a paused thread unwinds, a training one at its next step)."""
         if self._thread.is_alive():
             self._stop = True
             self._go.set()
@@ -102,6 +102,8 @@ class PausableRun(Callback):
 
     def on_step_end(self, optimizer, step: int) -> None:
         self.steps_done = step + 1
+        if self._stop:  # closed while training (the caller was interrupted)
+            raise _Stop
         if self._target is None or self.steps_done != self._target:
             return
         state = _rng_state()  # as the uninterrupted run has it here; the measurement must not move it
@@ -110,7 +112,8 @@ class PausableRun(Callback):
         self.model.train(training)
         self._go.clear()
         self._reached.set()
-        self._go.wait()
+        while not self._go.wait(timeout=1.0) and not self._stop:
+            pass
         if self._stop:
             raise _Stop
         _set_rng_state(state)
