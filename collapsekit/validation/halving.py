@@ -13,7 +13,7 @@ is asynchronous (Li et al., ASHA, MLSys 2020): a trial is promoted against the
 trials that happen to have reached the rung before it, so which candidates go
 on depends on the order the processes finish in. Here a rung is decided only
 when every candidate still in it has reported, and by value (ties, and values
-no better than chance, in the forecast's order of the candidates), so one
+no better than a constant function's, in the forecast's order), so one
 process or many, in any order, give the same answer (invariant 11,
 docs/design.md). The rule reads only the values reported to the
 study, which is why a rerun on a finished study decides without training.
@@ -92,7 +92,7 @@ def halving(candidates, steps: list[int], values: dict, maximize: bool = True, e
     for a run that diverged: it ranks last). A rung keeps the best
     ceil(alive / eta) by value, ties to the candidate listed first, and only
     once every alive candidate has its value there. Values no better than
-    `floor` (an accuracy not above chance) all tie: they say nothing about
+    `floor` (what a constant function scores) all tie: they say nothing about
     which run will train, so the order of `candidates` (the forecast's) decides.
     With one rung (`steps == [total]`) every candidate runs to the end: the
     exhaustive sweep.

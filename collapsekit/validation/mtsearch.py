@@ -40,19 +40,17 @@ class Metric:
 
     `evaluate(model, bundle)` measures it on the model's device; `epoch_key` is
     the entry of `train.fit`'s per-epoch metrics holding the same number (None:
-    none does); `floor(bundle)` is the value a net that learned nothing reaches
-    (chance); `trained(value, bundle)` says the value means the net learned.
+    none does); `floor(bundle)` is the best a constant function scores (the
+    largest class share): a value no better says nothing about how a run will
+    go; `trained(value, bundle)` says the value means the net learned.
     """
 
     name: str
     maximize: bool
     evaluate: Callable
     floor: Callable
+    trained: Callable
     epoch_key: str | None = None
-
-    def trained(self, value: float, bundle) -> bool:
-        """`value` is better than the floor: the net learned something."""
-        return value > self.floor(bundle) if self.maximize else value < self.floor(bundle)
 
 
 def _accuracy(model: nn.Module, bundle) -> float:
@@ -61,13 +59,19 @@ def _accuracy(model: nn.Module, bundle) -> float:
     return evaluate(model, bundle.test, next(model.parameters()).device)
 
 
-def _chance(bundle) -> float:
+def _constant(bundle) -> float:
+    labels = bundle.test.tensors[1]
+    return float(labels.bincount().max()) / len(labels)
+
+
+def _above_chance(accuracy: float, bundle) -> bool:
     from collapsekit.validation.validate import DEFAULT_MARGIN
 
-    return 1.0 / bundle.num_classes + DEFAULT_MARGIN  # validate's "above chance"
+    return accuracy > 1.0 / bundle.num_classes + DEFAULT_MARGIN  # validate's "trained"
 
 
-ACCURACY = Metric("accuracy", maximize=True, evaluate=_accuracy, floor=_chance, epoch_key="test_acc")
+ACCURACY = Metric("accuracy", maximize=True, evaluate=_accuracy, floor=_constant, trained=_above_chance,
+                  epoch_key="test_acc")
 
 
 def search_metric(bundle) -> Metric:
