@@ -199,8 +199,9 @@ def work(study: optuna.Study, plan: SearchPlan, start_run, progress: bool = Fals
             _requeue(study, trials, state)
             own = _next(held, state, plan)
             if own is not None:
-                trained += _advance(study, own, state.need[own.mt], plan, start_run, bar)
-                if own.run.finished:
+                step = state.need[own.mt]
+                trained += _advance(study, own, step, plan, start_run, bar)
+                if own.run.finished or step >= plan.steps[-1]:  # its last rung: the trial is complete
                     _tell(study, held, own, TrialState.COMPLETE, own.run.value)
                 continue
             dropped = [h for h in held.values() if h.trial.should_prune()]
@@ -310,7 +311,7 @@ def _release_lost(held: dict, trials) -> None:
 
 def _tell(study: optuna.Study, held: dict, own: _Held, state: TrialState, value: float | None = None) -> None:
     held.pop(own.trial._trial_id, None)
-    if own.run is not None and state != TrialState.COMPLETE:
+    if own.run is not None:  # a run stopped before its end unwinds its thread
         own.run.close()
     try:
         if state == TrialState.COMPLETE:
