@@ -202,7 +202,8 @@ def test_two_processes_share_one_search_and_a_third_reports_it(tmp_path):
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", "collapsekit", "mt-search", "--checkpoint", str(path), "--sparsity", "0.99",
                "--epochs", "2", "--lr", "0.05", "--device", "cpu", "--format", "json",
-               "--storage", f"sqlite:///{tmp_path / 'search.db'}", "--study-name", "lenet"]
+               "--storage", f"sqlite:///{tmp_path / 'search.db'}", "--study-name", "lenet",
+               "--heartbeat", "60"]  # a busy CI machine must not make a live worker look dead
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                for _ in range(2)]

@@ -39,6 +39,7 @@ from collapsekit.validation.halving import HalvingPruner, HalvingState, candidat
 HEARTBEAT = 10  # seconds between a worker's heartbeats; a trial silent for 3 of them is stale
 POLL = 0.5  # seconds between looks at the storage while other processes finish a rung
 MAX_RETRIES = 3  # a candidate whose run fails this often stops the search with an error
+STORAGE_RETRIES = 20  # storage errors in a row before a worker gives up
 CONFIG_KEY = "collapsekit_mt_search"  # study user attribute: what every process must agree on
 PARAM = "mt"
 
@@ -165,7 +166,7 @@ class _Heartbeat:
 @dataclass
 class _Held:
     trial: optuna.Trial
-    mt: int
+    mt: int | None  # None until the trial's candidate is read back from the storage
     run: object = None  # pausable.PausableRun, made when the candidate first trains here
 
 
@@ -182,34 +183,26 @@ def work(study: optuna.Study, plan: SearchPlan, start_run, progress: bool = Fals
     pruner: HalvingPruner = study.pruner
     held: dict[int, _Held] = {}  # trial id -> what this process holds
     beat = _Heartbeat(study, held)
-    trained = 0
+    spent = [0]  # optimizer steps this process trained
     bar = tqdm(total=plan_cost(plan) / plan.steps_per_epoch, desc="mt-search", unit="epoch", leave=False,
                dynamic_ncols=True, disable=not (progress and sys.stderr.isatty()))
+    busy = 0  # storage errors in a row (SQLite answers "database is locked" under contention)
     try:
         while True:
-            if beat.interval:  # a dead process's trials turn FAIL (no heartbeats in memory: one process)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            state = pruner.state_from(trials)
-            _release_lost(held, trials)
-            if state.finished:
+            try:
+                state, trials = _step(study, plan, pruner, held, beat, start_run, bar, spent, poll)
+            except (optuna.exceptions.StorageInternalError, optuna.exceptions.UpdateFinishedTrialError) as error:
+                # A trial of ours finished by another process (failed as stale while we were slow) is dropped
+                # by the next step, which re-reads the study; a storage error is retried the same way.
+                busy += 1
+                if busy > STORAGE_RETRIES:
+                    raise CollapsekitError(f"the Optuna storage keeps failing ({busy} times in a row): {error}") \
+                        from error
+                time.sleep(poll * busy)  # every step re-reads the study, so going round again loses nothing
+                continue
+            busy = 0
+            if state is not None:
                 break
-            _requeue(study, trials, state)
-            own = _next(held, state, plan)
-            if own is not None:
-                step = state.need[own.mt]
-                trained += _advance(study, own, step, plan, start_run, bar)
-                if own.run.finished or step >= plan.steps[-1]:  # its last rung: the trial is complete
-                    _tell(study, held, own, TrialState.COMPLETE, own.run.value)
-                continue
-            dropped = [h for h in held.values() if h.trial.should_prune()]
-            for own in dropped:
-                _tell(study, held, own, TrialState.PRUNED)
-            if dropped or _take(study, held, beat, plan):
-                continue
-            time.sleep(poll)
     except BaseException:
         for own in list(held.values()):  # give the candidates back at once: another process or a rerun redoes them
             _tell(study, held, own, TrialState.FAIL)
@@ -222,8 +215,37 @@ def work(study: optuna.Study, plan: SearchPlan, start_run, progress: bool = Fals
         bar.close()
     for own in list(held.values()):  # left behind by the last rung
         _tell(study, held, own, TrialState.PRUNED)
-    return WorkResult(values=reported_values(trials, PARAM), state=state, steps_trained=trained,
+    return WorkResult(values=reported_values(trials, PARAM), state=state, steps_trained=spent[0],
                       study_name=study.study_name)
+
+
+def _step(study, plan: SearchPlan, pruner, held: dict, beat, start_run, bar, spent: list, poll: float):
+    """One look at the study and one thing done; (state, trials) once halving has its winner, else (None, None)."""
+    if beat.interval:  # a dead process's trials turn FAIL (no heartbeats in memory: one process)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    state = pruner.state_from(trials)
+    _release_lost(held, trials)
+    for own in [h for h in held.values() if h.mt is None]:  # taken when the storage failed half-way
+        _resolve(study, held, own, trials, plan)
+    if state.finished:
+        return state, trials
+    _requeue(study, trials, state)
+    own = _next(held, state, plan)
+    if own is not None:
+        step = state.need[own.mt]
+        _advance(own, step, plan, start_run, bar, spent)
+        if own.run.finished or step >= plan.steps[-1]:  # its last rung: the trial is complete
+            _tell(study, held, own, TrialState.COMPLETE, own.run.value)
+        return None, None
+    dropped = [h for h in held.values() if h.trial.should_prune()]
+    for own in dropped:
+        _tell(study, held, own, TrialState.PRUNED)
+    if not dropped and not _take(study, held, beat, plan):
+        time.sleep(poll)  # other processes are finishing the rung
+    return None, None
 
 
 def plan_cost(plan: SearchPlan) -> int:
@@ -243,13 +265,14 @@ def _next(held: dict, state: HalvingState, plan: SearchPlan):
     return min(waiting, key=lambda h: (state.need[h.mt], order[h.mt])) if waiting else None
 
 
-def _advance(study, own: _Held, step: int, plan: SearchPlan, start_run, bar) -> int:
-    """Train `own`'s run to `step` (the end: its whole run), report what it measured; the steps trained."""
+def _advance(own: _Held, step: int, plan: SearchPlan, start_run, bar, spent: list) -> None:
+    """Train `own`'s run to `step` (the end: its whole run), count the steps in `spent`, report what it measured."""
     if own.run is None:
         own.run = start_run(own.mt)
     before = own.run.steps_done
     value = own.run.advance(None if step >= plan.run_steps else step)
     done = own.run.steps_done - before
+    spent[0] += done
     bar.update(done / plan.steps_per_epoch)
     # Per-epoch values for the learning curve, then the rung's own (the same step twice is one report).
     reports = dict(own.run.epoch_values)
@@ -262,7 +285,6 @@ def _advance(study, own: _Held, step: int, plan: SearchPlan, start_run, bar) -> 
             if s > 0:
                 own.trial.report(v, s)
     own.run.epoch_values.clear()
-    return done
 
 
 def _take(study: optuna.Study, held: dict, beat: _Heartbeat, plan: SearchPlan) -> bool:
@@ -272,18 +294,28 @@ def _take(study: optuna.Study, held: dict, beat: _Heartbeat, plan: SearchPlan) -
     with warnings.catch_warnings():  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
         warnings.simplefilter("ignore")
         trial = study.ask()
+    # Held (and so beating, and failed on an error) before anything else can go wrong: a RUNNING trial
+    # that never beats would never turn stale.
+    own = held[trial._trial_id] = _Held(trial=trial, mt=None)
     beat.record(trial._trial_id)
-    frozen = study._storage.get_trial(trial._trial_id)
-    mt = candidate_of(frozen, PARAM)
-    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if t.number != trial.number and candidate_of(t, PARAM) == mt]
-    if mt is None or running:  # not one we enqueued (another process emptied the queue first), or a twin
-        trial.set_user_attr("twin", True)
-        study.tell(trial, state=TrialState.FAIL)
-        return True
-    trial.suggest_categorical(PARAM, list(plan.candidates))  # the enqueued MT: recorded as the trial's parameter
-    held[trial._trial_id] = _Held(trial=trial, mt=mt)
+    trials = study.get_trials(deepcopy=False)
+    _resolve(study, held, own, trials, plan)
     return True
+
+
+def _resolve(study: optuna.Study, held: dict, own: _Held, trials, plan: SearchPlan) -> None:
+    """Name the candidate a newly taken trial runs; fail it if it has none (not one we enqueued: another
+    process emptied the queue first) or if another trial already runs that candidate (a twin enqueue)."""
+    frozen = next((t for t in trials if t._trial_id == own.trial._trial_id), None)
+    mt = candidate_of(frozen, PARAM) if frozen is not None else None
+    twins = [t for t in trials if t.state == TrialState.RUNNING and t.number != own.trial.number
+             and candidate_of(t, PARAM) == mt]
+    if mt is None or twins:
+        own.trial.set_user_attr("twin", True)
+        _tell(study, held, own, TrialState.FAIL)
+        return
+    own.trial.suggest_categorical(PARAM, list(plan.candidates))  # the enqueued MT, recorded as its parameter
+    own.mt = mt
 
 
 def _requeue(study: optuna.Study, trials, state: HalvingState) -> None:
