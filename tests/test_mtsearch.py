@@ -215,8 +215,12 @@ def test_two_processes_share_one_search_and_a_third_reports_it(tmp_path):
     docs.append(json.loads(third.stdout))
     assert len({d["suggestion"]["mt"] for d in docs}) == 1 and docs[2]["fine_tune_epochs"] == 0
     assert docs[0]["points"] == docs[1]["points"] == docs[2]["points"]
-    # Between them the two workers trained what one process would have: no candidate ran twice (each JSON rounds
-    # its epochs to 4 decimals).
+    # No candidate was taken twice: one trial each (the collapsed ones, measured without training, have none).
+    import optuna
+
+    trials = optuna.load_study(study_name="lenet", storage=f"sqlite:///{tmp_path / 'search.db'}").trials
+    taken = sorted(t.params["mt"] for t in trials if t.state != optuna.trial.TrialState.FAIL)
+    assert taken == [p["mt"] for p in docs[2]["points"] if p["budget"] > 0]
     alone = search_mt(model, bundle, 0.99, epochs=2, lr=0.05, device="cpu")
-    assert docs[0]["fine_tune_epochs"] + docs[1]["fine_tune_epochs"] == pytest.approx(alone.fine_tune_epochs, abs=1e-3)
+    assert docs[0]["fine_tune_epochs"] + docs[1]["fine_tune_epochs"] >= alone.fine_tune_epochs - 1e-3
     assert alone.suggestion["mt"] == docs[2]["suggestion"]["mt"]

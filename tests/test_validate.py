@@ -122,7 +122,7 @@ def test_mobilenet_with_suggested_mt_trains_above_chance(mobilenet, digits, spar
     assert suggestion.forecast_trainable
     mt = suggestion.mt
     # Just past collapse the outcome of a short fine-tune is noisy: 8 epochs settle it (0.45 at MT 656, 1 thread).
-    result = search_mt(mobilenet, digits, sparsity, mts=[0, mt], epochs=8, lr=0.02, device="cpu")
+    result = search_mt(mobilenet, digits, sparsity, mts=[0, mt], epochs=8, lr=0.02, device="cpu", full=True)
     print(mt_search_to_text(result))
     by_mt = {p.mt: p for p in result.points}
     assert by_mt[0].predicted_collapsed and by_mt[0].accuracy <= 0.2
