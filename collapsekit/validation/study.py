@@ -88,12 +88,38 @@ def make_storage(url: str | None, heartbeat: int = HEARTBEAT):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                                  grace_period=3 * heartbeat)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                                     grace_period=3 * heartbeat)
+            if url.startswith("sqlite"):
+                _lock_sqlite_transactions(storage.engine)
+            return storage
         except Exception as error:  # "table ... already exists", "UNIQUE constraint failed", "database is locked"
             if attempt == 4 or isinstance(error, (ImportError, ValueError)):
                 raise CollapsekitError(f"cannot open the Optuna storage {url}: {error}") from error
             time.sleep(0.5 * (attempt + 1))
+
+
+def _lock_sqlite_transactions(engine) -> None:
+    """Make every SQLite transaction take the write lock as it begins (BEGIN IMMEDIATE).
+
+    Python's sqlite3 driver starts a transaction only at the first write, so
+    Optuna's "read the trial, set it RUNNING if it is WAITING" can succeed in two
+    processes at once: both would take the same candidate and train it twice.
+    With the lock taken at BEGIN, the read and the write are one step (the
+    SQLAlchemy recipe for pysqlite's isolation); the 60 s busy timeout queues
+    the others.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_autocommit(dbapi_connection, record):
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, says when a transaction begins
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners (creating the tables) are not reused
 
 
 def open_study(plan: SearchPlan, storage=None, study_name: str | None = None,
