@@ -215,19 +215,24 @@ def mt_search_to_text(result: MTSearchResult) -> str:
 
     lm = result.metric == "perplexity"
     what = "ppl" if lm else "acc"
-    header = ["MT", "percent", "predicted", "emptied", "forecast", f"{what} pruned", f"{what} tuned", ""]
+    header = ["MT", "percent", "predicted", "emptied", "forecast", f"{what} pruned", f"{what} tuned", "epochs", ""]
     rows = [[p.mt, f"{p.percent:.4f}", _alive(p.predicted_collapsed), p.emptied_layers,
-             _trainable(p.forecast_trainable), f"{p.perplexity_pruned if lm else p.accuracy_pruned:.4f}",
-             f"{p.score(result.metric):.4f}", marks(p)] for p in result.points]
-    accuracies = [p.score(result.metric) for p in result.points]
+             _trainable(p.forecast_trainable), f"{p.accuracy_pruned:.4f}", f"{p.accuracy:.4f}",
+             f"{result.epochs if p.budget is None else p.budget:g}", marks(p)] for p in result.points]
+    accuracies = [p.accuracy for p in result.points]
+    if result.search == "halving":
+        last = (f"picked MT {best.mt} ({best.percent:.4g} %): {result.metric} {best.accuracy:.4f} after "
+                f"{best.budget:g} epochs; successive halving fine-tuned {result.fine_tune_epochs:g} epochs here, the "
+                f"full sweep {result.epochs * len(result.points)} (epochs column: how far each candidate got)")
+    else:
+        last = (f"best MT {best.mt} ({best.percent:.4g} %): {result.metric} {best.accuracy:.4f} (range "
+                f"{min(accuracies):.4f}-{max(accuracies):.4f} over {len(accuracies)} values, {result.epochs} "
+                "epochs each)")
     return "\n".join([
         f"sparsity {result.sparsity:g}: suggested MT {s['mt']} ({s['percent']:.4g} % of {s['total']} "
         f"prunable weights; {s['reason']}; {s.get('seconds', 0.0):.2f} s), structural floor "
         f"{s.get('floor', s['mt'])}",
-        table(header, rows, "rrrrrrrl"),
-        f"best MT {best.mt} ({best.percent:.4g} %): {result.metric} {best.score(result.metric):.4f} (range "
-        f"{min(accuracies):.4f}-"
-        f"{max(accuracies):.4f} over {len(accuracies)} values, {result.epochs} epochs each)"])
+        table(header, rows, "rrrrrrrrl"), last])
 
 
 # -- prune (`collapsekit prune`) --------------------------------------------------------------------------------
