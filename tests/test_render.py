@@ -78,10 +78,12 @@ def test_validation_and_mt_search_of_a_language_model_print_perplexities():
     assert lines[3].split()[5:7] == ["7.5600", "6.0800"] and lines[4].split()[5:7] == ["256.0000", "256.0000"]
     assert report.to_dict()["metric"] == "perplexity" and report.to_dict()["levels"][0]["perplexity"] == 6.08
 
-    points = tuple(MTPoint(mt=m, percent=m / 10, predicted_collapsed=False, emptied_layers=0, accuracy_pruned=0.2,
-                           accuracy=0.9 - m / 100, perplexity_pruned=100.0, perplexity=ppl)
+    # A causal LM's points hold perplexities where a classifier's hold accuracies (the search's one metric).
+    points = tuple(MTPoint(mt=m, percent=m / 10, predicted_collapsed=False, emptied_layers=0, accuracy_pruned=100.0,
+                           accuracy=ppl, metric="perplexity")
                    for m, ppl in ((0, 16.8), (5, 16.7), (98, 63.5)))
-    result = MTSearchResult(sparsity=0.99, suggestion={"mt": 0, "percent": 0.0, "total": 1000, "reason": "why",
+    assert points[1].to_dict()["perplexity"] == 16.7 and points[1].to_dict()["perplexity_pruned"] == 100.0
+    result = MTSearchResult(sparsity=0.99, suggestion={"mt": None, "percent": 0.0, "total": 1000, "reason": "why",
                                                        "floor": 0}, points=points, epochs=1, metric="perplexity",
                             baselines={"unigram_perplexity": 25.99, "dense_perplexity": 6.39})
     assert result.best.mt == 5  # lower perplexity wins, whatever the (higher) accuracy of MT 0
