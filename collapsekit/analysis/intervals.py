@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from collapsekit.analysis.ops import CONV_MODULES, DROPOUT_MODULES, POOL_MODULES
 from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.analysis.rules import RuleInterpreter, RuleTable, index_pair
+from collapsekit.analysis.rules import RuleInterpreter, RuleTable, cat_pairs, getitem_pair
 from collapsekit.analysis.trace import TracedModel
 
 BIG = 1e30  # stands for an unbounded end: finite, so 0 * BIG = 0 in the sign-split products
@@ -210,15 +210,10 @@ def _monotone_function(ip, fn, x, *args, **kwargs):
 
 @INTERVAL_RULES.function(torch.cat)
 def _cat(ip, parts, *args, **kwargs):
-    boxes = [ip.box_of(p) for p in parts]
-    return tuple(torch.cat([b[i] for b in boxes], *args, **kwargs) for i in range(2))
+    return cat_pairs([ip.box_of(p) for p in parts], *args, **kwargs)
 
 
-@INTERVAL_RULES.function(operator.getitem)
-def _getitem(ip, x, index):
-    # Indexing a box indexes both ends; anything else (a tuple, a size) is unknown.
-    picked = index_pair(x, index)
-    return ip.unknown() if picked is None else picked
+INTERVAL_RULES.function(operator.getitem)(getitem_pair)  # a box's two ends index together
 
 
 @INTERVAL_RULES.method("view", "reshape", "flatten", "mean", "contiguous", "sigmoid", "tanh", passes_target=True)

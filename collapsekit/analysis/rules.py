@@ -226,6 +226,18 @@ def _has_abstract(tree) -> bool:
     return False
 
 
+def getitem_pair(interpreter, x, index):
+    """The rule of `x[index]` in a pair-valued pass: indexing the value indexes both halves; anything else
+    (a tuple of values, a size) is the pass's unknown."""
+    picked = index_pair(x, index)
+    return interpreter.unknown() if picked is None else picked
+
+
+def cat_pairs(pairs, *args, **kwargs) -> tuple:
+    """torch.cat of pair-valued operands (sign sets, interval ends): each half concatenated with its kind."""
+    return tuple(torch.cat([pair[i] for pair in pairs], *args, **kwargs) for i in range(2))
+
+
 def index_pair(x, index):
     """`x` indexed at `index` when `x` is a pair of same-shaped tensors (a sign set or an interval's two
     ends: indexing the value indexes both), else None (a tuple of values, a size, an integer index)."""

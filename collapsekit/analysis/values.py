@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from collapsekit.analysis.ops import CONV_MODULES, DROPOUT_MODULES, POOL_MODULES, RELU_FUNCTIONS, RELU_MODULES
 from collapsekit.analysis.prunable import PrunableWeight
-from collapsekit.analysis.rules import RuleInterpreter, RuleTable, index_pair
+from collapsekit.analysis.rules import RuleInterpreter, RuleTable, cat_pairs, getitem_pair
 from collapsekit.analysis.trace import TracedModel
 
 Sign = tuple  # (can_be_positive, can_be_negative), float 0/1 tensors of the value's shape
@@ -114,15 +114,10 @@ def _shape_like(sp, fn, x, *args, **kwargs):
 
 @SIGN_RULES.function(torch.cat)
 def _cat(sp, parts, *args, **kwargs):
-    parts = [sp.sign_of(p) for p in parts]
-    return tuple(torch.cat([p[i] for p in parts], *args, **kwargs) for i in range(2))
+    return cat_pairs([sp.sign_of(p) for p in parts], *args, **kwargs)
 
 
-@SIGN_RULES.function(operator.getitem)
-def _getitem(sp, x, index):
-    # Indexing a signed tensor indexes both of its sign masks; anything else (a tuple, a size) is unknown.
-    picked = index_pair(x, index)
-    return sp.unknown() if picked is None else picked
+SIGN_RULES.function(operator.getitem)(getitem_pair)  # a signed tensor's two sign masks index together
 
 
 @SIGN_RULES.method("view", "reshape", "flatten", "mean", "contiguous", passes_target=True)

@@ -116,6 +116,11 @@ def os_error_line(exc: OSError) -> str:
     return f"{paths}: {reason}" if paths else f"{type(exc).__name__}: {reason}"
 
 
+def add_sparsity_arg(parser: argparse.ArgumentParser, help: str = "global sparsity in [0, 1), or N%%") -> None:
+    """Add the required --sparsity of a command that prunes to one level."""
+    parser.add_argument("--sparsity", type=sparsity_arg, required=True, metavar="S", help=help)
+
+
 def sparsity_arg(text: str) -> float:
     """argparse type of --sparsity: a fraction (0.95) or a percent (95%), read by `spec.fraction` as
     `sparsity=` is in Python; the range is checked where the sparsity is used (one-line error)."""
@@ -369,6 +374,6 @@ def load_data(args: argparse.Namespace, meta: dict):
 
 
 __all__ = ["add_input_args", "example_input", "token_inputs", "shapes_from_input", "check_input_matches",
-           "add_output_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args",
+           "add_output_arg", "add_sparsity_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args",
            "add_device_args", "add_mt_arg", "add_optimizer_args", "MT_HELP", "load_model", "load_data", "load_job",
            "print_result", "model_shapes"]

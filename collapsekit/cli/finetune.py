@@ -68,8 +68,7 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     """The `finetune` subcommand's arguments."""
     common.add_training_job_args(p)
-    p.add_argument("--sparsity", type=common.sparsity_arg, required=True, metavar="S",
-                   help="final global sparsity in [0, 1), or N%%")
+    common.add_sparsity_arg(p, help="final global sparsity in [0, 1), or N%%")
     common.add_mt_arg(p)
     p.add_argument("--pruning-schedule", choices=["oneshot", "gradual", "imp"], default="oneshot",
                    help="when to prune: once before fine-tuning, gradually (cubic) or by IMP rounds "

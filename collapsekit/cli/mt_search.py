@@ -19,8 +19,7 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     """The `mt-search` subcommand's arguments."""
     common.add_training_job_args(p)
-    p.add_argument("--sparsity", type=common.sparsity_arg, required=True, metavar="S",
-                   help="global sparsity in [0, 1), or N%%")
+    common.add_sparsity_arg(p)
     p.add_argument("--mt", nargs="+", metavar="MT",
                    help="MT values to try instead of 0 + suggest_mt's search range (each read as --mt elsewhere: "
                         "an integer is a count per layer, a decimal or N%% a percent of all prunable weights)")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from collapsekit.analysis.cost import count_macs
 from collapsekit.analysis.trace import trace
-from collapsekit.cli.common import add_model_args, add_mt_arg, add_output_arg, example_input, load_model, sparsity_arg
+from collapsekit.cli.common import (add_model_args, add_mt_arg, add_output_arg, add_sparsity_arg, example_input,
+                                    load_model)
 from collapsekit.files.atomic import atomic_write_text
 from collapsekit.files.checkpoint import SHA_KEY
 from collapsekit.pruning import masks as mask_io
@@ -27,8 +28,7 @@ DESCRIPTION = (
 def add_arguments(p) -> None:
     """The `prune` subcommand's arguments."""
     add_model_args(p)
-    p.add_argument("--sparsity", type=sparsity_arg, required=True, metavar="S",
-                   help="global sparsity in [0, 1), or N%%")
+    add_sparsity_arg(p)
     add_mt_arg(p)
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="prune only weights matching these patterns")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="never prune weights matching these patterns")
