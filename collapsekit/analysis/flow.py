@@ -43,6 +43,7 @@ from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import op_name as _op_name
 from collapsekit.analysis.rules import Rule, RuleInterpreter
 from collapsekit.analysis.trace import TracedModel, aliases_of, mutates_first_operand
+from collapsekit.errors import CollapsekitError
 
 
 # -- the interpreter ---------------------------------------------------------------------
@@ -569,7 +570,6 @@ class ChannelFlow(RuleInterpreter):
             return tree_map_tensors(structure, lambda t: torch.ones(t.shape, dtype=self.dtype) * total)
         meta = node.meta.get("tensor_meta", node.meta.get("val"))
         if meta is None:
-            from collapsekit.errors import CollapsekitError
             raise CollapsekitError(f"no transfer rule and no recorded shape for node {node.name} ({node.target})")
         return ones_like_meta(meta, total, self.dtype)
 

@@ -31,6 +31,7 @@ from collapsekit.analysis.heap import rows_per_block
 from collapsekit.errors import CollapsekitError
 from collapsekit.spec import fraction, read_number
 from collapsekit.analysis.prunable import PrunableWeight
+from collapsekit.analysis.timing import progress as bar
 
 _FLOAT32_INF_BITS = 0x7F800000
 _ABS_BITS = 0x7FFFFFFF  # clears the sign: |w| as a float32 bit pattern
@@ -167,8 +168,6 @@ class MagnitudeIndex:
     """
 
     def __init__(self, weights: list[PrunableWeight], tensors, progress: bool = False):
-        from collapsekit.analysis.timing import progress as bar
-
         self.weights = list(weights)
         self._tensors = tensors
         self.sizes = np.array([w.numel for w in self.weights], dtype=np.int64)

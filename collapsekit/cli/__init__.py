@@ -10,6 +10,7 @@ import sys
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.version import __version__
+from collapsekit.cli.common import check_outputs, os_error_line
 
 ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # terminal escapes a library may put in a message
 
@@ -43,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     status 2: bad input (CollapsekitError) and file-system trouble (any OSError,
     with its path). A closed stdout (`collapsekit report | head -1`) ends quietly.
     """
-    from collapsekit.cli.common import check_outputs, os_error_line
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -46,6 +46,7 @@ from collapsekit.analysis.prunable import find_prunable
 from collapsekit.analysis.rules import RuleTable
 from collapsekit.pruning.prune import apply_masks, check_masks
 from collapsekit.analysis.trace import TracedModel, trace
+from collapsekit.analysis.analysis import Analysis
 
 # -- roles of nodes ----------------------------------------------------------------------------
 LAYER, CHANNELWISE, PASSTHROUGH, JOIN, FLATTEN, PIN, SCALAR = (
@@ -563,8 +564,6 @@ def compact(model, masks: dict[str, torch.Tensor], example_inputs=None) -> fx.Gr
 
 def _masked_trace(model, masks: dict[str, torch.Tensor], example_inputs) -> TracedModel:
     """The symbolic trace of a masked copy of `model`; an Analysis's trace is copied, not redone."""
-    from collapsekit.analysis.analysis import Analysis
-
     if isinstance(model, Analysis):
         source = model.traced
         _require_symbolic(source, model.name)

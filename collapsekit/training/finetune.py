@@ -30,6 +30,7 @@ from collapsekit.training.masking import MaskCallback, check_pruned_zero
 from collapsekit.training.schedules import PruningSchedule, make
 from collapsekit.data.tasks import task_of
 from collapsekit.training.train import LR_SCHEDULES, Callback, fit, score
+from collapsekit.analysis.timing import tqdm_class
 
 RESULT_FILE = "finetune.json"
 MODEL_FILE = "model.safetensors"
@@ -317,8 +318,6 @@ class BF16Autocast(nn.Module):
 
 
 def _bar(total: int, initial: int, enabled: bool):
-    from collapsekit.analysis.timing import tqdm_class
-
     tqdm = tqdm_class()
     return tqdm(total=total, initial=initial, desc="finetune", unit="epoch", leave=False, dynamic_ncols=True,
                 disable=not (enabled and sys.stderr.isatty()))

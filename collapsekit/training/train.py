@@ -21,6 +21,7 @@ from collapsekit.files import checkpoint
 from collapsekit.models import resolve
 from collapsekit.data.tasks import TASKS, Task, model_logits, task_of
 from collapsekit.training.device import resolve_device
+from collapsekit.analysis.timing import tqdm_class
 
 CLASSIFICATION = TASKS["classification"]
 
@@ -264,8 +265,6 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
     factor = LR_SCHEDULES[lr_schedule]
     task = task_of(bundle)
     generator = torch.Generator()
-
-    from collapsekit.analysis.timing import tqdm_class
 
     tqdm = tqdm_class()
     bar = tqdm(total=(epochs - start_epoch) * math.ceil(len(bundle.train) / batch_size), desc="train", unit="step",

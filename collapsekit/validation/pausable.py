@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from collapsekit.training.train import Callback
+from collapsekit.training.finetune import finetune
 
 
 class _Stop(Exception):
@@ -85,8 +86,6 @@ class PausableRun(Callback):
 
     # -- the run's side ----------------------------------------------------------------------------
     def _main(self) -> None:
-        from collapsekit.training.finetune import finetune
-
         try:
             finetune(self.model, self.masks, self.bundle, self.epochs, callbacks=(self,), progress=False,
                      **self.run_kwargs)

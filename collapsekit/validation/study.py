@@ -34,7 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 from collapsekit.errors import CollapsekitError
-from collapsekit.validation.halving import HalvingPruner, HalvingState, candidate_of, reported_values
+from collapsekit.validation.halving import HalvingPruner, HalvingState, candidate_of, reported_values, rung_sizes
 
 HEARTBEAT = 10  # seconds between a worker's heartbeats; a trial silent for 3 of them is stale
 POLL = 0.5  # seconds between looks at the storage while other processes finish a rung
@@ -276,8 +276,6 @@ def _step(study, plan: SearchPlan, pruner, held: dict, beat, start_run, bar, spe
 
 def plan_cost(plan: SearchPlan) -> int:
     """Optimizer steps the whole search trains when no run is lost: each candidate to where it is dropped."""
-    from collapsekit.validation.halving import rung_sizes
-
     sizes = rung_sizes(len(plan.candidates))
     if len(plan.steps) == 1:
         return len(plan.candidates) * plan.steps[-1]

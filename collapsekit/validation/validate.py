@@ -29,6 +29,12 @@ from pathlib import Path
 import torch.nn as nn
 
 from collapsekit.data.tasks import task_of
+from collapsekit.analysis.analysis import Analysis
+from collapsekit.pruning.prune import apply_masks
+from collapsekit.training.finetune import finetune
+from collapsekit.training.train import score
+from collapsekit.validation import trainable
+from collapsekit.validation.probe import output_is_constant
 
 DEFAULT_MARGIN = 0.1  # "above chance" means test accuracy > 1/num_classes + this (a causal LM's: tasks.CausalLM)
 
@@ -128,13 +134,6 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     `margin` defaults to the task's (0.1 of accuracy; half the unigram-to-dense
     gap for an LM).
     """
-    from collapsekit.analysis.analysis import Analysis
-    from collapsekit.pruning.prune import apply_masks
-    from collapsekit.training.finetune import finetune
-    from collapsekit.training.train import score
-    from collapsekit.validation import trainable
-    from collapsekit.validation.probe import output_is_constant
-
     example = bundle.example_input()
     # One trace and one sort of the magnitudes serve the prediction and every real prune:
     # the analysis's masks are exactly those ck.prune would build.
