@@ -94,7 +94,10 @@ def test_nested_levels_reuse_one_generic_run_and_change_nothing(monkeypatch):
         model, example = build(name) if name != "position_first" else (PositionFirst(), torch.randn(1, 6, 8))
         shared, shared_runs = _reports(model, example, False, monkeypatch)
         fresh, fresh_runs = _reports(model, example, True, monkeypatch)
-        assert shared.to_dict() == fresh.to_dict(), name
+        # Every verdict equal; `unhandled_ops` lists the passes that ran, and the shared report may run no
+        # generic (averages) pass at all where the structural rule decides (report-schema.md: absent).
+        a, b = shared.to_dict(), fresh.to_dict()
+        assert a.pop("unhandled_ops")["flow"] == b.pop("unhandled_ops")["flow"] and a == b, name
         assert shared_runs < fresh_runs, name
         if name == "hf_llama":
             assert shared_runs <= 1 and fresh_runs > 5  # none where the structural rule (bias_only) decides

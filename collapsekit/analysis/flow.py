@@ -199,7 +199,7 @@ class ChannelFlow(RuleInterpreter):
         out = None
         for x in live:
             out = x if out is None else out + x
-        return out.expand(torch.broadcast_shapes(*shapes)) if out.shape != torch.broadcast_shapes(*shapes) else out
+        return out.expand(np.broadcast_shapes(*shapes)) if out.shape != np.broadcast_shapes(*shapes) else out
 
     def matmul(self, a, b):
         if isinstance(b, PrunableConstant) and not b.mask_made and isinstance(a, torch.Tensor) and b.real.ndim == 2:
@@ -242,7 +242,7 @@ class ChannelFlow(RuleInterpreter):
         inputs' pattern: a cut feature is constant only at the current weights, which no nested run covers."""
         counts = None if self.cuts else self.masks.pruned_counts()
         uniformity = RowUniformity.of(self.traced)
-        if counts is not None and uniformity.proven(counts, source, dead):
+        if counts is not None and uniformity.proven(counts, source, dead, self.masks):
             return dead
         if self._constants is None:
             wanted = {n.name for n in self._averages.values()}
@@ -312,7 +312,7 @@ class ChannelFlow(RuleInterpreter):
                     o.retain_grad()
         seeds = [o for o in outs if o.requires_grad]
         if seeds:
-            torch.autograd.backward(seeds, [torch.ones_like(o) for o in seeds])
+            torch.autograd.backward(sum(o.sum() for o in seeds))  # a scalar seed: no sympy import
         self.effective.record_leaves(self.masks)
 
     def dead_and_unused_channels(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:

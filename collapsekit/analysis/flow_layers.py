@@ -53,7 +53,8 @@ class LayerOnKeep(torch.autograd.Function):
             with torch.enable_grad():
                 xx = x.detach().requires_grad_(True)
                 w = as_float(keep, x.dtype).requires_grad_(True)
-                gx, gw = torch.autograd.grad(ctx.op(xx, w), (xx, w), g)
+                # A scalar's gradient: autograd's explicit-gradient path imports sympy (the cold start).
+                gx, gw = torch.autograd.grad((ctx.op(xx, w) * g).sum(), (xx, w))
             ctx.record(gw > 0, keep)
         del keep
         release_after(int(np.prod(ctx.shape)))
