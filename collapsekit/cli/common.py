@@ -109,6 +109,11 @@ def check_writable(path, flag: str, kind: str = "dir") -> None:
         raise CollapsekitError(f"{flag} {path} cannot be written: {exc.strerror or exc}") from None
 
 
+def is_main_process() -> bool:
+    """True unless this is a torchrun rank other than 0 (only rank 0 prints)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError: the path(s) it names and the system's reason."""
     paths = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
