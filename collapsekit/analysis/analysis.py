@@ -282,7 +282,7 @@ class Analysis:
         return dict(cover.conservative_ops) if cover is not None else self.flow(0, backward=False).conservative_ops
 
     def macs(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, int]]:
-        """Per conv/linear module: dense MACs and MACs counting only the kept weights of `masks`."""
+        """Per weight applied as a matrix product: dense MACs and MACs counting only the kept weights of `masks`."""
         return count_macs(self.traced, masks)
 
     def layers(self) -> tuple[LayerReport, ...]:
