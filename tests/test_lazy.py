@@ -57,3 +57,26 @@ def test_the_cli_takes_a_lazy_factory(capsys, tmp_path, command):
     assert [layer["name"] for layer in document["layers"]] == ["0.weight", "3.weight", "5.weight"]
     if command == "prune":
         assert document["macs"]["dense"] == 36 * 36 + 2304 + 160
+
+
+@pytest.mark.parametrize("command", ["report", "prune"])  # report streams the file; prune loads it
+def test_a_lazy_factory_takes_its_shapes_from_a_checkpoint(capsys, tmp_path, command):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = lazy_net()
+    model(X)  # the user's own first forward: shapes and weights
+    path = tmp_path / "lazy.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    out = ["--out", str(tmp_path / "pruned")] if command == "prune" else []
+    code = main([command, "--model", f"{__name__}:lazy_net", "--checkpoint", str(path), "--sparsity", "0.9",
+                 "--format", "json", *out])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    document = json.loads(stdout)
+    if command == "report":
+        expected = {layer.name: layer.critical_sparsity for layer in ck.analyze(model, X, sparsities=[0.9]).layers}
+        assert {layer["name"]: layer["critical_sparsity"] for layer in document["layers"]} == expected
+    else:
+        kept = {name: int(m.sum()) for name, m in ck.prune(model, 0.9).masks.items()}
+        assert {layer["name"]: layer["kept"] for layer in document["layers"]} == kept

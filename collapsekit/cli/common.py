@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from collapsekit import data, models
+from collapsekit.analysis.lazy import lazy_modules
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import checkpoint
 from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME, Checkpoint, materialize
@@ -304,6 +305,8 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
             model = models.resolve(spec, offered=offered, **shapes)
     else:
         model = models.resolve(spec, offered=offered, **shapes)
+    if path and stream and lazy_modules(model):  # lazy modules take their shapes from the file's header
+        checkpoint.shape_lazy(model, Checkpoint(path).shapes)
     if path and not stream:
         if Path(path).is_dir() or path.endswith(".index.json"):  # a sharded checkpoint (Hugging Face layout)
             model = _load_sharded(model, path)
