@@ -33,6 +33,23 @@ def test_a_hand_written_matrix_product_counts_its_output_times_the_contracted_ax
     assert kept["w"]["kept"] == 3 * 10 and kept["v_weight"]["kept"] == 60
 
 
+class LowRank(nn.Module):
+    """a @ b, two parameters in one product: 6 x 5 outputs of 2 products each, counted once (not once per operand)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(6, 2))
+        self.b = nn.Parameter(torch.randn(2, 5))
+
+    def forward(self, x):
+        return x + (self.a @ self.b).sum()
+
+
+def test_a_product_of_two_parameters_counts_once():
+    traced = trace(LowRank(), torch.randn(1, 6))
+    assert count_macs(traced) == {"b": {"weight": "b", "dense": 6 * 5 * 2, "kept": 6 * 5 * 2}}
+
+
 def test_gpt2_conv1d_and_tied_head_are_counted():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -80,12 +80,14 @@ def _weights_applied(gm: fx.GraphModule, node: fx.Node):
         positions = _MATMUL.get(node.target, {})
     except TypeError:  # an unhashable target
         return
-    for position, contracted in positions.items():
+    # One product, counted once: the weight operand first (x @ w) when both come from parameters.
+    for position, contracted in sorted(positions.items(), reverse=True):
         operand = node.args[position] if len(node.args) > position else None
         name = _parameter(gm, operand)
         meta = operand.meta.get("tensor_meta") if name else None
         if hasattr(meta, "shape") and len(meta.shape) >= 2:
             yield name, contracted(tuple(meta.shape))
+            return
 
 
 def _parameter(gm: fx.GraphModule, node) -> str | None:
