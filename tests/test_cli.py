@@ -202,6 +202,21 @@ def test_terminal_escapes_never_reach_the_error_line(capsys, monkeypatch):
     assert code == 2 and one_line(err) == "collapsekit report: error: a bold claim"
 
 
+@pytest.mark.parametrize("rank,printed", [("0", 1), ("3", 0)])
+def test_only_rank_0_prints_an_error_line(capsys, monkeypatch, rank, printed):
+    import collapsekit.cli.report as report
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/report.json")
+
+    monkeypatch.setenv("RANK", rank)  # as torchrun sets it for each of its processes
+    code, _, err = run(capsys, "report", "--model", "nonexistent_model_xyz")
+    assert code == 2 and len(err.strip().splitlines()) == printed, err
+    monkeypatch.setattr(report, "run", full_disk)
+    code, _, err = run(capsys, "report", "--model", "lenet5")
+    assert code == 2 and len(err.strip().splitlines()) == printed, err
+
+
 def test_resume_with_nothing_to_resume_warns_and_starts_fresh(capsys, tmp_path, dense):
     import json
 

@@ -22,6 +22,7 @@ from collapsekit.analysis.flow import FlowResult, run_flow
 from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
+from collapsekit.analysis.lazy import initialized_copy
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.nonfinite import NonFinite
 from collapsekit.analysis.prunable import find_prunable, tensors
@@ -64,6 +65,7 @@ class Analysis:
         if exact not in (True, False, "auto"):
             raise CollapsekitError(f"exact must be True, False or 'auto', got {exact!r}")
         self.name = name or type(model).__name__
+        model = initialized_copy(model, example_inputs)  # lazy modules: weights from a copy's first forward
         self.timings = Timings()  # seconds per stage, shared by with_mt copies
         self.checkpoint = checkpoint
         self.zero_filled: list[str] = []  # streamed: meta buffers the checkpoint lacks, traced as zeros
@@ -282,7 +284,7 @@ class Analysis:
         return dict(cover.conservative_ops) if cover is not None else self.flow(0, backward=False).conservative_ops
 
     def macs(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, int]]:
-        """Per conv/linear module: dense MACs and MACs counting only the kept weights of `masks`."""
+        """Per weight applied as a matrix product: dense MACs and MACs counting only the kept weights of `masks`."""
         return count_macs(self.traced, masks)
 
     def layers(self) -> tuple[LayerReport, ...]:

@@ -10,7 +10,7 @@ import sys
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.version import __version__
-from collapsekit.cli.common import check_outputs, os_error_line
+from collapsekit.cli.common import check_outputs, is_main_process, os_error_line
 
 ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # terminal escapes a library may put in a message
 
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     Every failure the user can act on ends as one line naming what to fix and exit
     status 2: bad input (CollapsekitError) and file-system trouble (any OSError,
     with its path). A closed stdout (`collapsekit report | head -1`) ends quietly.
+    Under torchrun every rank meets the same bad input or file: rank 0 alone prints
+    the line, the others exit with the same status silently.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,14 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 141  # as a shell reports a process ended by SIGPIPE
     except CollapsekitError as exc:
-        print(f"collapsekit {args.command}: error: {re.sub(ANSI, '', str(exc))}", file=sys.stderr)
+        _error(args, re.sub(ANSI, '', str(exc)))
         return 2
     except OSError as exc:
-        print(f"collapsekit {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        _error(args, os_error_line(exc))
         return 2
     except KeyboardInterrupt:
         print(f"collapsekit {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(args: argparse.Namespace, line: str) -> None:
+    """Print the one error line, on rank 0 only (one copy, not one per torchrun rank)."""
+    if is_main_process():
+        print(f"collapsekit {args.command}: error: {line}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from collapsekit import data, models
+from collapsekit.analysis.lazy import lazy_modules
 from collapsekit.errors import CollapsekitError
 from collapsekit.files import checkpoint
 from collapsekit.files.stream import INDEX_NAME, SINGLE_NAME, Checkpoint, materialize
@@ -107,6 +108,11 @@ def check_writable(path, flag: str, kind: str = "dir") -> None:
         os.unlink(probe)
     except OSError as exc:
         raise CollapsekitError(f"{flag} {path} cannot be written: {exc.strerror or exc}") from None
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun rank other than 0 (only rank 0 prints)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def os_error_line(exc: OSError) -> str:
@@ -299,6 +305,8 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
             model = models.resolve(spec, offered=offered, **shapes)
     else:
         model = models.resolve(spec, offered=offered, **shapes)
+    if path and stream and lazy_modules(model):  # lazy modules take their shapes from the file's header
+        checkpoint.shape_lazy(model, Checkpoint(path).shapes)
     if path and not stream:
         if Path(path).is_dir() or path.endswith(".index.json"):  # a sharded checkpoint (Hugging Face layout)
             model = _load_sharded(model, path)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -51,11 +50,6 @@ def metrics_line(m: dict) -> str:
     return line
 
 
-def is_main_process() -> bool:
-    """True unless this is a torchrun rank other than 0 (only rank 0 prints)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 DESCRIPTION = (
     "Prune the model with Global MP at exactly round(S * N) of its N prunable weights (every "
     "layer keeping at least MT), one-shot, gradually (Zhu & Gupta's cubic schedule) or by IMP, "
@@ -89,7 +83,7 @@ def run(args) -> int:
     if args.checkpoint and (Path(args.out) / MODEL_FILE).resolve() == Path(args.checkpoint).resolve():
         raise CollapsekitError(f"--out {args.out} would overwrite the --checkpoint being fine-tuned; "
                                "choose another output directory")
-    main = is_main_process()
+    main = common.is_main_process()
     if args.resume and main and not (Path(args.out) / runstate.STATE_FILE).is_file():
         print(f"collapsekit finetune: warning: nothing to resume in {args.out} (no {runstate.STATE_FILE}); "
               "starting a fresh run", file=sys.stderr)

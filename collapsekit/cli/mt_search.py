@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collapsekit.cli import common
-from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main_process
+from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs
 from collapsekit.views.render import mt_search_to_text
 
 HELP = "find the best Minimum Threshold by pruning + fine-tuning candidates (successive halving, or --full)"
@@ -47,6 +47,6 @@ def run(args) -> int:
     result = search_mt(model, bundle, args.sparsity, mts=args.mt, epochs=args.epochs, full=args.full,
                        storage=args.storage, study_name=args.study_name, heartbeat=args.heartbeat,
                        progress=not args.no_progress and args.format != "json", **finetune_kwargs(args, meta, bundle))
-    if is_main_process():  # under torchrun every rank searches; rank 0 prints
+    if common.is_main_process():  # under torchrun every rank searches; rank 0 prints
         common.print_result(result, args.format, mt_search_to_text)
     return 0

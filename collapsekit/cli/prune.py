@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from collapsekit.analysis.cost import count_macs
+from collapsekit.analysis.lazy import initialize_lazy
 from collapsekit.analysis.trace import trace
 from collapsekit.cli.common import (add_model_args, add_mt_arg, add_output_arg, add_sparsity_arg, example_input,
                                     load_model)
@@ -40,7 +41,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     model, meta = load_model(args)
-    traced = trace(model, example_input(args, meta, model))  # before pruning: a bad shape fails with nothing written
+    example = example_input(args, meta, model)
+    initialize_lazy(model, example)  # lazy modules get their weights: this model is pruned in place anyway
+    traced = trace(model, example)  # before pruning: a bad shape fails with nothing written
     result = prune(model, args.sparsity, mt=args.mt, include=args.include, exclude=args.exclude)
     macs = count_macs(traced, result.masks)
     document = {"model": meta.get("model") or args.model, **result.to_dict(),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collapsekit.cli import common
-from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs, is_main_process
+from collapsekit.cli.finetune import add_finetune_args, finetune_kwargs
 from collapsekit.validation.validate import validate
 from collapsekit.views.render import validation_to_text
 
@@ -37,6 +37,6 @@ def run(args) -> int:
     report = validate(model, bundle, args.sparsity, mt=args.mt, epochs=args.epochs, margin=args.margin,
                       name=meta.get("model"), out=args.out,
                       progress=not args.no_progress and args.format != "json", **kwargs)
-    if is_main_process():  # under torchrun every rank validates; rank 0 prints
+    if common.is_main_process():  # under torchrun every rank validates; rank 0 prints
         common.print_result(report, args.format, validation_to_text)
     return 0

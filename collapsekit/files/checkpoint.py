@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.nn.parameter import is_lazy
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file, save_model
 
@@ -111,11 +112,14 @@ def load_into(model: nn.Module, path) -> nn.Module:
         # Our pruned file: decoded to a plain state_dict, the masks' zeros included.
         state = sparse.load_sparse(path)
         _check_sha(path)
-        _check_fits(model, {k: tuple(v.shape) for k, v in state.items()}, path)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        shape_lazy(model, shapes)
+        _check_fits(model, shapes, path)
         _load_state(model, state, path)
     elif _is_safetensors(path):
         shapes = _safetensors_shapes(path)
         _check_sha(path)
+        shape_lazy(model, shapes)
         _check_fits(model, shapes, path)
         # load_file + load_state_dict rather than load_model: a plain file (`save_state`,
         # other tools) holds every name of a tied tensor, which load_model rejects.
@@ -126,8 +130,19 @@ def load_into(model: nn.Module, path) -> nn.Module:
         _load_state(model, state, path)
     else:
         state = _torch_state(path)
-        _check_fits(model, {k: tuple(v.shape) for k, v in state.items()}, path)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        shape_lazy(model, shapes)
+        _check_fits(model, shapes, path)
         _load_state(model, state, path)
+    return model
+
+
+def shape_lazy(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """`model` with every lazy parameter or buffer (nn.LazyLinear before its first forward) that `shapes`
+    names given that shape, on its own device, as torch's load_state_dict does; the values come with the load."""
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if is_lazy(tensor) and name in shapes:
+            tensor.materialize(shapes[name])
     return model
 
 

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.spec import fraction
+from collapsekit.analysis.lazy import initialize_lazy, require_initialized
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.prunable import PrunableWeight, find_prunable, tensors
 
@@ -90,7 +91,7 @@ class PruneResult:
 
 # -- pruning -----------------------------------------------------------------------------
 def prune(model: nn.Module, sparsity: float, mt=None, include: list[str] | None = None,
-          exclude: list[str] | None = None) -> PruneResult:
+          exclude: list[str] | None = None, example_inputs=None) -> PruneResult:
     """PruneResult of Global MP (+ MT) applied to `model` in place; exactly round(s * N) weights pruned.
 
     `mt` is a per-layer count (int) or a percent of all prunable weights (float or
@@ -99,8 +100,15 @@ def prune(model: nn.Module, sparsity: float, mt=None, include: list[str] | None 
     CollapsekitError and leave the weights as they were. Extra memory: the
     magnitude index (one float32 copy of the prunable weights) plus the bool
     masks, built and applied one layer at a time.
+
+    A model with lazy modules (nn.LazyLinear, ...) has no weights before its first
+    forward: `example_inputs` runs that forward on `model` itself (it is pruned in
+    place anyway); without them such a model is refused.
     """
     sparsity = fraction(sparsity)  # 0.95 or "95%"
+    if example_inputs is not None:
+        initialize_lazy(model, example_inputs)
+    require_initialized(model)
     weights = find_prunable(model, include, exclude)
     total = sum(w.numel for w in weights)
     k = sparsity_to_count(sparsity, total)

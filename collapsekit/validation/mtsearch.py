@@ -205,6 +205,7 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     metric = search_metric(bundle, model)
     # One trace and one sort serve the suggestion and every MT: only the allocation changes.
     base = Analysis(model, bundle.example_input(), mt=0)
+    model = base.model  # the model itself, or its copy with lazy modules initialised (the user's stays as it was)
     aware = suggest_mt(base, sparsity=sparsity, data=bundle)
     mts = default_mts(aware) if mts is None else mts
     # Each MT reads as `mt=` does everywhere: an int is a count, a decimal or "N%" a percent.

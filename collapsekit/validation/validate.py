@@ -138,6 +138,7 @@ def validate(model: nn.Module, bundle, sparsities, mt=None, epochs: int = 3, lr:
     # One trace and one sort of the magnitudes serve the prediction and every real prune:
     # the analysis's masks are exactly those ck.prune would build.
     an = Analysis(model, example, mt=mt, name=name)
+    model = an.model  # the model itself, or its copy with lazy modules initialised (the user's stays as it was)
     report = trainable.report(an, sparsities, data=bundle)  # levels carry the forecast, made before fine-tuning
     task = task_of(bundle)
     margin = task.default_margin if margin is None else margin

@@ -244,7 +244,7 @@ def prune_to_text(document: dict, written) -> str:
     return "\n".join([
         f"pruned {document['pruned']} of {document['total']} weights (sparsity {document['sparsity']:.4%}, "
         f"MT {document['mt_count']} per layer, threshold |w| {document['threshold']:.4g})",
-        f"MACs {dense:,} -> {kept:,} ({kept / dense:.2%} of dense)" if dense else "MACs: no conv/linear found",
+        f"MACs {dense:,} -> {kept:,} ({kept / dense:.2%} of dense)" if dense else "MACs: no weight applied as a matrix product",
         f"emptied layers: {', '.join(document['emptied_layers']) or 'none'}",
         table(["layer", "size", "kept", "sparsity", ""], rows, "lrrrl"),
         "wrote " + ", ".join(str(p) for p in written)])
