@@ -45,7 +45,7 @@ class LevelReport:
 
     def __post_init__(self):
         # One structural verdict, read three ways: no kept path reaches any output element, and none
-        # of the paths that avoid emptied layers is left (DESIGN.md terms; report-schema.md).
+        # of the paths that avoid emptied layers is left (docs/design.md terms; report-schema.md).
         if self.collapsed and (self.effective_depth or self.outputs_reached):
             raise ValueError(f"level {self.sparsity}: collapsed with effective_depth {self.effective_depth} "
                              f"and outputs_reached {self.outputs_reached}")
