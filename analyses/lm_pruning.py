@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     suggestion = ck.suggest_mt(an, sparsity=s, data=bundle)
     grid = np.geomspace(1, max(suggestion.max_mt, 1), cfg["mt_grid"])  # log-spaced up to the largest MT allowed
     mts = sorted({0, suggestion.floor, suggestion.mt, *(int(round(v)) for v in grid)})
-    result = search_mt(model, short, s, mts=mts, epochs=1, **{k: v for k, v in tune.items() if k != "progress"})
+    result = search_mt(model, short, s, mts=mts, epochs=1, full=True, **{k: v for k, v in tune.items() if k != "progress"})
     print(mt_search_to_text(result), flush=True)
     mt_rows = [{"sparsity": s, "mt": p.mt, "mt_percent": p.percent, "emptied_layers": p.emptied_layers,
                 "forecast_trainable": p.forecast_trainable, "perplexity_pruned": p.perplexity_pruned,

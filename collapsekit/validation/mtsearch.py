@@ -116,6 +116,16 @@ class MTPoint:
     forecast_probability: float | None = None  # the forecast's probability of training, where it gives one
     metric: str = "accuracy"  # what `accuracy_pruned` and `accuracy` hold: a causal LM's are perplexities
 
+    @property
+    def perplexity_pruned(self) -> float | None:
+        """A causal LM's perplexity right after pruning (None for a classifier)."""
+        return None if self.metric == "accuracy" else self.accuracy_pruned
+
+    @property
+    def perplexity(self) -> float | None:
+        """A causal LM's perplexity after fine-tuning (None for a classifier)."""
+        return None if self.metric == "accuracy" else self.accuracy
+
     def to_dict(self) -> dict:
         lm = {} if self.metric == "accuracy" else {"perplexity_pruned": self.accuracy_pruned,
                                                     "perplexity": self.accuracy}

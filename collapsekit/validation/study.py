@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
+from collapsekit.analysis.timing import tqdm_class
 from collapsekit.errors import CollapsekitError
 from collapsekit.validation.halving import HalvingPruner, HalvingState, candidate_of, reported_values, rung_sizes
 
@@ -204,8 +205,7 @@ def work(study: optuna.Study, plan: SearchPlan, start_run, progress: bool = Fals
     a candidate another process holds is left to it, one whose process died is
     enqueued again. `steps_trained` counts this process's optimizer steps.
     """
-    from tqdm.auto import tqdm
-
+    tqdm = tqdm_class()
     pruner: HalvingPruner = study.pruner
     held: dict[int, _Held] = {}  # trial id -> what this process holds
     beat = _Heartbeat(study, held)
