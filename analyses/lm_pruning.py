@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     from collapsekit.pruning.prune import apply_masks
     from collapsekit.training.finetune import finetune
     from collapsekit.training.train import defaults_for, fit, score, seed_everything
+    from collapsekit.validation import trainable
     from collapsekit.validation.mtsearch import search_mt
     from collapsekit.views.render import mt_search_to_text, report_to_text
 
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
 
     an = ck.Analysis(model, bundle.example_input())
     levels = sorted({*cfg["sparsities"], cfg["mt_sparsity"], 0.999})
-    report = an.report(levels, data=bundle)
+    report = trainable.report(an, levels, data=bundle)  # levels carry the forecast
     print(report_to_text(report), flush=True)
 
     # Fine-tuning reads a fixed quarter of the training windows: one short pass per pruned copy.
