@@ -55,7 +55,7 @@ RUNS = [(a, "digits", e) for a in _nets.ARCHITECTURES for e in (3, 12)] + [
 # Causal LMs on the embedded text (context 128), dense-trained one epoch (the LM default); every prune fine-tuned
 # LM_EPOCHS with the LM defaults, as `collapsekit validate --data text --epochs 1` does.
 LM_RUNS = [(a, "text", 1) for a in ("llama_tiny", *_nets.LM_ARCHITECTURES)]
-LM_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)  # where an LM goes from holding to losing the language
+LM_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # from holding the language to losing it
 LM_SWEEPS = (0.99,)  # where Global MP empties attention layers of llama_tiny
 LM_EPOCHS = 1
 LM_KEYS = ("task", "perplexity", "perplexity_before", "unigram_perplexity", "dense_perplexity")  # table columns
