@@ -119,3 +119,29 @@ def create(name: str, bundle, image: bool = True) -> nn.Module:
     """Architecture `name` built for `bundle`'s shape."""
     factory, kwargs, _, _ = ARCHITECTURES[name]
     return factory(bundle.num_classes, bundle.in_channels, bundle.input_size, image, **kwargs)
+
+
+def gpt2_lm(vocab_size: int, context_length: int) -> nn.Module:
+    """A 3-layer GPT-2 (learned positions, GELU MLPs, LayerNorm, head tied to the token embedding), hidden 48."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=context_length, n_embd=48, n_layer=3, n_head=4,
+                        bos_token_id=0, eos_token_id=0, use_cache=False)
+    config._attn_implementation = "eager"
+    return GPT2LMHeadModel(config)
+
+
+def opt_lm(vocab_size: int, context_length: int) -> nn.Module:
+    """A 2-layer OPT (ReLU MLPs, learned positions) whose 24-wide token embedding is projected in and out of 48."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=vocab_size, hidden_size=48, num_hidden_layers=2, ffn_dim=192, num_attention_heads=4,
+                       max_position_embeddings=context_length, word_embed_proj_dim=24, dropout=0.0,
+                       attention_dropout=0.0, activation_dropout=0.0, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                       use_cache=False)
+    config._attn_implementation = "eager"
+    return OPTForCausalLM(config)
+
+
+# Causal LMs not in the zoo (the zoo's `llama_tiny` is calibrated on beside them): name -> factory(vocab, context).
+LM_ARCHITECTURES = {"gpt2_lm": gpt2_lm, "opt_lm": opt_lm}

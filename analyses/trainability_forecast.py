@@ -9,10 +9,16 @@ measured before any fine-tuning. Eight small architectures (plain MLPs with
 and without batch norm, a deep narrow MLP, a plain and a batch-norm VGG-style
 conv stack, a residual net with a narrow head, a depthwise-separable net and a
 one-block transformer; analyses/_nets.py) are trained densely on digits for a
-short and a normal time, and on synthetic image and sequence clusters; each is
+short and a normal time, and on synthetic image and sequence clusters; three
+small causal LMs (the zoo's `llama_tiny`, a GPT-2 and an OPT from
+`transformers` configs) are trained on the embedded text (`--data text`) for 1
+epoch with the LM task's defaults. Each is
 pruned with Global MP at sparsities approaching its collapse and at sweeps of
 Minimum Thresholds, measured (`collapsekit.validation.forecast`), and
-fine-tuned with masks for 3 epochs (validate's defaults). The forecast's
+fine-tuned with masks: classifiers 3 epochs (validate's defaults), language
+models 1 epoch with the LM defaults (AdamW, warm-up + cosine), labelled by the task's `trained` (accuracy above
+chance + 0.1; an LM closing half the log-perplexity gap from unigram to dense).
+The forecast's
 logistic model is then fitted LEAVE-ONE-ARCHITECTURE-OUT: each architecture is
 scored by a model fitted on the others only, and so is the data-aware
 suggestion. The model shipped in collapsekit is the fit on every architecture.
@@ -46,6 +52,13 @@ RUNS_FILE = Path(__file__).resolve().parent / "forecast_runs.json"
 RUNS = [(a, "digits", e) for a in _nets.ARCHITECTURES for e in (3, 12)] + [
     (a, "synthetic", 3) for a in ("mlp", "cnn", "vgg_bn", "resnet", "dwsep")] + [
     (a, "synthetic_seq", 3) for a in ("transformer", "mlp", "mlp_bn")]
+# Causal LMs on the embedded text (context 128), dense-trained one epoch (the LM default); every prune fine-tuned
+# LM_EPOCHS with the LM defaults, as `collapsekit validate --data text --epochs 1` does.
+LM_RUNS = [(a, "text", 1) for a in ("llama_tiny", *_nets.LM_ARCHITECTURES)]
+LM_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)  # from holding the language to losing it
+LM_SWEEPS = (0.99,)  # where Global MP empties attention layers of llama_tiny
+LM_EPOCHS = 1
+LM_KEYS = ("task", "perplexity", "perplexity_before", "unigram_perplexity", "dense_perplexity")  # table columns
 QUICK_RUNS = [("mlp", "digits", 2), ("cnn", "digits", 2)]
 # Held out of every fit: zoo nets (their own families' dense training), scored by the model fitted on all RUNS.
 HELD_OUT = [("lenet5", "digits", 2), ("lenet5", "digits", 8), ("lenet_300_100", "digits", 2),
@@ -53,8 +66,11 @@ HELD_OUT = [("lenet5", "digits", 2), ("lenet5", "digits", 8), ("lenet_300_100", 
 ZOO_KWARGS = {"mobilenet_v1": {"width_mult": 0.25}}
 
 
-def level_grid(collapse: float, quick: bool) -> list[float]:
-    """Sparsities to validate: fixed ones and ones approaching the collapse sparsity from below (0.9.. if none)."""
+def level_grid(collapse: float, quick: bool, lm: bool = False) -> list[float]:
+    """Sparsities to validate: fixed ones and ones approaching the collapse sparsity from below (0.9.. if none);
+    for a language model LM_LEVELS below its collapse."""
+    if lm:
+        return [s for s in LM_LEVELS if s < collapse]
     if collapse >= 1.0:
         return [0.95, 0.99] if quick else [0.9, 0.95, 0.98, 0.99, 0.995]
     fixed = (0.5,) if quick else (0.5, 0.8, 0.9, 0.95)
@@ -63,8 +79,10 @@ def level_grid(collapse: float, quick: bool) -> list[float]:
     return sorted({s for s in (*fixed, *near) if 0.3 <= s < collapse})
 
 
-def sweep_levels(collapse: float, quick: bool) -> list[float]:
-    """Sparsities of the MT sweeps: where MT matters, just below the collapse."""
+def sweep_levels(collapse: float, quick: bool, lm: bool = False) -> list[float]:
+    """Sparsities of the MT sweeps: where MT matters, just below the collapse (an LM's: LM_SWEEPS)."""
+    if lm:
+        return [s for s in LM_SWEEPS if s < collapse]
     if collapse >= 1.0:
         return [0.99] if quick else [0.99, 0.995]
     return [s for s in (round(1 - (1 - collapse) * f, 5) for f in ((1.5,) if quick else (3.0, 1.3))) if s >= 0.3]
@@ -83,7 +101,8 @@ class Runs:
         atomic_write_text(self.path, json.dumps(self.data, indent=0, sort_keys=True) + "\n")
 
     def outcome(self, key: str, model, masks, bundle) -> dict:
-        """{"accuracy", "accuracy_before"} of 3 masked fine-tuning epochs, fine-tuned on the first ask."""
+        """{"accuracy", "accuracy_before"} (+ "perplexity", "perplexity_before" for an LM) of masked fine-tuning
+        (`finetune_args`), fine-tuned on the first ask."""
         entry = self.data.setdefault(key, {})
         if "accuracy" not in entry:
             import collapsekit as ck
@@ -91,10 +110,27 @@ class Runs:
 
             net = copy.deepcopy(model)
             apply_masks(net, masks)
-            run = ck.finetune(net, masks, bundle, EPOCHS, LR, BATCH, device="cpu", seed=0, progress=False)
+            bundle, kwargs = finetune_args(bundle)
+            run = ck.finetune(net, masks, bundle, device="cpu", seed=0, progress=False, **kwargs)
             entry.update(accuracy=run.accuracy, accuracy_before=run.accuracy_before)
+            if run.perplexity is not None:
+                entry.update(perplexity=run.perplexity, perplexity_before=run.perplexity_before)
             self.save()
         return entry
+
+
+def finetune_args(bundle):
+    """(bundle to fine-tune on, `ck.finetune` keywords): validate's 3 epochs for a classifier; for a causal LM
+    the LM family's defaults for LM_EPOCHS (`collapsekit validate --data text --epochs 1`)."""
+    from collapsekit.data.tasks import task_of
+    from collapsekit.training.train import defaults_for
+
+    task = task_of(bundle)
+    if task.name == "classification":
+        return bundle, dict(epochs=EPOCHS, lr=LR, batch_size=BATCH)
+    hp = defaults_for("", task)
+    return bundle, dict(epochs=LM_EPOCHS, lr=hp["lr"], batch_size=hp["batch_size"], optimizer=hp["optimizer"],
+                        weight_decay=hp["weight_decay"], lr_schedule=hp["lr_schedule"])
 
 
 def load_data(name: str):
@@ -114,6 +150,8 @@ def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
     image = bundle.train.tensors[0].ndim == 4
     path = out / "dense" / f"{arch}_{data}_e{epochs}.safetensors"
     seed_everything(0)
+    if bundle.task == "causal_lm":
+        return lm_model(arch, epochs, bundle, path)
     if arch not in _nets.ARCHITECTURES:  # a zoo net, trained with its family's defaults
         model = ck.models.create(arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                  input_size=bundle.input_size, **ZOO_KWARGS.get(arch, {}))
@@ -136,19 +174,51 @@ def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
     return model.eval(), result.accuracy
 
 
+def lm_model(arch: str, epochs: int, bundle, path: Path):
+    """(causal LM, test accuracy): zoo or `_nets.LM_ARCHITECTURES` model trained with the LM task's defaults."""
+    from safetensors.torch import load_file, save_file
+
+    import collapsekit as ck
+    from collapsekit.data.tasks import task_of
+    from collapsekit.training.train import defaults_for, evaluate, fit
+
+    kw = bundle.model_kwargs()
+    model = (_nets.LM_ARCHITECTURES[arch](kw["vocab_size"], kw["context_length"]) if arch in _nets.LM_ARCHITECTURES
+             else ck.models.create(arch, num_classes=bundle.num_classes, in_channels=1, input_size=bundle.input_size,
+                                   **kw))
+    if path.exists():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval(), evaluate(model, bundle.test, task=task_of(bundle))
+    hp = defaults_for(arch, task_of(bundle))
+    result = fit(model, bundle, epochs=epochs, lr=hp["lr"], batch_size=hp["batch_size"], device="cpu", seed=0,
+                 optimizer=hp["optimizer"], weight_decay=hp["weight_decay"], lr_schedule=hp["lr_schedule"],
+                 progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(path))  # clone: tied heads
+    return model.eval(), result.accuracy
+
+
 def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Path, refit: bool,
             split: str = "calibration") -> list[dict]:
     """Rows for one dense model: every level and MT-sweep point, evidence beside outcome."""
     import collapsekit as ck
     from collapsekit.validation import trainable
 
+    from collapsekit.data.tasks import task_of
+    from collapsekit.training.train import score
+
     bundle = load_data(data)
+    task = task_of(bundle)
+    lm = task.name == "causal_lm"
     model, dense = dense_model(arch, data, epochs, bundle, out)
     an = ck.Analysis(model, bundle.example_input(), name=arch)
     collapse = an.collapse_sparsity()
     tag = f"{arch}|{data}|e{epochs}"
     base = dict(split=split, arch=arch, data=data, dense_epochs=epochs, dense_accuracy=dense, collapse_sparsity=collapse,
-                chance=1.0 / bundle.num_classes)
+                chance=1.0 / bundle.num_classes, task=task.name)
+    if lm:
+        base.update(unigram_perplexity=task.baseline(bundle),
+                    dense_perplexity=score(model, bundle.test, task=task)["perplexity"])
     rows = []
 
     def point(kind: str, s: float, mt: int, floor: int = 0) -> dict:
@@ -166,9 +236,9 @@ def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Pat
             runs.save()
         return {**base, "key": key, "kind": kind, "sparsity": s, "mt": mt, "floor": floor, **entry}
 
-    for s in level_grid(collapse, quick):
+    for s in level_grid(collapse, quick, lm):
         rows.append(point("level", s, 0))
-    for s in sweep_levels(collapse, quick):
+    for s in sweep_levels(collapse, quick, lm):
         structural = ck.suggest_mt(an, sparsity=s)
         for mt in trainable.sweep_mts(an, structural):
             rows.append(point(f"mt@{s:.6g}", s, mt, structural.mt))
@@ -188,6 +258,12 @@ def distinct(rows: list[dict]) -> list[dict]:
 
 
 def trained(r: dict) -> bool:
+    """The task's `trained` (collapsekit.data.tasks): accuracy above chance + MARGIN; an LM closing half the
+    log-perplexity gap from the unigram to its dense model."""
+    if r.get("task") == "causal_lm":
+        from collapsekit.data.tasks import TASKS
+
+        return TASKS["causal_lm"].trained(r["perplexity"], r["unigram_perplexity"], r["dense_perplexity"])
     return r["accuracy"] > r["chance"] + MARGIN
 
 
@@ -246,14 +322,28 @@ def loao(rows: list[dict]) -> dict:
             "probed": sum(c["probed"] for c in per.values())}
 
 
+def by_task(rows: list[dict], per_architecture: dict) -> dict:
+    """LOAO agreement per task (classification, causal_lm): the per-architecture counts added up by task."""
+    task = {r["arch"]: r.get("task", "classification") for r in rows}
+    out = {}
+    for arch, c in per_architecture.items():
+        g = out.setdefault(task[arch], {"counted": 0, "agree_one_pass": 0, "agree": 0, "probed": 0})
+        for k in g:
+            g[k] += c[k]
+    for g in out.values():
+        g["agreement_one_pass"] = g["agree_one_pass"] / max(1, g["counted"])
+        g["agreement"] = g["agree"] / max(1, g["counted"])
+    return dict(sorted(out.items()))
+
+
 def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) -> list[dict]:
     """Per MT sweep: the data-aware suggestion (by the rule fitted without the sweep's architecture, from `rules`,
     else `rule`) against the best MT fine-tuned."""
     from collapsekit.validation import trainable
 
     sweeps = {}
-    for r in rows:
-        if r["kind"].startswith("mt@"):
+    for r in rows:  # classifiers' sweeps: an LM's best MT is its lowest perplexity, not comparable to 90 % of accuracy
+        if r["kind"].startswith("mt@") and r.get("task", "classification") == "classification":
             sweeps.setdefault((r["arch"], r["data"], r["dense_epochs"], r["sparsity"]), []).append(r)
     out = []
     for (arch, data, epochs, s), pts in sweeps.items():
@@ -284,7 +374,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     runs = Runs(args.out / "forecast_runs.json" if args.quick else RUNS_FILE)
     rows = []
-    for arch, data, epochs in (QUICK_RUNS if args.quick else RUNS):
+    for arch, data, epochs in (QUICK_RUNS if args.quick else RUNS + LM_RUNS):
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit)
     for arch, data, epochs in (() if args.quick else HELD_OUT):
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out")
@@ -307,12 +397,12 @@ def report(rows: list[dict], args) -> dict:
         c["agree"] += (everything.probability(r["evidence"]) >= 0.5) == trained(r)
         c["counted"] += 1
     in_sample = sum((everything.probability(r["evidence"]) >= 0.5) == trained(r) for r in alive) / max(1, len(alive))
-    table = [{k: v for k, v in r.items() if k != "evidence"} | {
+    table = [dict.fromkeys(LM_KEYS) | {k: v for k, v in r.items() if k != "evidence"} | {
         "trained": trained(r), "probability_loao": held["rules"][r["arch"]].probability(r["evidence"])
         if r["arch"] in held["rules"] else 0.0, "probability": everything.probability(r["evidence"]),
         **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
         for r in rows]
-    table += [{k: v for k, v in r.items() if k != "evidence"} | {
+    table += [dict.fromkeys(LM_KEYS) | {k: v for k, v in r.items() if k != "evidence"} | {
         "trained": trained(r), "probability_loao": everything.probability(r["evidence"]),
         "probability": everything.probability(r["evidence"]),
         **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
@@ -333,19 +423,25 @@ def report(rows: list[dict], args) -> dict:
     for arch, c in held["per_architecture"].items():
         lines.append(f"| {arch} | {c['counted']} | {c['agree_one_pass']}/{c['counted']} | {c['agree']}/{c['counted']} "
                      f"| {c['probed']} |")
+    groups = by_task(rows, held["per_architecture"])
+    for task, g in groups.items():
+        lines.append(f"| *{task}* | {g['counted']} | {g['agreement_one_pass']:.1%} | {g['agreement']:.1%} | "
+                     f"{g['probed']} |")
     lines.append(f"| **all** | {held['counted']} | {held['agreement_one_pass']:.1%} | **{held['agreement']:.1%}** | "
                  f"{held['probed']} |")
     (args.out / "loao.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     summary = {"loao_agreement": held["agreement"], "loao_agreement_one_pass": held["agreement_one_pass"],
                "in_sample_agreement": in_sample, "counted": len(alive), "per_architecture": held["per_architecture"],
+               "loao_by_task": groups,
                "suggestion_loao": hit(sug_loao), "suggestion_in_sample": hit(sug_in), "probe": probe_cost(rows),
                "held_out": {"agreement": sum(c["agree"] for c in unseen_per.values()) / max(1, len(unseen)),
                             "counted": len(unseen), "per_run": unseen_per, "suggestion": hit(sug_unseen)},
                "model": everything.one.to_dict(), "probe_model": everything.probe.to_dict(),
-               "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS)],
+               "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS + LM_RUNS)],
                "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT],
-               "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN}}
+               "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN},
+               "finetune_lm": {"epochs": LM_EPOCHS, "defaults": "lm family"}}
     print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs")}, indent=1))
     for s in sug_unseen:
         print(f"  held out {s['arch']} ({s['dense_epochs']}) at {s['sparsity']}: suggested {s['suggested_mt']} "
@@ -366,7 +462,7 @@ def figure(table: list[dict]):
     for ok, colour, label in ((True, plots.BYPASSABLE, "trained above chance"),
                               (False, plots.COLLAPSED, "stayed at chance")):
         pts = [(r["probability_loao"], r["accuracy"]) for r in distinct(table)
-               if r["trained"] == ok and r["split"] == "calibration"]
+               if r["trained"] == ok and r["split"] == "calibration" and r.get("task") != "causal_lm"]
         if pts:
             ax.scatter(*zip(*pts), s=12, color=colour, label=label, alpha=0.7)
     ax.axvline(0.5, color="black", lw=0.8, ls="--")

@@ -115,6 +115,27 @@ def test_trainability_forecast(tmp_path):
     assert (tmp_path / "loao.md").read_text().startswith("| architecture |")
 
 
+def test_forecast_calibration_labels_each_task_by_its_own_trained_and_reports_loao_by_task(monkeypatch):
+    """A language model's prune counts as trained by the causal-LM task's rule (half the log gap from unigram to
+    dense), a classifier's by accuracy above chance + 0.1; leave-one-architecture-out counts add up per task."""
+    monkeypatch.syspath_prepend(str(ANALYSES))
+    import trainability_forecast as tf
+
+    lm = {"task": "causal_lm", "unigram_perplexity": 25.0, "dense_perplexity": 4.0, "accuracy": 0.0}
+    assert tf.trained({**lm, "perplexity": 9.9}) and not tf.trained({**lm, "perplexity": 10.1})  # sqrt(25 x 4) = 10
+    assert tf.trained({"accuracy": 0.21, "chance": 0.1}) and not tf.trained({"accuracy": 0.19, "chance": 0.1})
+    rows = [{"arch": "mlp"}, {"arch": "cnn", "task": "classification"}, {"arch": "llama_tiny", "task": "causal_lm"}]
+    per = {"mlp": {"counted": 4, "agree_one_pass": 3, "agree": 4, "probed": 1},
+           "cnn": {"counted": 6, "agree_one_pass": 6, "agree": 5, "probed": 0},
+           "llama_tiny": {"counted": 5, "agree_one_pass": 2, "agree": 3, "probed": 2}}
+    groups = tf.by_task(rows, per)
+    assert list(groups) == ["causal_lm", "classification"]
+    assert groups["classification"] == {"counted": 10, "agree_one_pass": 9, "agree": 9, "probed": 1,
+                                        "agreement_one_pass": 0.9, "agreement": 0.9}
+    assert groups["causal_lm"]["agreement"] == pytest.approx(0.6)
+    assert {a for a, *_ in tf.LM_RUNS} >= {"llama_tiny", "gpt2_lm", "opt_lm"}
+
+
 def test_tables_and_summary_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     """A run stopped while writing leaves the previous complete table (atomic writes), and no temporary file."""
     import argparse

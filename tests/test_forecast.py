@@ -177,3 +177,45 @@ def test_a_model_without_one_logit_per_class_is_a_one_line_error(synthetic):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # 3 outputs, 10 classes
     with pytest.raises(CollapsekitError, match="one logit per class"):
         Forecaster.from_bundle(model, synthetic)
+
+
+
+def test_the_shipped_model_reads_the_calibration_lm_runs_as_they_fine_tuned():
+    """llama_tiny, one epoch on the embedded text (analyses/forecast_runs.json, exactly what `collapsekit validate
+    --data text --epochs 1` fine-tunes): at 0.5 and at 0.99 (3 layers emptied) it fine-tunes within the `trained`
+    bar and the shipped forecast says trainable; at 0.999 it stays near the unigram perplexity and it says not."""
+    import json
+    from pathlib import Path
+
+    runs = json.loads((Path(__file__).resolve().parents[1] / "analyses" / "forecast_runs.json").read_text())
+    unigram, dense = 25.9945, 6.3857  # the embedded text's test targets; the dense llama_tiny (one epoch)
+    bar = math.sqrt(unigram * dense)  # half the log gap: tasks.CausalLM.trained
+    for sparsity, trains in (("0.5", True), ("0.99", True), ("0.999", False)):
+        entry = runs[f"llama_tiny|text|e1|{sparsity}|0"]
+        assert (entry["perplexity"] <= bar) is trains
+        assert (forecast.MODEL.probability(entry["evidence"]) >= 0.5) is trains, sparsity
+
+
+@pytest.mark.slow
+def test_the_language_model_forecast_on_a_tiny_lm_half_pruned():
+    """llama_tiny, one epoch on a slice of the embedded text (not a calibration run): at 0.5 it fine-tunes back
+    within the `trained` bar and the forecast, read per token, says so before any fine-tuning; `validate` agrees."""
+    pytest.importorskip("transformers")
+    from collapsekit.data.tasks import task_of
+    from collapsekit.data.text import embedded_corpus, text_bundle
+    from collapsekit.training.train import defaults_for, fit as train
+    from collapsekit.validation.validate import validate
+
+    bundle = text_bundle(embedded_corpus()[:60_000], "text", context=64)
+    hp = defaults_for("llama_tiny", task_of(bundle))
+    torch.manual_seed(0)
+    model = ck.models.create("llama_tiny", num_classes=bundle.num_classes, input_size=64, **bundle.model_kwargs())
+    tune = dict(lr=hp["lr"], batch_size=hp["batch_size"], optimizer=hp["optimizer"], weight_decay=hp["weight_decay"],
+                lr_schedule=hp["lr_schedule"], device="cpu", seed=0)
+    train(model, bundle, epochs=1, progress=False, **tune)
+    report = validate(model.eval(), bundle, [0.5], epochs=1, **tune)
+    (half,) = report.levels
+    assert half.trained and not half.predicted_collapsed and half.perplexity < report.dense_perplexity * 1.2
+    assert half.forecast["probability"] > 0.8 and half.forecast_trainable
+    assert half.forecast["batch"] == forecast.BATCH // 64  # per token: BATCH predictions, in whole 64-token windows
+    assert report.agreement == 1.0

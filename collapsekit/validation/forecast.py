@@ -34,8 +34,9 @@ width by construction (`FEATURES`):
   uninformed predictor: a pruned copy of a net near chance has little to recover.
 
 `probability` is a logistic model on these (`MODEL`, fitted by
-analyses/trainability_forecast.py; calibration domain and leave-one-architecture-out
-agreement in analyses/README.md), `trainable = probability >= 0.5`. Where it is
+analyses/trainability_forecast.py on small classifiers and small causal LMs,
+read per token (`measuring.flat`); calibration domain and leave-one-architecture-out
+agreement, per task, in analyses/README.md), `trainable = probability >= 0.5`. Where it is
 near 0.5 (`PROBE_BAND`), a short probe (`sgdprobe.py`: a few masked SGD steps of
 the fine-tune's optimiser, loss drop compared with the dense net's over the
 same steps, and the one-pass measurements again on the stepped copy) is added
@@ -90,9 +91,10 @@ class LogisticModel:
         return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias}
 
 
-# Fitted on every calibration architecture by analyses/trainability_forecast.py (analyses/README.md).
-MODEL = LogisticModel(FEATURES, (4.446, 1.762, 0.407, 0.8122, 7.875, 4.346), -5.259)
-PROBE_MODEL = LogisticModel(PROBE_FEATURES, (0.4178, 0.5607), -0.3021)
+# Fitted on every calibration architecture, classifiers and causal LMs, by analyses/trainability_forecast.py
+# (analyses/README.md).
+MODEL = LogisticModel(FEATURES, (-2.789, 2.649, 0.6918, 0.3773, 8.515, 2.05), -3.716)
+PROBE_MODEL = LogisticModel(PROBE_FEATURES, (0.9187, 0.04293), 0.01123)
 
 
 def fit(evidences: list[dict], labels: list[bool], features: tuple[str, ...] = FEATURES,
