@@ -21,9 +21,14 @@ study, which is why a rerun on a finished study decides without training.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
-import optuna
+with warnings.catch_warnings():
+    # Optuna imports tqdm.auto, which in a Jupyter kernel without ipywidgets warns "IProgress not found" into
+    # the notebook at import time; collapsekit never draws Optuna's own bars (its bars: analysis.timing).
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import optuna
 
 ETA = 2  # "the better half goes on"
 SHORTEST = 4  # first rungs at most this many times shorter than the paper's before the last rung shrinks too

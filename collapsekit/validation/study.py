@@ -30,12 +30,13 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import optuna
-from optuna.trial import TrialState
-
 from collapsekit.analysis.timing import tqdm_class
 from collapsekit.errors import CollapsekitError
 from collapsekit.validation.halving import HalvingPruner, HalvingState, candidate_of, reported_values, rung_sizes
+
+# After halving.py, which imports Optuna with its tqdm "IProgress not found" import warning silenced.
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 HEARTBEAT = 10  # seconds between a worker's heartbeats; a trial silent for 3 of them is stale
 POLL = 0.5  # seconds between looks at the storage while other processes finish a rung
