@@ -59,12 +59,18 @@ def count_macs(traced, masks: dict[str, torch.Tensor] | None = None) -> dict[str
             continue
         for name, contracted in _weights_applied(gm, node):
             dense = int(np.prod(tuple(meta.shape))) * contracted
-            size = gm.get_parameter(name).numel()
+            size = _attribute(gm, name).numel()  # a parametrized weight is computed, not a Parameter
             mask = next((masks[n] for n in names.get(name, (name,)) if n in masks), None) if masks else None
             entry = out.setdefault(name.removesuffix(".weight") or name, {"weight": name, "dense": 0, "kept": 0})
             entry["dense"] += dense
             entry["kept"] += dense if mask is None else int(mask.sum()) * dense // size
     return out
+
+
+def _attribute(gm: fx.GraphModule, name: str) -> torch.Tensor:
+    """The tensor at dotted path `name` of `gm`: a parameter, buffer or parametrized (computed) weight."""
+    owner, _, attr = name.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, attr)
 
 
 def _weights_applied(gm: fx.GraphModule, node: fx.Node):
