@@ -61,6 +61,19 @@ def torchrun_two(argv: list[str], timeout: int) -> dict:
     return json.loads(stdout)
 
 
+def one_and_two(common: list[str], tmp_path, capsys, timeout: int):
+    """(one, two, masks one, masks two): `common` run in this process into tmp/one and under torchrun (2 ranks)
+    into tmp/two; each run's printed JSON and the masks of the model it wrote. Both runs must have succeeded."""
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    two = torchrun_two(common + ["--out", str(tmp_path / "two")], timeout=timeout)
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    masks = [mask_io.load(tmp_path / run / "model.safetensors") for run in ("one", "two")]
+    assert masks[0].keys() == masks[1].keys()
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+    return one, two, masks[0], masks[1]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
@@ -75,16 +88,7 @@ def test_torchrun_two_processes_same_masks_as_one_and_trains(tmp_path, capsys):
     common = ["finetune", "--checkpoint", str(ckpt), "--sparsity", "0.9", "--epochs", "3", "--lr", "0.05",
               "--device", "cpu", "--no-progress", "--format", "json"]
 
-    assert main(common + ["--out", str(tmp_path / "one")]) == 0
-    one = json.loads(capsys.readouterr().out)
-
-    two = torchrun_two(common + ["--out", str(tmp_path / "two")], timeout=240)
-    assert two["world_size"] == 2 and one["world_size"] == 1
-
-    masks_one = mask_io.load(tmp_path / "one" / "model.safetensors")
-    masks_two = mask_io.load(tmp_path / "two" / "model.safetensors")
-    assert masks_one.keys() == masks_two.keys()
-    assert all(torch.equal(masks_one[n], masks_two[n]) for n in masks_one)
+    one, two, masks_one, masks_two = one_and_two(common, tmp_path, capsys, timeout=240)
     assert [m["epoch"] for m in read_metrics(tmp_path / "two")] == [1, 2, 3]
     assert two["accuracy"] > 0.1 + 0.5  # well above chance (10 classes)
     assert abs(two["accuracy"] - one["accuracy"]) < 0.1
@@ -109,13 +113,7 @@ def test_torchrun_fine_tunes_a_causal_lm_by_perplexity(tmp_path, capsys):
     dense = json.loads(capsys.readouterr().out)
     common = ["finetune", "--checkpoint", str(tmp_path / "dense" / "model.safetensors"), "--sparsity", "0.8",
               "--epochs", "1", *text]
-    assert main(common + ["--out", str(tmp_path / "one")]) == 0
-    one = json.loads(capsys.readouterr().out)
-    two = torchrun_two(common + ["--out", str(tmp_path / "two")], timeout=300)
-    assert two["world_size"] == 2 and one["world_size"] == 1
-    masks_one = mask_io.load(tmp_path / "one" / "model.safetensors")
-    masks_two = mask_io.load(tmp_path / "two" / "model.safetensors")
-    assert all(torch.equal(masks_one[n], masks_two[n]) for n in masks_one)
+    one, two, _, _ = one_and_two(common, tmp_path, capsys, timeout=300)
     # Same pruned model before fine-tuning; both runs win perplexity back from it.
     assert two["perplexity_before"] == pytest.approx(one["perplexity_before"], rel=1e-5)
     assert two["perplexity"] < two["perplexity_before"] and one["perplexity"] < one["perplexity_before"]
