@@ -18,6 +18,7 @@ import torch.nn as nn
 from collapsekit.analysis.connectivity import Connectivity, LevelMasks
 from collapsekit.analysis.cost import count_macs, forward_macs
 from collapsekit.analysis.cover import Cover
+from collapsekit.analysis.emptied import EmptiedCovers
 from collapsekit.analysis.flow import FlowResult, run_flow
 from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.heap import release_after, release_freed
@@ -97,6 +98,7 @@ class Analysis:
         self.mt = resolve_mt(mt, self.index.total)
         self.channel_level = (forward_macs(self.traced) > ELEMENT_LEVEL_MACS) if exact == "auto" else not exact
         self._covers: dict[bool, Cover] = {}  # by channel_level
+        self._emptied: dict[bool, EmptiedCovers] = {}  # by channel_level
         self._floors: dict[tuple, dict[str, list[int]]] = {}  # the sparsest masks' unused channels, by MT
 
     @classmethod
@@ -176,8 +178,12 @@ class Analysis:
         """
         channel = self.channel_level if channel_level is None else channel_level
         level = self.level(k)
-        if channel == self.channel_level and self.cover().contains(level.alloc.pruned):
-            return False
+        if channel == self.channel_level:
+            if self.cover().contains(level.alloc.pruned):
+                return False
+            known = self.emptied_covers().verdict(level.alloc.pruned, build=False)
+            if known is not None:
+                return known.collapsed
         if not channel and self.channel_level and self.connectivity.kmax and not run_flow(
                 self.traced, self.weights, level.full_taps_only(), backward=False, channel_level=True).collapsed:
             return False  # alive per element, proven by the channel-level under-approximation (full taps only)
@@ -200,6 +206,12 @@ class Analysis:
                 self._covers[channel] = Cover(self, channel)
             release_freed()
         return self._covers[channel]
+
+    def emptied_covers(self) -> EmptiedCovers:
+        """The emptied-layer covers (emptied.py) at the flow's granularity."""
+        if self.channel_level not in self._emptied:
+            self._emptied[self.channel_level] = EmptiedCovers(self, self.cover())
+        return self._emptied[self.channel_level]
 
     def value_collapsed_at(self, masks: LevelMasks, input_range=None) -> bool:
         """True if the masked network is provably constant at its current weights, for inputs in `input_range`
@@ -321,6 +333,8 @@ class Analysis:
         pruned = masks.alloc.pruned
         if self.cover().contains(pruned):  # as connected as dense: no flow to run (cover.py)
             flow = FlowResult(False, {}, {}, (self.index.sizes - pruned).astype(np.int64), 1.0)
+        elif (known := self._emptied_verdict(pruned)) is not None:  # the verdict of its emptied set (emptied.py)
+            flow = known
         else:
             with self.timings.stage("flow per level"):
                 flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level,
@@ -341,6 +355,10 @@ class Analysis:
             value_collapsed=value_collapsed,
             outputs_reached=0.0 if flow.collapsed else flow.output_alive,
             non_finite=bool(non_finite), non_finite_layers=non_finite), (flow, pruned)
+
+    def _emptied_verdict(self, pruned) -> FlowResult | None:
+        with self.timings.stage("emptied covers"):
+            return self.emptied_covers().verdict(pruned)
 
     def outputs_reached(self, k: int, channel_level: bool | None = None) -> float:
         """Fraction of output elements some kept input path reaches under the masks pruning `k` weights.
@@ -412,6 +430,8 @@ class Analysis:
         with self.timings.stage("index reads"):  # every level's threshold bin in one read of the weights
             self.index.prefetch([self.count(s) for s in wanted], self.mt)
         release_freed()
+        if not self.cover().contains(self.level(self.count(wanted[-1])).alloc.pruned):
+            self.emptied_covers().plan([self.level(self.count(s)).alloc.pruned for s in wanted])
         levels, flow = [], None
         for s in _progress(wanted, "levels", progress):  # ascending: each level's masks nest in the last's
             level, flow = an._level_report(s, flow)

@@ -22,7 +22,7 @@ from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.magnitudes import abs_bits, line_maxima
 
-_NEVER = -1  # a layer whose cover cannot be proven: no cut is below this
+NO_COVER = -1  # a layer whose cover cannot be proven: no cut is below this
 
 
 def _argmax_cover(bits: torch.Tensor, groups: int = 1) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
@@ -71,7 +71,7 @@ class Cover:
                 # its effective weights from it): that cover is the proof, unless the flow also asks for
                 # the full mask (keep), which then adds the weight's own cover.
                 if not bool(conn.taps[i].all()):
-                    self.full[i] = _NEVER  # kept weights on taps that never read data are not effective
+                    self.full[i] = NO_COVER  # kept weights on taps that never read data are not effective
                     continue
                 self._conn[w.name], self.full[i] = _argmax_cover(abs_bits(conn.kmax[i]), self._groups(w))
             else:
@@ -83,8 +83,7 @@ class Cover:
         self.proven = (not result.collapsed and not result.dead_channels and not result.unused_channels
                        and result.output_alive == 1.0
                        and all(result_reached.get(w.name, False) for w in an.weights))
-        self._keep.clear()
-        self._conn.clear()
+        self._keep.clear()  # O + C integers a layer, but read again on demand; the conv ones stay (emptied.py)
 
     def _groups(self, w) -> int:
         return self.an.traced.gm.get_submodule(w.module).groups if w.module else 1
