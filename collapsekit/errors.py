@@ -5,6 +5,13 @@ class CollapsekitError(Exception):
     """Bad input or an unusable artefact; the CLI prints the message alone and exits 2."""
 
 
+class TrainingDiverged(CollapsekitError):
+    """A training or fine-tuning run's loss became NaN or infinite (too large a learning rate, most often).
+
+    Its own type so that a search over many runs can rank the run that diverged
+    last and go on, where a single run stops with the message."""
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of `exc`'s message (at most `limit` characters), or its type's name when it has none.
 

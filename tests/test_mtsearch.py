@@ -227,3 +227,37 @@ def test_two_processes_share_one_search_and_a_third_reports_it(tmp_path):
     shared = docs[0]["fine_tune_epochs"] + docs[1]["fine_tune_epochs"]
     assert shared == pytest.approx(alone.fine_tune_epochs, abs=1e-3)
     assert alone.suggestion["mt"] == docs[2]["suggestion"]["mt"]
+
+
+def test_a_candidate_whose_fine_tune_diverges_ranks_last_and_the_search_goes_on(mlp, synthetic, monkeypatch):
+    import collapsekit.validation.pausable as pausable
+    from collapsekit.errors import TrainingDiverged
+
+    real, started = pausable.finetune, []
+
+    def first_run_diverges(model, *args, **kwargs):
+        started.append(model)
+        if len(started) == 1:
+            raise TrainingDiverged("training diverged (loss nan in epoch 1); lower the lr (now 0.05)")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(pausable, "finetune", first_run_diverges)
+    result = search_mt(mlp, synthetic, SPARSITY, epochs=1, lr=0.05, device="cpu", seed=0)
+    diverged = [p for p in result.points if p.diverged]
+    assert len(diverged) == 1 and diverged[0].trained is False
+    assert result.suggestion["mt"] != diverged[0].mt and not result.best.diverged
+    document = json.loads(json.dumps(result.to_dict()))  # plain JSON: no NaN
+    row = next(p for p in document["points"] if p["mt"] == diverged[0].mt)
+    assert row["accuracy"] is None and row["diverged"] is True
+
+
+def test_a_search_whose_every_fine_tune_diverges_says_so_in_one_line(mlp, synthetic, monkeypatch):
+    import collapsekit.validation.pausable as pausable
+    from collapsekit.errors import TrainingDiverged
+
+    def diverges(*args, **kwargs):
+        raise TrainingDiverged("training diverged (loss nan in epoch 1); lower the lr (now 0.05)")
+
+    monkeypatch.setattr(pausable, "finetune", diverges)
+    with pytest.raises(CollapsekitError, match="every candidate's fine-tune diverged.*lower the lr"):
+        search_mt(mlp, synthetic, SPARSITY, epochs=1, lr=0.05, device="cpu", seed=0)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from collapsekit import data as datasets
-from collapsekit.errors import CollapsekitError, first_line
+from collapsekit.errors import CollapsekitError, TrainingDiverged, first_line
 from collapsekit.files import checkpoint
 from collapsekit.models import resolve
 from collapsekit.data.tasks import TASKS, Task, model_logits, task_of
@@ -305,7 +305,7 @@ def fit(model: nn.Module, bundle, epochs: int, lr: float, batch_size: int, devic
                     cb.on_step_end(opt, step)
                 batch_loss = loss.item()
                 if not math.isfinite(batch_loss):
-                    raise CollapsekitError(f"training diverged (loss {batch_loss} in epoch {epoch}); lower the lr "
+                    raise TrainingDiverged(f"training diverged (loss {batch_loss} in epoch {epoch}); lower the lr "
                                            f"(now {lr})")
                 loss_sum += batch_loss * target.shape[0]
                 correct += (logits.argmax(dim=1) == target).sum().item()

@@ -115,6 +115,7 @@ class MTPoint:
     budget: float | None = None  # fine-tuning epochs this point reached (the search's epochs: the whole run)
     forecast_probability: float | None = None  # the forecast's probability of training, where it gives one
     metric: str = "accuracy"  # what `accuracy_pruned` and `accuracy` hold: a causal LM's are perplexities
+    diverged: bool = False  # its fine-tune's loss became NaN or infinite: `accuracy` is NaN, it ranks last
 
     @property
     def perplexity_pruned(self) -> float | None:
@@ -127,12 +128,14 @@ class MTPoint:
         return None if self.metric == "accuracy" else self.accuracy
 
     def to_dict(self) -> dict:
-        lm = {} if self.metric == "accuracy" else {"perplexity_pruned": self.accuracy_pruned,
-                                                    "perplexity": self.accuracy}
+        """Plain JSON: a diverged run's NaN metric is null."""
+        after = None if math.isnan(self.accuracy) else self.accuracy
+        lm = {} if self.metric == "accuracy" else {"perplexity_pruned": self.accuracy_pruned, "perplexity": after}
         return {**lm, "mt": self.mt, "percent": self.percent, "predicted_collapsed": self.predicted_collapsed,
                 "emptied_layers": self.emptied_layers, "accuracy_pruned": self.accuracy_pruned,
-                "accuracy": self.accuracy, "forecast_trainable": self.forecast_trainable,
-                "forecast_probability": self.forecast_probability, "trained": self.trained, "budget": self.budget}
+                "accuracy": after, "forecast_trainable": self.forecast_trainable,
+                "forecast_probability": self.forecast_probability, "trained": self.trained, "budget": self.budget,
+                "diverged": self.diverged}
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ class MTSearchResult:
         """The picked point: the suggestion's MT, else the best metric (smallest MT on ties)."""
         pick = [p for p in self.points if p.mt == self.suggestion.get("mt")]
         sign = -1.0 if self.metric == "perplexity" else 1.0
-        return pick[0] if pick else max(self.points, key=lambda p: (sign * p.accuracy, -p.mt))
+        return pick[0] if pick else max(self.points, key=lambda p: (not math.isnan(p.accuracy), sign * p.accuracy
+                                                                    if not math.isnan(p.accuracy) else 0.0, -p.mt))
 
     def to_dict(self) -> dict:
         """The JSON document `collapsekit mt-search --format json` prints."""
@@ -251,11 +255,15 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
         reached = done.values.get(c.mt, {}) if done else {}
         step = max(reached, default=0)
         value = reached[step] if reached else pruned_values[c.mt]
+        diverged = bool(reached) and math.isnan(value)
         points.append(MTPoint(mt=c.mt, percent=100.0 * c.mt / aware.total, predicted_collapsed=c.collapsed,
                               emptied_layers=c.emptied_layers, accuracy_pruned=pruned_values[c.mt], accuracy=value,
                               forecast_trainable=c.forecast.trainable, trained=metric.trained(value, bundle),
                               budget=round(step / per_epoch, 4),
-                              forecast_probability=getattr(c.forecast, "probability", None), metric=metric.name))
+                              forecast_probability=getattr(c.forecast, "probability", None), metric=metric.name,
+                              diverged=diverged))
+    if racing and all(p.diverged for p in points if p.mt in {c.mt for c in racing}):
+        raise CollapsekitError(f"every candidate's fine-tune diverged (loss NaN or infinite); lower the lr (now {lr})")
     pick = done.state.winner if done else aware.mt
     skipped = len(candidates) - len(racing)
     how = (f"the best of {len(racing)} candidates fine-tuned for {epochs} epochs each" if full else

@@ -18,6 +18,7 @@ import threading
 import numpy as np
 import torch
 
+from collapsekit.errors import TrainingDiverged
 from collapsekit.training.train import Callback
 from collapsekit.training.finetune import finetune
 
@@ -54,6 +55,7 @@ class PausableRun(Callback):
         self.model, self.masks, self.bundle, self.epochs = model, masks, bundle, epochs
         self.evaluate, self.epoch_metric, self.run_kwargs = evaluate, epoch_metric, run_kwargs
         self.steps_done, self.value, self.finished = 0, math.nan, False
+        self.diverged = False  # its loss became NaN or infinite: it ended there, its metric NaN
         self.epoch_values: list[tuple[int, float]] = []
         self._target: int | None = None
         self._error: BaseException | None = None
@@ -92,6 +94,8 @@ class PausableRun(Callback):
             self.value, self.finished = self._measure(), True
         except _Stop:
             return
+        except TrainingDiverged:  # a result, not a failure: the metric of a run that diverged is NaN (ranks last)
+            self.value, self.finished, self.diverged = math.nan, True, True
         except BaseException as error:  # handed to the caller's thread
             self._error = error
         self._reached.set()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import threading
 import time
@@ -372,6 +373,9 @@ def _tell(study: optuna.Study, held: dict, own: _Held, state: TrialState, value:
         own.run.close()
     try:
         if state == TrialState.COMPLETE:
+            if value is not None and math.isnan(value):  # a run that diverged: Optuna would fail the trial (and
+                # the search would retry it), so it completes with the worst value, as halving ranks it
+                value = -math.inf if study.direction == optuna.study.StudyDirection.MAXIMIZE else math.inf
             study.tell(own.trial, value)
         else:
             study.tell(own.trial, state=state)
