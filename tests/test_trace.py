@@ -54,6 +54,18 @@ def test_export_fallback_is_analysed_like_fx():
     assert 0 < report.collapse_sparsity <= 1.0
 
 
+def test_export_records_no_stack_traces_and_leaves_the_users_fx_setting_as_it_was():
+    for setting in (False, True):
+        torch.fx.config.do_not_emit_stack_traces = setting
+        try:
+            traced = trace(ShapeBranch(), torch.randn(1, 3, 8, 8))
+            assert torch.fx.config.do_not_emit_stack_traces is setting
+        finally:
+            torch.fx.config.do_not_emit_stack_traces = False
+        assert traced.method == "export"
+        assert not [n for n in traced.gm.graph.nodes if n.stack_trace]  # none extracted: a fifth of the export
+
+
 def test_untraceable_model_names_the_module_and_both_failures():
     with pytest.raises(ck.CollapsekitError) as err:
         trace(ValueBranch(), torch.randn(1, 3))
