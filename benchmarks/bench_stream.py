@@ -82,7 +82,7 @@ def main():
                       f"{r['peak_extra_mib'] / mib:.2f}"]]))
         print("report stages:")
         print(table([[name, f"{t['seconds']:.2f} s", f"{t['calls']} calls"] for name, t in r["timings"].items()]))
-        print(f"seconds: {verdict(r["seconds"], 60)}")
+        print(f"seconds: {verdict(r['seconds'], 60)}")
         print(f"memory ratio report / checkpoint bytes: {verdict(r['peak_extra_mib'] / mib, 0.5)}")
         print(f"(ru_maxrss delta {r['ru_maxrss_extra_mib']:.0f} MiB: it inherits this generating process's "
               f"peak through exec, see _measure.py)")
