@@ -247,10 +247,13 @@ class Analysis:
             else:
                 lo = max(lo, k)
         critical = self.index.critical_counts(self.mt)
+        emptying = hi  # the first count that empties a bottleneck (layer every path crosses), if below max
         for w, c in zip(self.weights, critical):
             if w.name in self.bottlenecks and c >= 0:
-                hi = min(hi, int(c))
-        if not any(c for k, c in known if k == hi) and not self.collapsed_at(hi):
+                emptying = min(emptying, int(c))
+        hi, bottleneck = min(hi, emptying), emptying < hi
+        # An emptied bottleneck is expected to collapse: the quick proof of life would only be run in vain.
+        if not any(c for k, c in known if k == hi) and not self.collapsed_at(hi, quick=not bottleneck):
             return 1.0
         candidates = sorted({int(c) for c in critical if lo < c < hi})
         self.index.prefetch([lo + 1, hi, *candidates], self.mt)  # one read for the likely steps
