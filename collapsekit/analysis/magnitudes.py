@@ -275,16 +275,18 @@ class MagnitudeIndex:
         b = self._bin_of_kth(k, limits)
         below = np.minimum(self._cum[:, b], limits)
         rank = k - int(below.sum())  # 1-based rank inside bin b
-        runs = [(r, int(m)) for r, m in zip(self._bin(b), np.maximum(0, limits - self._cum[:, b])) if m > 0 and
-                r[0].size]  # each layer's candidates inside bin b
-        lo, hi = b << _SHIFT, ((b + 1) << _SHIFT) - 1  # smallest pattern with rank candidates at or below it
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if sum(min(_below(r, mid, "right"), m) for r, m in runs) >= rank:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        # Each layer's candidates inside bin b: its runs, counted up to what its limit leaves in the bin.
+        values, steps = [], []
+        for (v, ends), m in zip(self._bin(b), np.maximum(0, limits - self._cum[:, b])):
+            if m > 0 and v.size:
+                capped = np.minimum(ends, m)
+                values.append(v)
+                steps.append(np.diff(capped, prepend=0))
+        # The smallest pattern with `rank` candidates at or below it: where the merged running count reaches it.
+        values, steps = np.concatenate(values), np.concatenate(steps)
+        order = np.argsort(values, kind="stable")
+        reached = np.cumsum(steps[order])
+        return int(values[order][int(np.searchsorted(reached, rank, side="left"))])
 
     # -- allocation ---------------------------------------------------------------------
     def protected(self, mt_count: int) -> np.ndarray:
