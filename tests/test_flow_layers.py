@@ -68,3 +68,31 @@ def test_a_linear_whose_weight_is_not_pruned_is_a_sum_not_a_matmul():
     (ga,), (gb,) = torch.autograd.grad(got, xa, g), torch.autograd.grad(want, xb, g)
     assert torch.equal(ga > 0, gb > 0)
 
+
+
+def test_a_sparse_keep_answers_as_its_dense_mask():
+    from collapsekit.analysis.flow_layers import EffectiveWeights, Outer, SparseKeep, any_kept, kept_on, \
+        linear_backward
+
+    torch.manual_seed(0)
+    for shape in [(9, 5), (4, 13)]:
+        dense = torch.rand(shape) > 0.8
+        sparse = SparseKeep.of(torch.nonzero(dense.flatten()).flatten(), shape)
+        assert torch.equal(sparse.mask, dense) and torch.equal(sparse.t().mask, dense.t())
+        rows, cols = torch.rand(shape[0]) > 0.4, torch.rand(shape[1]) > 0.4
+        assert torch.equal(any_kept(sparse, cols, dim=1), any_kept(dense, cols, dim=1))
+        assert torch.equal(any_kept(sparse, rows, dim=0), any_kept(dense, rows, dim=0))
+        assert kept_on(Outer(rows, cols), sparse) == kept_on(Outer(rows, cols), dense) == int(
+            (dense & rows[:, None] & cols[None, :]).sum())
+        x, g = torch.ones(2, 3, shape[1]), (torch.rand(2, 3, shape[0]) > 0.5).float()  # one liveness pattern
+        g[..., 0] = 0.0  # an output no position uses: not every position reached
+        gx_s, reached_s = linear_backward(x, sparse, g)
+        gx_d, reached_d = linear_backward(x, dense, g)
+        assert torch.equal(gx_s > 0, gx_d > 0) and torch.equal(reached_s.dense(), reached_d.dense())
+        counts = []
+        for keep in (sparse, dense):  # the effective count recorded from either
+            effective = EffectiveWeights()
+            effective.applied["w"], effective.interpreted = 1, {"w"}
+            effective.record("w", keep, reached_s)
+            counts.append(effective.hits["w"])
+        assert counts[0] == counts[1] == kept_on(reached_d, dense)

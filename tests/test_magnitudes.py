@@ -226,3 +226,26 @@ def test_a_bf16_bin_holds_one_value_and_costs_two_numbers():
     assert all(len(v) <= 1 for runs in idx._fine.values() for v, _ in runs)  # bf16: one value per bin
     mags = weights[0].float().abs().flatten()
     assert alloc.threshold == float(mags.sort().values[idx.total // 2 - 1])
+
+
+@pytest.mark.parametrize("order", ["sparse first", "dense first", "shuffled"])
+def test_kept_positions_are_the_masks_kept_weights_whatever_order_the_cuts_come_in(monkeypatch, order):
+    import collapsekit.analysis.magnitudes as magnitudes
+
+    monkeypatch.setattr(magnitudes, "SPARSE", 0.5)  # the small fixture's layers qualify from half kept
+    model = tied_mlp(3)  # ties at every cut: the surviving ones are the last in flat order
+    idx, params = index_of(model)
+    ks = list(range(idx.max_count() + 1))
+    ks = ks[::-1] if order == "sparse first" else np.random.default_rng(0).permutation(ks).tolist() \
+        if order == "shuffled" else ks
+    served = 0
+    for k in ks:
+        alloc = idx.allocate(int(k))
+        for i, mask in idx.layer_masks(alloc, params):
+            got = idx.kept_positions(i, int(alloc.pruned[i]), params[i])
+            if got is None:
+                assert int(mask.sum()) > 0.5 * mask.numel()
+                continue
+            served += 1
+            assert torch.equal(got, torch.nonzero(mask.flatten()).flatten()), (k, i)
+    assert served > len(ks)

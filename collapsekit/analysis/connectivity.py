@@ -169,6 +169,14 @@ class LevelMasks:
         row_max, col_max = self.conn.line_max(i)
         return KeptLines(row_max > v, col_max > v)
 
+    def kept_positions(self, name: str) -> torch.Tensor | None:
+        """Flat positions of the weights of 2-D `name` these masks keep, where it keeps few of them
+        (MagnitudeIndex.kept_positions); None where a mask serves better."""
+        i = self.conn.position.get(name)
+        if i is None or len(self.conn.weights[i].shape) != 2:
+            return None
+        return self.conn.index.kept_positions(i, int(self.alloc.pruned[i]), self.conn.tensors[i])
+
     def keep_list(self) -> list[torch.Tensor]:
         """Every layer's full keep-mask, in prunable order."""
         return [self.keep(w.name) for w in self.conn.weights]
@@ -267,6 +275,9 @@ class _Emptied(LevelMasks):
 
     def kept_count(self, name: str) -> int:
         return 0 if name in self.names else super().kept_count(name)
+
+    def kept_positions(self, name: str) -> torch.Tensor | None:
+        return torch.zeros(0, dtype=torch.int64) if name in self.names else super().kept_positions(name)
 
     def kept_lines(self, name: str) -> KeptLines | None:
         if name in self.names:

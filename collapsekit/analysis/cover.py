@@ -140,6 +140,9 @@ class Cover:
     def kept_count(self, name: str) -> int:
         return 0  # as effective_count: never read
 
+    def kept_positions(self, name: str):
+        return None  # a cover's masks are its row and column maxima: `keep` and `kept_lines` serve them
+
     def pruned_counts(self):
         return None  # not a Global MP level: no nested run to reuse
 

@@ -161,6 +161,9 @@ class _Bounds:
         # Only U's counts are read, and only whether they are 0: every kept weight of a layer it keeps.
         return 0 if name in self.emptied else int(np.prod(self._shape(name)))
 
+    def kept_positions(self, name: str):
+        return None  # whole masks or covers: `keep` and `kept_lines` serve them
+
     def effective_count(self, name: str, reached_pairs) -> int:
         if name in self.emptied:
             return 0

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from collapsekit.analysis.averages import RowUniformity, averaged_values, constant_values, row_uniform
 from collapsekit.analysis.boolops import as_float
-from collapsekit.analysis.flow_layers import EffectiveWeights, LayerOnKeep, LazyKeep, apply_keep, dense_linear, \
-    transposed_record
+from collapsekit.analysis.flow_layers import EffectiveWeights, LayerOnKeep, LazyKeep, SparseKeep, apply_keep, \
+    dense_linear, transposed_record
 from collapsekit.analysis.flow_rules import RULES
 from collapsekit.analysis.flow_values import Constant, PrunableConstant, as_constant, boolean, constants_in, \
     has_constant, has_live, is_container, liveness, map_constants, moved_form, ones_like_meta, operand_form, \
@@ -89,6 +89,9 @@ class MaskSource(Protocol):
 
     def kept_count(self, name: str) -> int:
         """How many weights of `name` are kept."""
+
+    def kept_positions(self, name: str) -> torch.Tensor | None:
+        """Flat positions of the kept weights of 2-D `name` where it keeps few (flow_layers.SparseKeep), or None."""
 
     def effective_count(self, name: str, reached_pairs) -> int:
         """Kept weights of `name` on channel pairs `reached_pairs` (bool [O, I/groups] or EVERYWHERE)."""
@@ -151,11 +154,17 @@ class ChannelFlow(RuleInterpreter):
                 # counts, so through full taps each live channel stays live everywhere, as per element.
                 x = x.amin(dim=tuple(range(2, x.ndim)), keepdim=True)
         else:
+            positions = None
             if op is F.linear and len(tensor.shape) == 2:
                 lines = self.masks.kept_lines(name)
+                positions = self.masks.kept_positions(name)
             make = (lambda: self.masks.keep(name).t()) if transposed else (lambda: self.masks.keep(name))
             shape = tuple(tensor.shape)[::-1] if transposed else tuple(tensor.shape)
-            keep = LazyKeep(make, shape) if lines is not None else make()
+            if positions is not None:  # few kept: the flow's questions cost O(kept)
+                keep = SparseKeep.of(positions, tuple(tensor.shape))
+                keep = keep.t() if transposed else keep
+            else:
+                keep = LazyKeep(make, shape) if lines is not None else make()
             if transposed:  # as F.linear on w's transpose: rows and columns swap, and reached ones swap back
                 lines = None if lines is None else type(lines)(lines.cols, lines.rows)
                 record = transposed_record(effective.record, tuple(tensor.shape))
@@ -613,6 +622,9 @@ class KeepList:
 
     def kept_count(self, name: str) -> int:
         return int(torch.count_nonzero(self._keep[name]))
+
+    def kept_positions(self, name: str):
+        return None  # the masks are given whole
 
     def effective_count(self, name, reached_pairs):  # pragma: no cover - never asked without conn
         raise NotImplementedError

@@ -11,6 +11,8 @@ records, per layer, which weight positions lie on an input-to-output path;
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,8 +34,9 @@ class LayerOnKeep(torch.autograd.Function):
             ctx.conn, ctx.weights = keep, as_float(keep, x.dtype)
             return op(x, ctx.weights)
         out = apply_keep(op, x, keep, lines)
+        ctx.sparse = keep if isinstance(keep, SparseKeep) else None  # O(kept): waits as it is
         # 1 bit per weight until backward: every layer's mask waits there (a lazy one only if it was built)
-        built = keep.built if isinstance(keep, LazyKeep) else keep
+        built = keep.built if isinstance(keep, LazyKeep) else None if ctx.sparse is not None else keep
         ctx.packed = pack_bits(built) if built is not None else None
         ctx.make = keep.make if isinstance(keep, LazyKeep) else None
         return out
@@ -45,7 +48,8 @@ class LayerOnKeep(torch.autograd.Function):
             gx, reached = ctx.op.backward(x, ctx.weights, g)
             ctx.record(reached, ctx.conn)
             return gx, None, None, None, None
-        keep = unpack_bits(ctx.packed, ctx.shape) if ctx.packed is not None else LazyKeep(ctx.make, ctx.shape)
+        keep = ctx.sparse if ctx.sparse is not None else unpack_bits(ctx.packed, ctx.shape) \
+            if ctx.packed is not None else LazyKeep(ctx.make, ctx.shape)
         if ctx.op is F.linear and len(ctx.shape) == 2:
             gx, reached = linear_backward(x, keep, g, ctx.lines)
             ctx.record(reached, keep)
@@ -75,8 +79,78 @@ class LazyKeep:
         return self.built
 
 
+class SparseKeep:
+    """A 2-D keep-mask given by its kept positions (`rows[j]`, `cols[j]`), for a layer that keeps few weights
+    (MagnitudeIndex.kept_positions): which rows keep a weight reading a live input, which columns one read by
+    a used output, and how many kept weights lie on a path then cost O(kept), not passes over every weight.
+    The dense mask is built only where a question needs it (`mask`)."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, shape):
+        self.rows, self.cols, self.shape, self.built = rows, cols, tuple(shape), None
+
+    @classmethod
+    def of(cls, positions: torch.Tensor, shape) -> "SparseKeep":
+        return cls(torch.div(positions, shape[1], rounding_mode="floor"), positions % shape[1], shape)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        if self.built is None:
+            self.built = torch.zeros(self.shape, dtype=torch.bool)
+            self.built[self.rows, self.cols] = True
+        return self.built
+
+    def t(self) -> "SparseKeep":
+        return SparseKeep(self.cols, self.rows, self.shape[::-1])
+
+    def any_rows(self, along_cols: torch.Tensor) -> torch.Tensor:
+        """Bool per row: some kept weight of the row lies in a column where `along_cols` holds."""
+        out = torch.zeros(self.shape[0], dtype=torch.bool)
+        out[self.rows[along_cols[self.cols]]] = True
+        return out
+
+    def any_cols(self, along_rows: torch.Tensor) -> torch.Tensor:
+        """Bool per column: some kept weight of the column lies in a row where `along_rows` holds."""
+        out = torch.zeros(self.shape[1], dtype=torch.bool)
+        out[self.cols[along_rows[self.rows]]] = True
+        return out
+
+    def count(self, rows: torch.Tensor, cols: torch.Tensor) -> int:
+        """Kept weights in a row where `rows` holds and a column where `cols` holds."""
+        return int((rows[self.rows] & cols[self.cols]).sum())
+
+
+class Outer(NamedTuple):
+    """Reached positions [O, I] of a layer whose outputs share one usedness pattern or whose inputs share one
+    liveness pattern: `used[o] and live[i]`, kept as its two vectors until a count needs more."""
+
+    used: torch.Tensor
+    live: torch.Tensor
+
+    def t(self) -> "Outer":
+        return Outer(self.live, self.used)
+
+    def all(self) -> bool:
+        return all_true(self.used) and all_true(self.live)
+
+    def dense(self) -> torch.Tensor:
+        return outer(self.used, self.live)
+
+
 def keep_tensor(keep) -> torch.Tensor:
-    return keep.mask if isinstance(keep, LazyKeep) else keep
+    return keep.mask if isinstance(keep, (LazyKeep, SparseKeep)) else keep
+
+
+def kept_on(reached, keep) -> int:
+    """Kept weights of `keep` at the `reached` positions (a bool [O, I] or an Outer)."""
+    if isinstance(reached, Outer):
+        if isinstance(keep, SparseKeep):
+            return keep.count(reached.used, reached.live)
+        reached = reached.dense()
+    return count_true(reached & keep_tensor(keep))
+
+
+def dense_reached(reached) -> torch.Tensor:
+    return reached.dense() if isinstance(reached, Outer) else reached
 
 
 def transposed_record(record, shape: tuple[int, ...]):
@@ -84,6 +158,7 @@ def transposed_record(record, shape: tuple[int, ...]):
     transposed keep-mask and reached positions turned back to the weight's own orientation (views)."""
     def back(name, kept_t, reached):
         kept = LazyKeep(lambda: keep_tensor(kept_t).t(), shape) if isinstance(kept_t, LazyKeep) else kept_t.t()
+        # (a SparseKeep or a tensor transposes itself; an Outer swaps its vectors)
         record(name, kept, reached if reached is EVERYWHERE else reached.t())
 
     return back
@@ -124,6 +199,8 @@ def any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> t
     everywhere = bool(along.all())
     if everywhere and lines is not None:
         return (lines.rows if dim == 1 else lines.cols).clone()
+    if isinstance(keep, SparseKeep):
+        return keep.any_rows(along) if dim == 1 else keep.any_cols(along)
     keep = keep_tensor(keep)
     out = torch.zeros(keep.shape[0] if dim == 1 else keep.shape[1], dtype=torch.bool)
     for a, b in _row_blocks(keep):
@@ -158,7 +235,7 @@ def linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
         used, live = gl.any(0), xl.any(0)  # one pattern on a side: reached = used x live
         if all_true(used) and all_true(live):
             return gx.view(x.shape), EVERYWHERE
-        reached = outer(used, live)
+        reached = Outer(used, live)
     else:
         reached = torch.cat([torch.matmul(gs[:, a:b].t(), xs) > 0 for a, b in _row_blocks(keep)], 0)
     return gx.view(x.shape), reached
@@ -240,16 +317,17 @@ class EffectiveWeights:
             return
         if self.applied.get(name) == 1 and all(n != name for n, _ in self.leaves):
             # applied once (the forward is complete): its count is final, no bits need keeping for an OR
-            self.hits[name] = count_true(reached & keep_tensor(keep))
+            self.hits[name] = kept_on(reached, keep)
             return
         # kept on a path; packed, as every layer's waits for the count
-        hit = pack_bits(reached & keep_tensor(keep))
+        hit = pack_bits(dense_reached(reached) & keep_tensor(keep))
         self.hits[name] = hit if name not in self.hits else self.hits[name] | hit
 
     def _note_reached(self, name, reached):
         # Only when asked (cover.py): whether a use of the layer reached every weight position.
         if self.reached is not None:
-            self.reached[name] = self.reached.get(name, False) or reached is EVERYWHERE or all_true(reached)
+            self.reached[name] = self.reached.get(name, False) or reached is EVERYWHERE or (
+                reached.all() if isinstance(reached, Outer) else all_true(reached))
 
     def record_pairs(self, name, conn, reached):
         self._note_reached(name, reached)

@@ -37,6 +37,7 @@ _FLOAT32_INF_BITS = 0x7F800000
 _ABS_BITS = 0x7FFFFFFF  # clears the sign: |w| as a float32 bit pattern
 _SHIFT = 16  # a bin holds the |w| sharing their high 16 bits (sign, exponent, 7 mantissa bits)
 _BINS = 1 << (31 - _SHIFT)
+SPARSE = 0.02  # a layer keeping at most this share of its weights is served by kept positions (kept_positions)
 _CHUNK = 1 << 20  # weights per read: bounds every temporary to a few MB
 # A cache miss (a count in a bin not read yet) fetches neighbouring bins too, up to
 # this fraction of all weights, so a bisection over counts costs one or two reads.
@@ -188,6 +189,7 @@ class MagnitudeIndex:
         self._per_bin = np.diff(self._cum.sum(0))  # weights of all layers per bin
         self._fine: dict[int, list[Runs]] = {}  # bin -> per layer, the bits found in that bin
         self._local: dict[tuple[int, int], Runs] = {}  # (layer, bin) read for one layer only
+        self._tops: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}  # layer -> (floor, positions, bits)
         self._released: set[int] = set()
         self._cuts: dict[tuple[int, int], tuple[int, int]] = {}  # (layer, pruned) -> cut
         self._critical: dict[int, np.ndarray] = {}  # MT -> critical_counts
@@ -320,6 +322,7 @@ class MagnitudeIndex:
         self._cuts = {key: cut for key, cut in self._cuts.items() if key[0] != i}
         for key in [key for key in self._local if key[0] == i]:
             del self._local[key]
+        self._tops.pop(i, None)
 
     # -- per-layer questions ------------------------------------------------------------
     def critical_counts(self, mt_count: int = 0) -> np.ndarray:
@@ -367,6 +370,44 @@ class MagnitudeIndex:
         v = _nth(run, int(n - 1 - row[b]))
         le = int(row[b]) + _below(run, v, "right")
         return v, le - n
+
+    def kept_positions(self, i: int, n: int, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Flat positions (int64, ascending) of layer i's kept weights when its first `n` in pruning order
+        are pruned, where it keeps at most SPARSE of its weights; None where it keeps more.
+
+        At high sparsity the flow's questions about a layer (which rows keep a weight
+        reading a live input, how many kept weights lie on a path) cost O(kept) from
+        these, where a keep-mask costs several passes over every weight. The weights
+        at or above the first cut asked are read once and kept (positions and bit
+        patterns, at most SPARSE of the layer); sparser cuts select from them.
+        """
+        size = int(self.sizes[i])
+        if n <= 0 or size - n > SPARSE * size:
+            return None
+        if n >= size:
+            return torch.zeros(0, dtype=torch.int64)
+        v, surviving = self.cut(i, n)
+        top = self._tops.get(i)
+        if top is None or v < top[0]:
+            top = self._tops[i] = (v, *self._read_top(tensor, v))
+        _, positions, bits = top
+        kept = positions[bits > v]
+        if surviving:  # the ties at v that survive are the last ones in flat order
+            kept = torch.sort(torch.cat([kept, positions[bits == v][-surviving:]])).values
+        return kept.long()
+
+    @staticmethod
+    def _read_top(tensor: torch.Tensor, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat positions as int32 where they fit, bit patterns) of the weights whose |w| bits are >= v."""
+        flat = tensor.detach().reshape(-1)
+        positions, found = [], []
+        for start in range(0, flat.numel(), _CHUNK):
+            bits = abs_bits(flat[start:start + _CHUNK]).cpu()
+            at = torch.nonzero(bits >= v).flatten()
+            positions.append(at + start)
+            found.append(bits[at])
+        dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+        return torch.cat(positions).to(dtype), torch.cat(found)
 
     def layer_masks(self, alloc: Allocation, tensors: list[torch.Tensor]):
         """Yields (index, bool keep-mask) per layer for `alloc`, one layer in memory at a time."""
