@@ -96,3 +96,24 @@ def test_a_sparse_keep_answers_as_its_dense_mask():
             effective.record("w", keep, reached_s)
             counts.append(effective.hits["w"])
         assert counts[0] == counts[1] == kept_on(reached_d, dense)
+
+
+def test_few_liveness_patterns_answer_as_the_matmul():
+    """A class token (one row unlike the others) or padding: per-pattern answers, the same positivity."""
+    from collapsekit.analysis.flow_layers import SparseKeep, apply_keep, kept_on, linear_backward
+
+    torch.manual_seed(1)
+    keep = torch.rand(11, 6) > 0.7
+    sparse = SparseKeep.of(torch.nonzero(keep.flatten()).flatten(), keep.shape)
+    rows_x = (torch.rand(3, 6) > 0.4).float()
+    rows_g = (torch.rand(2, 11) > 0.5).float()
+    x = rows_x[torch.tensor([0, 1, 1, 2, 1, 0])].view(2, 3, 6)  # 3 liveness patterns over 6 positions
+    g = rows_g[torch.tensor([0, 1, 1, 0, 1, 1])].view(2, 3, 11)  # 2 usedness patterns
+    xx, w = x.clone().requires_grad_(True), keep.float().requires_grad_(True)
+    gx_want, gw_want = torch.autograd.grad(torch.nn.functional.linear(xx, w), (xx, w), g)
+    for k in (keep, sparse):
+        assert torch.equal(apply_keep(torch.nn.functional.linear, x, k) > 0,
+                           torch.nn.functional.linear(x, keep.float()) > 0)
+        gx, reached = linear_backward(x, k, g)
+        assert torch.equal(gx > 0, gx_want > 0) and torch.equal(reached, gw_want > 0)
+        assert kept_on(reached, k) == int((keep & (gw_want > 0)).sum())

@@ -146,6 +146,8 @@ def kept_on(reached, keep) -> int:
         if isinstance(keep, SparseKeep):
             return keep.count(reached.used, reached.live)
         reached = reached.dense()
+    if isinstance(keep, SparseKeep):
+        return int(reached[keep.rows, keep.cols].sum())
     return count_true(reached & keep_tensor(keep))
 
 
@@ -171,21 +173,37 @@ def _row_blocks(keep: torch.Tensor) -> list[tuple[int, int]]:
     return row_blocks(keep.shape[0], keep.shape[1], _BLOCK)
 
 
+PATTERNS = 8  # distinct liveness patterns over positions a linear layer answers one by one, without a matmul
+
+
+def patterns(live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(the distinct rows of bool [positions, features] `live`, each position's row among them) where there
+    are at most PATTERNS: a sequence whose class token or padding differs from its other tokens has two."""
+    if live.shape[0] == 0:
+        return None
+    if bool((live == live[:1]).all()):
+        return live[:1], torch.zeros(live.shape[0], dtype=torch.long)
+    distinct, inverse = torch.unique(live, dim=0, return_inverse=True)
+    return (distinct, inverse) if distinct.shape[0] <= PATTERNS else None
+
+
 def apply_keep(op, x, keep: torch.Tensor, lines=None) -> torch.Tensor:
     """`op(x, keep as 0/1 floats)`, up to positive scaling (only positivity carries meaning).
 
-    A linear layer whose input has one liveness pattern at every position (the usual
-    case) needs no matmul: output o is live iff a kept weight of row o reads a live
-    input, the same at every position. Otherwise it goes a block of output rows at a
-    time, so its float mask never exists whole (a vocabulary-sized head would need
+    A linear layer whose input has few liveness patterns over its positions (one,
+    usually; two where a class token differs from the patches) needs no matmul:
+    output o is live at a position iff a kept weight of row o reads a live input of
+    that position's pattern. Otherwise it goes a block of output rows at a time, so
+    its float mask never exists whole (a vocabulary-sized head would need
     gigabytes). `lines` (connectivity.KeptLines), where given, answers "which rows keep a
     weight" without reading the mask."""
     if op is not F.linear or len(keep.shape) != 2 or not isinstance(x, torch.Tensor):
         return op(x, as_float(keep_tensor(keep), x.dtype))
-    xl = x.reshape(-1, x.shape[-1]) > 0
-    if xl.shape[0] > 0 and bool((xl == xl[:1]).all()):
-        live = any_kept(keep, xl[0], dim=1, lines=lines)
-        return live.to(x.dtype).expand(*x.shape[:-1], keep.shape[0]).clone()
+    found = patterns(x.reshape(-1, x.shape[-1]) > 0)
+    if found is not None:
+        distinct, inverse = found
+        live = torch.stack([any_kept(keep, p, dim=1, lines=lines) for p in distinct])
+        return live[inverse].to(x.dtype).reshape(*x.shape[:-1], keep.shape[0])
     mask = keep_tensor(keep)
     if mask.numel() <= _BLOCK:
         return op(x, as_float(mask, x.dtype))
@@ -224,18 +242,26 @@ def linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
     outer product of two bool vectors, which spares the [O, I] matmul."""
     xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
     xl, gl = xs > 0, gs > 0
-    if gl.shape[0] > 0 and bool((gl == gl[:1]).all()):  # one usedness pattern: no matmul (up to scale)
-        gx = any_kept(keep, gl[0], dim=0, lines=lines).to(x.dtype).expand(xs.shape).clone()
+    used_by = patterns(gl)
+    if used_by is not None:  # few usedness patterns: no matmul (up to scale)
+        distinct, inverse = used_by
+        gx = torch.stack([any_kept(keep, p, dim=0, lines=lines) for p in distinct])[inverse].to(x.dtype)
     else:
         gx = torch.zeros(xs.shape, dtype=x.dtype)
         mask = keep_tensor(keep)
         for a, b in _row_blocks(mask):
             gx += torch.matmul(gs[:, a:b], as_float(mask[a:b], x.dtype))
-    if bool((xl == xl[:1]).all()) or bool((gl == gl[:1]).all()):
+    live_by = patterns(xl)
+    if (live_by is not None and len(live_by[0]) == 1) or (used_by is not None and len(used_by[0]) == 1):
         used, live = gl.any(0), xl.any(0)  # one pattern on a side: reached = used x live
         if all_true(used) and all_true(live):
             return gx.view(x.shape), EVERYWHERE
         reached = Outer(used, live)
+    elif live_by is not None and used_by is not None:  # few of each: the pairs some position holds
+        n = len(live_by[0])
+        reached = torch.zeros(keep.shape, dtype=torch.bool)
+        for pair in torch.unique(used_by[1] * n + live_by[1]).tolist():
+            reached |= outer(used_by[0][pair // n], live_by[0][pair % n])
     else:
         reached = torch.cat([torch.matmul(gs[:, a:b].t(), xs) > 0 for a, b in _row_blocks(keep)], 0)
     return gx.view(x.shape), reached
