@@ -149,3 +149,21 @@ def test_a_value_feature_whose_weight_line_is_pruned_whole_is_proven_uniform_wit
         assert torch.equal(averages.bias_only(lines, masks), dead)
         if bool(emptied.any()) and not bool(emptied.all()):  # a row kept: its feature is not proven so
             assert not uniformity.proven(counts, source, ~dead, masks) or counts[v] == 0
+
+
+def test_a_flow_that_skips_the_average_question_is_only_more_alive_and_says_so(monkeypatch):
+    from collapsekit.analysis import flow
+
+    runs, real = [], flow.constant_values
+    monkeypatch.setattr(flow, "constant_values", lambda *a, **k: runs.append(1) or real(*a, **k))
+    for positional in (False, True):
+        model, an, exact = _verdict(positional)
+        keep = [torch.ones(w.shape, dtype=torch.bool) for w in an.weights]
+        keep[[w.name for w in an.weights].index("v.weight")][:] = False
+        runs.clear()
+        skipped = run_flow(an.traced, an.weights, keep, averages=False)
+        assert not runs and skipped.approximate  # the question came up and was not asked
+        assert not skipped.collapsed and skipped.output_alive >= exact.output_alive
+        for name, dead in skipped.dead_channels.items():  # its deaths are real ones
+            assert set(dead) <= set(exact.dead_channels.get(name, []))
+        assert flow.collapses(an.traced, an.weights, keep) == exact.collapsed  # asks only where it must

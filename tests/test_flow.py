@@ -187,6 +187,7 @@ def test_a_residual_net_analysed_per_channel_proves_its_boundary_without_an_elem
     """The element-level check one weight below the channel-level boundary (a full conv pass per
     weight position) is answered by the full-taps flow on a residual net."""
     import collapsekit.analysis.analysis as analysis_mod
+    import collapsekit.analysis.flow as flow_mod
 
     calls = []
 
@@ -195,6 +196,7 @@ def test_a_residual_net_analysed_per_channel_proves_its_boundary_without_an_elem
         return run_flow(*args, channel_level=channel_level, **kwargs)
 
     monkeypatch.setattr(analysis_mod, "run_flow", counted)
+    monkeypatch.setattr(flow_mod, "run_flow", counted)  # the collapse questions (flow.collapses)
     torch.manual_seed(1)
     model = scramble(_model("wrn_16_2", (1, 3, 8, 8)), 7)
     an = analysis_mod.Analysis(model, torch.randn(1, 3, 8, 8), exact=False)

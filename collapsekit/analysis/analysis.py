@@ -19,7 +19,7 @@ from collapsekit.analysis.connectivity import Connectivity, LevelMasks
 from collapsekit.analysis.cost import count_macs, forward_macs
 from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.emptied import EmptiedCovers
-from collapsekit.analysis.flow import FlowResult, run_flow
+from collapsekit.analysis.flow import FlowResult, collapses, run_flow
 from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
@@ -184,19 +184,17 @@ class Analysis:
             known = self.emptied_covers().verdict(level.alloc.pruned, build=False)
             if known is not None:
                 return known.collapsed
-        if not channel and self.channel_level and self.connectivity.kmax and not run_flow(
-                self.traced, self.weights, level.full_taps_only(), backward=False, channel_level=True).collapsed:
+        if not channel and self.channel_level and self.connectivity.kmax and not collapses(
+                self.traced, self.weights, level.full_taps_only(), channel_level=True):
             return False  # alive per element, proven by the channel-level under-approximation (full taps only)
         bypassable = {w.name for w, n in zip(self.weights, level.alloc.pruned)
                       if self.graph.bypassable[w.name] and n < w.numel}
         if quick and bypassable and len(bypassable) < len(self.weights):
-            quick = run_flow(self.traced, self.weights, level.emptying(bypassable), backward=False,
-                             channel_level=channel)
-            if not quick.collapsed:
+            if not collapses(self.traced, self.weights, level.emptying(bypassable), channel_level=channel):
                 return False
-        collapsed = run_flow(self.traced, self.weights, level, backward=False, channel_level=channel).collapsed
+        found = collapses(self.traced, self.weights, level, channel_level=channel)
         release_after(self.index.total)
-        return collapsed
+        return found
 
     def cover(self, channel_level: bool | None = None) -> Cover:
         """The cover masks (cover.py) of this model at the flow's granularity, built on first use."""

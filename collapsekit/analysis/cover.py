@@ -78,12 +78,22 @@ class Cover:
                 self._element_cover(i)
             release_after(w.numel)
         result_reached: dict[str, bool] = {}
-        result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached)
+        # First without constant-average questions (a generic network's run each): that flow is only more
+        # alive than the exact one, so a death it finds disproves the cover; only a clean one that skipped
+        # such a question needs the exact flow.
+        result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached,
+                          averages=False)
+        if result.approximate and self._clean(result, result_reached):
+            result_reached = {}
+            result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached)
         self.conservative_ops = result.conservative_ops  # what Analysis.conservative_ops reports
-        self.proven = (not result.collapsed and not result.dead_channels and not result.unused_channels
-                       and result.output_alive == 1.0
-                       and all(result_reached.get(w.name, False) for w in an.weights))
+        self.proven = self._clean(result, result_reached)
         self._keep.clear()  # O + C integers a layer, but read again on demand; the conv ones stay (emptied.py)
+
+    def _clean(self, result, reached: dict[str, bool]) -> bool:
+        """The flow on the covers keeps every channel live and used, every output reached, every position."""
+        return (not result.collapsed and not result.dead_channels and not result.unused_channels
+                and result.output_alive == 1.0 and all(reached.get(w.name, False) for w in self.an.weights))
 
     def _groups(self, w) -> int:
         return self.an.traced.gm.get_submodule(w.module).groups if w.module else 1

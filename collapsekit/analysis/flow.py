@@ -57,6 +57,7 @@ class FlowResult:
     effective: np.ndarray | None  # kept weights on an input-to-output path, per prunable layer
     output_alive: float = 0.0  # fraction of output elements some kept path reaches
     conservative_ops: dict[str, int] = field(default_factory=dict)  # op -> nodes interpreted conservatively
+    approximate: bool = False  # averages=False skipped a constant-average question: deaths may be missing
 
 
 FLOW_META = "collapsekit_flow"  # node.meta key of the latest flow's per-node result
@@ -108,9 +109,11 @@ class ChannelFlow(RuleInterpreter):
 
     def __init__(self, traced: TracedModel, weights: list[PrunableWeight], masks: MaskSource, backward: bool,
                  channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None,
-                 reached: dict[str, bool] | None = None):
+                 reached: dict[str, bool] | None = None, averages: bool = True):
         super().__init__(traced.gm, garbage_collect_values=True)
         self.cuts = cuts or {}
+        self.averages = averages  # False: dead features' averages are not asked about (see run_flow)
+        self.skipped_averages = False
         self.traced = traced
         self.backward = backward
         self.channel_level = channel_level
@@ -239,6 +242,9 @@ class ChannelFlow(RuleInterpreter):
         meta = source.meta.get("tensor_meta")
         shape = tuple(live.shape) if live is not None else tuple(getattr(meta, "shape", ()))
         if len(shape) < 2:
+            return out
+        if not self.averages:
+            self.skipped_averages = True
             return out
         dead = (live.detach().sum(-2, keepdim=True) == 0) if live is not None else torch.ones(
             (*shape[:-2], 1, shape[-1]), dtype=torch.bool)
@@ -635,7 +641,8 @@ class KeepList:
 
 def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool = True,
              channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None,
-             reached: dict | None = None, unused: dict[str, list[int]] | None = None) -> FlowResult:
+             reached: dict | None = None, unused: dict[str, list[int]] | None = None,
+             averages: bool = True) -> FlowResult:
     """The structural verdict for `masks`: a list of bool keep-masks (one per prunable weight,
     in order) or a MaskSource such as `connectivity.LevelMasks`.
 
@@ -651,6 +658,11 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     the masks must then collapse, every effective count is 0. Should they not
     collapse, the flow runs again with its backward pass.
 
+    `averages=False` never asks whether a dead value feature averages a constant (a
+    generic network's run, averages.py): the result can only be more alive than the
+    exact one, and says so (`approximate`) where such a question came up. Its deaths
+    and collapse are then real; its life is proven only where it is not approximate.
+
     Element level (default) is exact: liveness per activation element. Channel
     level treats a channel live anywhere as live everywhere, which can only keep
     more alive, so its deaths are real; it is exact unless a map shrinks to a few
@@ -660,14 +672,14 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         masks = KeepList(weights, list(masks))
     known = backward and unused is not None
     backward = backward and not known
-    flow = ChannelFlow(traced, weights, masks, backward, channel_level, cuts, reached)
+    flow = ChannelFlow(traced, weights, masks, backward, channel_level, cuts, reached, averages)
     with torch.set_grad_enabled(backward):
         outs = flow.forward()
         reached_count, size = flow.outputs_reached(outs)
         collapsed = reached_count == 0
         if known and not collapsed:  # the caller's premise fails: never trust it, run the backward pass
             flow.release()
-            return run_flow(traced, weights, masks, True, channel_level, cuts, reached)
+            return run_flow(traced, weights, masks, True, channel_level, cuts, reached, averages=averages)
         if backward:
             flow.backward_from(outs)
     dead, found = flow.dead_and_unused_channels()
@@ -676,4 +688,14 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     effective = flow.effective_counts(collapsed) if backward or known else None
     conservative = flow.conservative_ops()
     flow.release()
-    return FlowResult(collapsed, dead, found, effective, min(1.0, reached_count / size), conservative)
+    return FlowResult(collapsed, dead, found, effective, min(1.0, reached_count / size), conservative,
+                      flow.skipped_averages)
+
+
+def collapses(traced: TracedModel, weights: list[PrunableWeight], masks, channel_level: bool = False) -> bool:
+    """Whether `masks` leave no kept input-to-output path: a forward flow that asks no constant-average
+    question first (its collapse is real), the exact one only where it stays alive and skipped one."""
+    first = run_flow(traced, weights, masks, backward=False, channel_level=channel_level, averages=False)
+    if first.collapsed or not first.approximate:
+        return first.collapsed
+    return run_flow(traced, weights, masks, backward=False, channel_level=channel_level).collapsed
