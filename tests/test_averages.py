@@ -167,3 +167,17 @@ def test_a_flow_that_skips_the_average_question_is_only_more_alive_and_says_so(m
         for name, dead in skipped.dead_channels.items():  # its deaths are real ones
             assert set(dead) <= set(exact.dead_channels.get(name, []))
         assert flow.collapses(an.traced, an.weights, keep) == exact.collapsed  # asks only where it must
+
+
+def test_a_class_token_alone_dead_asks_no_average_question(monkeypatch):
+    """A class token's value row is constant while every patch row is live: no value feature is dead in
+    every row, so nothing can average a constant and no generic network runs (the cover's flow paid one)."""
+    from collapsekit.analysis import flow
+    from corpus import build
+
+    runs, real = [], flow.constant_values
+    monkeypatch.setattr(flow, "constant_values", lambda *a, **k: runs.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model, example = build("hf_vit")
+    an = Analysis(model, example)
+    assert an.cover().proven and not runs

@@ -243,11 +243,13 @@ class ChannelFlow(RuleInterpreter):
         shape = tuple(live.shape) if live is not None else tuple(getattr(meta, "shape", ()))
         if len(shape) < 2:
             return out
+        dead = (live.detach().sum(-2, keepdim=True) == 0) if live is not None else torch.ones(
+            (*shape[:-2], 1, shape[-1]), dtype=torch.bool)
+        if not bool(dead.any()):
+            return out  # dead elements, but no feature dead in every row: nothing can average a constant
         if not self.averages:
             self.skipped_averages = True
             return out
-        dead = (live.detach().sum(-2, keepdim=True) == 0) if live is not None else torch.ones(
-            (*shape[:-2], 1, shape[-1]), dtype=torch.bool)
         constant = self._uniform_constants(source.name, dead)
         return out if constant is None else out * (~constant).to(out.dtype)
 

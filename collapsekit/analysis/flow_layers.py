@@ -183,7 +183,19 @@ def patterns(live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None
     if bool((live == live[:1]).all()):
         return live[:1], torch.zeros(live.shape[0], dtype=torch.long)
-    distinct, inverse = torch.unique(live, dim=0, return_inverse=True)
+    # Rows grouped by a random projection (a sort of one number per row, not of whole rows), then checked
+    # exactly: a collision, however unlikely, falls back to sorting the rows themselves.
+    keys = live.to(torch.float64) @ torch.rand(live.shape[1], dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(0))
+    _, inverse = torch.unique(keys, return_inverse=True)
+    count = int(inverse.max()) + 1
+    if count > PATTERNS:
+        return None
+    first = torch.full((count,), live.shape[0], dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(live.shape[0]), "amin")
+    distinct = live[first]
+    if not torch.equal(distinct[inverse], live):
+        distinct, inverse = torch.unique(live, dim=0, return_inverse=True)
     return (distinct, inverse) if distinct.shape[0] <= PATTERNS else None
 
 
