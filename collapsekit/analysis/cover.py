@@ -88,7 +88,7 @@ class Cover:
             result = run_flow(an.traced, an.weights, self, channel_level=channel_level, reached=result_reached)
         self.conservative_ops = result.conservative_ops  # what Analysis.conservative_ops reports
         self.proven = self._clean(result, result_reached)
-        self._keep.clear()  # O + C integers a layer, but read again on demand; the conv ones stay (emptied.py)
+        # The positions stay (O + C integers a layer): emptied.py's flows ask for them again.
 
     def _clean(self, result, reached: dict[str, bool]) -> bool:
         """The flow on the covers keeps every channel live and used, every output reached, every position."""
@@ -150,8 +150,15 @@ class Cover:
     def kept_count(self, name: str) -> int:
         return 0  # as effective_count: never read
 
-    def kept_positions(self, name: str):
-        return None  # a cover's masks are its row and column maxima: `keep` and `kept_lines` serve them
+    def kept_positions(self, name: str) -> torch.Tensor | None:
+        """A 2-D weight's cover as flat positions (flow_layers.SparseKeep): O + C of them, no mask."""
+        shape = self.an.weights[self.position[name]].shape
+        if len(shape) != 2:
+            return None
+        if name not in self._keep:
+            self._element_cover(self.position[name])
+        rows, cols = self._keep[name]
+        return torch.unique(rows * shape[1] + cols)
 
     def pruned_counts(self):
         return None  # not a Global MP level: no nested run to reuse

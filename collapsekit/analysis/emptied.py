@@ -162,7 +162,10 @@ class _Bounds:
         return 0 if name in self.emptied else int(np.prod(self._shape(name)))
 
     def kept_positions(self, name: str):
-        return None  # whole masks or covers: `keep` and `kept_lines` serve them
+        fill = self._fill(name)
+        if fill is None:
+            return self.cover.kept_positions(name)
+        return torch.zeros(0, dtype=torch.int64) if not fill and len(self._shape(name)) == 2 else None
 
     def effective_count(self, name: str, reached_pairs) -> int:
         if name in self.emptied:
