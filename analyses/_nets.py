@@ -102,7 +102,22 @@ class _Attention(nn.Module):
         return h + self.fc2(torch.relu(self.fc1(self.norm2(h))))
 
 
-# name -> (factory, keyword arguments, optimizer, lr) for dense training.
+def lenet_like(num_classes, in_channels, input_size, image=True, widths=(6, 16), hidden=(120, 84)) -> nn.Module:
+    """LeNet-style: 5x5 convs (padding 2) each followed by ReLU and a 2x2 max-pool, then a ReLU MLP head; no BN."""
+    layers, c, size = [], in_channels, input_size
+    for w in widths:
+        layers += [nn.Conv2d(c, w, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)]
+        c, size = w, size // 2
+    fan_in, head = c * size * size, [nn.Flatten()]
+    for h in hidden:
+        head += [nn.Linear(fan_in, h), nn.ReLU()]
+        fan_in = h
+    return nn.Sequential(*layers, *head, nn.Linear(fan_in, num_classes))
+
+
+# name -> (factory, keyword arguments, optimizer, lr) for dense training. "family@recipe" names one family trained
+# another way (SGD lr 0.05 with momentum and cosine decay, `fit`'s defaults): leave-one-architecture-out leaves out
+# the whole family.
 ARCHITECTURES = {
     "mlp": (mlp, {}, "adam", 3e-3),
     "mlp_bn": (mlp, {"bn": True}, "adam", 3e-3),
@@ -112,6 +127,11 @@ ARCHITECTURES = {
     "resnet": (ResNet, {}, "adam", 3e-3),
     "dwsep": (dwsep, {}, "adam", 3e-3),
     "transformer": (Transformer, {}, "adam", 3e-3),
+    **{f"{name}@sgd": (factory, kwargs, "sgd", 0.05) for name, (factory, kwargs) in {
+        "mlp": (mlp, {}), "mlp_bn": (mlp, {"bn": True}), "cnn": (cnn, {}),
+        "vgg_bn": (cnn, {"widths": (16, 16, 32, 32, 32), "bn": True}), "resnet": (ResNet, {}), "dwsep": (dwsep, {}),
+        "mlp_wide": (mlp, {"width": 256, "depth": 1}), "cnn_narrow_bn": (cnn, {"widths": (8, 8, 16), "bn": True}),
+        "lenet_like": (lenet_like, {})}.items()},
 }
 
 
