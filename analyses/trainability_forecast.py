@@ -383,7 +383,9 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
         for r in sorted(pts, key=lambda r: r["mt"]):
             if r["mt"] >= floor:
                 p = judge.probability(r["evidence"])
-                cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5})
+                loss = r["evidence"].get("probe_loss_after")
+                cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5,
+                              **({} if loss is None else {"probe_loss_after": loss})})
         pick = trainable.choose(cands)
         by_mt = {r["mt"]: r for r in pts}
         best = max(pts, key=lambda r: (r["accuracy"], -r["mt"]))
