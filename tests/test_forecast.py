@@ -198,6 +198,31 @@ def test_the_shipped_lm_model_reads_the_calibration_lm_runs_as_they_fine_tuned()
         assert (forecast.LM_MODEL.probability(entry["evidence"]) >= 0.5) is trains, sparsity
 
 
+def held_out_agreement(architectures) -> tuple[int, int]:
+    """(agreeing, counted) of the shipped classifier forecast (the probe's model: the probe ran for every prune) over
+    the cached prunes of `architectures` in analyses/forecast_runs.json, below collapse, each distinct prune once."""
+    import json
+    from pathlib import Path
+
+    runs = json.loads((Path(__file__).resolve().parents[1] / "analyses" / "forecast_runs.json").read_text())
+    seen, agree = set(), 0
+    for key, entry in runs.items():
+        arch, data, epochs, sparsity, _ = key.split("|")
+        if arch not in architectures or entry["collapsed"] or (arch, epochs, sparsity, entry["prune"]) in seen:
+            continue
+        seen.add((arch, epochs, sparsity, entry["prune"]))
+        trains = entry["accuracy"] > 0.1 + 0.1  # digits: chance + validate's margin
+        agree += (forecast.PROBE_MODEL.probability(entry["evidence"]) >= 0.5) is trains
+    return agree, len(seen)
+
+
+def test_the_shipped_forecast_on_nets_it_was_never_fitted_on():
+    """analyses/README.md's held-out figures, from the cached runs: the three digits nets of
+    benchmarks/bench_mt_search.py (2 and 10 dense epochs; added after every choice was made) and five zoo nets."""
+    assert held_out_agreement({"heldout_vgg_bn", "heldout_residual", "heldout_separable"}) == (120, 129)  # 93.0 %
+    assert held_out_agreement({"lenet5", "lenet_300_100", "mobilenet_v1", "resnet20"}) == (95, 112)  # 84.8 %
+
+
 @pytest.mark.slow
 def test_the_language_model_forecast_on_a_tiny_lm_half_pruned():
     """llama_tiny, one epoch on a slice of the embedded text (not a calibration run): at 0.5 it fine-tunes back
