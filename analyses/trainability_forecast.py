@@ -20,7 +20,9 @@ log-perplexity gap from unigram to dense). One model per task is fitted, and sco
 LEAVE-ONE-ARCHITECTURE-OUT: each family (all its trainings) is scored by a model fitted on the others only, and
 so is the data-aware suggestion. The models shipped in collapsekit are the fits on every family. Two held-out
 sets are never fitted on: five zoo nets (HELD_OUT) and, added last and scored once after every choice was made,
-the three digits nets of benchmarks/bench_mt_search.py trained as it trains them (HELD_OUT_NEW). Only prunes
+the three digits nets of benchmarks/bench_mt_search.py trained as it trains them (HELD_OUT_NEW), and three
+families written for the check (HELD_OUT_FRESH, `_nets.FRESH`), scored once after the suggestion rule was
+chosen. Only prunes
 below the structural collapse count: above it structure decides.
 
 Run: python analyses/trainability_forecast.py [--quick] [--refit]
@@ -72,6 +74,11 @@ ZOO_KWARGS = {"mobilenet_v1": {"width_mult": 0.25}}
 # for a short and a normal time.
 NEW_NETS = {f"heldout_{name}": factory for name, factory in bench_mt_search.NETS.items()}
 HELD_OUT_NEW = [(a, "digits", e) for a in NEW_NETS for e in (2, 10)]
+# And three families written for this check (`_nets.FRESH`: LayerNorm + GELU MLP, conv + dropout, a residual net with
+# a projection shortcut and no narrow head), added after the suggestion rule was chosen and scored once.
+FRESH_NETS = {f"fresh_{name}": factory for name, factory in _nets.FRESH.items()}
+HELD_OUT_FRESH = [(a, "digits", e) for a in FRESH_NETS for e in (2, 10)]
+HELD_NETS = {**NEW_NETS, **FRESH_NETS}
 
 
 def level_grid(collapse: float, quick: bool, lm: bool = False) -> list[float]:
@@ -160,8 +167,8 @@ def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
     seed_everything(0)
     if bundle.task == "causal_lm":
         return lm_model(arch, epochs, bundle, path)
-    if arch in NEW_NETS:  # a new held-out net, trained as benchmarks/bench_mt_search.py trains it
-        model = NEW_NETS[arch](bundle.num_classes, bundle.in_channels, bundle.input_size)
+    if arch in HELD_NETS:  # a new held-out net, trained as benchmarks/bench_mt_search.py trains it
+        model = HELD_NETS[arch](bundle.num_classes, bundle.in_channels, bundle.input_size)
         if path.exists():
             model.load_state_dict(load_file(str(path)))
             return model.eval(), evaluate(model, bundle.test)
@@ -401,7 +408,7 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
 def main(argv=None) -> int:
     args = _common.parse_args("trainability_forecast", __doc__, argv, {
         "--refit": "measure the evidence again from the cached dense weights (no fine-tuning)",
-        "--no-new": "leave out the new held-out nets (HELD_OUT_NEW): what the choices were made on"})
+        "--no-new": "leave out the new held-out nets (HELD_OUT_NEW, HELD_OUT_FRESH): what the choices were made on"})
     import torch
 
     torch.set_num_threads(1)
@@ -413,6 +420,8 @@ def main(argv=None) -> int:
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out")
     for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_NEW):
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-new")
+    for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_FRESH):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-fresh")
     report(rows, args)
     return 0
 
@@ -476,7 +485,7 @@ def report(rows: list[dict], args) -> dict:
                "models": {task: {"one_pass": one.to_dict(), "probe": None if probe is None else probe.to_dict()}
                           for task, (one, probe) in everything.models.items()},
                "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS + LM_RUNS)],
-               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT + HELD_OUT_NEW],
+               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT + HELD_OUT_NEW + HELD_OUT_FRESH],
                "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN},
                "finetune_lm": {"epochs": LM_EPOCHS, "defaults": "lm family"}}
     print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs", "held_out_runs")},
