@@ -199,7 +199,8 @@ class _Down(nn.Module):
 
 
 def wide_resnet(num_classes, in_channels, input_size) -> nn.Module:
-    """Stem conv 24, an identity block, a downsampling block to 48 (projection shortcut), GAP, Linear: no narrow head."""
+    """Stem conv 24, an identity block, a downsampling block to 48 (projection shortcut), GAP, Linear (no narrow
+    head)."""
     return nn.Sequential(nn.Conv2d(in_channels, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
                          _Block(24), _Down(24, 48), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, num_classes))
 

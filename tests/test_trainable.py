@@ -26,7 +26,8 @@ def test_analyze_with_data_carries_forecasts(dense, digits):
 
 
 def test_choose_prefers_the_probe_where_it_ran_and_the_probability_otherwise():
-    cands = [{"mt": 4, "probability": 0.99, "probe_loss_after": 1.2}, {"mt": 9, "probability": 0.97, "probe_loss_after": 0.8},
+    cands = [{"mt": 4, "probability": 0.99, "probe_loss_after": 1.2},
+             {"mt": 9, "probability": 0.97, "probe_loss_after": 0.8},
              {"mt": 20, "probability": 0.3, "probe_loss_after": 0.1}]
     assert trainable.choose(cands)["mt"] == 9  # trainable, and furthest along after the steps; p 0.3 is not a pick
     plain = [{k: v for k, v in c.items() if k != "probe_loss_after"} for c in cands]

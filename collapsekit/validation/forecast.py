@@ -364,4 +364,5 @@ def _sigmoid(z: float) -> float:
 
 
 __all__ = ["Forecast", "Forecaster", "LogisticModel", "MODEL", "PROBE_MODEL", "LM_MODEL", "models_for", "FEATURES",
-           "PROBE_FEATURES", "LM_FEATURES", "PROBE_BAND", "fit", "measure", "class_signal", "target_entropy", "loss_of", "BATCH"]
+           "PROBE_FEATURES", "LM_FEATURES", "PROBE_BAND", "fit", "measure", "class_signal", "target_entropy", "loss_of",
+           "BATCH"]
