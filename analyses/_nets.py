@@ -102,7 +102,22 @@ class _Attention(nn.Module):
         return h + self.fc2(torch.relu(self.fc1(self.norm2(h))))
 
 
-# name -> (factory, keyword arguments, optimizer, lr) for dense training.
+def lenet_like(num_classes, in_channels, input_size, image=True, widths=(6, 16), hidden=(120, 84)) -> nn.Module:
+    """LeNet-style: 5x5 convs (padding 2) each followed by ReLU and a 2x2 max-pool, then a ReLU MLP head; no BN."""
+    layers, c, size = [], in_channels, input_size
+    for w in widths:
+        layers += [nn.Conv2d(c, w, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)]
+        c, size = w, size // 2
+    fan_in, head = c * size * size, [nn.Flatten()]
+    for h in hidden:
+        head += [nn.Linear(fan_in, h), nn.ReLU()]
+        fan_in = h
+    return nn.Sequential(*layers, *head, nn.Linear(fan_in, num_classes))
+
+
+# name -> (factory, keyword arguments, optimizer, lr) for dense training. "family@recipe" names one family trained
+# another way (SGD lr 0.05 with momentum and cosine decay, `fit`'s defaults): leave-one-architecture-out leaves out
+# the whole family.
 ARCHITECTURES = {
     "mlp": (mlp, {}, "adam", 3e-3),
     "mlp_bn": (mlp, {"bn": True}, "adam", 3e-3),
@@ -112,6 +127,11 @@ ARCHITECTURES = {
     "resnet": (ResNet, {}, "adam", 3e-3),
     "dwsep": (dwsep, {}, "adam", 3e-3),
     "transformer": (Transformer, {}, "adam", 3e-3),
+    **{f"{name}@sgd": (factory, kwargs, "sgd", 0.05) for name, (factory, kwargs) in {
+        "mlp": (mlp, {}), "mlp_bn": (mlp, {"bn": True}), "cnn": (cnn, {}),
+        "vgg_bn": (cnn, {"widths": (16, 16, 32, 32, 32), "bn": True}), "resnet": (ResNet, {}), "dwsep": (dwsep, {}),
+        "mlp_wide": (mlp, {"width": 256, "depth": 1}), "cnn_narrow_bn": (cnn, {"widths": (8, 8, 16), "bn": True}),
+        "lenet_like": (lenet_like, {})}.items()},
 }
 
 
@@ -145,3 +165,46 @@ def opt_lm(vocab_size: int, context_length: int) -> nn.Module:
 
 # Causal LMs not in the zoo (the zoo's `llama_tiny` is calibrated on beside them): name -> factory(vocab, context).
 LM_ARCHITECTURES = {"gpt2_lm": gpt2_lm, "opt_lm": opt_lm}
+
+
+def ln_gelu_mlp(num_classes, in_channels, input_size, width=128, depth=2) -> nn.Module:
+    """Flatten, `depth` Linear + LayerNorm + GELU layers of `width`, a Linear head (a normalisation and an
+    activation no calibration family has)."""
+    layers, fan_in = [nn.Flatten()], in_channels * input_size * input_size
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), nn.LayerNorm(width), nn.GELU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, num_classes))
+
+
+def conv_dropout(num_classes, in_channels, input_size) -> nn.Module:
+    """Two 3x3 convs (32, 64) with ReLU and a max-pool, dropout, a 128-wide ReLU layer, dropout, a Linear head."""
+    return nn.Sequential(nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(),
+                         nn.Linear(64 * (input_size // 2) ** 2, 128), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(128, num_classes))
+
+
+class _Down(nn.Module):
+    """A basic block that halves the resolution and widens, its shortcut a strided 1x1 conv with BN."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.short(x))
+
+
+def wide_resnet(num_classes, in_channels, input_size) -> nn.Module:
+    """Stem conv 24, an identity block, a downsampling block to 48 (projection shortcut), GAP, Linear (no narrow
+    head)."""
+    return nn.Sequential(nn.Conv2d(in_channels, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+                         _Block(24), _Down(24, 48), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, num_classes))
+
+
+# Held out of every fit and every choice (analyses/trainability_forecast.py HELD_OUT_FRESH): families no calibration
+# run has, factory(num_classes, in_channels, input_size), trained with SGD lr 0.05 like the new held-out nets.
+FRESH = {"ln_gelu_mlp": ln_gelu_mlp, "conv_dropout": conv_dropout, "wide_resnet": wide_resnet}

@@ -5,24 +5,25 @@ Reproduces the finding behind collapsekit's data-aware tier, after Lee et al.
 ("A Signal Propagation Perspective for Pruning Neural Networks at
 Initialization", 2020): a kept path is not enough to train; how much signal
 and gradient the pruned weights still propagate decides it, and can be
-measured before any fine-tuning. Eight small architectures (plain MLPs with
-and without batch norm, a deep narrow MLP, a plain and a batch-norm VGG-style
-conv stack, a residual net with a narrow head, a depthwise-separable net and a
-one-block transformer; analyses/_nets.py) are trained densely on digits for a
-short and a normal time, and on synthetic image and sequence clusters; three
-small causal LMs (the zoo's `llama_tiny`, a GPT-2 and an OPT from
-`transformers` configs) are trained on the embedded text (`--data text`) for 1
-epoch with the LM task's defaults. Each is
-pruned with Global MP at sparsities approaching its collapse and at sweeps of
-Minimum Thresholds, measured (`collapsekit.validation.forecast`), and
-fine-tuned with masks: classifiers 3 epochs (validate's defaults), language
-models 1 epoch with the LM defaults (AdamW, warm-up + cosine), labelled by the task's `trained` (accuracy above
-chance + 0.1; an LM closing half the log-perplexity gap from unigram to dense).
-The forecast's
-logistic model is then fitted LEAVE-ONE-ARCHITECTURE-OUT: each architecture is
-scored by a model fitted on the others only, and so is the data-aware
-suggestion. The model shipped in collapsekit is the fit on every architecture.
-Only prunes below the structural collapse count: above it structure decides.
+measured before any fine-tuning, and the first steps of the fine-tune itself (the probe) say more. Eleven
+small classifier families (plain MLPs with and without batch norm, a wide shallow and a deep narrow MLP, plain,
+batch-norm and narrow batch-norm VGG-style conv stacks, a LeNet-style net, a residual net with a narrow head, a
+depthwise-separable net and a one-block transformer; analyses/_nets.py) are trained densely on digits for a
+short and a normal time (Adam 3 and 12 epochs; SGD lr 0.05 2 and 10 epochs, the "family@sgd" runs), and on
+synthetic image and sequence clusters; three small causal LMs (the zoo's `llama_tiny`, a GPT-2 and an OPT from
+`transformers` configs) are trained on the embedded text (`--data text`) for 1 epoch with the LM task's
+defaults. Each is pruned with Global MP at sparsities approaching its collapse and at sweeps of Minimum
+Thresholds, measured (`collapsekit.validation.forecast`, probe included for classifiers), and fine-tuned with
+masks: classifiers 3 epochs (validate's defaults), language models 1 epoch with the LM defaults (AdamW,
+warm-up + cosine), labelled by the task's `trained` (accuracy above chance + 0.1; an LM closing half the
+log-perplexity gap from unigram to dense). One model per task is fitted, and scored
+LEAVE-ONE-ARCHITECTURE-OUT: each family (all its trainings) is scored by a model fitted on the others only, and
+so is the data-aware suggestion. The models shipped in collapsekit are the fits on every family. Two held-out
+sets are never fitted on: five zoo nets (HELD_OUT) and, added last and scored once after every choice was made,
+the three digits nets of benchmarks/bench_mt_search.py trained as it trains them (HELD_OUT_NEW), and three
+families written for the check (HELD_OUT_FRESH, `_nets.FRESH`), scored once after the suggestion rule was
+chosen. Only prunes
+below the structural collapse count: above it structure decides.
 
 Run: python analyses/trainability_forecast.py [--quick] [--refit]
 The runs (every prune's evidence and fine-tuned accuracy) are kept in analyses/forecast_runs.json (committed):
@@ -44,14 +45,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 import _nets  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_mt_search  # noqa: E402
+
 EPOCHS, LR, BATCH = 3, 0.01, 64  # validate's fine-tuning defaults
 MARGIN = 0.1  # validate's: trained = accuracy > chance + margin
 RUNS_FILE = Path(__file__).resolve().parent / "forecast_runs.json"
 
 # (architecture, data, dense epochs): digits for a short and a normal time, synthetic clusters for variety.
-RUNS = [(a, "digits", e) for a in _nets.ARCHITECTURES for e in (3, 12)] + [
+RUNS = [(a, "digits", e) for a in _nets.ARCHITECTURES if "@" not in a for e in (3, 12)] + [
     (a, "synthetic", 3) for a in ("mlp", "cnn", "vgg_bn", "resnet", "dwsep")] + [
-    (a, "synthetic_seq", 3) for a in ("transformer", "mlp", "mlp_bn")]
+    (a, "synthetic_seq", 3) for a in ("transformer", "mlp", "mlp_bn")] + [
+    (a, "digits", e) for a in _nets.ARCHITECTURES if "@" in a for e in (2, 10)]  # SGD-trained, short and normal
 # Causal LMs on the embedded text (context 128), dense-trained one epoch (the LM default); every prune fine-tuned
 # LM_EPOCHS with the LM defaults, as `collapsekit validate --data text --epochs 1` does.
 LM_RUNS = [(a, "text", 1) for a in ("llama_tiny", *_nets.LM_ARCHITECTURES)]
@@ -64,6 +69,16 @@ QUICK_RUNS = [("mlp", "digits", 2), ("cnn", "digits", 2)]
 HELD_OUT = [("lenet5", "digits", 2), ("lenet5", "digits", 8), ("lenet_300_100", "digits", 2),
             ("mobilenet_v1", "digits", 3), ("resnet20", "digits", 1)]
 ZOO_KWARGS = {"mobilenet_v1": {"width_mult": 0.25}}
+# Held out of every fit and of every choice made on the runs above (added last, scored once): the three digits nets
+# of benchmarks/bench_mt_search.py (issue 21's own held-out nets), trained as it trains them (SGD lr 0.05, seed 0)
+# for a short and a normal time.
+NEW_NETS = {f"heldout_{name}": factory for name, factory in bench_mt_search.NETS.items()}
+HELD_OUT_NEW = [(a, "digits", e) for a in NEW_NETS for e in (2, 10)]
+# And three families written for this check (`_nets.FRESH`: LayerNorm + GELU MLP, conv + dropout, a residual net with
+# a projection shortcut and no narrow head), added after the suggestion rule was chosen and scored once.
+FRESH_NETS = {f"fresh_{name}": factory for name, factory in _nets.FRESH.items()}
+HELD_OUT_FRESH = [(a, "digits", e) for a in FRESH_NETS for e in (2, 10)]
+HELD_NETS = {**NEW_NETS, **FRESH_NETS}
 
 
 def level_grid(collapse: float, quick: bool, lm: bool = False) -> list[float]:
@@ -152,6 +167,16 @@ def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
     seed_everything(0)
     if bundle.task == "causal_lm":
         return lm_model(arch, epochs, bundle, path)
+    if arch in HELD_NETS:  # a new held-out net, trained as benchmarks/bench_mt_search.py trains it
+        model = HELD_NETS[arch](bundle.num_classes, bundle.in_channels, bundle.input_size)
+        if path.exists():
+            model.load_state_dict(load_file(str(path)))
+            return model.eval(), evaluate(model, bundle.test)
+        seed_everything(0)
+        result = fit(model, bundle, epochs=epochs, lr=0.05, batch_size=64, device="cpu", seed=0, progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        return model.eval(), result.accuracy
     if arch not in _nets.ARCHITECTURES:  # a zoo net, trained with its family's defaults
         model = ck.models.create(arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                                  input_size=bundle.input_size, **ZOO_KWARGS.get(arch, {}))
@@ -168,7 +193,7 @@ def dense_model(arch: str, data: str, epochs: int, bundle, out: Path):
         return model.eval(), evaluate(model, bundle.test)
     _, _, optimizer, lr = _nets.ARCHITECTURES[arch]
     result = fit(model, bundle, epochs=epochs, lr=lr, batch_size=64, device="cpu", seed=0, optimizer=optimizer,
-                 weight_decay=0.0, progress=False)
+                 weight_decay=0.0 if optimizer == "adam" else 5e-4, progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model.eval(), result.accuracy
@@ -230,7 +255,7 @@ def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Pat
         if "collapsed" not in entry or "evidence" not in entry or refit:
             collapsed = a.collapsed_at(k)
             started = time.perf_counter()
-            f = trainable.forecast(a, bundle, k, collapsed, probe=True)
+            f = trainable.forecast(a, bundle, k, collapsed, probe=not lm)  # an LM's model reads the one pass
             entry.update(collapsed=collapsed, evidence=dict(f.evidence), forecast_seconds=time.perf_counter() - started,
                          prune="-".join(str(int(m.sum())) for m in masks.values()))
             runs.save()
@@ -268,52 +293,64 @@ def trained(r: dict) -> bool:
 
 
 class Rule:
-    """The one-pass model and the probe's model, applied as the Forecaster does: the probe decides in its band."""
+    """One fitted model pair per task, applied as the Forecaster does: a classifier's probe model decides wherever the
+    probe ran (in PROBE_BAND), an LM's one-pass model always (`forecast.models_for`)."""
 
-    def __init__(self, one, probe):
-        self.one, self.probe = one, probe
+    def __init__(self, models: dict):
+        self.models = models  # task -> (one-pass model, probe model or None)
 
     @classmethod
     def fitted(cls, rows: list[dict]) -> "Rule":
         from collapsekit.validation import forecast
 
-        one = forecast.fit([r["evidence"] for r in rows], [trained(r) for r in rows])
-        probe = forecast.fit([cls.probe_evidence(one, r["evidence"]) for r in rows], [trained(r) for r in rows],
-                             forecast.PROBE_FEATURES)
-        return cls(one, probe)
+        models = {}
+        for task in sorted({r.get("task", "classification") for r in rows}):
+            mine = [r for r in rows if r.get("task", "classification") == task]
+            labels = [trained(r) for r in mine]
+            one = forecast.fit([r["evidence"] for r in mine], labels,
+                               forecast.LM_FEATURES if task == "causal_lm" else forecast.FEATURES)
+            probe = None if task == "causal_lm" else forecast.fit([r["evidence"] for r in mine], labels,
+                                                                   forecast.PROBE_FEATURES)
+            models[task] = (one, probe)
+        return cls(models)
 
-    def probability(self, evidence: dict, probe: bool = True) -> float:
+    @property
+    def one(self):
+        return self.models["classification"][0]
+
+    @property
+    def probe(self):
+        return self.models["classification"][1]
+
+    def probability(self, evidence: dict, probe: bool = True, task: str | None = None) -> float:
         from collapsekit.validation import forecast
 
         if not evidence:  # structurally collapsed
             return 0.0
-        p = self.one.probability(evidence)
+        one, probed = self.models[task or "classification"]
+        p = one.probability(evidence)
         lo, hi = forecast.PROBE_BAND
-        if probe and lo <= p <= hi:
-            p = self.probe.probability(self.probe_evidence(self.one, evidence))
+        if probe and probed is not None and lo <= p <= hi and "probe_steps" in evidence:
+            p = probed.probability(evidence)
         return p
 
-    @staticmethod
-    def probe_evidence(one, evidence: dict) -> dict:
-        """`evidence` with the probe model's inputs under the one-pass model `one` (as the Forecaster adds them)."""
-        after = {k: evidence.get(f"after_{k}", 0.0) for k in one.features}
-        return {**evidence, "logit": one.logit(evidence), "logit_after": one.logit(after)}
+
+def family(arch: str) -> str:
+    """The architecture a run's net is built from: 'cnn@sgd' (cnn trained another way) is family 'cnn'."""
+    return arch.split("@")[0]
 
 
 def loao(rows: list[dict]) -> dict:
-    """Leave-one-architecture-out: per architecture, agreement of the rule fitted on every other one (one pass
-    alone, and with the probe where the one pass is unsure)."""
-    from collapsekit.validation import forecast
-
+    """Leave-one-architecture-out: per architecture family, agreement of the rule fitted on every other family of the
+    same task (one pass alone, and with the probe wherever it ran)."""
     alive = distinct(rows)
     per, rules = {}, {}
-    for arch in sorted({r["arch"] for r in alive}):
-        rule = rules[arch] = Rule.fitted([r for r in alive if r["arch"] != arch])
-        test = [r for r in alive if r["arch"] == arch]
-        one = [(rule.probability(r["evidence"], probe=False) >= 0.5) == trained(r) for r in test]
-        both = [(rule.probability(r["evidence"]) >= 0.5) == trained(r) for r in test]
-        lo, hi = forecast.PROBE_BAND
-        probed = sum(lo <= rule.one.probability(r["evidence"]) <= hi for r in test)
+    for arch in sorted({family(r["arch"]) for r in alive}):
+        rule = rules[arch] = Rule.fitted([r for r in alive if family(r["arch"]) != arch])
+        test = [r for r in alive if family(r["arch"]) == arch]
+        one = [(rule.probability(r["evidence"], False, r["task"]) >= 0.5) == trained(r) for r in test]
+        both = [(rule.probability(r["evidence"], True, r["task"]) >= 0.5) == trained(r) for r in test]
+        probed = sum("probe_steps" in r["evidence"] and r["task"] != "causal_lm" for r in test)
         per[arch] = {"counted": len(test), "agree_one_pass": sum(one), "agree": sum(both), "probed": probed}
     total = sum(c["counted"] for c in per.values())
     return {"per_architecture": per, "counted": total, "rules": rules,
@@ -324,7 +361,7 @@ def loao(rows: list[dict]) -> dict:
 
 def by_task(rows: list[dict], per_architecture: dict) -> dict:
     """LOAO agreement per task (classification, causal_lm): the per-architecture counts added up by task."""
-    task = {r["arch"]: r.get("task", "classification") for r in rows}
+    task = {family(r["arch"]): r.get("task", "classification") for r in rows}
     out = {}
     for arch, c in per_architecture.items():
         g = out.setdefault(task[arch], {"counted": 0, "agree_one_pass": 0, "agree": 0, "probed": 0})
@@ -347,13 +384,15 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
             sweeps.setdefault((r["arch"], r["data"], r["dense_epochs"], r["sparsity"]), []).append(r)
     out = []
     for (arch, data, epochs, s), pts in sweeps.items():
-        judge = rule if rules is None else rules[arch]
+        judge = rule if rules is None else rules[family(arch)]
         floor = pts[0]["floor"]  # the structural floor: MT 0 below it is the collapse baseline, not a candidate
         cands = []
         for r in sorted(pts, key=lambda r: r["mt"]):
             if r["mt"] >= floor:
                 p = judge.probability(r["evidence"])
-                cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5})
+                loss = r["evidence"].get("probe_loss_after")
+                cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5,
+                              **({} if loss is None else {"probe_loss_after": loss})})
         pick = trainable.choose(cands)
         by_mt = {r["mt"]: r for r in pts}
         best = max(pts, key=lambda r: (r["accuracy"], -r["mt"]))
@@ -368,7 +407,8 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
 
 def main(argv=None) -> int:
     args = _common.parse_args("trainability_forecast", __doc__, argv, {
-        "--refit": "measure the evidence again from the cached dense weights (no fine-tuning)"})
+        "--refit": "measure the evidence again from the cached dense weights (no fine-tuning)",
+        "--no-new": "leave out the new held-out nets (HELD_OUT_NEW, HELD_OUT_FRESH): what the choices were made on"})
     import torch
 
     torch.set_num_threads(1)
@@ -378,45 +418,52 @@ def main(argv=None) -> int:
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit)
     for arch, data, epochs in (() if args.quick else HELD_OUT):
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out")
+    for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_NEW):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-new")
+    for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_FRESH):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-fresh")
     report(rows, args)
     return 0
 
 
 def report(rows: list[dict], args) -> dict:
     """Tables, LOAO agreement, suggestion hit rates, the rule fitted on everything, and the summary; held-out
-    rows are scored by the rule fitted on every calibration architecture and never fitted on."""
-    held_out = [r for r in rows if r["split"] == "held-out"]
+    rows (each held-out split on its own) are scored by the rule fitted on every calibration architecture and
+    never fitted on."""
+    held_out = [r for r in rows if r["split"] != "calibration"]
     rows = [r for r in rows if r["split"] == "calibration"]
     held = loao(rows)
     alive = distinct(rows)
     everything = Rule.fitted(alive)
-    unseen = distinct(held_out)
-    unseen_per = {}
-    for r in unseen:
-        c = unseen_per.setdefault(f"{r['arch']} ({r['dense_epochs']} epochs)", {"agree": 0, "counted": 0})
-        c["agree"] += (everything.probability(r["evidence"]) >= 0.5) == trained(r)
-        c["counted"] += 1
-    in_sample = sum((everything.probability(r["evidence"]) >= 0.5) == trained(r) for r in alive) / max(1, len(alive))
+
+    def prob(rule, r):
+        return rule.probability(r["evidence"], True, r.get("task"))
+
+    unseen = {}
+    for split in sorted({r["split"] for r in held_out}):
+        mine = [r for r in held_out if r["split"] == split]
+        per = {}
+        for r in distinct(mine):
+            c = per.setdefault(f"{r['arch']} ({r['dense_epochs']} epochs)", {"agree": 0, "counted": 0})
+            c["agree"] += (prob(everything, r) >= 0.5) == trained(r)
+            c["counted"] += 1
+        sugs = suggestions(mine, None, everything)
+        unseen[split] = {"agreement": sum(c["agree"] for c in per.values()) / max(1, len(distinct(mine))),
+                         "agree": sum(c["agree"] for c in per.values()), "counted": len(distinct(mine)),
+                         "per_run": per, "suggestion": hit(sugs), "sweeps": sugs}
+    in_sample = sum((prob(everything, r) >= 0.5) == trained(r) for r in alive) / max(1, len(alive))
+    shown = (*everything.one.features, "accuracy_kept", "probe_loss_kept", "probe_accuracy_kept")
     table = [dict.fromkeys(LM_KEYS) | {k: v for k, v in r.items() if k != "evidence"} | {
-        "trained": trained(r), "probability_loao": held["rules"][r["arch"]].probability(r["evidence"])
-        if r["arch"] in held["rules"] else 0.0, "probability": everything.probability(r["evidence"]),
-        **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
-        for r in rows]
-    table += [dict.fromkeys(LM_KEYS) | {k: v for k, v in r.items() if k != "evidence"} | {
-        "trained": trained(r), "probability_loao": everything.probability(r["evidence"]),
-        "probability": everything.probability(r["evidence"]),
-        **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in (*everything.one.features, "probe_loss_kept", "probe_drop")}}
-        for r in held_out]
+        "trained": trained(r), "probability_loao": prob(held["rules"][family(r["arch"])], r)
+        if r["split"] == "calibration" and family(r["arch"]) in held["rules"] else prob(everything, r),
+        "probability": prob(everything, r), **{f"ev_{k}": r["evidence"].get(k, 0.0) for k in shown}}
+        for r in rows + held_out]
     _common.write_table(table, args.out)
     sug_loao, sug_in = suggestions(rows, held["rules"]), suggestions(rows, None, everything)
-    sug_unseen = suggestions(held_out, None, everything)
-    if sug_unseen:
-        _common.write_table(sug_unseen, args.out, stem="suggestion_held_out")
+    for split, u in unseen.items():
+        if u["sweeps"]:
+            _common.write_table(u.pop("sweeps"), args.out, stem=f"suggestion_{split.replace('-', '_')}")
     _common.write_table(sug_loao, args.out, stem="suggestion")
-
-    def hit(sugs):
-        live = [s for s in sugs if s["some_mt_trains"]]
-        return {"hits": sum(s["within_90"] for s in live), "sweeps": len(live), "all_sweeps": len(sugs)}
 
     lines = ["| architecture | prunes counted | one pass (LOAO) | with the probe (LOAO) | probed |",
              "|---|---|---|---|---|"]
@@ -427,29 +474,33 @@ def report(rows: list[dict], args) -> dict:
     for task, g in groups.items():
         lines.append(f"| *{task}* | {g['counted']} | {g['agreement_one_pass']:.1%} | {g['agreement']:.1%} | "
                      f"{g['probed']} |")
-    lines.append(f"| **all** | {held['counted']} | {held['agreement_one_pass']:.1%} | **{held['agreement']:.1%}** | "
-                 f"{held['probed']} |")
     (args.out / "loao.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     summary = {"loao_agreement": held["agreement"], "loao_agreement_one_pass": held["agreement_one_pass"],
-               "in_sample_agreement": in_sample, "counted": len(alive), "per_architecture": held["per_architecture"],
-               "loao_by_task": groups,
+               "loao_by_task": groups, "in_sample_agreement": in_sample, "counted": len(alive),
+               "per_architecture": held["per_architecture"],
                "suggestion_loao": hit(sug_loao), "suggestion_in_sample": hit(sug_in), "probe": probe_cost(rows),
-               "held_out": {"agreement": sum(c["agree"] for c in unseen_per.values()) / max(1, len(unseen)),
-                            "counted": len(unseen), "per_run": unseen_per, "suggestion": hit(sug_unseen)},
-               "model": everything.one.to_dict(), "probe_model": everything.probe.to_dict(),
+               "held_out": unseen,
+               "model": everything.models.get("classification", next(iter(everything.models.values())))[0].to_dict(),
+               "models": {task: {"one_pass": one.to_dict(), "probe": None if probe is None else probe.to_dict()}
+                          for task, (one, probe) in everything.models.items()},
                "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS + LM_RUNS)],
-               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT],
+               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT + HELD_OUT_NEW + HELD_OUT_FRESH],
                "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN},
                "finetune_lm": {"epochs": LM_EPOCHS, "defaults": "lm family"}}
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs")}, indent=1))
-    for s in sug_unseen:
-        print(f"  held out {s['arch']} ({s['dense_epochs']}) at {s['sparsity']}: suggested {s['suggested_mt']} "
-              f"({s['suggested_accuracy']:.3f}), best {s['best_mt']} ({s['best_accuracy']:.3f})")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs", "held_out_runs")},
+                     indent=1))
     _common.save_figure(figure(table), args.out)
     _common.write_summary(args.out, summary, args)
     _common.done(args.out, args)
     return summary
+
+
+def hit(sugs: list[dict]) -> dict:
+    """Suggestion hit rate: sweeps where the suggested MT reaches 90 % of the best MT's accuracy, among those where
+    some MT trains."""
+    live = [s for s in sugs if s["some_mt_trains"]]
+    return {"hits": sum(s["within_90"] for s in live), "sweeps": len(live), "all_sweeps": len(sugs)}
 
 
 def figure(table: list[dict]):

@@ -105,7 +105,7 @@ def test_trainability_forecast(tmp_path):
     mild = [r for r in rows if r["kind"] == "level" and float(r["sparsity"]) == 0.5]
     assert mild and all(r["trained"] == "True" for r in mild)
     assert all(float(r["forecast_seconds"]) < 30 for r in rows)  # one forward + backward pass and a short probe
-    assert 0 < summary["probe"]["epochs_max"] <= 0.25  # the probe's cost, as a fraction of one fine-tune epoch
+    assert 0 < summary["probe"]["epochs_max"] <= 0.5  # the probe's cost, as a fraction of one fine-tune epoch
     with open(tmp_path / "suggestion.csv") as fh:
         suggestions = list(csv.DictReader(fh))
     assert len(suggestions) == 2 and summary["suggestion_loao"]["all_sweeps"] == 2

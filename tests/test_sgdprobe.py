@@ -32,8 +32,8 @@ def masks_keeping(model, fraction: float) -> dict:
 def test_cost_is_bounded_and_stated(setup):
     model, bundle, fc = setup
     ev = fc(masks_keeping(model, 1.0), probe=True).evidence
-    n = len(bundle.train)  # 512: a quarter epoch is 2 steps of 64
-    assert ev["probe_steps"] == min(sgdprobe.PROBE_STEPS, int(sgdprobe.MAX_EPOCHS * n / sgdprobe.PROBE_BATCH)) == 2
+    n = len(bundle.train)  # 512: half an epoch is 4 steps of 64
+    assert ev["probe_steps"] == min(sgdprobe.PROBE_STEPS, int(sgdprobe.MAX_EPOCHS * n / sgdprobe.PROBE_BATCH)) == 4
     assert ev["probe_epochs"] == pytest.approx(ev["probe_steps"] * ev["probe_batch"] / n)
     assert ev["probe_epochs"] <= sgdprobe.MAX_EPOCHS
 
@@ -53,8 +53,20 @@ def test_a_gutted_net_keeps_less_than_a_mildly_pruned_one(setup):
     mild = fc(masks_keeping(model, 0.5), probe=True).evidence
     gutted = fc(masks_keeping(model, 0.002), probe=True).evidence
     assert gutted["probe_loss_kept"] < 0.3 < mild["probe_loss_kept"]
-    assert gutted["logit_after"] < mild["logit_after"]  # the one-pass reading after the steps
+    assert gutted["after_loss_kept"] < mild["after_loss_kept"]  # the one-pass reading after the steps
+    assert gutted["probe_accuracy_kept"] < 0.3 < mild["probe_accuracy_kept"]
     assert forecast.PROBE_MODEL.probability(gutted) < 0.5 < forecast.PROBE_MODEL.probability(mild)
+
+
+def test_the_steps_leave_the_measurement_batch_aside(setup):
+    """The probe's steps train on training examples the measurement batch does not hold: its readings after
+    them are on examples it has not fitted."""
+    model, bundle, fc = setup
+    probe = sgdprobe.Probe(fc, forecast.FEATURES)
+    measured = {tuple(v.tolist()) for v in fc.x.flatten(1)}
+    stepped = {tuple(v.tolist()) for x, _ in probe.batches for v in x.flatten(1)}
+    assert measured and stepped and not measured & stepped
+    assert probe.epochs <= sgdprobe.MAX_EPOCHS and sgdprobe.LR == 0.01  # the fine-tune's own learning rate
 
 
 def test_masks_stay_exact_through_the_probe_steps(setup, monkeypatch):

@@ -33,15 +33,19 @@ width by construction (`FEATURES`):
 - `dense_gain`: (H - L_dense) / H, how much the dense model itself beats the
   uninformed predictor: a pruned copy of a net near chance has little to recover.
 
-`probability` is a logistic model on these (`MODEL`, fitted by
-analyses/trainability_forecast.py on small classifiers and small causal LMs,
-read per token (`measuring.flat`); calibration domain and leave-one-architecture-out
-agreement, per task, in analyses/README.md), `trainable = probability >= 0.5`. Where it is
-near 0.5 (`PROBE_BAND`), a short probe (`sgdprobe.py`: a few masked SGD steps of
-the fine-tune's optimiser, loss drop compared with the dense net's over the
-same steps, and the one-pass measurements again on the stepped copy) is added
-and a second model (`PROBE_MODEL`) reads the one-pass logit before and after
-the steps. Every
+`probability` is a logistic model per task (`models_for`), fitted by
+analyses/trainability_forecast.py (calibration domain, leave-one-architecture-out
+and held-out agreement in analyses/README.md); `trainable = probability >= 0.5`.
+A classifier with training data is always probed (`PROBE_BAND` is all of [0, 1]):
+`sgdprobe.py` runs the real fine-tune's first masked steps (SGD lr 0.01, batch 64,
+at most half an epoch) and `PROBE_MODEL` reads what they did: the accuracy on the
+held-aside measurement batch after them against the `trained` bar
+(`probe_accuracy_margin`) and how much of it the steps gained
+(`probe_accuracy_gain`), the loss drop against the dense net's over the same
+steps (`probe_drop`) and the weakest layer's relative gradient after them
+(`after_gradient_log_min`). Without data for the steps (or `probe=False`)
+`MODEL` reads the one-pass FEATURES. A causal LM's own model (`LM_MODEL`, fitted
+on LMs only, read per token, `measuring.flat`) reads the one pass's LM_FEATURES. Every
 measurement, the probe's cost as a fraction of one fine-tune epoch included,
 stays in `evidence`.
 
@@ -59,6 +63,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from collapsekit.data.tasks import TASKS, task_of
 from collapsekit.errors import CollapsekitError
 from collapsekit.validation.measuring import TINY, bn_mode, clip, flat, loss_of, masked_copy, outputs
 from collapsekit.validation.sgdprobe import Probe
@@ -69,8 +74,9 @@ LOG_CLIP = 10.0  # log-ratios beyond e^10 carry no more information and would le
 
 FEATURES = ("loss_kept", "signal_per_layer", "gradient_log_median", "gradient_log_min", "class_signal_kept",
             "dense_gain")
-PROBE_FEATURES = ("logit", "logit_after")
-PROBE_BAND = (0.2, 0.8)  # probabilities the probe is run for (auto mode): where the one-pass model is unsure
+PROBE_FEATURES = ("probe_accuracy_margin", "probe_accuracy_gain", "probe_drop", "after_gradient_log_min")
+LM_FEATURES = ("loss_kept", "signal_per_layer")  # what carries across the calibration LMs (analyses/README.md)
+PROBE_BAND = (0.0, 1.0)  # one-pass probabilities the probe is run for (auto mode): all of them (analyses/README.md)
 
 
 @dataclass(frozen=True)
@@ -91,10 +97,17 @@ class LogisticModel:
         return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias}
 
 
-# Fitted on every calibration architecture, classifiers and causal LMs, by analyses/trainability_forecast.py
-# (analyses/README.md).
-MODEL = LogisticModel(FEATURES, (-2.789, 2.649, 0.6918, 0.3773, 8.515, 2.05), -3.716)
-PROBE_MODEL = LogisticModel(PROBE_FEATURES, (0.9187, 0.04293), 0.01123)
+# One model per task, each fitted on that task's calibration architectures by analyses/trainability_forecast.py
+# (analyses/README.md: leave-one-architecture-out and held-out agreement). Classifiers: MODEL reads the one pass,
+# PROBE_MODEL the probe's readings (it decides wherever the probe ran); causal LMs: LM_MODEL, one pass.
+MODEL = LogisticModel(FEATURES, (2.311, 1.358, 0.7115, 0.2574, 5.433, 1.674), -3.232)
+PROBE_MODEL = LogisticModel(PROBE_FEATURES, (15.21, 18.49, -2.587, 0.5019), 0.528)
+LM_MODEL = LogisticModel(LM_FEATURES, (1.398, 2.556), 5.919)
+
+
+def models_for(task: str) -> tuple[LogisticModel, LogisticModel | None]:
+    """(one-pass model, probe model or None) that read the evidence of `task` (a collapsekit.data.tasks name)."""
+    return (LM_MODEL, None) if task == "causal_lm" else (MODEL, PROBE_MODEL)
 
 
 def fit(evidences: list[dict], labels: list[bool], features: tuple[str, ...] = FEATURES,
@@ -143,6 +156,8 @@ class Dense:
     entropy: float  # of the batch's targets: the uninformed predictor's loss
     class_signal: float
     ratios: dict  # weight name -> |grad| / |weight| of the dense model (every weight of 2+ dimensions)
+    accuracy: float = 0.0  # top-1 on the batch
+    chance: float = 0.0  # top-1 of a constant prediction (the task's `forecast_chance`)
 
 
 @dataclass
@@ -161,6 +176,8 @@ class Forecaster:
     margin: float = 0.1
     bottlenecks: frozenset | None = None  # layers every path crosses; None: every layer counts as one
     probe_data: object = None  # a TensorDataset to draw the probe's steps from
+    held: torch.Tensor | None = None  # indices of (x, y) in probe_data: the probe's steps leave them aside
+    task: str = "classification"  # the data's task (collapsekit.data.tasks): which fitted model reads the evidence
     dense: Dense = field(init=False)
 
     def __post_init__(self):
@@ -174,8 +191,11 @@ class Forecaster:
         if spread <= TINY:
             raise CollapsekitError("the dense model's output does not vary over the data batch: "
                                    "nothing to compare the pruned model with")
+        scores, target = flat(out, self.y)
+        chance = TASKS[self.task].forecast_chance(self.y, self.num_classes) if self.task in TASKS else 0.0
         self.dense = Dense(spread=spread, loss=float(loss), entropy=target_entropy(self.y),
-                           class_signal=class_signal(out, self.y), ratios=ratios)
+                           class_signal=class_signal(out, self.y), ratios=ratios,
+                           accuracy=float((scores.argmax(1) == target).float().mean()), chance=chance)
         self._probe = None
 
     @classmethod
@@ -195,7 +215,7 @@ class Forecaster:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(x), generator=g)[:max(2, batch // per_example)]
         return cls(model, x[idx], y[idx], bundle.num_classes, margin,
-                   None if bottlenecks is None else frozenset(bottlenecks), bundle.train)
+                   None if bottlenecks is None else frozenset(bottlenecks), bundle.train, idx, task_of(bundle).name)
 
     def measure(self, masks: dict[str, torch.Tensor]) -> dict:
         """The evidence at the weights `masks` (name -> bool keep) leave: floats, see `measure`."""
@@ -206,21 +226,21 @@ class Forecaster:
         return measure(net, masks, self.x, self.y, self.dense, self.bottlenecks)
 
     def __call__(self, masks: dict[str, torch.Tensor], probe: bool | None = None) -> Forecast:
-        """Forecast for the model pruned with `masks`; `probe`: None runs the probe where the one-pass probability
-        is within PROBE_BAND, True always (its evidence recorded), False never."""
+        """Forecast for the model pruned with `masks`; `probe`: None runs the probe where the task has a probe model
+        and the one-pass probability is within PROBE_BAND, True always (its evidence recorded), False never."""
         evidence = self.measure(masks)
-        p = MODEL.probability(evidence)
+        one, probed = models_for(self.task)
+        p = one.probability(evidence)
         evidence["probability_one_pass"] = p
-        unsure = PROBE_BAND[0] <= p <= PROBE_BAND[1]
-        if self.probe_data is not None and (probe or (probe is None and unsure)):
+        auto = probed is not None and PROBE_BAND[0] <= p <= PROBE_BAND[1]
+        ran = self.probe_data is not None and bool(probe or (probe is None and auto))
+        if ran:
             evidence.update(self.probe(masks, evidence))
-            evidence["logit"] = MODEL.logit(evidence)
-            evidence["logit_after"] = MODEL.logit({k: evidence[f"after_{k}"] for k in MODEL.features})
-            if unsure:
-                p = PROBE_MODEL.probability(evidence)
+            if probed is not None:
+                p = probed.probability(evidence)
         trainable = p >= 0.5
-        return Forecast(trainable=trainable, evidence=evidence, reason=explain(evidence, p, unsure and
-                        "probe_loss_kept" in evidence), batch=int(len(self.x)), probability=p)
+        return Forecast(trainable=trainable, evidence=evidence, reason=explain(evidence, p, ran and probed is not None),
+                        batch=int(len(self.x)), probability=p)
 
     def probe(self, masks: dict[str, torch.Tensor], evidence: dict) -> dict:
         """The probe's evidence for `masks` (sgdprobe.py), the dense run over the same steps made once."""
@@ -233,9 +253,9 @@ def explain(evidence: dict, p: float, probed: bool) -> str:
     """One line: the probability and what the measurements say."""
     head = f"p={p:.2f}"
     if probed:
-        return (f"{head} with the probe: {evidence['probe_steps']:.0f} masked steps kept "
-                f"{evidence['probe_loss_kept']:.2f} of the dense loss gain (one pass: p="
-                f"{evidence['probability_one_pass']:.2f})")
+        return (f"{head} with the probe: after {evidence['probe_steps']:.0f} masked fine-tune steps it keeps "
+                f"{evidence['probe_loss_kept']:.2f} of the dense loss gain, {evidence['probe_accuracy_kept']:.2f} of "
+                f"its accuracy over chance (one pass: p={evidence['probability_one_pass']:.2f})")
     return (f"{head}: loss gain kept {evidence['loss_kept']:.2f}, signal per layer "
             f"{math.exp(evidence['signal_per_layer']):.2g}x, weakest layer gradient "
             f"{math.exp(evidence['gradient_log_min']):.2g}x dense")
@@ -263,6 +283,8 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
     gain = dense.entropy - dense.loss
     loss = float(loss)
     scores, target = flat(out, y)
+    accuracy = float((scores.argmax(1) == target).float().mean())
+    lift = dense.accuracy - dense.chance
     return {
         "loss_kept": clip((dense.entropy - loss) / gain, -1.0, 1.0) if gain > TINY else 0.0,
         "signal_per_layer": _logclip(signal) / depth,
@@ -273,7 +295,8 @@ def measure(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor, y
         "dense_gain": clip(gain / dense.entropy, -1.0, 1.0) if dense.entropy > TINY else 0.0,
         "signal": signal,
         "loss": loss,
-        "accuracy_pruned": float((scores.argmax(1) == target).float().mean()),
+        "accuracy_kept": clip((accuracy - dense.chance) / lift, -1.0, 2.0) if lift > TINY else 0.0,
+        "accuracy_pruned": accuracy,
         "gradient_min": ratios[0] if ratios else 0.0,
         "gradient_median": ratios[len(ratios) // 2] if ratios else 0.0,
         "gradient_reach": sum(r > TINY for r in judged.values()) / len(judged) if judged else 0.0,
@@ -340,5 +363,6 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
-__all__ = ["Forecast", "Forecaster", "LogisticModel", "MODEL", "PROBE_MODEL", "FEATURES", "PROBE_FEATURES",
-           "PROBE_BAND", "fit", "measure", "class_signal", "target_entropy", "loss_of", "BATCH"]
+__all__ = ["Forecast", "Forecaster", "LogisticModel", "MODEL", "PROBE_MODEL", "LM_MODEL", "models_for", "FEATURES",
+           "PROBE_FEATURES", "LM_FEATURES", "PROBE_BAND", "fit", "measure", "class_signal", "target_entropy", "loss_of",
+           "BATCH"]

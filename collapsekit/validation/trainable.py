@@ -102,9 +102,14 @@ def sweep_mts(an: Analysis, structural: MTSuggestion) -> list[int]:
 
 
 def choose(candidates: list[dict]) -> dict:
-    """The candidate to suggest: the one the forecast gives the highest probability of training, the smallest MT on
-    ties. Accuracy first rises then falls with MT (Gupta et al.); the probability tracks that curve's top better
-    than the smallest trainable MT does (analyses/README.md: suggestion hit rate, leave-one-architecture-out)."""
+    """The candidate to suggest. Among those forecast trainable whose probe ran (`probe_loss_after` given), the one
+    whose loss on the held-aside batch after the probe's steps is lowest (the smallest MT on ties): accuracy first
+    rises then falls with MT (Gupta et al.), and where the first steps leave the pruned net tells that curve's top
+    apart better than a saturated probability does. Otherwise the highest forecast probability, the smallest MT on
+    ties (analyses/README.md: suggestion hit rate, leave-one-architecture-out)."""
+    probed = [c for c in candidates if c["probability"] >= 0.5 and "probe_loss_after" in c]
+    if probed:
+        return min(probed, key=lambda c: (c["probe_loss_after"], c["mt"]))
     return max(candidates, key=lambda c: (round(c["probability"], 6), -c["mt"]))
 
 
@@ -115,10 +120,13 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
     for mt in candidate_mts(structural):
         f = forecast(an.with_mt(mt), bundle, k)
         forecasts.append({"mt": mt, "probability": f.probability, "trainable": f.trainable,
-                          **{key: float(f.evidence.get(key, 0.0)) for key in MODEL.features}})
+                          **{key: float(f.evidence.get(key, 0.0)) for key in MODEL.features},
+                          **({"probe_loss_after": float(f.evidence["probe_loss_after"])}
+                             if "probe_loss_after" in f.evidence else {})})
     pick = choose(forecasts)
     if pick["trainable"]:
-        reason = (f"MT={pick['mt']} is the likeliest to train of {len(forecasts)} candidates (p={pick['probability']:.2f}); "
+        how = ("trains furthest in the probe's steps" if "probe_loss_after" in pick else "is the likeliest to train")
+        reason = (f"MT={pick['mt']} {how} of {len(forecasts)} candidates (p={pick['probability']:.2f}); "
                   f"structural floor {structural.mt}")
     else:
         reason = (f"no MT from {structural.mt} to {structural.max_mt} is forecast trainable at this sparsity; "
