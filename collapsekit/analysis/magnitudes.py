@@ -372,7 +372,7 @@ class MagnitudeIndex:
         return v, le - n
 
     def kept_positions(self, i: int, n: int, tensor: torch.Tensor) -> torch.Tensor | None:
-        """Flat positions (int64, ascending) of layer i's kept weights when its first `n` in pruning order
+        """Flat positions (ascending; int32 where the layer allows, as they are kept) of layer i's kept weights when its first `n` in pruning order
         are pruned, where it keeps at most SPARSE of its weights; None where it keeps more.
 
         At high sparsity the flow's questions about a layer (which rows keep a weight
@@ -385,7 +385,7 @@ class MagnitudeIndex:
         if n <= 0 or size - n > SPARSE * size:
             return None
         if n >= size:
-            return torch.zeros(0, dtype=torch.int64)
+            return torch.zeros(0, dtype=torch.int32 if size < 2**31 else torch.int64)
         v, surviving = self.cut(i, n)
         top = self._tops.get(i)
         if top is None or v < top[0]:
@@ -394,7 +394,7 @@ class MagnitudeIndex:
         kept = positions[bits > v]
         if surviving:  # the ties at v that survive are the last ones in flat order
             kept = torch.sort(torch.cat([kept, positions[bits == v][-surviving:]])).values
-        return kept.long()
+        return kept
 
     @staticmethod
     def _read_top(tensor: torch.Tensor, v: int) -> tuple[torch.Tensor, torch.Tensor]:
