@@ -62,6 +62,7 @@ class Cover:
         self.full = np.full(len(an.weights), np.iinfo(np.int64).max, dtype=np.int64)
         self._keep: dict[str, tuple] = {}  # name -> cover positions (rows, cols) in the [O, -1] view
         self._conn: dict[str, tuple] = {}  # name -> cover positions in the channel connectivity
+        self._positions: dict[str, torch.Tensor] = {}  # name -> a 2-D cover as flat positions (kept_positions)
         self.position = {w.name: i for i, w in enumerate(an.weights)}
         self.proven = False
         conn = an.connectivity
@@ -155,10 +156,12 @@ class Cover:
         shape = self.an.weights[self.position[name]].shape
         if len(shape) != 2:
             return None
-        if name not in self._keep:
-            self._element_cover(self.position[name])
-        rows, cols = self._keep[name]
-        return torch.unique(rows * shape[1] + cols)
+        if name not in self._positions:
+            if name not in self._keep:
+                self._element_cover(self.position[name])
+            rows, cols = self._keep[name]
+            self._positions[name] = torch.unique(rows * shape[1] + cols)  # a row's maximum may be its column's
+        return self._positions[name]
 
     def pruned_counts(self):
         return None  # not a Global MP level: no nested run to reuse

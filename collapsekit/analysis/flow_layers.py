@@ -159,8 +159,8 @@ def transposed_record(record, shape: tuple[int, ...]):
     """`record(name, kept, reached)` for a weight of `shape` applied as F.linear on its transpose: the
     transposed keep-mask and reached positions turned back to the weight's own orientation (views)."""
     def back(name, kept_t, reached):
+        # A SparseKeep, a tensor or an Outer transposes itself (t()); a lazy mask waits to be built.
         kept = LazyKeep(lambda: keep_tensor(kept_t).t(), shape) if isinstance(kept_t, LazyKeep) else kept_t.t()
-        # (a SparseKeep or a tensor transposes itself; an Outer swaps its vectors)
         record(name, kept, reached if reached is EVERYWHERE else reached.t())
 
     return back

@@ -399,15 +399,14 @@ class MagnitudeIndex:
     @staticmethod
     def _read_top(tensor: torch.Tensor, v: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat positions as int32 where they fit, bit patterns) of the weights whose |w| bits are >= v."""
-        flat = tensor.detach().reshape(-1)
-        positions, found = [], []
-        for start in range(0, flat.numel(), _CHUNK):
-            bits = abs_bits(flat[start:start + _CHUNK]).cpu()
-            at = torch.nonzero(bits >= v).flatten()
+        positions, found, start = [], [], 0
+        for bits in _chunks(tensor):
+            at = np.flatnonzero(bits >= v)
             positions.append(at + start)
             found.append(bits[at])
-        dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
-        return torch.cat(positions).to(dtype), torch.cat(found)
+            start += bits.size
+        dtype = np.int32 if start < 2**31 else np.int64
+        return torch.from_numpy(np.concatenate(positions).astype(dtype)), torch.from_numpy(np.concatenate(found))
 
     def layer_masks(self, alloc: Allocation, tensors: list[torch.Tensor]):
         """Yields (index, bool keep-mask) per layer for `alloc`, one layer in memory at a time."""
