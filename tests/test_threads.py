@@ -19,34 +19,68 @@ def test_chosen_threads_are_the_idle_cpus_within_the_users_count(monkeypatch, us
     monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
     for busy, expected in [(0, 2), (2, 2), (3, 1), (4, 1), (9, 1)]:
-        monkeypatch.setattr(threads, "busy_elsewhere", lambda b=busy: b)
+        monkeypatch.setattr(threads, "busy_elsewhere", lambda *a, b=busy: b)
         assert threads.chosen_threads() == expected, busy
 
 
 def test_scope_restores_the_users_count_even_on_error_and_nested_scopes_keep_the_outer_choice(monkeypatch,
                                                                                                 user_threads):
-    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 99)
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda *a: 99)
     with pytest.raises(RuntimeError):
         with threads.analysis_threads() as n:
             assert n == 1 and torch.get_num_threads() == 1
-            monkeypatch.setattr(threads, "busy_elsewhere", lambda: 0)
+            monkeypatch.setattr(threads, "busy_elsewhere", lambda *a: 0)
             with threads.analysis_threads() as inner:
                 assert inner == 1 and torch.get_num_threads() == 1
             raise RuntimeError("boom")
     assert torch.get_num_threads() == user_threads
 
 
-def test_analyze_runs_with_the_chosen_threads_and_leaves_the_users(monkeypatch, user_threads):
-    monkeypatch.setattr(threads, "busy_elsewhere", lambda: 99)
+def _threads_seen(monkeypatch, module, name: str, busy: int) -> list[int]:
+    """The intra-op thread counts `module.name` ran with during a small report, `busy` threads busy elsewhere."""
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda *a: busy)
     seen = []
-    original = analysis_module.trace
-    monkeypatch.setattr(analysis_module, "trace", lambda *a: seen.append(torch.get_num_threads()) or original(*a))
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: seen.append(torch.get_num_threads()) or original(*a))
     model = ck.models.create("lenet5", num_classes=10, in_channels=1, input_size=8)
     report = ck.analyze(model, torch.randn(1, 1, 8, 8), sparsities=[0.5, 0.9])
-    assert seen == [1] and torch.get_num_threads() == user_threads
     assert len(report.levels) == 2
+    return seen
+
+
+def test_analyze_runs_with_the_chosen_threads_and_leaves_the_users(monkeypatch, user_threads):
+    assert _threads_seen(monkeypatch, analysis_module, "trace", busy=99) == [1]
+    assert torch.get_num_threads() == user_threads
 
 
 def test_own_running_thread_is_not_counted_as_busy_elsewhere():
     assert threads._own_runnable() >= 1  # this test's thread is running while it reads
     assert threads.busy_elsewhere(samples=2, interval=0.0) >= 0
+
+
+def test_a_phase_sees_load_that_arrived_after_the_scope_began_and_never_exceeds_the_users_count(monkeypatch,
+                                                                                                 user_threads):
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda *a: 0)
+    with threads.analysis_threads() as n:
+        assert n == 2
+        monkeypatch.setattr(threads, "busy_elsewhere", lambda *a: 3)  # a process started mid-report
+        with threads.phase_threads() as phase:
+            assert phase == 1 and torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "busy_elsewhere", lambda *a: 0)
+        torch.set_num_threads(1)  # an inner scope lowered it: a phase may go back up to the user's 2
+        with threads.phase_threads() as phase:
+            assert phase == 2
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == user_threads
+    with threads.phase_threads() as outside:  # outside an analysis: left as it is
+        assert outside == user_threads
+
+
+def test_flows_run_on_one_thread_whatever_the_machine(monkeypatch, user_threads):
+    from collapsekit.analysis import flow
+
+    seen = _threads_seen(monkeypatch, flow, "_run_flow", busy=0)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == user_threads

@@ -30,7 +30,7 @@ from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
 from collapsekit.analysis.rules import UNHANDLED
 from collapsekit.analysis.streamed import StreamedTensors, skeleton
-from collapsekit.analysis.threads import with_analysis_threads
+from collapsekit.analysis.threads import phase_threads, with_analysis_threads
 from collapsekit.analysis.timing import Timings, progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
@@ -86,9 +86,9 @@ class Analysis:
                 if any(t.is_meta for t in self.tensors):
                     raise CollapsekitError(f"{self.name}'s weights are on the meta device: pass checkpoint= "
                                            "(a .safetensors file or a sharded directory) to read them from")
-        with self.timings.stage("trace"):
+        with self.timings.stage("trace"), phase_threads():
             self.traced = trace(traced_model, example_inputs)
-        with self.timings.stage("index"):
+        with self.timings.stage("index"), phase_threads():
             self.index = MagnitudeIndex(self.weights, self.tensors, progress=progress)
         with self.timings.stage("graph"):
             self.graph = build_graph(self.traced, self.weights)
@@ -200,7 +200,7 @@ class Analysis:
         """The cover masks (cover.py) of this model at the flow's granularity, built on first use."""
         channel = self.channel_level if channel_level is None else channel_level
         if channel not in self._covers:
-            with self.timings.stage("cover"):
+            with self.timings.stage("cover"), phase_threads():
                 self._covers[channel] = Cover(self, channel)
             release_freed()
         return self._covers[channel]
@@ -428,7 +428,8 @@ class Analysis:
         """
         wanted = sparsity_levels(sparsities)
         an = self if data is None else self.with_data(data)
-        with self.timings.stage("index reads"):  # every level's threshold bin in one read of the weights
+        # every level's threshold bin in one read of the weights
+        with self.timings.stage("index reads"), phase_threads():
             self.index.prefetch([self.count(s) for s in wanted], self.mt)
         release_freed()
         if not self.cover().contains(self.level(self.count(wanted[-1])).alloc.pruned):

@@ -42,6 +42,7 @@ from collapsekit.analysis.heap import release_after
 from collapsekit.analysis.prunable import PrunableWeight
 from collapsekit.analysis.rules import op_name as _op_name
 from collapsekit.analysis.rules import Rule, RuleInterpreter
+from collapsekit.analysis.threads import one_thread
 from collapsekit.analysis.trace import TracedModel, aliases_of, mutates_first_operand
 from collapsekit.errors import CollapsekitError
 
@@ -670,6 +671,11 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     more alive, so its deaths are real; it is exact unless a map shrinks to a few
     pixels that sparse off-centre taps cannot see.
     """
+    with one_thread():  # thousands of small ops: no faster on two threads, far slower on a busy machine
+        return _run_flow(traced, weights, masks, backward, channel_level, cuts, reached, unused, averages)
+
+
+def _run_flow(traced, weights, masks, backward, channel_level, cuts, reached, unused, averages) -> FlowResult:
     if isinstance(masks, (list, tuple)):
         masks = KeepList(weights, list(masks))
     known = backward and unused is not None
@@ -681,7 +687,7 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
         collapsed = reached_count == 0
         if known and not collapsed:  # the caller's premise fails: never trust it, run the backward pass
             flow.release()
-            return run_flow(traced, weights, masks, True, channel_level, cuts, reached, averages=averages)
+            return _run_flow(traced, weights, masks, True, channel_level, cuts, reached, None, averages)
         if backward:
             flow.backward_from(outs)
     dead, found = flow.dead_and_unused_channels()

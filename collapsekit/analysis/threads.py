@@ -8,6 +8,13 @@ alone, where a fair share of the CPU is 2x. `analysis_threads()` counts the
 CPUs this process may use (its affinity) that no other runnable thread holds,
 and runs its body with at most that many threads (at least one), then gives
 the user back exactly the count they had: their settings are theirs.
+
+That count is read once, at the start; load that arrives later (another
+process starting mid-report) would make every op's threads wait on each other
+again, and a GPT-2 report that takes 4 s ran 67 s so. The flows, the bulk of a
+report's time, are thousands of small ops that one thread runs as fast as two
+(GPT-2, ViT, MobileNet-V2: within noise), so they run on one (`one_thread`)
+whatever the machine's state; the passes over every weight keep the chosen count.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from pathlib import Path
 import torch
 
 _depth = 0  # nested scopes keep the count chosen by the outermost one
+_user_threads = 0  # the caller's count when the outermost scope began: no phase goes above it
 
 
 def usable_cpus() -> int:
@@ -61,17 +69,20 @@ def _own_runnable() -> int:
     return own
 
 
-def chosen_threads() -> int:
-    """The analysis's intra-op threads: idle usable CPUs, at least 1, at most torch.get_num_threads()."""
-    idle = min(usable_cpus(), (os.cpu_count() or 1) - busy_elsewhere())
-    return max(1, min(torch.get_num_threads(), idle))
+def chosen_threads(limit: int | None = None, samples: int = 5) -> int:
+    """The analysis's intra-op threads: idle usable CPUs, at least 1, at most `limit`
+    (default torch.get_num_threads())."""
+    idle = min(usable_cpus(), (os.cpu_count() or 1) - busy_elsewhere(samples))
+    return max(1, min(torch.get_num_threads() if limit is None else limit, idle))
 
 
 @contextlib.contextmanager
 def analysis_threads():
     """Runs the body with chosen_threads() intra-op threads; restores the caller's count afterwards."""
-    global _depth
+    global _depth, _user_threads
     before = torch.get_num_threads()
+    if _depth == 0:
+        _user_threads = before
     chosen = chosen_threads() if _depth == 0 else before
     _depth += 1
     try:
@@ -81,6 +92,35 @@ def analysis_threads():
     finally:
         _depth -= 1
         if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def phase_threads():
+    """Inside an analysis scope, runs a pass over the weights (trace, index, cover) with the CPUs idle
+    now, never more than the caller's count: load that arrived since the scope began is seen. Outside
+    one, the body runs as it is."""
+    before = torch.get_num_threads()
+    chosen = chosen_threads(_user_threads, samples=3) if _depth else before
+    try:
+        if chosen != before:
+            torch.set_num_threads(chosen)
+        yield chosen
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Runs the body with one intra-op thread; restores the count it found afterwards."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
             torch.set_num_threads(before)
 
 
