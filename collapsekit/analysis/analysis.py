@@ -156,11 +156,13 @@ class Analysis:
         return {w.name: m for w, m in zip(self.weights, keep)}
 
     # -- questions ------------------------------------------------------------------------
-    def flow(self, k: int, backward: bool = True, channel_level: bool | None = None, cuts=None) -> FlowResult:
-        """The structural flow of the masks that prune `k` weights."""
+    def flow(self, k: int, backward: bool = True, channel_level: bool | None = None, cuts=None,
+             record: bool = True) -> FlowResult:
+        """The structural flow of the masks that prune `k` weights; `record`: each node's reached elements stay
+        on the analysis's graph (flow.FLOW_META)."""
         channel = self.channel_level if channel_level is None else channel_level
         return run_flow(self.traced, self.weights, self.level(k), backward=backward, channel_level=channel,
-                        cuts=cuts)
+                        cuts=cuts, record=record)
 
     def collapsed_at(self, k: int, channel_level: bool | None = None, quick: bool = True) -> bool:
         """True if the masks pruning `k` weights leave no kept input-to-output path.
@@ -294,7 +296,7 @@ class Analysis:
         Which rule reads a node depends on the graph, not on the masks, so the cover's flow (already
         run by a report) answers; a flow on the dense masks otherwise."""
         cover = self._covers.get(self.channel_level)
-        return dict(cover.conservative_ops) if cover is not None else self.flow(0, backward=False).conservative_ops
+        return dict(cover.conservative_ops) if cover is not None else self.flow(0, backward=False, record=False).conservative_ops
 
     def macs(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, int]]:
         """Per weight applied as a matrix product: dense MACs and MACs counting only the kept weights of `masks`."""
@@ -368,7 +370,7 @@ class Analysis:
         exact per element, an upper bound per channel (a channel live anywhere counts live everywhere).
         Reach only shrinks as masks do, so it is non-increasing in `k` (Global MP's masks are nested).
         """
-        return self.flow(k, backward=False, channel_level=channel_level).output_alive
+        return self.flow(k, backward=False, channel_level=channel_level, record=False).output_alive
 
     def non_finite_at(self, masks: LevelMasks) -> tuple[str, ...]:
         """The prunable weights whose pruned norm the masked model divides by (it then computes NaN/inf)."""

@@ -51,7 +51,7 @@ def positive(t: torch.Tensor) -> torch.Tensor:
     a = _np(t)
     if a is None or t.dtype not in (torch.float32, torch.float64):
         return (t > 0).to(t.dtype)
-    return torch.from_numpy(np.greater(a, 0, out=np.empty(a.shape, dtype=bool)).astype(a.dtype))
+    return torch.from_numpy(np.greater(a, 0, out=np.empty(a.shape, dtype=a.dtype)))  # bool cast on the way
 
 
 def outer(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -110,8 +110,9 @@ class ChannelFlow(RuleInterpreter):
 
     def __init__(self, traced: TracedModel, weights: list[PrunableWeight], masks: MaskSource, backward: bool,
                  channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None,
-                 reached: dict[str, bool] | None = None, averages: bool = True):
+                 reached: dict[str, bool] | None = None, averages: bool = True, record: bool = False):
         super().__init__(traced.gm, garbage_collect_values=True)
+        self.record = record  # keep each node's liveness count on the graph (FLOW_META)
         self.cuts = cuts or {}
         self.averages = averages  # False: dead features' averages are not asked about (see run_flow)
         self.skipped_averages = False
@@ -470,9 +471,12 @@ class ChannelFlow(RuleInterpreter):
         if rule.passes_target:
             lead = (self.current_node.target, *lead)
         try:
-            return tree_boolean(rule.fn(self, *lead, *args, **kwargs))
+            out = rule.fn(self, *lead, *args, **kwargs)
         except Exception:  # noqa: BLE001 - a rule that cannot read this node loses precision, never soundness
             return self._conservative(args, kwargs)
+        # Every other node's value is reset to 0/1, so a binary rule's already is (forward); backward, its
+        # operand's own reset follows (autograd sums only positive counts on the way: positivity is kept).
+        return out if rule.binary else tree_boolean(out)
 
     def _conservative(self, args, kwargs):
         """Every output element live iff any input element is, in the node's recorded shape.
@@ -556,10 +560,12 @@ class ChannelFlow(RuleInterpreter):
         cut = self.cuts.get(n.name)
         if cut is not None and isinstance(out, torch.Tensor):
             out = out * cut  # value level: elements proven constant at these weights
-        if isinstance(out, torch.Tensor) and out.is_floating_point():
+        if self.record and isinstance(out, torch.Tensor) and out.is_floating_point():
             # Per-node result on the analysis's own graph, as ShapeProp stores tensor_meta: how many of
             # this node's elements a kept input path reaches, under the masks of this (latest) flow.
             n.meta[FLOW_META] = FlowMeta(int(torch.count_nonzero(out.detach() > 0)), out.numel())
+        else:
+            n.meta.pop(FLOW_META, None)  # never an earlier flow's count
         return out
 
     def apply_real(self, fn, args, kwargs):
@@ -645,7 +651,7 @@ class KeepList:
 def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward: bool = True,
              channel_level: bool = False, cuts: dict[str, torch.Tensor] | None = None,
              reached: dict | None = None, unused: dict[str, list[int]] | None = None,
-             averages: bool = True) -> FlowResult:
+             averages: bool = True, record: bool = False) -> FlowResult:
     """The structural verdict for `masks`: a list of bool keep-masks (one per prunable weight,
     in order) or a MaskSource such as `connectivity.LevelMasks`.
 
@@ -666,28 +672,33 @@ def run_flow(traced: TracedModel, weights: list[PrunableWeight], masks, backward
     exact one, and says so (`approximate`) where such a question came up. Its deaths
     and collapse are then real; its life is proven only where it is not approximate.
 
+    `record` keeps, per node of the analysis's graph, how many of its elements a kept
+    input path reaches (`node.meta[FLOW_META]`; `Analysis.flow` asks for it, a report's
+    own flows do not: it is a count per node).
+
     Element level (default) is exact: liveness per activation element. Channel
     level treats a channel live anywhere as live everywhere, which can only keep
     more alive, so its deaths are real; it is exact unless a map shrinks to a few
     pixels that sparse off-centre taps cannot see.
     """
     with one_thread():  # thousands of small ops: no faster on two threads, far slower on a busy machine
-        return _run_flow(traced, weights, masks, backward, channel_level, cuts, reached, unused, averages)
+        return _run_flow(traced, weights, masks, backward, channel_level, cuts, reached, unused, averages, record)
 
 
-def _run_flow(traced, weights, masks, backward, channel_level, cuts, reached, unused, averages) -> FlowResult:
+def _run_flow(traced, weights, masks, backward, channel_level, cuts, reached, unused, averages,
+              record=False) -> FlowResult:
     if isinstance(masks, (list, tuple)):
         masks = KeepList(weights, list(masks))
     known = backward and unused is not None
     backward = backward and not known
-    flow = ChannelFlow(traced, weights, masks, backward, channel_level, cuts, reached, averages)
+    flow = ChannelFlow(traced, weights, masks, backward, channel_level, cuts, reached, averages, record)
     with torch.set_grad_enabled(backward):
         outs = flow.forward()
         reached_count, size = flow.outputs_reached(outs)
         collapsed = reached_count == 0
         if known and not collapsed:  # the caller's premise fails: never trust it, run the backward pass
             flow.release()
-            return _run_flow(traced, weights, masks, True, channel_level, cuts, reached, None, averages)
+            return _run_flow(traced, weights, masks, True, channel_level, cuts, reached, None, averages, record)
         if backward:
             flow.backward_from(outs)
     dead, found = flow.dead_and_unused_channels()

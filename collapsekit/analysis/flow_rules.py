@@ -43,7 +43,7 @@ _IDENTITY_MODULES = (*ACTIVATION_MODULES, *PARAMETRIC_ACTIVATION_MODULES, nn.Ide
                      *BATCH_NORM_MODULES)
 
 
-@module_rule(*_IDENTITY_MODULES, reduced_ok=True)
+@module_rule(*_IDENTITY_MODULES, reduced_ok=True, binary=True)
 def _identity_module(flow, module, x, *args, **kwargs):
     return x
 
@@ -59,15 +59,15 @@ _IDENTITY_FUNCTIONS += aten("clone.default", "neg.default", "batch_norm.default"
                             "square.default", "reciprocal.default", "erf.default", "sin.default", "cos.default")
 
 
-@function_rule(*_IDENTITY_FUNCTIONS, reduced_ok=True)
+@function_rule(*_IDENTITY_FUNCTIONS, reduced_ok=True, binary=True)
 @method_rule(*ACTIVATION_METHODS, "exp", "log", "neg", "abs", "sqrt", "rsqrt", "clamp", "clamp_", "clip",
              "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "pow", "square", "sign",
-             "detach_", "requires_grad_", reduced_ok=True)
+             "detach_", "requires_grad_", reduced_ok=True, binary=True)
 def _identity(flow, x, *args, **kwargs):
     return x
 
 
-@function_rule(*aten("_native_batch_norm_legit_no_training.default"))
+@function_rule(*aten("_native_batch_norm_legit_no_training.default"), binary=True)
 def _native_batch_norm(flow, x, *args, **kwargs):
     return (x, None, None)  # (output, saved mean, saved invstd): only the output flows on
 
@@ -87,13 +87,17 @@ _SHAPE_FUNCTIONS += aten("view.default", "reshape.default", "flatten.using_ints"
                          "roll.default", "flip.default", "movedim.int", "unbind.int", "stack.default",
                          "squeeze.dims", "squeeze.default", "narrow.default", "select.int", "tile.default",
                          "view_as.default", "im2col.default", "col2im.default", "pixel_unshuffle.default")
-_SHAPE_FUNCTIONS += [F.unfold, F.fold]  # patches: copies (unfold) and sums of copies (fold) of elements
+_SHAPE_FUNCTIONS += [F.unfold]  # patches: copies of elements
 # Selections by index: the index is a constant (its real values select), the source moves as it is.
 _SHAPE_FUNCTIONS += [torch.gather, torch.index_select, torch.take_along_dim, torch.masked_select,
                      *aten("gather.default", "index_select.default", "index.Tensor")]
+# Rearrangements whose elements are sums or blends of elements: not 0/1 from 0/1.
+_BLENDING = {F.interpolate, *aten("upsample_bilinear2d.vec", "col2im.default")}
+_SHAPE_FUNCTIONS = [f for f in _SHAPE_FUNCTIONS if f not in _BLENDING]
 
 
-@function_rule(*_SHAPE_FUNCTIONS, passes_target=True, rearranges=True)
+@function_rule(*_SHAPE_FUNCTIONS, passes_target=True, rearranges=True, binary=True)
+@function_rule(*_BLENDING, F.fold, passes_target=True, rearranges=True)
 def _shape_function(flow, fn, *args, **kwargs):
     return flow.apply_real(fn, args, kwargs)
 
@@ -101,7 +105,7 @@ def _shape_function(flow, fn, *args, **kwargs):
 @method_rule("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as",
              "repeat", "chunk", "split", "narrow", "size", "dim", "t", "movedim", "unbind", "roll", "flip",
              "view_as", "reshape_as", "unflatten", "numel", "tile", "swapaxes", "__getitem__",
-             "gather", "index_select", "take_along_dim", passes_target=True, rearranges=True)
+             "gather", "index_select", "take_along_dim", passes_target=True, rearranges=True, binary=True)
 def _shape_method(flow, name, *args, **kwargs):
     return flow.apply_real(lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
 
@@ -115,14 +119,14 @@ def _shape_module(flow, module, x, *args, **kwargs):
 
 # `view` reads a liveness tensor in the element order of the real (contiguous) one;
 # liveness tensors may be strided differently (expanded, permuted), so reshape.
-@method_rule("view", passes_target=True, rearranges=True)
+@method_rule("view", passes_target=True, rearranges=True, binary=True)
 def _view_method(flow, name, x, *shape):
     if len(shape) == 1 and isinstance(shape[0], torch.dtype):
         raise TypeError("a view as another dtype has no structural reading")
     return flow.apply_real(lambda t, *s: t.reshape(*s), (x, *shape), {})
 
 
-@function_rule(*aten("view.default", "_unsafe_view.default"), rearranges=True)
+@function_rule(*aten("view.default", "_unsafe_view.default"), rearranges=True, binary=True)
 def _aten_view(flow, x, shape):
     return flow.apply_real(torch.reshape, (x, shape), {})
 

@@ -128,7 +128,16 @@ def output_tensors(value) -> list[torch.Tensor]:
 
 
 def has_live(value) -> bool:
-    """True if a liveness tensor (an activation, not a constant) is anywhere in `value`."""
+    """True if a liveness tensor (an activation, not a constant) is anywhere in `value` (as output_tensors
+    finds them; stops at the first: every node asks this of its operands)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(has_live(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_live(v) for v in value.values())
+    if isinstance(value, Constant) or value is None or isinstance(value, (int, float, bool, str)):
+        return False
     return bool(output_tensors(value))
 
 

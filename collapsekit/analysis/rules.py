@@ -31,6 +31,9 @@ class Rule:
         method name) right after the interpreter, before the operands.
     rearranges: only moves, copies or selects elements (reshape, cat, getitem,
         gather), so it applies to a weight's keep-mask as to activations.
+    binary: 0/1 operands give a 0/1 result (an identity on liveness, or a
+        rearrangement that neither sums nor interpolates), so a pass that keeps
+        its values 0/1 need not reset this node's.
     """
 
     fn: Callable
@@ -38,6 +41,7 @@ class Rule:
     weighted: bool = False
     passes_target: bool = False
     rearranges: bool = False
+    binary: bool = False
 
 
 class RuleTable:
