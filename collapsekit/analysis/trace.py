@@ -100,7 +100,8 @@ def trace(model: nn.Module, example_inputs) -> TracedModel:
                     f"and torch.export failed ({_where(export_exc)})") from None
         inputs = _bind_placeholders(gm, args, kwargs)
         try:
-            _propagate_shapes(gm, inputs)
+            if not (method == "export" and _shapes_from_export(gm)):
+                _propagate_shapes(gm, inputs)
         except Exception:
             _check_accepts(model, args, kwargs)  # names the input as the problem when it is
             raise
@@ -204,6 +205,44 @@ class _ShapeRecorder(fx.Interpreter):
         if _plain(result):
             n.meta["value"] = result
         return result
+
+
+def _shapes_from_export(gm: fx.GraphModule) -> bool:
+    """Records what _ShapeRecorder would from the values torch.export already propagated (`node.meta["val"]`,
+    fake tensors of static shape): no second run of the graph. False, recording nothing, where some value is
+    not static (a data-dependent size) or missing: the graph is then run."""
+    found = {}
+    for n in gm.graph.nodes:
+        if n.op == "output":  # what the graph returns: its operands' values
+            val = fx.node.map_arg(n.args[0], lambda a: a.meta.get("val"))
+        elif "val" not in n.meta and n.users:
+            return False
+        else:
+            val = n.meta.get("val")  # none: a check run for its effect (export's guards)
+        tensors, symbolic = [], []
+
+        def tensor_meta(value):
+            if isinstance(value, torch.Tensor):
+                tensors.append(value)
+                return tensor_metadata(value)
+            if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                symbolic.append(value)
+            return value
+
+        meta = fx.node.map_aggregate(val, tensor_meta)
+        if symbolic or any(isinstance(s, torch.SymInt) for t in tensors for s in (*t.shape, *t.stride())):
+            return False
+        found[n] = (val, meta, bool(tensors))
+    for n, (val, meta, has_tensor) in found.items():
+        if has_tensor:
+            n.meta["tensor_meta"] = meta
+        if n.op == "get_attr":  # a parameter stays a Parameter, as a run would see it
+            n.meta["type"] = type(operator.attrgetter(n.target)(gm))
+        else:
+            n.meta["type"] = torch.Tensor if isinstance(val, torch.Tensor) else type(val)
+        if _plain(val):
+            n.meta["value"] = val
+    return True
 
 
 _MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
