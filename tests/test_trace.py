@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 import collapsekit as ck
 from collapsekit.analysis.trace import trace
@@ -229,3 +230,40 @@ def test_meta_and_real_forwards_record_the_same_shapes_and_values(monkeypatch):
         traced = trace(model, torch.randn(1, 3, 16, 16))
         found[loaded] = [(n.name, n.meta.get("tensor_meta"), n.meta.get("value")) for n in traced.gm.graph.nodes]
     assert found[True] == found[False] and len(found[True]) > 100
+
+
+def _shape_records(traced) -> list:
+    """(name, shape, dtype, plain value) per node: what the flows read (strides of size-1 dims are free)."""
+    def shapes(meta):
+        if isinstance(meta, TensorMetadata):
+            return tuple(meta.shape), meta.dtype
+        return type(meta)(shapes(m) for m in meta) if isinstance(meta, (tuple, list)) else meta
+    return [(n.name, shapes(n.meta.get("tensor_meta")), n.meta.get("value")) for n in traced.gm.graph.nodes]
+
+
+def test_an_exported_graph_takes_its_shapes_from_export_without_running_it_again(monkeypatch):
+    from collapsekit.analysis import trace as trace_module
+
+    model = ShapeBranch()
+    runs = []
+    real_propagate = trace_module._propagate_shapes
+    monkeypatch.setattr(trace_module, "_propagate_shapes", lambda *a: runs.append(1) or real_propagate(*a))
+    traced = trace(model, torch.randn(1, 3, 8, 8))
+    assert traced.method == "export" and runs == []
+    monkeypatch.setattr(trace_module, "_shapes_from_export", lambda gm: False)  # the graph run instead
+    again = trace(model, torch.randn(1, 3, 8, 8))
+    assert runs == [1]
+    assert _shape_records(traced) == _shape_records(again)
+    assert _shape_records(traced)[-1][1] == (((1, 4), torch.float32),)  # the output node's too
+
+
+def test_a_data_dependent_size_in_an_export_is_recorded_by_running_the_graph():
+    from collapsekit.analysis.trace import _shapes_from_export
+
+    class Nonzero(nn.Module):
+        def forward(self, x):
+            return x[x > 0].sum() + x.mean()
+
+    gm = torch.export.export(Nonzero(), (torch.randn(4),), strict=False).module()
+    assert _shapes_from_export(gm) is False
+    assert not any("type" in n.meta or "value" in n.meta for n in gm.graph.nodes)  # nothing half-recorded
