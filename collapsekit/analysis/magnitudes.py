@@ -21,6 +21,7 @@ that order (its largest), and the global order runs over the remaining ones.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +135,17 @@ def _chunks(tensor: torch.Tensor):
         yield abs_bits(part).numpy()
 
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def _bins_of(bits: np.ndarray) -> np.ndarray:
+    """The bin (high 16 bits) of each int32 bit pattern: a view of their high halves where the machine
+    is little-endian (no shifted copy), else the shift."""
+    if _LITTLE_ENDIAN and bits.ndim == 1 and bits.flags.c_contiguous:
+        return bits.view(np.uint16)[1::2]
+    return bits >> _SHIFT
+
+
 Runs = tuple  # (sorted distinct bit patterns, int64 running counts): one bin of one layer
 
 
@@ -217,7 +229,7 @@ class MagnitudeIndex:
         edges = np.array([b << _SHIFT for b in bins] + [(bins[-1] + 1) << _SHIFT], dtype=np.int64)
         per_layer = []
         for i in range(len(self.weights)):
-            parts = [bits[np.take(table, bits >> _SHIFT)] for bits in _chunks(self._tensors[i])]
+            parts = [bits[np.take(table, _bins_of(bits))] for bits in _chunks(self._tensors[i])]
             found = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
             cuts = np.searchsorted(found, edges)
             per_layer.append([found[cuts[j]:cuts[j + 1]] for j in range(len(bins))])
