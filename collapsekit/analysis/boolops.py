@@ -78,12 +78,20 @@ def flat_true(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(a).astype(np.int64))
 
 
-def any_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Bool `mask.any(dim)`."""
+def any_along(mask: torch.Tensor, dim) -> torch.Tensor:
+    """Bool `mask.any(dim)` (`dim`: an axis or a tuple of them)."""
     a = _np(mask)
     if a is None:
         return mask.any(dim)
     return torch.from_numpy(np.asarray(np.logical_or.reduce(a, axis=dim)))
+
+
+def rows_alike(mask: torch.Tensor) -> bool:
+    """Whether every row (along dim 0) of `mask` equals its first."""
+    a = _np(mask)
+    if a is None:
+        return bool((mask == mask[:1]).all())
+    return bool((a == a[:1]).all())
 
 
 def all_true(mask: torch.Tensor) -> bool:

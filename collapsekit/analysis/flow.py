@@ -31,7 +31,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from collapsekit.analysis.averages import RowUniformity, averaged_values, constant_values, row_uniform
-from collapsekit.analysis.boolops import as_float
+from collapsekit.analysis.boolops import any_along, as_float, greater
 from collapsekit.analysis.flow_layers import EffectiveWeights, LayerOnKeep, LazyKeep, SparseKeep, apply_keep, \
     dense_linear, transposed_record
 from collapsekit.analysis.flow_rules import RULES
@@ -345,12 +345,12 @@ class ChannelFlow(RuleInterpreter):
             for o in outs_of_layer:
                 dim = channel_dim(w, o)
                 others = tuple(d for d in range(o.ndim) if d != dim)
-                a = (o.detach() > 0).any(dim=others) if others else o.detach() > 0
+                a = any_along(greater(o.detach(), 0), others) if others else greater(o.detach(), 0)
                 alive = a if alive is None else alive | a
                 if self.backward:
                     g = o.grad
-                    u = (g > 0).any(dim=others) if (g is not None and others) else (
-                        g > 0 if g is not None else torch.zeros_like(a))
+                    u = any_along(greater(g, 0), others) if (g is not None and others) else (
+                        greater(g, 0) if g is not None else torch.zeros_like(a))
                     used = u if used is None else used | u
             idx = torch.nonzero(~alive).flatten().tolist()
             if idx:

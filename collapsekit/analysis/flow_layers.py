@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collapsekit.analysis.boolops import all_true, any_along, as_float, count_bits, count_true, outer, pack_bits, \
-    unpack_bits
+from collapsekit.analysis.boolops import all_true, any_along, any_true, as_float, count_bits, count_true, greater, \
+    outer, pack_bits, rows_alike, unpack_bits
 from collapsekit.analysis.heap import release_after, row_blocks
 
 
@@ -181,11 +181,11 @@ def patterns(live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     are at most PATTERNS: a sequence whose class token or padding differs from its other tokens has two."""
     if live.shape[0] == 0:
         return None
-    if bool((live == live[:1]).all()):
+    if rows_alike(live):
         return live[:1], torch.zeros(live.shape[0], dtype=torch.long)
     # Rows grouped by a random projection (a sort of one number per row, not of whole rows), then checked
     # exactly: a collision, however unlikely, falls back to sorting the rows themselves.
-    keys = live.to(torch.float64) @ torch.rand(live.shape[1], dtype=torch.float64,
+    keys = as_float(live, torch.float64) @ torch.rand(live.shape[1], dtype=torch.float64,
                                                generator=torch.Generator().manual_seed(0))
     _, inverse = torch.unique(keys, return_inverse=True)
     count = int(inverse.max()) + 1
@@ -211,11 +211,11 @@ def apply_keep(op, x, keep: torch.Tensor, lines=None) -> torch.Tensor:
     weight" without reading the mask."""
     if op is not F.linear or len(keep.shape) != 2 or not isinstance(x, torch.Tensor):
         return op(x, as_float(keep_tensor(keep), x.dtype))
-    found = patterns(x.reshape(-1, x.shape[-1]) > 0)
+    found = patterns(greater(x.reshape(-1, x.shape[-1]), 0))
     if found is not None:
         distinct, inverse = found
         live = torch.stack([any_kept(keep, p, dim=1, lines=lines) for p in distinct])
-        return live[inverse].to(x.dtype).reshape(*x.shape[:-1], keep.shape[0])
+        return as_float(live[inverse], x.dtype).reshape(*x.shape[:-1], keep.shape[0])
     mask = keep_tensor(keep)
     if mask.numel() <= _BLOCK:
         return op(x, as_float(mask, x.dtype))
@@ -226,7 +226,7 @@ def any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> t
     """Bool per row (dim=1: some kept weight of the row lies in a column where `along` holds) or per
     column (dim=0: some kept weight of the column lies in a row where `along` holds), by row blocks;
     from `lines` alone where `along` holds everywhere."""
-    everywhere = bool(along.all())
+    everywhere = all_true(along)
     if everywhere and lines is not None:
         return (lines.rows if dim == 1 else lines.cols).clone()
     if isinstance(keep, SparseKeep):
@@ -237,7 +237,7 @@ def any_kept(keep: torch.Tensor, along: torch.Tensor, dim: int, lines=None) -> t
         block = keep[a:b]
         if dim == 1:
             out[a:b] = any_along(block if everywhere else block & along, 1)
-        elif everywhere or bool(along[a:b].any()):
+        elif everywhere or any_true(along[a:b]):
             out |= any_along(block if everywhere else block & along[a:b, None], 0)
     return out
 
@@ -253,11 +253,11 @@ def linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
     non-negative). Where every position shares one liveness (or one usedness) pattern, that is an
     outer product of two bool vectors, which spares the [O, I] matmul."""
     xs, gs = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    xl, gl = xs > 0, gs > 0
+    xl, gl = greater(xs, 0), greater(gs, 0)
     used_by = patterns(gl)
     if used_by is not None:  # few usedness patterns: no matmul (up to scale)
         distinct, inverse = used_by
-        gx = torch.stack([any_kept(keep, p, dim=0, lines=lines) for p in distinct])[inverse].to(x.dtype)
+        gx = as_float(torch.stack([any_kept(keep, p, dim=0, lines=lines) for p in distinct])[inverse], x.dtype)
     else:
         gx = torch.zeros(xs.shape, dtype=x.dtype)
         mask = keep_tensor(keep)
@@ -265,7 +265,7 @@ def linear_backward(x: torch.Tensor, keep: torch.Tensor, g: torch.Tensor,
             gx += torch.matmul(gs[:, a:b], as_float(mask[a:b], x.dtype))
     live_by = patterns(xl)
     if (live_by is not None and len(live_by[0]) == 1) or (used_by is not None and len(used_by[0]) == 1):
-        used, live = gl.any(0), xl.any(0)  # one pattern on a side: reached = used x live
+        used, live = any_along(gl, 0), any_along(xl, 0)  # one pattern on a side: reached = used x live
         if all_true(used) and all_true(live):
             return gx.view(x.shape), EVERYWHERE
         reached = Outer(used, live)
