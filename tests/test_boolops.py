@@ -65,3 +65,16 @@ def test_any_along_equals_torch():
     for m in (mask, mask.t(), mask[::2], torch.zeros(0, 4, dtype=torch.bool)):
         for dim in (0, 1):
             assert torch.equal(boolops.any_along(m, dim), m.any(dim))
+
+
+def test_any_along_several_dims_and_rows_alike_equal_torch():
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.rand(2, 5, 3, 4, generator=gen) > 0.9
+    for dims in ((0, 2, 3), (0, 1), (3,)):
+        assert torch.equal(boolops.any_along(mask, dims), mask.any(dim=dims))
+    rows = torch.rand(1, 6, generator=gen) > 0.5
+    alike = rows.expand(4, 6)
+    assert boolops.rows_alike(alike) and boolops.rows_alike(alike.clone())
+    changed = alike.clone()
+    changed[3, 2] = ~changed[3, 2]
+    assert not boolops.rows_alike(changed) and not boolops.rows_alike(changed.t())
