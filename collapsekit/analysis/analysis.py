@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -31,12 +33,13 @@ from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
 from collapsekit.analysis.rules import UNHANDLED
 from collapsekit.analysis.streamed import StreamedTensors, skeleton
 from collapsekit.analysis.threads import phase_threads, with_analysis_threads
-from collapsekit.analysis.timing import Timings, progress as _progress
+from collapsekit.analysis.timing import Timings
+from collapsekit.analysis.timing import progress as _progress
 from collapsekit.analysis.trace import trace
 from collapsekit.analysis.values import has_cuttable_activation, relu_cuts
 from collapsekit.errors import CollapsekitError
-from collapsekit.spec import fraction
 from collapsekit.files.stream import Checkpoint
+from collapsekit.spec import fraction
 
 # Above this many multiply-accumulates per forward pass, the per-level flow runs at
 # channel level (exact collapse sparsity still comes from the element level).
@@ -86,10 +89,7 @@ class Analysis:
                 if any(t.is_meta for t in self.tensors):
                     raise CollapsekitError(f"{self.name}'s weights are on the meta device: pass checkpoint= "
                                            "(a .safetensors file or a sharded directory) to read them from")
-        with self.timings.stage("trace"), phase_threads():
-            self.traced = trace(traced_model, example_inputs)
-        with self.timings.stage("index"), phase_threads():
-            self.index = MagnitudeIndex(self.weights, self.tensors, progress=progress)
+        self.traced, self.index = self._trace_beside_index(traced_model, example_inputs, mt, progress)
         with self.timings.stage("graph"):
             self.graph = build_graph(self.traced, self.weights)
         with self.timings.stage("connectivity"):
@@ -197,6 +197,34 @@ class Analysis:
         found = collapses(self.traced, self.weights, level, channel_level=channel)
         release_after(self.index.total)
         return found
+
+    def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool):
+        """(trace, magnitude index), the index built in a second thread while the trace runs: the trace is
+        mostly Python (a transformer's export: a second or more), the index's passes over the weights mostly
+        numpy and torch kernels that release the GIL, so on two idle cores they overlap. While the trace still
+        runs, the index goes on to read the bins of the report's default levels (its next question)."""
+        tracing = threading.Event()
+
+        def build_index() -> MagnitudeIndex:
+            with self.timings.stage("index"):
+                index = MagnitudeIndex(self.weights, self.tensors, progress=progress)
+            if tracing.is_set():
+                mt_count = resolve_mt(mt, index.total)
+                room = index.max_count(mt_count)
+                with self.timings.stage("index reads"):
+                    index.prefetch([min(room, sparsity_to_count(s, index.total)) for s in sparsity_levels()],
+                                   mt_count)
+            return index
+
+        with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool:
+            tracing.set()
+            job = pool.submit(build_index)
+            try:
+                with self.timings.stage("trace"), phase_threads():
+                    traced = trace(model, example_inputs)
+            finally:
+                tracing.clear()
+            return traced, job.result()
 
     def cover(self, channel_level: bool | None = None) -> Cover:
         """The cover masks (cover.py) of this model at the flow's granularity, built on first use."""
