@@ -29,6 +29,7 @@ class LayerOnKeep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, keep, op, record, lines=None):
         ctx.op, ctx.record, ctx.shape, ctx.lines = op, record, keep.shape, lines
+        ctx.input_leaf = x.is_leaf  # the flow's input itself: nothing reads its gradient
         ctx.save_for_backward(x)
         if isinstance(op, ChannelConv):  # a small [O, I] connectivity: kept as is, in both dtypes
             ctx.conn, ctx.weights = keep, as_float(keep, x.dtype)
@@ -55,10 +56,13 @@ class LayerOnKeep(torch.autograd.Function):
             ctx.record(reached, keep)
         else:
             with torch.enable_grad():
-                xx = x.detach().requires_grad_(True)
+                xx = x.detach().requires_grad_(not ctx.input_leaf)
                 w = as_float(keep, x.dtype).requires_grad_(True)
                 # A scalar's gradient: autograd's explicit-gradient path imports sympy (the cold start).
-                gx, gw = torch.autograd.grad((ctx.op(xx, w) * g).sum(), (xx, w))
+                # The input's own gradient is never read: a patch-embedding conv's costs most of its backward.
+                wanted = (w,) if ctx.input_leaf else (xx, w)
+                *gx, gw = torch.autograd.grad((ctx.op(xx, w) * g).sum(), wanted)
+                gx = gx[0] if gx else None
             ctx.record(gw > 0, keep)
         del keep
         release_after(int(np.prod(ctx.shape)))
