@@ -242,3 +242,57 @@ def test_unused_channels_given_for_masks_that_do_not_collapse_are_not_trusted():
     got = run_flow(an.traced, an.weights, level, unused={w.name: [0] for w in an.weights})
     assert not got.collapsed and got.unused_channels == want.unused_channels
     assert got.effective.tolist() == want.effective.tolist() and got.effective.sum() > 0
+
+
+def test_the_index_is_built_beside_a_slow_trace_and_reads_the_default_levels_meanwhile(monkeypatch):
+    import threading
+    import time
+
+    from collapsekit.analysis import analysis as analysis_module
+
+    threads_seen, fetches = set(), []
+    real_trace, real_init, real_fetch = analysis_module.trace, MagnitudeIndex.__init__, MagnitudeIndex._fetch
+
+    def slow_trace(*a):
+        time.sleep(0.5)  # a transformer's export: the index is done before it
+        return real_trace(*a)
+
+    def init(self, *a, **k):
+        threads_seen.add(threading.current_thread().name)
+        return real_init(self, *a, **k)
+
+    monkeypatch.setattr(analysis_module, "trace", slow_trace)
+    monkeypatch.setattr(MagnitudeIndex, "__init__", init)
+    def fetch(self, bins):  # a pass over the weights: some bin not read yet
+        bins = list(bins)
+        if any(b not in self._fine for b in bins):
+            fetches.append(threading.current_thread().name.startswith("collapsekit-index"))
+        return real_fetch(self, bins)
+
+    monkeypatch.setattr(MagnitudeIndex, "_fetch", fetch)
+    model = tiny_convnet()
+    an = Analysis(model, torch.randn(1, 1, 8, 8))
+    assert [name.startswith("collapsekit-index") for name in threads_seen] == [True]
+    assert fetches[0] and fetches.count(True) == 1  # the default levels' bins, read while the trace ran
+    assert an.timings.calls["index reads"] == 1
+    from collapsekit.analysis.analysis import sparsity_levels
+
+    before = len(fetches)
+    an.index.prefetch([an.count(s) for s in sparsity_levels()], an.mt)  # what report() asks first
+    assert len(fetches) == before  # already read: no further pass over the weights
+    report = an.report()
+    assert report.to_dict() == ck.analyze(model, torch.randn(1, 1, 8, 8)).to_dict()
+
+
+def test_a_failing_trace_still_ends_the_index_thread_and_raises_its_own_error(monkeypatch):
+    import threading
+
+    from collapsekit.analysis import analysis as analysis_module
+
+    def broken(*a):
+        raise CollapsekitError("cannot trace Broken")
+
+    monkeypatch.setattr(analysis_module, "trace", broken)
+    with pytest.raises(CollapsekitError, match="cannot trace Broken"):
+        Analysis(tiny_convnet(), torch.randn(1, 1, 8, 8))
+    assert not [t for t in threading.enumerate() if t.name.startswith("collapsekit-index")]

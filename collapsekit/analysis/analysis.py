@@ -205,7 +205,8 @@ class Analysis:
         runs, the index goes on to read the bins of the report's default levels (its next question)."""
         tracing = threading.Event()
 
-        def build_index() -> MagnitudeIndex:
+        def build_index(threads: int) -> MagnitudeIndex:
+            torch.set_num_threads(threads)  # OpenMP's count is per thread: this one starts at the default
             with self.timings.stage("index"):
                 index = MagnitudeIndex(self.weights, self.tensors, progress=progress)
             if tracing.is_set():
@@ -216,11 +217,11 @@ class Analysis:
                                    mt_count)
             return index
 
-        with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool:
+        with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, phase_threads() as threads:
             tracing.set()
-            job = pool.submit(build_index)
+            job = pool.submit(build_index, threads)
             try:
-                with self.timings.stage("trace"), phase_threads():
+                with self.timings.stage("trace"):
                     traced = trace(model, example_inputs)
             finally:
                 tracing.clear()
