@@ -78,7 +78,11 @@ HELD_OUT_NEW = [(a, "digits", e) for a in NEW_NETS for e in (2, 10)]
 # a projection shortcut and no narrow head), added after the suggestion rule was chosen and scored once.
 FRESH_NETS = {f"fresh_{name}": factory for name, factory in _nets.FRESH.items()}
 HELD_OUT_FRESH = [(a, "digits", e) for a in FRESH_NETS for e in (2, 10)]
-HELD_NETS = {**NEW_NETS, **FRESH_NETS}
+# A second fresh set (`_nets.FRESH2`: GroupNorm conv net, inverted-residual net, gated (SwiGLU) MLP), written and
+# fine-tuned before the probe was extended and scored once after every choice of that change.
+FRESH2_NETS = {f"fresh2_{name}": factory for name, factory in _nets.FRESH2.items()}
+HELD_OUT_FRESH2 = [(a, "digits", e) for a in FRESH2_NETS for e in (2, 10)]
+HELD_NETS = {**NEW_NETS, **FRESH_NETS, **FRESH2_NETS}
 
 
 def level_grid(collapse: float, quick: bool, lm: bool = False) -> list[float]:
@@ -422,6 +426,8 @@ def main(argv=None) -> int:
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-new")
     for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_FRESH):
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-fresh")
+    for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_FRESH2):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-fresh2")
     report(rows, args)
     return 0
 
@@ -485,7 +491,7 @@ def report(rows: list[dict], args) -> dict:
                "models": {task: {"one_pass": one.to_dict(), "probe": None if probe is None else probe.to_dict()}
                           for task, (one, probe) in everything.models.items()},
                "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS + LM_RUNS)],
-               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT + HELD_OUT_NEW + HELD_OUT_FRESH],
+               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT + HELD_OUT_NEW + HELD_OUT_FRESH + HELD_OUT_FRESH2],
                "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN},
                "finetune_lm": {"epochs": LM_EPOCHS, "defaults": "lm family"}}
     print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs", "held_out_runs")},
