@@ -256,7 +256,8 @@ def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Pat
         masks = a.masks(k=k)
         key = f"{tag}|{s:.6g}|{mt}"
         entry = runs.outcome(key, model, masks, bundle)
-        if "collapsed" not in entry or "evidence" not in entry or refit:
+        stale = not lm and entry.get("evidence") and "probe_extended" not in entry["evidence"]  # an older probe's
+        if "collapsed" not in entry or "evidence" not in entry or refit or stale:
             collapsed = a.collapsed_at(k)
             started = time.perf_counter()
             f = trainable.forecast(a, bundle, k, collapsed, probe=not lm)  # an LM's model reads the one pass
@@ -394,7 +395,7 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
         for r in sorted(pts, key=lambda r: r["mt"]):
             if r["mt"] >= floor:
                 p = judge.probability(r["evidence"])
-                loss = r["evidence"].get("probe_loss_after")
+                loss = r["evidence"].get(trainable.SHORT_LOSS)  # what `trainable_mt` ranks by
                 cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5,
                               **({} if loss is None else {"probe_loss_after": loss})})
         pick = trainable.choose(cands)

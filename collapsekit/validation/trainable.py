@@ -19,6 +19,7 @@ from collapsekit.analysis.analysis import Analysis, analyze as _analyze, sparsit
 from collapsekit.analysis.suggest import MTSuggestion, suggest_mt as _suggest_mt
 from collapsekit.validation.forecast import MODEL, Forecast, Forecaster
 
+SHORT_LOSS = "probe_short_loss_after"  # the loss after the short probe: the same steps for every candidate
 CANDIDATES = 7  # log-spaced MTs from the structural floor to the largest MT, each forecast once
 
 
@@ -102,11 +103,12 @@ def sweep_mts(an: Analysis, structural: MTSuggestion) -> list[int]:
 
 
 def choose(candidates: list[dict]) -> dict:
-    """The candidate to suggest. Among those forecast trainable whose probe ran (`probe_loss_after` given), the one
-    whose loss on the held-aside batch after the probe's steps is lowest (the smallest MT on ties): accuracy first
-    rises then falls with MT (Gupta et al.), and where the first steps leave the pruned net tells that curve's top
-    apart better than a saturated probability does. Otherwise the highest forecast probability, the smallest MT on
-    ties (analyses/README.md: suggestion hit rate, leave-one-architecture-out)."""
+    """The candidate to suggest. Among those forecast trainable whose probe ran (`probe_loss_after` given: the loss
+    on the held-aside batch after the short probe's steps, the same steps for every candidate), the one whose loss
+    is lowest (the smallest MT on ties): accuracy first rises then falls with MT (Gupta et al.), and where the first
+    steps leave the pruned net tells that curve's top apart better than a saturated probability does. Otherwise the
+    highest forecast probability, the smallest MT on ties (analyses/README.md: suggestion hit rate,
+    leave-one-architecture-out)."""
     probed = [c for c in candidates if c["probability"] >= 0.5 and "probe_loss_after" in c]
     if probed:
         return min(probed, key=lambda c: (c["probe_loss_after"], c["mt"]))
@@ -121,8 +123,7 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
         f = forecast(an.with_mt(mt), bundle, k)
         forecasts.append({"mt": mt, "probability": f.probability, "trainable": f.trainable,
                           **{key: float(f.evidence.get(key, 0.0)) for key in MODEL.features},
-                          **({"probe_loss_after": float(f.evidence["probe_loss_after"])}
-                             if "probe_loss_after" in f.evidence else {})})
+                          **({"probe_loss_after": float(f.evidence[SHORT_LOSS])} if SHORT_LOSS in f.evidence else {})})
     pick = choose(forecasts)
     if pick["trainable"]:
         how = ("trains furthest in the probe's steps" if "probe_loss_after" in pick else "is the likeliest to train")
@@ -136,4 +137,4 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
 
 
 __all__ = ["analyze", "suggest_mt", "forecast", "forecaster", "report", "annotate", "trainable_mt", "candidate_mts",
-           "sweep_mts", "choose", "CANDIDATES"]
+           "sweep_mts", "choose", "CANDIDATES", "SHORT_LOSS"]
