@@ -22,7 +22,8 @@ so is the data-aware suggestion. The models shipped in collapsekit are the fits 
 sets are never fitted on: five zoo nets (HELD_OUT) and, added last and scored once after every choice was made,
 the three digits nets of benchmarks/bench_mt_search.py trained as it trains them (HELD_OUT_NEW), and three
 families written for the check (HELD_OUT_FRESH, `_nets.FRESH`), scored once after the suggestion rule was
-chosen. Only prunes
+chosen, and three more (HELD_OUT_FRESH2, `_nets.FRESH2`) written and fine-tuned before the probe was made
+adaptive and scored once after. Only prunes
 below the structural collapse count: above it structure decides.
 
 Run: python analyses/trainability_forecast.py [--quick] [--refit]

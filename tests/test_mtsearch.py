@@ -261,19 +261,3 @@ def test_a_search_whose_every_fine_tune_diverges_says_so_in_one_line(mlp, synthe
     monkeypatch.setattr(pausable, "finetune", diverges)
     with pytest.raises(CollapsekitError, match="every candidate's fine-tune diverged.*lower the lr"):
         search_mt(mlp, synthetic, SPARSITY, epochs=1, lr=0.05, device="cpu", seed=0)
-
-
-def test_candidates_race_in_the_order_of_their_loss_after_the_short_probe():
-    """Collapsed last; the probability saturates near 1 with the probe, so among candidates forecast trainable the
-    loss after the short probe's steps (`trainable.choose`'s reading) orders them; the others follow by probability."""
-    from types import SimpleNamespace
-
-    from collapsekit.validation.mtsearch import _Candidate
-
-    def cand(mt, p, loss=None, collapsed=False):
-        ev = {} if loss is None else {"probe_short_loss_after": loss}
-        f = SimpleNamespace(probability=p, trainable=p >= 0.5, evidence=ev)
-        return _Candidate(mt=mt, masks={}, collapsed=collapsed, emptied_layers=0, forecast=f)
-
-    cands = [cand(1, 0.999, 0.9), cand(2, 0.98, 0.4), cand(3, 0.3, 0.1), cand(4, 0.6), cand(0, 0.0, collapsed=True)]
-    assert [c.mt for c in sorted(cands, key=_Candidate.order_key)] == [2, 1, 4, 3, 0]

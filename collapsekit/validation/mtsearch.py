@@ -37,7 +37,7 @@ from collapsekit.training.device import resolve_device
 from collapsekit.training.train import evaluate, score
 from collapsekit.validation.halving import rung_steps
 from collapsekit.validation.pausable import PausableRun
-from collapsekit.validation.trainable import SHORT_LOSS, forecast, suggest_mt
+from collapsekit.validation.trainable import forecast, suggest_mt
 
 # Sweep (percent of all prunable weights) when no MT is needed to avoid collapse:
 # around the reference code's default of 0.05 %.
@@ -193,13 +193,7 @@ class _Candidate:
         return float(p) if p is not None else float(self.forecast.trainable)
 
     def order_key(self):
-        """Collapsed last; among those forecast trainable whose probe ran, the lowest loss after the probe's steps
-        first (`trainable.choose`'s reading, after the short probe's steps, the same for every candidate: the
-        probability saturates near 1 where that loss still ranks them); then by probability, output signal and MT."""
-        evidence = self.forecast.evidence
-        loss = evidence.get(SHORT_LOSS) if self.forecast.trainable else None
-        return (self.collapsed, loss is None, loss if loss is not None else 0.0, -self.probability,
-                -float(evidence.get("signal", 0.0)), self.mt)
+        return (self.collapsed, -self.probability, -float(self.forecast.evidence.get("signal", 0.0)), self.mt)
 
 
 def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int = 3, lr: float = 0.01,
