@@ -398,7 +398,7 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
                 p = judge.probability(r["evidence"])
                 loss = r["evidence"].get(trainable.SHORT_LOSS)  # what `trainable_mt` ranks by
                 cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5,
-                              **({} if loss is None else {"probe_loss_after": loss})})
+                              **({} if loss is None else {trainable.SHORT_LOSS: loss})})
         pick = trainable.choose(cands)
         by_mt = {r["mt"]: r for r in pts}
         best = max(pts, key=lambda r: (r["accuracy"], -r["mt"]))

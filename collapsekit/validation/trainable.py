@@ -103,15 +103,15 @@ def sweep_mts(an: Analysis, structural: MTSuggestion) -> list[int]:
 
 
 def choose(candidates: list[dict]) -> dict:
-    """The candidate to suggest. Among those forecast trainable whose probe ran (`probe_loss_after` given: the loss
-    on the held-aside batch after the short probe's steps, the same steps for every candidate), the one whose loss
-    is lowest (the smallest MT on ties): accuracy first rises then falls with MT (Gupta et al.), and where the first
+    """The candidate to suggest. Among those forecast trainable whose probe ran (SHORT_LOSS given: the loss on the
+    held-aside batch after the short probe's steps, the same steps for every candidate), the one whose loss is
+    lowest (the smallest MT on ties): accuracy first rises then falls with MT (Gupta et al.), and where the first
     steps leave the pruned net tells that curve's top apart better than a saturated probability does. Otherwise the
     highest forecast probability, the smallest MT on ties (analyses/README.md: suggestion hit rate,
     leave-one-architecture-out)."""
-    probed = [c for c in candidates if c["probability"] >= 0.5 and "probe_loss_after" in c]
+    probed = [c for c in candidates if c["probability"] >= 0.5 and SHORT_LOSS in c]
     if probed:
-        return min(probed, key=lambda c: (c["probe_loss_after"], c["mt"]))
+        return min(probed, key=lambda c: (c[SHORT_LOSS], c["mt"]))
     return max(candidates, key=lambda c: (round(c["probability"], 6), -c["mt"]))
 
 
@@ -123,10 +123,10 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
         f = forecast(an.with_mt(mt), bundle, k)
         forecasts.append({"mt": mt, "probability": f.probability, "trainable": f.trainable,
                           **{key: float(f.evidence.get(key, 0.0)) for key in MODEL.features},
-                          **({"probe_loss_after": float(f.evidence[SHORT_LOSS])} if SHORT_LOSS in f.evidence else {})})
+                          **({SHORT_LOSS: float(f.evidence[SHORT_LOSS])} if SHORT_LOSS in f.evidence else {})})
     pick = choose(forecasts)
     if pick["trainable"]:
-        how = ("trains furthest in the probe's steps" if "probe_loss_after" in pick else "is the likeliest to train")
+        how = ("trains furthest in the probe's steps" if SHORT_LOSS in pick else "is the likeliest to train")
         reason = (f"MT={pick['mt']} {how} of {len(forecasts)} candidates (p={pick['probability']:.2f}); "
                   f"structural floor {structural.mt}")
     else:
