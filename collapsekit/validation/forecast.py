@@ -57,7 +57,7 @@ real fine-tunes by `validate` and `mt-search`, never mixed into `collapsed`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -197,6 +197,7 @@ class Forecaster:
                            class_signal=class_signal(out, self.y), ratios=ratios,
                            accuracy=float((scores.argmax(1) == target).float().mean()), chance=chance)
         self._probe = None
+        self.made = {}  # (MT, pruned count, probe) -> Forecast: trainable.forecast's, made once
 
     @classmethod
     def from_bundle(cls, model: nn.Module, bundle, batch: int = BATCH, seed: int = SEED, margin: float = 0.1,
@@ -221,16 +222,9 @@ class Forecaster:
         """The evidence at the weights `masks` (name -> bool keep) leave: floats, see `measure`."""
         return measure(self.model, masks, self.x, self.y, self.dense, self.bottlenecks)
 
-    def measure_net(self, net: nn.Module, masks: dict[str, torch.Tensor], ratios: dict | None = None) -> dict:
-        """The evidence of another net of the same architecture (the probe's stepped copy), against this dense one
-        (its gradients against `ratios`, `ratios_of` another dense net, where given)."""
-        dense = self.dense if ratios is None else replace(self.dense, ratios=ratios)
-        return measure(net, masks, self.x, self.y, dense, self.bottlenecks)
-
-    def ratios_of(self, net: nn.Module) -> dict:
-        """{weight name: |grad| / |weight|} of the unpruned `net` (the dense net after the probe's steps) on the batch."""
-        full = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in net.named_parameters() if p.ndim > 1}
-        return _gradients(masked_copy(net, {}), self.x, self.y, full)[0]
+    def measure_net(self, net: nn.Module, masks: dict[str, torch.Tensor]) -> dict:
+        """The evidence of another net of the same architecture (the probe's stepped copy), against this dense one."""
+        return measure(net, masks, self.x, self.y, self.dense, self.bottlenecks)
 
     def __call__(self, masks: dict[str, torch.Tensor], probe: bool | None = None) -> Forecast:
         """Forecast for the model pruned with `masks`; `probe`: None runs the probe where the task has a probe model

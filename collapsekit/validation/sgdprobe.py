@@ -8,9 +8,8 @@ the forecast's measurement batch, which the steps never train on (held aside).
 The dense net runs the same steps on the same examples once, so the pruned
 net's readings are relative to what those steps give a net that has nothing to
 recover (`probe_loss_kept`, `probe_accuracy_kept`, `probe_drop`); and the stepped
-copy is measured again as in the one pass (`after_*` keys; `after_step_*`
-against the dense net's gradients after the same steps): a net that will train
-moves its readings toward the dense ones. An early-training signal reads the
+copy is measured again as in the one pass (`after_*` keys) where the probe
+stops: a net that will train moves its readings toward the dense ones. An early-training signal reads the
 same whatever the architecture (Frankle et al., "The Early Phase of Neural
 Network Training", ICLR 2020: the first steps already sort what will train).
 
@@ -83,9 +82,7 @@ class Probe:
         self.batches = [(xs[i], ys[i]) for i in idx]
         self.n = n
         self.epochs = short * batch / n
-        self.dense_readings = []  # per mark: (loss after, accuracy, the dense net's relative gradients then)
-        for net, loss, accuracy in self._steps({}, lambda mark: True):
-            self.dense_readings.append((loss, accuracy, forecaster.ratios_of(net)))
+        self.dense_readings = [(loss, accuracy) for _, loss, accuracy in self._steps({})]  # per mark
         self.dense_readings += self.dense_readings[-1:] * (len(self.marks) - len(self.dense_readings))  # diverged
 
     def __call__(self, masks: dict[str, torch.Tensor]) -> dict:
@@ -97,29 +94,27 @@ class Probe:
         return evidence
 
     def readings(self, masks: dict[str, torch.Tensor], go_on: Callable[[dict], bool]) -> list[dict]:
-        """The evidence at each mark the probe reaches: it goes past a mark while `go_on(that mark's evidence)`."""
+        """The evidence at each mark the probe reaches: it goes past a mark while `go_on(that mark's evidence)`. The
+        last one also holds the one-pass readings of the stepped copy (`after_*`)."""
         before, start = self._loss(masked_copy(self.model, masks))
         out, last = [], before
         dense_last = self.forecaster.dense.loss
-
-        def carry_on(mark: int) -> bool:
-            return go_on(out[-1])
-
-        for j, (net, after, accuracy) in enumerate(self._steps(masks, carry_on)):
-            dense_after, dense_accuracy, dense_ratios = self.dense_readings[j]
-            out.append(self._reading(net, masks, self.marks[j], before, start, after, accuracy, last, dense_last,
-                                     dense_after, dense_accuracy, dense_ratios))
+        for j, (net, after, accuracy) in enumerate(self._steps(masks)):
+            dense_after, dense_accuracy = self.dense_readings[j]
+            out.append(self._reading(self.marks[j], before, start, after, accuracy, last, dense_last, dense_after,
+                                     dense_accuracy))
+            if j == len(self.marks) - 1 or after == float("inf") or not go_on(out[-1]):
+                measured = self.forecaster.measure_net(net, masks)  # the one-pass evidence again, after the steps
+                out[-1].update({f"after_{k}": measured[k] for k in self.features})
+                break
             last, dense_last = after, dense_after
         return out
 
-    def _reading(self, net, masks, steps, before, start, after, accuracy, last, dense_last, dense_after,
-                 dense_accuracy, dense_ratios) -> dict:
+    def _reading(self, steps, before, start, after, accuracy, last, dense_last, dense_after, dense_accuracy) -> dict:
         """The evidence after `steps` steps: loss and accuracy on the held-aside batch against the dense net's after
-        the same steps, and the one-pass readings of the stepped copy."""
+        the same steps."""
         h = max(self.entropy, TINY)
         dense = self.forecaster.dense
-        measured = self.forecaster.measure_net(net, masks)  # the one-pass evidence again, after the steps
-        stepped = self.forecaster.measure_net(net, masks, dense_ratios)  # gradients against the dense net's then
         drop = clip((before - after) / h, -1.0, 1.0)
         dense_drop = clip((dense.loss - dense_after) / h, -1.0, 1.0)
         gain = self.entropy - dense_after
@@ -136,14 +131,11 @@ class Probe:
                 "probe_accuracy": accuracy, "probe_dense_accuracy": dense_accuracy,
                 "probe_accuracy_kept": clip((accuracy - self.chance) / lift, -1.0, 2.0) if lift > TINY else 0.0,
                 "probe_accuracy_margin": accuracy - self.chance - self.forecaster.margin,
-                "probe_accuracy_gain": accuracy - start,
-                **{f"after_{k}": measured[k] for k in self.features},
-                "after_step_gradient_log_min": stepped["gradient_log_min"],
-                "after_step_gradient_log_median": stepped["gradient_log_median"]}
+                "probe_accuracy_gain": accuracy - start}
 
-    def _steps(self, masks: dict[str, torch.Tensor], go_on: Callable[[int], bool]):
+    def _steps(self, masks: dict[str, torch.Tensor]):
         """Yields (the copy, loss on the measurement batch, its accuracy there) at each mark of the masked steps on
-        a copy, going past a mark while `go_on(mark)`; a diverged copy yields once more, at chance, and stops."""
+        a copy, stepping on only when asked for the next; a diverged copy yields once more, at chance, and stops."""
         net = masked_copy(self.model, masks)
         bn_mode(net, train=True)
         hold = MaskCallback(net, masks)
@@ -163,9 +155,6 @@ class Probe:
                 step += 1
             loss, accuracy = self._loss(net)
             yield net, loss, accuracy
-            if mark == self.marks[-1] or not go_on(mark):
-                return
-            bn_mode(net, train=True)
 
     def _loss(self, net: nn.Module) -> tuple[float, float]:
         """(loss, top-1 accuracy) of `net` on the measurement batch, batch norm on batch statistics."""

@@ -41,13 +41,18 @@ def forecast(an: Analysis, bundle, k: int, collapsed: bool | None = None, probe:
 
     A structurally collapsed level is a constant function: untrainable, probability 0,
     without measuring (pass `collapsed` when the flow has already run). `probe` as in
-    `Forecaster.__call__` (None: where the one-pass probability is unsure).
+    `Forecaster.__call__` (None: where the one-pass probability is unsure). Made once per MT, count and data set
+    (`mt-search` asks again for the candidates `suggest_mt` forecast).
     """
     if collapsed is None:
         collapsed = an.collapsed_at(k)
     if collapsed:
         return Forecast(trainable=False, evidence={}, reason="collapsed: no kept path", batch=0, probability=0.0)
-    return forecaster(an, bundle)(an.masks(k=k), probe=probe)
+    fc = forecaster(an, bundle)
+    key = (an.mt, k, probe)  # the same masks (the analysis's copies share `fc`), the same seeded forecast
+    if key not in fc.made:
+        fc.made[key] = fc(an.masks(k=k), probe=probe)
+    return fc.made[key]
 
 
 def report(an: Analysis, sparsities=None, data=None, **kwargs):
