@@ -9,9 +9,10 @@ The dense net runs the same steps on the same examples once, so the pruned
 net's readings are relative to what those steps give a net that has nothing to
 recover (`probe_loss_kept`, `probe_accuracy_kept`, `probe_drop`); and the stepped
 copy is measured again as in the one pass (`after_*` keys) where the probe
-stops: a net that will train moves its readings toward the dense ones. An early-training signal reads the
-same whatever the architecture (Frankle et al., "The Early Phase of Neural
-Network Training", ICLR 2020: the first steps already sort what will train).
+stops: a net that will train moves its readings toward the dense ones. An
+early-training signal reads the same whatever the architecture (Frankle et al.,
+"The Early Phase of Neural Network Training", ICLR 2020: the first steps
+already sort what will train).
 
 Adaptive length: the short probe (min(PROBE_STEPS, MAX_EPOCHS of an epoch)
 steps) decides every prune it leaves above the `trained` bar. One it leaves
