@@ -53,6 +53,12 @@ def test_suggest_mt_with_data_keeps_the_floor(dense, digits):
     assert aware.mt == min(probed, key=lambda f: (f["probe_short_loss_after"], f["mt"]))["mt"]
     assert "trains furthest in the probe's steps" in aware.reason
     assert aware.mt in trainable.candidate_mts(structural)
+    # Each candidate's forecast was made once: asking again (another copy of the analysis, the same MT and count)
+    # returns it without measuring, as mt-search asks for its candidates.
+    k = an.count(s)
+    made = trainable.forecast(an.with_mt(aware.mt), digits, k)
+    assert made is trainable.forecast(an.with_mt(aware.mt), digits, k) and made.probability == next(
+        f["probability"] for f in aware.forecasts if f["mt"] == aware.mt)
     assert trainable.forecast(an.with_mt(aware.mt), digits, an.count(s)).trainable  # the same, asked directly
     doc = aware.to_dict()
     assert doc["floor"] == structural.mt and doc["mt"] == aware.mt and doc["forecast_trainable"] is True
