@@ -208,3 +208,63 @@ def wide_resnet(num_classes, in_channels, input_size) -> nn.Module:
 # Held out of every fit and every choice (analyses/trainability_forecast.py HELD_OUT_FRESH): families no calibration
 # run has, factory(num_classes, in_channels, input_size), trained with SGD lr 0.05 like the new held-out nets.
 FRESH = {"ln_gelu_mlp": ln_gelu_mlp, "conv_dropout": conv_dropout, "wide_resnet": wide_resnet}
+
+
+def groupnorm_cnn(num_classes, in_channels, input_size) -> nn.Module:
+    """Three 3x3 convs (16, 32, 32) each with GroupNorm (4 groups) and ReLU, a max-pool after the second, GAP,
+    Linear (a per-example normalisation no calibration family has)."""
+    layers, c = [], in_channels
+    for i, w in enumerate((16, 32, 32)):
+        layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.GroupNorm(4, w), nn.ReLU()]
+        if i == 1:
+            layers.append(nn.MaxPool2d(2))
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNet-V2's block: 1x1 expand (x4) + BN + ReLU6, depthwise 3x3 + BN + ReLU6, 1x1 linear projection + BN;
+    an identity shortcut where the shape is kept."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        mid = 4 * cin
+        self.body = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+                                  nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                                  nn.ReLU6(), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+def inverted_residual(num_classes, in_channels, input_size) -> nn.Module:
+    """Stem conv 16 + BN + ReLU6, three inverted-residual blocks (16, 24 strided, 24), a 1x1 conv to 64 + BN +
+    ReLU6, GAP, Linear."""
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+                         _InvertedResidual(16, 16, 1), _InvertedResidual(16, 24, 2), _InvertedResidual(24, 24, 1),
+                         nn.Conv2d(24, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+class _Gated(nn.Module):
+    """A SwiGLU layer: silu(gate(x)) * up(x), projected down to `width` (Shazeer, "GLU Variants Improve
+    Transformer", 2020)."""
+
+    def __init__(self, fan_in, width, hidden):
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(fan_in, hidden), nn.Linear(fan_in, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+def gated_mlp(num_classes, in_channels, input_size) -> nn.Module:
+    """Flatten, two SwiGLU layers (hidden 96, out 64), a Linear head: multiplicative gating, no normalisation."""
+    fan_in = in_channels * input_size * input_size
+    return nn.Sequential(nn.Flatten(), _Gated(fan_in, 64, 96), _Gated(64, 64, 96), nn.Linear(64, num_classes))
+
+
+# A second held-out set, written before the probe was changed for it and scored once after every choice
+# (analyses/trainability_forecast.py HELD_OUT_FRESH2): factory(num_classes, in_channels, input_size), SGD lr 0.05.
+FRESH2 = {"groupnorm_cnn": groupnorm_cnn, "inverted_residual": inverted_residual, "gated_mlp": gated_mlp}

@@ -22,7 +22,8 @@ so is the data-aware suggestion. The models shipped in collapsekit are the fits 
 sets are never fitted on: five zoo nets (HELD_OUT) and, added last and scored once after every choice was made,
 the three digits nets of benchmarks/bench_mt_search.py trained as it trains them (HELD_OUT_NEW), and three
 families written for the check (HELD_OUT_FRESH, `_nets.FRESH`), scored once after the suggestion rule was
-chosen. Only prunes
+chosen, and three more (HELD_OUT_FRESH2, `_nets.FRESH2`) written and fine-tuned before the probe was made
+adaptive and scored once after. Only prunes
 below the structural collapse count: above it structure decides.
 
 Run: python analyses/trainability_forecast.py [--quick] [--refit]
@@ -78,7 +79,11 @@ HELD_OUT_NEW = [(a, "digits", e) for a in NEW_NETS for e in (2, 10)]
 # a projection shortcut and no narrow head), added after the suggestion rule was chosen and scored once.
 FRESH_NETS = {f"fresh_{name}": factory for name, factory in _nets.FRESH.items()}
 HELD_OUT_FRESH = [(a, "digits", e) for a in FRESH_NETS for e in (2, 10)]
-HELD_NETS = {**NEW_NETS, **FRESH_NETS}
+# A second fresh set (`_nets.FRESH2`: GroupNorm conv net, inverted-residual net, gated (SwiGLU) MLP), written and
+# fine-tuned before the probe was extended and scored once after every choice of that change.
+FRESH2_NETS = {f"fresh2_{name}": factory for name, factory in _nets.FRESH2.items()}
+HELD_OUT_FRESH2 = [(a, "digits", e) for a in FRESH2_NETS for e in (2, 10)]
+HELD_NETS = {**NEW_NETS, **FRESH_NETS, **FRESH2_NETS}
 
 
 def level_grid(collapse: float, quick: bool, lm: bool = False) -> list[float]:
@@ -252,7 +257,8 @@ def collect(arch: str, data: str, epochs: int, runs: Runs, quick: bool, out: Pat
         masks = a.masks(k=k)
         key = f"{tag}|{s:.6g}|{mt}"
         entry = runs.outcome(key, model, masks, bundle)
-        if "collapsed" not in entry or "evidence" not in entry or refit:
+        stale = not lm and entry.get("evidence") and "probe_extended" not in entry["evidence"]  # an older probe's
+        if "collapsed" not in entry or "evidence" not in entry or refit or stale:
             collapsed = a.collapsed_at(k)
             started = time.perf_counter()
             f = trainable.forecast(a, bundle, k, collapsed, probe=not lm)  # an LM's model reads the one pass
@@ -390,9 +396,9 @@ def suggestions(rows: list[dict], rules: dict | None, rule: Rule | None = None) 
         for r in sorted(pts, key=lambda r: r["mt"]):
             if r["mt"] >= floor:
                 p = judge.probability(r["evidence"])
-                loss = r["evidence"].get("probe_loss_after")
+                loss = r["evidence"].get(trainable.SHORT_LOSS)  # what `trainable_mt` ranks by
                 cands.append({"mt": r["mt"], "probability": p, "trainable": p >= 0.5,
-                              **({} if loss is None else {"probe_loss_after": loss})})
+                              **({} if loss is None else {trainable.SHORT_LOSS: loss})})
         pick = trainable.choose(cands)
         by_mt = {r["mt"]: r for r in pts}
         best = max(pts, key=lambda r: (r["accuracy"], -r["mt"]))
@@ -422,6 +428,8 @@ def main(argv=None) -> int:
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-new")
     for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_FRESH):
         rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-fresh")
+    for arch, data, epochs in (() if args.quick or args.no_new else HELD_OUT_FRESH2):
+        rows += collect(arch, data, epochs, runs, args.quick, args.out, args.refit, "held-out-fresh2")
     report(rows, args)
     return 0
 
@@ -485,7 +493,7 @@ def report(rows: list[dict], args) -> dict:
                "models": {task: {"one_pass": one.to_dict(), "probe": None if probe is None else probe.to_dict()}
                           for task, (one, probe) in everything.models.items()},
                "runs": [list(r) for r in (QUICK_RUNS if args.quick else RUNS + LM_RUNS)],
-               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT + HELD_OUT_NEW + HELD_OUT_FRESH],
+               "held_out_runs": [] if args.quick else [list(r) for r in HELD_OUT + HELD_OUT_NEW + HELD_OUT_FRESH + HELD_OUT_FRESH2],
                "finetune": {"epochs": EPOCHS, "lr": LR, "batch_size": BATCH, "margin": MARGIN},
                "finetune_lm": {"epochs": LM_EPOCHS, "defaults": "lm family"}}
     print(json.dumps({k: v for k, v in summary.items() if k not in ("per_architecture", "runs", "held_out_runs")},

@@ -85,3 +85,23 @@ def test_masks_stay_exact_through_the_probe_steps(setup, monkeypatch):
     after = seen[-1]  # the loss read after the steps
     assert all(bool((w[~masks[n]] == 0).all()) for n, w in after.items())
     assert any(not torch.equal(w[masks[n]], model.get_parameter(n).detach()[masks[n]]) for n, w in after.items())
+
+
+def test_an_undecided_prune_is_probed_longer_up_to_the_cap_and_a_decided_one_is_not(setup):
+    """Below the `trained` bar after the short probe, the probe goes on (a short probe's length at a time) up to
+    EXTEND x its steps and EXTENDED_EPOCHS; above it, it stops. The extended readings are the ones a forced run
+    takes at the same step (the same examples, seeded), and the short probe's are kept beside them."""
+    model, bundle, fc = setup
+    mild = fc(masks_keeping(model, 0.5), probe=True).evidence
+    assert mild["probe_extended"] == 0.0 and mild["probe_steps"] == 4 and mild["probe_accuracy_margin"] >= 0
+    assert mild["probe_short_loss_after"] == mild["probe_loss_after"]
+    gutted_masks = masks_keeping(model, 0.002)
+    gutted = fc(gutted_masks, probe=True).evidence
+    n = len(bundle.train)  # 512: 4 steps a half epoch; at most 3 x 4 = 12 steps, 1.5 epochs
+    assert gutted["probe_extended"] == 1.0 and gutted["probe_short_accuracy_margin"] < 0
+    assert gutted["probe_steps"] == sgdprobe.EXTEND * 4 == 12
+    assert gutted["probe_epochs"] == pytest.approx(12 * 64 / n) and gutted["probe_epochs"] <= sgdprobe.EXTENDED_EPOCHS
+    forced = sgdprobe.Probe(fc, forecast.FEATURES).readings(gutted_masks, lambda reading: True)
+    assert [r["probe_steps"] for r in forced] == [4, 8, 12]
+    assert forced[-1]["probe_loss_after"] == gutted["probe_loss_after"]
+    assert forced[0]["probe_loss_after"] == gutted["probe_short_loss_after"]

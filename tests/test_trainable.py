@@ -26,11 +26,11 @@ def test_analyze_with_data_carries_forecasts(dense, digits):
 
 
 def test_choose_prefers_the_probe_where_it_ran_and_the_probability_otherwise():
-    cands = [{"mt": 4, "probability": 0.99, "probe_loss_after": 1.2},
-             {"mt": 9, "probability": 0.97, "probe_loss_after": 0.8},
-             {"mt": 20, "probability": 0.3, "probe_loss_after": 0.1}]
+    cands = [{"mt": 4, "probability": 0.99, "probe_short_loss_after": 1.2},
+             {"mt": 9, "probability": 0.97, "probe_short_loss_after": 0.8},
+             {"mt": 20, "probability": 0.3, "probe_short_loss_after": 0.1}]
     assert trainable.choose(cands)["mt"] == 9  # trainable, and furthest along after the steps; p 0.3 is not a pick
-    plain = [{k: v for k, v in c.items() if k != "probe_loss_after"} for c in cands]
+    plain = [{k: v for k, v in c.items() if k != "probe_short_loss_after"} for c in cands]
     assert trainable.choose(plain)["mt"] == 4  # no probe: the likeliest
     assert trainable.choose([{"mt": 3, "probability": 0.2}, {"mt": 5, "probability": 0.2}])["mt"] == 3  # ties: smallest
 
@@ -49,10 +49,16 @@ def test_suggest_mt_with_data_keeps_the_floor(dense, digits):
     assert all(f["trainable"] == (f["probability"] >= 0.5) for f in aware.forecasts)
     # With data the probe ran for each candidate: of those forecast trainable, the lowest loss after its steps.
     probed = [f for f in aware.forecasts if f["trainable"]]
-    assert probed and all("probe_loss_after" in f for f in aware.forecasts)
-    assert aware.mt == min(probed, key=lambda f: (f["probe_loss_after"], f["mt"]))["mt"]
+    assert probed and all("probe_short_loss_after" in f for f in aware.forecasts)
+    assert aware.mt == min(probed, key=lambda f: (f["probe_short_loss_after"], f["mt"]))["mt"]
     assert "trains furthest in the probe's steps" in aware.reason
     assert aware.mt in trainable.candidate_mts(structural)
+    # Each candidate's forecast was made once: asking again (another copy of the analysis, the same MT and count)
+    # returns it without measuring, as mt-search asks for its candidates.
+    k = an.count(s)
+    made = trainable.forecast(an.with_mt(aware.mt), digits, k)
+    assert made is trainable.forecast(an.with_mt(aware.mt), digits, k) and made.probability == next(
+        f["probability"] for f in aware.forecasts if f["mt"] == aware.mt)
     assert trainable.forecast(an.with_mt(aware.mt), digits, an.count(s)).trainable  # the same, asked directly
     doc = aware.to_dict()
     assert doc["floor"] == structural.mt and doc["mt"] == aware.mt and doc["forecast_trainable"] is True

@@ -115,14 +115,15 @@ def test_mobilenet_collapses_at_predicted_sparsity_and_validate_agrees(mobilenet
 
 @pytest.mark.slow
 def test_mobilenet_with_suggested_mt_trains_above_chance(mobilenet, digits, sparsity):
-    suggestion = ck.suggest_mt(mobilenet, digits.example_input(), sparsity, data=digits)
+    an = ck.Analysis(mobilenet, digits.example_input())  # one analysis: the search reuses the suggestion's forecasts
+    suggestion = ck.suggest_mt(an, sparsity=sparsity, data=digits)
     assert suggestion.collapses_without_mt and suggestion.mt >= suggestion.floor > 0
     # The floor (a kept path to every class logit) is only a lower bound: paths that thin
     # do not train in 4 epochs. With data, suggest_mt returns the MT the forecast calls trainable.
     assert suggestion.forecast_trainable
     mt = suggestion.mt
     # Just past collapse the outcome of a short fine-tune is noisy: 8 epochs settle it (0.45 at MT 656, 1 thread).
-    result = search_mt(mobilenet, digits, sparsity, mts=[0, mt], epochs=8, lr=0.02, device="cpu", full=True)
+    result = search_mt(an, digits, sparsity, mts=[0, mt], epochs=8, lr=0.02, device="cpu", full=True)
     print(mt_search_to_text(result))
     by_mt = {p.mt: p for p in result.points}
     assert by_mt[0].predicted_collapsed and by_mt[0].accuracy <= 0.2

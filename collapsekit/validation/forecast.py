@@ -38,12 +38,12 @@ analyses/trainability_forecast.py (calibration domain, leave-one-architecture-ou
 and held-out agreement in analyses/README.md); `trainable = probability >= 0.5`.
 A classifier with training data is always probed (`PROBE_BAND` is all of [0, 1]):
 `sgdprobe.py` runs the real fine-tune's first masked steps (SGD lr 0.01, batch 64,
-at most half an epoch) and `PROBE_MODEL` reads what they did: the accuracy on the
+half an epoch; up to 1.5 epochs, half of validate's fine-tune, while the prune stays
+below the `trained` bar) and `PROBE_MODEL` reads what they did: the accuracy on the
 held-aside measurement batch after them against the `trained` bar
-(`probe_accuracy_margin`) and how much of it the steps gained
-(`probe_accuracy_gain`), the loss drop against the dense net's over the same
-steps (`probe_drop`) and the weakest layer's relative gradient after them
-(`after_gradient_log_min`). Without data for the steps (or `probe=False`)
+(`probe_accuracy_margin`), the weakest layer's relative gradient after them
+(`after_gradient_log_min`) and the class information the pruned weights keep
+before any step (`class_signal_kept`). Without data for the steps (or `probe=False`)
 `MODEL` reads the one-pass FEATURES. A causal LM's own model (`LM_MODEL`, fitted
 on LMs only, read per token, `measuring.flat`) reads the one pass's LM_FEATURES. Every
 measurement, the probe's cost as a fraction of one fine-tune epoch included,
@@ -74,7 +74,7 @@ LOG_CLIP = 10.0  # log-ratios beyond e^10 carry no more information and would le
 
 FEATURES = ("loss_kept", "signal_per_layer", "gradient_log_median", "gradient_log_min", "class_signal_kept",
             "dense_gain")
-PROBE_FEATURES = ("probe_accuracy_margin", "probe_accuracy_gain", "probe_drop", "after_gradient_log_min")
+PROBE_FEATURES = ("probe_accuracy_margin", "after_gradient_log_min", "class_signal_kept")
 LM_FEATURES = ("loss_kept", "signal_per_layer")  # what carries across the calibration LMs (analyses/README.md)
 PROBE_BAND = (0.0, 1.0)  # one-pass probabilities the probe is run for (auto mode): all of them (analyses/README.md)
 
@@ -101,7 +101,7 @@ class LogisticModel:
 # (analyses/README.md: leave-one-architecture-out and held-out agreement). Classifiers: MODEL reads the one pass,
 # PROBE_MODEL the probe's readings (it decides wherever the probe ran); causal LMs: LM_MODEL, one pass.
 MODEL = LogisticModel(FEATURES, (2.311, 1.358, 0.7115, 0.2574, 5.433, 1.674), -3.232)
-PROBE_MODEL = LogisticModel(PROBE_FEATURES, (15.21, 18.49, -2.587, 0.5019), 0.528)
+PROBE_MODEL = LogisticModel(PROBE_FEATURES, (24.95, 0.3772, 2.058), -0.9079)
 LM_MODEL = LogisticModel(LM_FEATURES, (1.398, 2.556), 5.919)
 
 
@@ -197,6 +197,7 @@ class Forecaster:
                            class_signal=class_signal(out, self.y), ratios=ratios,
                            accuracy=float((scores.argmax(1) == target).float().mean()), chance=chance)
         self._probe = None
+        self.made = {}  # (MT, pruned count, probe) -> Forecast: trainable.forecast's, made once
 
     @classmethod
     def from_bundle(cls, model: nn.Module, bundle, batch: int = BATCH, seed: int = SEED, margin: float = 0.1,
@@ -253,7 +254,8 @@ def explain(evidence: dict, p: float, probed: bool) -> str:
     """One line: the probability and what the measurements say."""
     head = f"p={p:.2f}"
     if probed:
-        return (f"{head} with the probe: after {evidence['probe_steps']:.0f} masked fine-tune steps it keeps "
+        return (f"{head} with the probe: after {evidence['probe_steps']:.0f} masked fine-tune steps "
+                f"({evidence['probe_epochs']:.2g} epoch) it keeps "
                 f"{evidence['probe_loss_kept']:.2f} of the dense loss gain, {evidence['probe_accuracy_kept']:.2f} of "
                 f"its accuracy over chance (one pass: p={evidence['probability_one_pass']:.2f})")
     return (f"{head}: loss gain kept {evidence['loss_kept']:.2f}, signal per layer "

@@ -196,7 +196,7 @@ class _Candidate:
         return (self.collapsed, -self.probability, -float(self.forecast.evidence.get("signal", 0.0)), self.mt)
 
 
-def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int = 3, lr: float = 0.01,
+def search_mt(model: nn.Module | Analysis, bundle, sparsity: float, mts=None, epochs: int = 3, lr: float = 0.01,
               batch_size: int = 64, progress: bool = False, full: bool = False, storage: str | None = None,
               study_name: str | None = None, heartbeat: int | None = None, **finetune_kwargs) -> MTSearchResult:
     """MTSearchResult of pruning copies of `model` at `sparsity` with each candidate MT and fine-tuning them.
@@ -206,7 +206,8 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     when nothing collapses without MT) plus the data-aware suggestion, capped at
     the largest MT the sparsity leaves room for. By default successive halving
     picks one, spending about SHARE of the exhaustive sweep; `full=True` runs
-    the sweep itself. `storage` (`sqlite:///FILE.db`, a PostgreSQL/MySQL URL)
+    the sweep itself. `model` may be an `Analysis` of the model (its forecasts are reused). `storage`
+    (`sqlite:///FILE.db`, a PostgreSQL/MySQL URL)
     and `study_name` let several processes share the search; `heartbeat` is
     their heartbeat (seconds). `model` is not changed; `finetune_kwargs` go to
     `finetune.finetune`.
@@ -216,10 +217,13 @@ def search_mt(model: nn.Module, bundle, sparsity: float, mts=None, epochs: int =
     if storage is not None and distributed.env_world_size() > 1:
         raise CollapsekitError("--storage shares a search between separate processes; under torchrun every rank "
                                "already runs the whole search: use one or the other")
-    metric = search_metric(bundle, model)
-    # One trace and one sort serve the suggestion and every MT: only the allocation changes.
-    base = Analysis(model, bundle.example_input(), mt=0)
+    # One trace and one sort serve the suggestion and every MT: only the allocation changes. An Analysis passed in
+    # is used as it is, with the forecasts it has made (the same MT and count: the same seeded forecast).
+    if isinstance(model, Analysis) and model.checkpoint is not None:
+        raise CollapsekitError("the MT search fine-tunes the model: analyse it with its weights loaded, not streamed")
+    base = Analysis.of(model, bundle.example_input(), mt=0)
     model = base.model  # the model itself, or its copy with lazy modules initialised (the user's stays as it was)
+    metric = search_metric(bundle, model)
     aware = suggest_mt(base, sparsity=sparsity, data=bundle)
     mts = default_mts(aware) if mts is None else mts
     # Each MT reads as `mt=` does everywhere: an int is a count, a decimal or "N%" a percent.

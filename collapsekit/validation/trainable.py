@@ -19,6 +19,7 @@ from collapsekit.analysis.analysis import Analysis, analyze as _analyze, sparsit
 from collapsekit.analysis.suggest import MTSuggestion, suggest_mt as _suggest_mt
 from collapsekit.validation.forecast import MODEL, Forecast, Forecaster
 
+SHORT_LOSS = "probe_short_loss_after"  # the loss after the short probe: the same steps for every candidate
 CANDIDATES = 7  # log-spaced MTs from the structural floor to the largest MT, each forecast once
 
 
@@ -40,13 +41,18 @@ def forecast(an: Analysis, bundle, k: int, collapsed: bool | None = None, probe:
 
     A structurally collapsed level is a constant function: untrainable, probability 0,
     without measuring (pass `collapsed` when the flow has already run). `probe` as in
-    `Forecaster.__call__` (None: where the one-pass probability is unsure).
+    `Forecaster.__call__` (None: where the one-pass probability is unsure). Made once per MT, count and data set
+    (`mt-search` asks again for the candidates `suggest_mt` forecast).
     """
     if collapsed is None:
         collapsed = an.collapsed_at(k)
     if collapsed:
         return Forecast(trainable=False, evidence={}, reason="collapsed: no kept path", batch=0, probability=0.0)
-    return forecaster(an, bundle)(an.masks(k=k), probe=probe)
+    fc = forecaster(an, bundle)
+    key = (an.mt, k, probe)  # the same masks (the analysis's copies share `fc`), the same seeded forecast
+    if key not in fc.made:
+        fc.made[key] = fc(an.masks(k=k), probe=probe)
+    return fc.made[key]
 
 
 def report(an: Analysis, sparsities=None, data=None, **kwargs):
@@ -102,14 +108,15 @@ def sweep_mts(an: Analysis, structural: MTSuggestion) -> list[int]:
 
 
 def choose(candidates: list[dict]) -> dict:
-    """The candidate to suggest. Among those forecast trainable whose probe ran (`probe_loss_after` given), the one
-    whose loss on the held-aside batch after the probe's steps is lowest (the smallest MT on ties): accuracy first
-    rises then falls with MT (Gupta et al.), and where the first steps leave the pruned net tells that curve's top
-    apart better than a saturated probability does. Otherwise the highest forecast probability, the smallest MT on
-    ties (analyses/README.md: suggestion hit rate, leave-one-architecture-out)."""
-    probed = [c for c in candidates if c["probability"] >= 0.5 and "probe_loss_after" in c]
+    """The candidate to suggest. Among those forecast trainable whose probe ran (SHORT_LOSS given: the loss on the
+    held-aside batch after the short probe's steps, the same steps for every candidate), the one whose loss is
+    lowest (the smallest MT on ties): accuracy first rises then falls with MT (Gupta et al.), and where the first
+    steps leave the pruned net tells that curve's top apart better than a saturated probability does. Otherwise the
+    highest forecast probability, the smallest MT on ties (analyses/README.md: suggestion hit rate,
+    leave-one-architecture-out)."""
+    probed = [c for c in candidates if c["probability"] >= 0.5 and SHORT_LOSS in c]
     if probed:
-        return min(probed, key=lambda c: (c["probe_loss_after"], c["mt"]))
+        return min(probed, key=lambda c: (c[SHORT_LOSS], c["mt"]))
     return max(candidates, key=lambda c: (round(c["probability"], 6), -c["mt"]))
 
 
@@ -121,11 +128,10 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
         f = forecast(an.with_mt(mt), bundle, k)
         forecasts.append({"mt": mt, "probability": f.probability, "trainable": f.trainable,
                           **{key: float(f.evidence.get(key, 0.0)) for key in MODEL.features},
-                          **({"probe_loss_after": float(f.evidence["probe_loss_after"])}
-                             if "probe_loss_after" in f.evidence else {})})
+                          **({SHORT_LOSS: float(f.evidence[SHORT_LOSS])} if SHORT_LOSS in f.evidence else {})})
     pick = choose(forecasts)
     if pick["trainable"]:
-        how = ("trains furthest in the probe's steps" if "probe_loss_after" in pick else "is the likeliest to train")
+        how = ("trains furthest in the probe's steps" if SHORT_LOSS in pick else "is the likeliest to train")
         reason = (f"MT={pick['mt']} {how} of {len(forecasts)} candidates (p={pick['probability']:.2f}); "
                   f"structural floor {structural.mt}")
     else:
@@ -136,4 +142,4 @@ def trainable_mt(an: Analysis, structural: MTSuggestion, bundle) -> MTSuggestion
 
 
 __all__ = ["analyze", "suggest_mt", "forecast", "forecaster", "report", "annotate", "trainable_mt", "candidate_mts",
-           "sweep_mts", "choose", "CANDIDATES"]
+           "sweep_mts", "choose", "CANDIDATES", "SHORT_LOSS"]
