@@ -101,7 +101,7 @@ def phase_threads():
     now, never more than the caller's count: load that arrived since the scope began is seen. Outside
     one, the body runs as it is."""
     before = torch.get_num_threads()
-    chosen = chosen_threads(_user_threads, samples=3) if _depth else before
+    chosen = chosen_threads(_user_threads, samples=2) if _depth else before
     try:
         if chosen != before:
             torch.set_num_threads(chosen)
