@@ -327,7 +327,9 @@ class Analysis:
         Which rule reads a node depends on the graph, not on the masks, so the cover's flow (already
         run by a report) answers; a flow on the dense masks otherwise."""
         cover = self._covers.get(self.channel_level)
-        return dict(cover.conservative_ops) if cover is not None else self.flow(0, backward=False, record=False).conservative_ops
+        if cover is not None:
+            return dict(cover.conservative_ops)
+        return self.flow(0, backward=False, record=False).conservative_ops
 
     def macs(self, masks: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, int]]:
         """Per weight applied as a matrix product: dense MACs and MACs counting only the kept weights of `masks`."""

@@ -77,51 +77,43 @@ def chosen_threads(limit: int | None = None, samples: int = 5) -> int:
 
 
 @contextlib.contextmanager
+def _threads(n: int):
+    """Runs the body with `n` intra-op threads; restores the count it found afterwards."""
+    before = torch.get_num_threads()
+    try:
+        if n != before:
+            torch.set_num_threads(n)
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def analysis_threads():
     """Runs the body with chosen_threads() intra-op threads; restores the caller's count afterwards."""
     global _depth, _user_threads
     before = torch.get_num_threads()
     if _depth == 0:
         _user_threads = before
-    chosen = chosen_threads() if _depth == 0 else before
     _depth += 1
     try:
-        if chosen != before:
-            torch.set_num_threads(chosen)
-        yield chosen
+        with _threads(chosen_threads() if _depth == 1 else before) as chosen:
+            yield chosen
     finally:
         _depth -= 1
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
-@contextlib.contextmanager
 def phase_threads():
     """Inside an analysis scope, runs a pass over the weights (trace, index, cover) with the CPUs idle
     now, never more than the caller's count: load that arrived since the scope began is seen. Outside
     one, the body runs as it is."""
-    before = torch.get_num_threads()
-    chosen = chosen_threads(_user_threads, samples=2) if _depth else before
-    try:
-        if chosen != before:
-            torch.set_num_threads(chosen)
-        yield chosen
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+    return _threads(chosen_threads(_user_threads, samples=2) if _depth else torch.get_num_threads())
 
 
-@contextlib.contextmanager
 def one_thread():
     """Runs the body with one intra-op thread; restores the count it found afterwards."""
-    before = torch.get_num_threads()
-    if before != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before != 1:
-            torch.set_num_threads(before)
+    return _threads(1)
 
 
 def with_analysis_threads(fn):
