@@ -22,7 +22,8 @@ LLAMAS = {
     "llama_tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176, vocab_size=500,
                        num_attention_heads=4, num_key_value_heads=4),
 }
-TOKENS = 16
+TOKENS = 16  # LLaMA-style decoders
+WIDE_TOKENS = 128  # GPT-2 / BERT: issue 23's bar states 128 tokens
 
 # Other third-party architectures at their published base sizes (random weights, from configs):
 # name -> (transformers class, config class, config kwargs, input kind).
@@ -53,7 +54,7 @@ def _model(name: str, input_size: int):
         cls, config_cls, kwargs, kind = WIDE[name]
         config = getattr(transformers, config_cls)(**kwargs)
         model = getattr(transformers, cls)(config).eval()
-        x = torch.randint(0, config.vocab_size, (1, TOKENS)) if kind == "tokens" else torch.randn(1, 3, 224, 224)
+        x = torch.randint(0, config.vocab_size, (1, WIDE_TOKENS)) if kind == "tokens" else torch.randn(1, 3, 224, 224)
     else:
         model = ck.models.create(name, num_classes=10, in_channels=3, input_size=input_size).eval()
         x = torch.randn(1, 3, input_size, input_size)
