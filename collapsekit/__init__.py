@@ -2,18 +2,17 @@
 from collapsekit.errors import CollapsekitError
 from collapsekit import models
 
-# The stages' entry points (each stage lives in its own subpackage, see docs/design.md's data flow).
-from collapsekit.pruning.prune import prune  # noqa: E402
-from collapsekit.validation.trainable import suggest_mt  # noqa: E402  (structural, or with data the forecast's)
-from collapsekit.pruning.compact import compact  # noqa: E402
-from collapsekit.training.finetune import finetune  # noqa: E402
-from collapsekit.validation.validate import validate  # noqa: E402
-
 from collapsekit.version import __version__  # noqa: E402
 
-# Heavier entry points are imported lazily so `import collapsekit` stays cheap
-# and a stage that fails to import never hides the others.
+# The stages' entry points (each stage lives in its own subpackage, see docs/design.md's data flow) are
+# imported on first use, so `import collapsekit` stays cheap (a report's process never imports the training
+# or validation stages) and a stage that fails to import never hides the others.
 _LAZY = {
+    "prune": ("collapsekit.pruning.prune", "prune"),
+    "suggest_mt": ("collapsekit.validation.trainable", "suggest_mt"),  # structural, or with data the forecast's
+    "compact": ("collapsekit.pruning.compact", "compact"),
+    "finetune": ("collapsekit.training.finetune", "finetune"),
+    "validate": ("collapsekit.validation.validate", "validate"),
     "analyze": ("collapsekit.validation.trainable", "analyze"),  # with data= it adds the forecast
     "Analysis": ("collapsekit.analysis.analysis", "Analysis"),
     "CollapseReport": ("collapsekit.analysis.report", "CollapseReport"),
@@ -37,4 +36,4 @@ def __getattr__(name):
     return value
 
 
-__all__ = ["CollapsekitError", "models", "prune", "suggest_mt", "compact", "finetune", "validate", "__version__", *_LAZY]
+__all__ = ["CollapsekitError", "models", "__version__", *_LAZY]

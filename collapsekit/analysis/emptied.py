@@ -15,6 +15,16 @@ every position L's backward pass reaches keeps all its kept weights effective;
 one U reaches nowhere keeps none. Two flows then answer every level with the
 same E, however many a report asks for; `plan` keeps them for sets three or
 more levels share, where they cost less than the per-level flows they replace.
+
+Levels that empty the same layers but thin the others past their covers have a
+lower bound of their own: the sparsest of them (`SparsestOfSet`). Global MP's
+masks are nested, so each denser level of the set keeps every weight the sparsest
+keeps and no weight of E; where the sparsest level's own flow is clean (nothing
+collapsed, dead or unused, every output reached, every position of every other
+layer reached), each of them is too, with all its kept weights effective outside
+E. That flow is one the report needs anyway, so the set's other levels cost none
+(GPT-2 124M: one flow for its twelve levels 0.85-0.999, where the covers' pair
+answered only ten of them and the last two needed a flow each).
 """
 from __future__ import annotations
 
@@ -101,20 +111,85 @@ class EmptiedCovers:
         channel = self.cover.channel_level
         lower = run_flow(self.an.traced, weights, _Bounds(self.cover, *names, upper=False), channel_level=channel,
                          reached=reached)
-        upper = run_flow(self.an.traced, weights, _Bounds(self.cover, *names, upper=True), channel_level=channel)
-        if (lower.collapsed, lower.dead_channels, lower.unused_channels, lower.output_alive) != (
-                upper.collapsed, upper.dead_channels, upper.unused_channels, upper.output_alive):
-            return None
-        all_effective = np.zeros(len(weights), dtype=bool)
-        for i, w in enumerate(weights):
-            if i in emptied:
+        return _agreement(weights, emptied, lower, reached, lambda: run_flow(
+            self.an.traced, weights, _Bounds(self.cover, *names, upper=True), channel_level=channel))
+
+
+def _agreement(weights, emptied, lower: FlowResult, reached: dict, upper) -> _Verdict | None:
+    """The verdict every masks between a lower and an upper bound share, where the bounds' flows agree on it;
+    `upper()` runs the upper bound's flow, only where the lower one alone does not decide (None: not worth
+    a flow, no verdict then)."""
+    all_effective = np.zeros(len(weights), dtype=bool)
+    others = [i for i in range(len(weights)) if i not in emptied]
+    all_effective[[i for i in others if reached.get(weights[i].name, False)]] = True
+    if (not lower.collapsed and not lower.dead_channels and not lower.unused_channels
+            and lower.output_alive == 1.0 and all(all_effective[i] for i in others)):
+        return _Verdict(False, {}, {}, all_effective, 1.0, lower.conservative_ops)  # the upper can only agree
+    if upper is None:
+        return None
+    up = upper()
+    if (lower.collapsed, lower.dead_channels, lower.unused_channels, lower.output_alive) != (
+            up.collapsed, up.dead_channels, up.unused_channels, up.output_alive):
+        return None
+    if not lower.collapsed and any(not all_effective[i] and up.effective[i] != 0 for i in others):
+        return None  # some kept weights effective, some not: only the level's own flow can count them
+    return _Verdict(lower.collapsed, lower.dead_channels, lower.unused_channels, all_effective,
+                    lower.output_alive, lower.conservative_ops)
+
+
+class SparsestOfSet:
+    """Verdicts of a report's levels from the flow of the sparsest level that empties the same layers."""
+
+    def __init__(self, an):
+        self.an = an
+        self._bounds: dict[frozenset, tuple[np.ndarray, _Verdict]] = {}  # E -> (sparsest pruned, its verdict)
+        self._flows: dict[bytes, FlowResult] = {}  # pruned counts -> the flow run for them, until the report asks
+
+    def _emptied(self, pruned: np.ndarray) -> frozenset:
+        return frozenset(np.flatnonzero(np.asarray(pruned) >= self.an.index.sizes).tolist())
+
+    def plan(self, counts, answered) -> None:
+        """Runs the flow of the sparsest of every two or more of `counts` (weights pruned) that empty the same
+        layers and need a flow, unless `answered(pruned)` (a cover or an emptied-layer cover gives the sparsest
+        its verdict without one);
+        the upper bound's flow (the set emptied, every other layer dense) only where WORTH levels share it."""
+        sets: dict[frozenset, list[int]] = {}
+        for k in sorted(counts, reverse=True):  # sparsest first
+            pruned = self.an.level(k).alloc.pruned
+            emptied = self._emptied(pruned)
+            if emptied not in sets:  # its sparsest level: where it is answered without a flow, so are the others
+                sets[emptied] = None if answered(pruned) else [k]
+            elif sets[emptied] is not None and not self.an.cover().contains(pruned):
+                sets[emptied].append(k)
+        weights = self.an.weights
+        for emptied, ks in sets.items():
+            if ks is None or len(ks) < 2:
                 continue
-            if reached.get(w.name, False):
-                all_effective[i] = True
-            elif upper.effective[i] != 0 and not lower.collapsed:
-                return None  # some kept weights effective, some not: only the level's own flow can count them
-        return _Verdict(lower.collapsed, lower.dead_channels, lower.unused_channels, all_effective,
-                        lower.output_alive, lower.conservative_ops)
+            k = ks[0]
+            pruned = self.an.level(k).alloc.pruned
+            reached: dict[str, bool] = {}
+            channel = self.an.channel_level
+            with self.an.timings.stage("flow per level"):
+                lower = self._flows[np.asarray(pruned).tobytes()] = run_flow(
+                    self.an.traced, weights, self.an.level(k), channel_level=channel, reached=reached)
+            names = frozenset(weights[i].name for i in emptied)
+            upper = _Bounds(self.an.cover(), names, frozenset(), upper=True)
+            verdict = _agreement(weights, emptied, lower, reached, None if len(ks) < WORTH else lambda: run_flow(
+                self.an.traced, weights, upper, channel_level=channel))
+            if verdict is not None:
+                self._bounds[emptied] = (np.asarray(pruned).copy(), verdict)
+
+    def flow_of(self, pruned: np.ndarray) -> FlowResult | None:
+        """The flow `plan` ran for the masks pruning `pruned` per layer (handed out once)."""
+        return self._flows.pop(np.asarray(pruned).tobytes(), None)
+
+    def verdict(self, pruned: np.ndarray) -> FlowResult | None:
+        """The FlowResult of masks pruning `pruned` per layer where a clean sparsest level of their emptied set
+        nests in them; None otherwise."""
+        found = self._bounds.get(self._emptied(pruned))
+        if found is None or not bool(np.all(np.asarray(pruned) <= found[0])):
+            return None
+        return found[1].at(self.an.index.sizes, np.asarray(pruned))
 
 
 class _Bounds:
@@ -176,4 +251,4 @@ class _Bounds:
         return None  # not a Global MP level
 
 
-__all__ = ["EmptiedCovers", "WORTH"]
+__all__ = ["EmptiedCovers", "SparsestOfSet", "WORTH"]

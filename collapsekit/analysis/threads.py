@@ -19,7 +19,6 @@ whatever the machine's state; the passes over every weight keep the chosen count
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from pathlib import Path
@@ -114,12 +113,3 @@ def phase_threads():
 def one_thread():
     """Runs the body with one intra-op thread; restores the count it found afterwards."""
     return _threads(1)
-
-
-def with_analysis_threads(fn):
-    """Decorator: `fn` runs inside analysis_threads()."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with analysis_threads():
-            return fn(*args, **kwargs)
-    return wrapper
