@@ -23,6 +23,7 @@ from collapsekit.analysis.cost import count_macs, forward_macs
 from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.emptied import EmptiedCovers, SparsestOfSet
 from collapsekit.analysis.flow import FlowResult, collapses, run_flow
+from collapsekit.analysis.forked import can_fork, map_forked
 from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
@@ -112,6 +113,7 @@ class Analysis:
         self._emptied: dict[bool, EmptiedCovers] = {}  # by channel_level
         self._sets: dict[bool, SparsestOfSet] = {}  # by channel_level
         self._depths: dict[frozenset, int] = {}  # emptied layers -> effective depth
+        self._ahead: dict[bytes, FlowResult] = {}  # a level's pruned counts -> its flow, run before the report asks
         self._floors: dict[tuple, dict[str, list[int]]] = {}  # the sparsest masks' unused channels, by MT
 
     @classmethod
@@ -201,8 +203,7 @@ class Analysis:
                 known = self.level_sets().verdict(level.alloc.pruned)
             if known is not None:
                 return known.collapsed
-        if not channel and self.channel_level and self.connectivity.kmax and not collapses(
-                self.traced, self.weights, level.full_taps_only(), channel_level=True):
+        if not channel and self._alive_per_element_cheaply(k):
             return False  # alive per element, proven by the channel-level under-approximation (full taps only)
         bypassable = {w.name for w, n in zip(self.weights, level.alloc.pruned)
                       if self.graph.bypassable[w.name] and n < w.numel}
@@ -212,6 +213,13 @@ class Analysis:
         found = collapses(self.traced, self.weights, level, channel_level=channel)
         release_after(self.index.total)
         return found
+
+    def _alive_per_element_cheaply(self, k: int) -> bool:
+        """True where a channel-level flow whose convs keep only the taps that read real input at every position
+        (`LevelMasks.full_taps_only`, an under-approximation of the element level at channel-level cost) keeps
+        the masks pruning `k` weights connected; False where that proves nothing (or there is no such flow)."""
+        return bool(self.channel_level and self.connectivity.kmax and not collapses(
+            self.traced, self.weights, self.level(k).full_taps_only(), channel_level=True))
 
     def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool):
         """(trace, magnitude index), the index built in a second thread while the trace runs: the trace is
@@ -308,9 +316,15 @@ class Analysis:
         if not any(c for k, c in known if k == hi) and not self.collapsed_at(hi, quick=not bottleneck):
             return 1.0
         # Where an emptied bottleneck collapses it, the boundary is most often that very count: one flow one
-        # weight below settles it at the analysis's level (alive: every count below is too, as collapse is
-        # monotone), and none of the bisection's flows is needed (ViT-base: 3 flows instead of 6).
+        # weight below settles it (alive: every count below is too, as collapse is monotone), and none of the
+        # bisection's flows is needed (ViT-base: 2 flows instead of 6).
         if bottleneck and hi - 1 > lo:
+            # Exact proofs of life first, as the channel level's final check below would ask them anyway: the
+            # full-taps flow, or where no conv is read per channel, the element flow (it costs a channel one).
+            if self._alive_per_element_cheaply(hi - 1) or (
+                    self.channel_level and not self.connectivity.kmax
+                    and not self.collapsed_at(hi - 1, channel_level=False, quick=False)):
+                return hi / self.index.total
             if self.collapsed_at(hi - 1):
                 hi -= 1
             else:
@@ -402,7 +416,7 @@ class Analysis:
             flow = known
         elif (known := self._emptied_verdict(pruned)) is not None:  # the verdict of its emptied set (emptied.py)
             flow = known
-        elif (flow := self.level_sets().flow_of(pruned)) is None:  # not run ahead as its set's sparsest level
+        elif (flow := self._ahead.pop(pruned.tobytes(), None)) is None:  # not run ahead (report, _own_flows)
             with self.timings.stage("flow per level"):
                 flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level,
                                 unused=self._known_unused(denser, pruned))
@@ -422,6 +436,26 @@ class Analysis:
             value_collapsed=value_collapsed,
             outputs_reached=0.0 if flow.collapsed else flow.output_alive,
             non_finite=bool(non_finite), non_finite_layers=non_finite), (flow, pruned)
+
+    def _own_flows(self, counts: list[int]) -> dict[bytes, FlowResult]:
+        """The flows of the levels (weights pruned) that no shared verdict answers, run side by side in forked
+        processes, one per idle CPU (forked.py), by pruned counts' bytes; {} where they would run one by one
+        anyway (one level, one idle CPU, no fork)."""
+        todo = []
+        for k in counts:
+            pruned = self.level(k).alloc.pruned
+            if not (pruned.tobytes() in self._ahead or self.cover().contains(pruned)
+                    or self.level_sets().verdict(pruned) is not None or self._emptied_verdict(pruned) is not None):
+                todo.append(k)
+        if len(todo) < 2 or not can_fork():
+            return {}
+        with phase_threads() as workers:
+            if workers < 2:
+                return {}
+            with self.timings.stage("flow per level"):  # one call for all of them
+                flows = map_forked(lambda k: run_flow(self.traced, self.weights, self.level(k),
+                                                      channel_level=self.channel_level), todo, workers)
+        return {self.level(k).alloc.pruned.tobytes(): flow for k, flow in zip(todo, flows)}
 
     def _depth(self, emptied: frozenset) -> int:
         """graph.effective_depth with these layers emptied, once per set (most levels share a few sets)."""
@@ -507,8 +541,10 @@ class Analysis:
         if not self.cover().contains(self.level(self.count(wanted[-1])).alloc.pruned):
             self.emptied_covers().plan([self.level(self.count(s)).alloc.pruned for s in wanted])
             # the sparsest level of each emptied set first: its flow may answer the others
-            self.level_sets().plan([self.count(s) for s in wanted], lambda pruned: self.cover().contains(pruned)
-                                   or self._emptied_verdict(pruned) is not None)
+            counts = [self.count(s) for s in wanted]
+            self._ahead.update(self.level_sets().plan(counts, lambda pruned: self.cover().contains(pruned)
+                                                      or self._emptied_verdict(pruned) is not None))
+            self._ahead.update(self._own_flows(counts))
         levels, flow = [], None
         for s in _progress(wanted, "levels", progress):  # ascending: each level's masks nest in the last's
             level, flow = an._level_report(s, flow)

@@ -143,16 +143,16 @@ class SparsestOfSet:
     def __init__(self, an):
         self.an = an
         self._bounds: dict[frozenset, tuple[np.ndarray, _Verdict]] = {}  # E -> (sparsest pruned, its verdict)
-        self._flows: dict[bytes, FlowResult] = {}  # pruned counts -> the flow run for them, until the report asks
 
     def _emptied(self, pruned: np.ndarray) -> frozenset:
         return frozenset(np.flatnonzero(np.asarray(pruned) >= self.an.index.sizes).tolist())
 
-    def plan(self, counts, answered) -> None:
+    def plan(self, counts, answered) -> dict[bytes, FlowResult]:
         """Runs the flow of the sparsest of every two or more of `counts` (weights pruned) that empty the same
         layers and need a flow, unless `answered(pruned)` (a cover or an emptied-layer cover gives the sparsest
         its verdict without one);
-        the upper bound's flow (the set emptied, every other layer dense) only where WORTH levels share it."""
+        the upper bound's flow (the set emptied, every other layer dense) only where WORTH levels share it.
+        Returns the levels' flows it ran, by their pruned counts' bytes."""
         sets: dict[frozenset, list[int]] = {}
         for k in sorted(counts, reverse=True):  # sparsest first
             pruned = self.an.level(k).alloc.pruned
@@ -161,7 +161,7 @@ class SparsestOfSet:
                 sets[emptied] = None if answered(pruned) else [k]
             elif sets[emptied] is not None and not self.an.cover().contains(pruned):
                 sets[emptied].append(k)
-        weights = self.an.weights
+        weights, ran = self.an.weights, {}
         for emptied, ks in sets.items():
             if ks is None or len(ks) < 2:
                 continue
@@ -170,18 +170,18 @@ class SparsestOfSet:
             reached: dict[str, bool] = {}
             channel = self.an.channel_level
             with self.an.timings.stage("flow per level"):
-                lower = self._flows[np.asarray(pruned).tobytes()] = run_flow(
+                lower = ran[np.asarray(pruned).tobytes()] = run_flow(
                     self.an.traced, weights, self.an.level(k), channel_level=channel, reached=reached)
             names = frozenset(weights[i].name for i in emptied)
             upper = _Bounds(self.an.cover(), names, frozenset(), upper=True)
-            verdict = _agreement(weights, emptied, lower, reached, None if len(ks) < WORTH else lambda: run_flow(
+            # The upper bound of a set that empties nothing is the dense model, which the proven cover says is
+            # clean: it agrees with a clean lower flow only, which needs no upper one.
+            worth = len(ks) >= WORTH and not (not emptied and self.an.cover().proven)
+            verdict = _agreement(weights, emptied, lower, reached, None if not worth else lambda: run_flow(
                 self.an.traced, weights, upper, channel_level=channel))
             if verdict is not None:
                 self._bounds[emptied] = (np.asarray(pruned).copy(), verdict)
-
-    def flow_of(self, pruned: np.ndarray) -> FlowResult | None:
-        """The flow `plan` ran for the masks pruning `pruned` per layer (handed out once)."""
-        return self._flows.pop(np.asarray(pruned).tobytes(), None)
+        return ran
 
     def verdict(self, pruned: np.ndarray) -> FlowResult | None:
         """The FlowResult of masks pruning `pruned` per layer where a clean sparsest level of their emptied set

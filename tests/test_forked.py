@@ -1,0 +1,79 @@
+"""forked.py: answers shared with forked children equal the parent's own, in order, and a failing child costs
+nothing but time."""
+import os
+
+import pytest
+
+from collapsekit.analysis import forked
+from collapsekit.analysis.forked import map_forked
+
+pytestmark = pytest.mark.skipif(not forked.can_fork(), reason="no Linux fork here")
+
+
+def test_children_answer_their_share_and_the_results_keep_the_items_order():
+    parent = os.getpid()
+    out = map_forked(lambda x: (x * x, os.getpid() != parent), list(range(7)), workers=3)
+    assert [v for v, _ in out] == [x * x for x in range(7)]
+    assert [i for i, (_, child) in enumerate(out) if child] == [1, 2, 4, 5]  # round-robin: 0, 3, 6 stay here
+
+
+def test_one_worker_or_one_item_runs_here_without_a_fork():
+    parent = os.getpid()
+    assert map_forked(lambda x: os.getpid() == parent, [1, 2, 3], workers=1) == [True] * 3
+    assert map_forked(lambda x: os.getpid() == parent, [1], workers=4) == [True]
+
+
+def test_a_child_that_fails_has_its_share_answered_here():
+    parent = os.getpid()
+
+    def fn(x):
+        if os.getpid() != parent:
+            raise RuntimeError("child only")
+        return x + 1
+
+    assert map_forked(fn, [1, 2, 3, 4], workers=2) == [2, 3, 4, 5]
+
+
+def test_an_error_here_reaches_the_caller_and_leaves_no_child_behind():
+    parent = os.getpid()
+
+    def fn(x):
+        if os.getpid() == parent and x == 0:
+            raise ValueError("parent's own item")
+        return x
+
+    with pytest.raises(ValueError, match="parent's own item"):
+        map_forked(fn, [0, 1], workers=2)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every child was reaped
+
+
+def test_a_report_whose_level_flows_ran_in_a_forked_child_is_the_serial_report(monkeypatch):
+    import contextlib
+
+    import torch
+
+    import collapsekit as ck
+    import collapsekit.analysis.analysis as analysis_mod
+    from invariants import scramble
+
+    torch.manual_seed(0)
+    model = scramble(ck.models.create("mobilenet_v1", num_classes=5, in_channels=3, input_size=8,
+                                      width_mult=0.25), 4)
+    x = torch.randn(1, 3, 8, 8)
+    levels = [0.5, 0.7, 0.8, 0.9, 0.94, 0.96, 0.98, 0.99]
+    monkeypatch.setattr(analysis_mod, "can_fork", lambda: False)
+    serial = analysis_mod.Analysis(model, x).report(levels)
+    forks = []
+    real_fork = os.fork
+
+    def counted_fork():
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(analysis_mod, "can_fork", forked.can_fork)
+    monkeypatch.setattr(os, "fork", counted_fork)
+    monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))  # two idle CPUs
+    shared = analysis_mod.Analysis(model, x).report(levels)
+    assert forks, "several levels needed their own flow: one child must have run some"
+    assert shared.levels == serial.levels and shared.collapse_sparsity == serial.collapse_sparsity
