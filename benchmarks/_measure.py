@@ -39,8 +39,12 @@ def measure(fn) -> dict:
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")  # this process's own high-water mark since the reset
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; may be the parent's (see above)
+    # A report's forked flow workers (collapsekit/analysis/forked.py): the largest one's high-water mark,
+    # which counts the pages it shares with this process (all of them at the fork) as its own.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"seconds": seconds, "peak_extra_mib": (peak - before) / 1024,
-            "ru_maxrss_extra_mib": (maxrss - before) / 1024}
+            "ru_maxrss_extra_mib": (maxrss - before) / 1024, "children_maxrss_mib": children / 1024,
+            "rss_before_mib": before / 1024}
 
 
 # glibc keeps freed mid-sized blocks on its heap; these settings hand them back at

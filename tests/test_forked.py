@@ -74,6 +74,26 @@ def test_a_report_whose_level_flows_ran_in_a_forked_child_is_the_serial_report(m
     monkeypatch.setattr(analysis_mod, "can_fork", forked.can_fork)
     monkeypatch.setattr(os, "fork", counted_fork)
     monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))  # two idle CPUs
+    monkeypatch.setattr(analysis_mod, "FORK_WORTH_SECONDS", 0.0)  # these tiny flows are shared out too
     shared = analysis_mod.Analysis(model, x).report(levels)
     assert forks, "several levels needed their own flow: one child must have run some"
     assert shared.levels == serial.levels and shared.collapse_sparsity == serial.collapse_sparsity
+
+
+def test_flows_too_short_to_pay_for_a_fork_run_here(monkeypatch):
+    import contextlib
+
+    import torch
+
+    import collapsekit as ck
+    import collapsekit.analysis.analysis as analysis_mod
+    from invariants import scramble
+
+    forks = []
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or pytest.fail("forked for a tiny model"))
+    monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))
+    torch.manual_seed(0)
+    model = scramble(ck.models.create("mobilenet_v1", num_classes=5, in_channels=3, input_size=8,
+                                      width_mult=0.25), 4)
+    analysis_mod.Analysis(model, torch.randn(1, 3, 8, 8)).report([0.5, 0.7, 0.8, 0.9, 0.94, 0.96, 0.98, 0.99])
+    assert not forks

@@ -1,5 +1,6 @@
 """notebooks/: stored without outputs; each runs top to bottom on digits and shows what its text claims."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,18 @@ def execute(name) -> tuple[dict, list[str], int]:
     from nbclient import NotebookClient
 
     nb = read(name)
-    NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    # The kernel is a subprocess: one intra-op thread, as every other test process here (conftest.py); on a
+    # machine shared with another test process torch's second thread spins (the audit notebook: 17 s -> 182 s).
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    finally:
+        if old is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
     texts, pngs = [], 0
     for cell in nb.cells:
         for out in cell.get("outputs", []):

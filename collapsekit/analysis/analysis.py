@@ -48,6 +48,9 @@ from collapsekit.spec import fraction
 ELEMENT_LEVEL_MACS = 3e8
 
 # 21 levels from 0.5 to 0.999, denser where collapse usually happens.
+# Forked flows (forked.py) pay a fork and the parent's copy-on-write faults while the child lives (about
+# 0.1 s on WRN-28-8): only flows expected to take this long in all are shared out.
+FORK_WORTH_SECONDS = 0.6
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985,
                       0.99, 0.992, 0.994, 0.995, 0.996, 0.997, 0.998, 0.999)
 
@@ -447,7 +450,7 @@ class Analysis:
             if not (pruned.tobytes() in self._ahead or self.cover().contains(pruned)
                     or self.level_sets().verdict(pruned) is not None or self._emptied_verdict(pruned) is not None):
                 todo.append(k)
-        if len(todo) < 2 or not can_fork():
+        if len(todo) < 2 or not can_fork() or len(todo) * self._seconds_per_flow() < FORK_WORTH_SECONDS:
             return {}
         with phase_threads() as workers:
             if workers < 2:
@@ -456,6 +459,14 @@ class Analysis:
                 flows = map_forked(lambda k: run_flow(self.traced, self.weights, self.level(k),
                                                       channel_level=self.channel_level), todo, workers)
         return {self.level(k).alloc.pruned.tobytes(): flow for k, flow in zip(todo, flows)}
+
+    def _seconds_per_flow(self) -> float:
+        """What one flow of this analysis has cost so far: a level's, else the cover's stage (its flow and the
+        line maxima it read first, so more than a flow)."""
+        for stage in ("flow per level", "cover"):
+            if self.timings.calls.get(stage):
+                return self.timings.seconds[stage] / self.timings.calls[stage]
+        return 0.0
 
     def _depth(self, emptied: frozenset) -> int:
         """graph.effective_depth with these layers emptied, once per set (most levels share a few sets)."""
