@@ -39,12 +39,48 @@ def measure(fn) -> dict:
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")  # this process's own high-water mark since the reset
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; may be the parent's (see above)
-    # A report's forked flow workers (collapsekit/analysis/forked.py): the largest one's high-water mark,
-    # which counts the pages it shares with this process (all of them at the fork) as its own.
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"seconds": seconds, "peak_extra_mib": (peak - before) / 1024,
-            "ru_maxrss_extra_mib": (maxrss - before) / 1024, "children_maxrss_mib": children / 1024,
-            "rss_before_mib": before / 1024}
+            "ru_maxrss_extra_mib": (maxrss - before) / 1024}
+
+
+_CHILDREN: list[float] = []  # MiB each forked worker held of its own (forked_children_measured)
+
+
+@contextlib.contextmanager
+def forked_children_measured():
+    """Measures the report's forked flow workers (collapsekit/analysis/forked.py) while the body runs: each
+    child's resident growth over its RSS at the fork (new pages, at their peak) plus its private dirty pages
+    when it leaves (the pages it copied on write, and again the new ones it still holds): an upper bound of
+    the memory it added to the machine. Yields the list the figures are appended to (MiB, one per child)."""
+    import collapsekit.analysis.forked as forked
+
+    real_fork, real_exit = os.fork, os._exit
+    read_end, write_end = os.pipe()
+
+    def fork():
+        pid = real_fork()
+        if pid == 0:
+            Path("/proc/self/clear_refs").write_text("5")
+            start = _status_kib("VmRSS")
+
+            def leave(code):
+                dirty = sum(int(line.split()[1]) for line in Path("/proc/self/smaps_rollup").read_text().splitlines()
+                            if line.startswith("Private_Dirty:"))
+                os.write(write_end, f"{(_status_kib('VmHWM') - start + dirty) / 1024}\n".encode())
+                real_exit(code)
+
+            forked.os._exit = leave  # the child's own copy of the module: the parent's is untouched
+        return pid
+
+    _CHILDREN.clear()
+    forked.os.fork = fork
+    try:
+        yield _CHILDREN
+    finally:
+        forked.os.fork, forked.os._exit = real_fork, real_exit
+        os.close(write_end)
+        with os.fdopen(read_end) as inp:
+            _CHILDREN.extend(float(line) for line in inp.read().split())
 
 
 # glibc keeps freed mid-sized blocks on its heap; these settings hand them back at

@@ -8,9 +8,9 @@ first call), torch's default thread count. The report's time is split per stage
 processes (a Python spin loop each) and prints the loaded/alone ratio; `--threads
 N` adds, beside the honest figure, one with N intra-op threads on both sides.
 Every ratio compares runs of the same repetition; `--repeat` gives the spread.
-The last column is the report's forked flow workers (collapsekit/analysis/forked.py): the largest one's
-resident high-water mark above the report process's RSS before the report, an upper bound of its own
-memory (it counts the pages it shares with the report process, as the kernel does).
+The last column is the largest of the report's forked flow workers (collapsekit/analysis/forked.py, 0 where
+it forked none): its resident growth over its RSS at the fork plus its private dirty pages when it left, an
+upper bound of the memory it added (_measure.forked_children_measured).
 
 Goals (issue 13 and 23): the whole default report costs at most 0.25x one
 global_unstructured call with peak extra memory (VmHWM delta, default allocator)
@@ -63,13 +63,13 @@ def bench(model: str, input_size: int, repeat: int, loaded: bool, threads: int |
           f"{'channel' if ours0['channel_level'] else 'element'} level; "
           f"collapse sparsity {ours0['collapse_sparsity']:.6f}; {repeat} run(s) each: median [min-max]")
     rows = [["", "report s", "+ import s", "global_unstructured s", "ratio (cold)", "report peak x prunable",
-             "forked child x prunable"]]
+             "forked child <= x prunable"]]
     for (condition, label), rs in runs.items():
         rows.append([f"{condition}, {label}", spread([o["seconds"] for o, _, _ in rs]),
                      spread([i for _, _, i in rs]), spread([b["seconds"] for _, b, _ in rs]),
                      spread([(o["seconds"] + i) / b["seconds"] for o, b, i in rs]),
                      spread([o["peak_extra_mib"] / mib for o, _, _ in rs]),
-                     spread([max(0.0, o["children_maxrss_mib"] - o["rss_before_mib"]) / mib for o, _, _ in rs])])
+                     spread([max(o["forked_children_mib"], default=0.0) / mib for o, _, _ in rs])])
     print(table(rows))
     print("report stages (first run alone):")
     print(table([[name, f"{t['seconds']:.2f} s", f"{t['calls']} calls"] for name, t in ours0["timings"].items()]))

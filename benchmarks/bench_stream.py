@@ -77,9 +77,11 @@ def main():
         mib = r["checkpoint_mib"]
         print(f"{args.model}: {r['total'] / 1e9:.2f} B prunable weights; checkpoint {nbytes / 2**30:.2f} GiB bf16; "
               f"trace {r['trace_method']}; collapse sparsity {r['collapse_sparsity']:.6f}")
+        child = max(r["forked_children_mib"], default=0.0)  # an upper bound (_measure.forked_children_measured)
         print(table([["", "seconds", "peak extra MiB", "x checkpoint bytes"],
                      ["streamed report", f"{r['seconds']:.1f}", f"{r['peak_extra_mib']:.0f}",
-                      f"{r['peak_extra_mib'] / mib:.2f}"]]))
+                      f"{r['peak_extra_mib'] / mib:.2f}"],
+                     ["its largest forked flow worker (upper bound)", "", f"{child:.0f}", f"{child / mib:.2f}"]]))
         print("report stages:")
         print(table([[name, f"{t['seconds']:.2f} s", f"{t['calls']} calls"] for name, t in r["timings"].items()]))
         print(f"seconds: {verdict(r['seconds'], 60)}")

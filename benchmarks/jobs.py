@@ -7,7 +7,7 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _measure import measure  # noqa: E402
+from _measure import forked_children_measured, measure  # noqa: E402
 
 import collapsekit as ck  # noqa: E402
 import collapsekit.analysis.analysis  # noqa: E402,F401  (imports stay outside the measured region)
@@ -82,9 +82,11 @@ def report(model: str, input_size: int = 32, sparsities=None, cold: bool = False
         an = holder["an"] = ck.Analysis(net, x)
         holder["r"] = an.report(sparsities)
 
-    stats = measure(run)
+    with forked_children_measured() as children:
+        stats = measure(run)
     r = holder["r"]
-    return {**stats, "prunable_mib": prunable_bytes / 2**20, "levels": len(r.levels),
+    return {**stats, "forked_children_mib": list(children), "prunable_mib": prunable_bytes / 2**20,
+            "levels": len(r.levels),
             "collapse_sparsity": r.collapse_sparsity, "timings": holder["an"].timings.to_dict(),
             "trace_method": r.trace_method, "channel_level": holder["an"].channel_level,
             "threads": torch.get_num_threads()}
@@ -129,9 +131,11 @@ def stream_report(model: str, checkpoint: str) -> dict:
         an = holder["an"] = ck.Analysis(net, x, checkpoint=checkpoint)
         holder["r"] = an.report()
 
-    stats = measure(run)
+    with forked_children_measured() as children:
+        stats = measure(run)
     r = holder["r"]
-    return {**stats, "checkpoint_mib": Checkpoint(checkpoint).nbytes() / 2**20, "total": r.total,
+    return {**stats, "forked_children_mib": list(children),
+            "checkpoint_mib": Checkpoint(checkpoint).nbytes() / 2**20, "total": r.total,
             "collapse_sparsity": r.collapse_sparsity, "timings": holder["an"].timings.to_dict(),
             "trace_method": r.trace_method}
 
