@@ -4,6 +4,7 @@ import copy
 import pytest
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 import collapsekit as ck
 from collapsekit import data
@@ -296,3 +297,24 @@ def test_a_failing_trace_still_ends_the_index_thread_and_raises_its_own_error(mo
     with pytest.raises(CollapsekitError, match="cannot trace Broken"):
         Analysis(tiny_convnet(), torch.randn(1, 1, 8, 8))
     assert not [t for t in threading.enumerate() if t.name.startswith("collapsekit-index")]
+
+
+def test_a_slow_trace_leaves_time_to_read_the_linear_layers_line_maxima_for_the_cover(monkeypatch):
+    import time
+
+    from collapsekit.analysis import analysis as analysis_module
+    from collapsekit.analysis.magnitudes import line_maxima
+
+    real_trace = analysis_module.trace
+    monkeypatch.setattr(analysis_module, "trace", lambda *a: (time.sleep(0.5), real_trace(*a))[1])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(1, 6)
+    an = Analysis(model, x)
+    read = dict(an._line_maxima)
+    assert sorted(read) == [0, 1, 2]  # every linear layer's, read beside the trace
+    for i, maxima in read.items():
+        want = line_maxima(an.tensors[i], an.weights[i].shape[0])
+        assert all(torch.equal(a, b) for a, b in zip(maxima, want))
+    assert an.report().to_dict() == Analysis(model, x).report().to_dict()  # a fast trace: read by the cover
+    assert not an._line_maxima  # each handed out once, to the cover

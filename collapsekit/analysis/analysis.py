@@ -28,7 +28,7 @@ from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.lazy import initialized_copy
-from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
+from collapsekit.analysis.magnitudes import MagnitudeIndex, line_maxima, resolve_mt, sparsity_to_count
 from collapsekit.analysis.nonfinite import NonFinite
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
@@ -104,6 +104,7 @@ class Analysis:
                 if any(t.is_meta for t in self.tensors):
                     raise CollapsekitError(f"{self.name}'s weights are on the meta device: pass checkpoint= "
                                            "(a .safetensors file or a sharded directory) to read them from")
+        self._line_maxima: dict[int, tuple] = {}  # weight -> magnitudes.line_maxima, read beside the trace
         self.traced, self.index = self._trace_beside_index(traced_model, example_inputs, mt, progress)
         with self.timings.stage("graph"):
             self.graph = build_graph(self.traced, self.weights)
@@ -217,6 +218,12 @@ class Analysis:
         release_after(self.index.total)
         return found
 
+    def line_maxima(self, i: int) -> tuple:
+        """magnitudes.line_maxima of weight `i` in its [O, -1] view: the one read beside the trace where there
+        was time for it (handed out once), else read now."""
+        found = self._line_maxima.pop(i, None)
+        return found if found is not None else line_maxima(self.tensors[i], self.weights[i].shape[0])
+
     def _alive_per_element_cheaply(self, k: int) -> bool:
         """True where a channel-level flow whose convs keep only the taps that read real input at every position
         (`LevelMasks.full_taps_only`, an under-approximation of the element level at channel-level cost) keeps
@@ -228,9 +235,10 @@ class Analysis:
         """(trace, magnitude index), the index built in a second thread while the trace runs: the trace is
         mostly Python (a transformer's export: a second or more), the index's passes over the weights mostly
         numpy and torch kernels that release the GIL, so on two idle cores they overlap. While the trace still
-        runs, the index goes on to read the bins of the report's default levels (its next question), unless the
-        weights stream from a checkpoint: there the trace's and those reads' peaks would add up (a streamed 1 B
-        report's peak rose from 0.37x to 0.46x of its file), and memory is what streaming is for."""
+        runs, the index goes on to read the bins of the report's default levels (its next question) and then the
+        linear weights' line maxima (the cover's), unless the weights stream from a checkpoint: there the trace's
+        and those reads' peaks would add up (a streamed 1 B report's peak rose from 0.37x to 0.46x of its file),
+        and memory is what streaming is for."""
         tracing = threading.Event()
 
         def build_index(threads: int) -> MagnitudeIndex:
@@ -243,6 +251,12 @@ class Analysis:
                 with self.timings.stage("index reads"):
                     index.prefetch([min(room, sparsity_to_count(s, index.total)) for s in sparsity_levels()],
                                    mt_count)
+                with self.timings.stage("line maxima"):  # the cover's reads (cover.py), while there is time
+                    for i, w in enumerate(self.weights):
+                        if not tracing.is_set():
+                            break
+                        if len(w.shape) == 2:
+                            self._line_maxima[i] = line_maxima(self.tensors[i], w.shape[0])
             return index
 
         with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, phase_threads() as threads:

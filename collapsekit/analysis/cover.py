@@ -20,7 +20,7 @@ import torch
 from collapsekit.analysis.connectivity import KeptLines
 from collapsekit.analysis.flow import run_flow
 from collapsekit.analysis.heap import release_after
-from collapsekit.analysis.magnitudes import abs_bits, line_maxima
+from collapsekit.analysis.magnitudes import abs_bits
 
 NO_COVER = -1  # a layer whose cover cannot be proven: no cut is below this
 
@@ -37,11 +37,11 @@ def _argmax_cover(bits: torch.Tensor, groups: int = 1) -> tuple[tuple[torch.Tens
     return (rows, cols), int(min(int(row_max.min()), int(col_max.min())))
 
 
-def _weight_cover(tensor: torch.Tensor, rows: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int,
-                                                              tuple[torch.Tensor, torch.Tensor]]:
-    """`_argmax_cover` of a weight's |w| bits in its [O, -1] view, read a block of rows at a time,
-    and the per-row and per-column maxima it found (connectivity.line_max of a 2-D weight)."""
-    row_max, row_arg, col_max, col_arg = line_maxima(tensor, rows)
+def _weight_cover(maxima) -> tuple[tuple[torch.Tensor, torch.Tensor], int, tuple[torch.Tensor, torch.Tensor]]:
+    """`_argmax_cover` of a weight from its line maxima (magnitudes.line_maxima of |w| bits in the [O, -1]
+    view), and the per-row and per-column maxima (connectivity.line_max of a 2-D weight)."""
+    row_max, row_arg, col_max, col_arg = maxima
+    rows = row_max.numel()
     positions = (torch.cat([torch.arange(rows), col_arg]), torch.cat([row_arg, torch.arange(col_max.numel())]))
     return positions, int(min(int(row_max.min()), int(col_max.min()))), (row_max, col_max)
 
@@ -122,7 +122,7 @@ class Cover:
 
     def _element_cover(self, i: int) -> None:
         w = self.an.weights[i]
-        self._keep[w.name], full, maxima = _weight_cover(self.an.tensors[i], w.shape[0])
+        self._keep[w.name], full, maxima = _weight_cover(self.an.line_maxima(i))
         if len(w.shape) == 2:  # the same read gives the linear's line maxima: the flows need not read it again
             self.an.connectivity.remember_line_max(i, maxima)
         self.full[i] = min(full, int(self.full[i]))
