@@ -22,9 +22,11 @@ masks are nested, so each denser level of the set keeps every weight the sparses
 keeps and no weight of E; where the sparsest level's own flow is clean (nothing
 collapsed, dead or unused, every output reached, every position of every other
 layer reached), each of them is too, with all its kept weights effective outside
-E. That flow is one the report needs anyway, so the set's other levels cost none
-(GPT-2 124M: one flow for its twelve levels 0.85-0.999, where the covers' pair
-answered only ten of them and the last two needed a flow each).
+E. That flow is one the report needs anyway. A layer it reaches nowhere (the
+input projection of a branch whose output projection is in E) takes one more
+flow, on the upper bound U, to show no denser level reaches it either. GPT-2
+124M at 128 tokens: two flows answer its twelve levels 0.85-0.999, where the
+covers' pair answered ten of them and the last two needed a flow each.
 """
 from __future__ import annotations
 
@@ -150,9 +152,8 @@ class SparsestOfSet:
     def plan(self, counts, answered) -> dict[bytes, FlowResult]:
         """Runs the flow of the sparsest of every two or more of `counts` (weights pruned) that empty the same
         layers and need a flow, unless `answered(pruned)` (a cover or an emptied-layer cover gives the sparsest
-        its verdict without one);
-        the upper bound's flow (the set emptied, every other layer dense) only where WORTH levels share it.
-        Returns the levels' flows it ran, by their pruned counts' bytes."""
+        its verdict without one); the upper bound's flow (the set emptied, every other layer dense) only where
+        WORTH levels share it. Returns the levels' flows it ran, by their pruned counts' bytes."""
         sets: dict[frozenset, list[int]] = {}
         for k in sorted(counts, reverse=True):  # sparsest first
             pruned = self.an.level(k).alloc.pruned
