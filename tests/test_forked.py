@@ -97,3 +97,41 @@ def test_flows_too_short_to_pay_for_a_fork_run_here(monkeypatch):
                                       width_mult=0.25), 4)
     analysis_mod.Analysis(model, torch.randn(1, 3, 8, 8)).report([0.5, 0.7, 0.8, 0.9, 0.94, 0.96, 0.98, 0.99])
     assert not forks
+
+
+def test_an_interrupt_while_waiting_for_a_child_kills_and_reaps_it(monkeypatch):
+    import time
+
+    parent = os.getpid()
+
+    def fn(x):
+        if os.getpid() != parent:
+            time.sleep(30)  # a child still busy when the parent is interrupted
+        return x
+
+    real_waitpid = os.waitpid
+
+    def interrupted(pid, options):
+        if options == 0 and not interrupted.done:
+            interrupted.done = True
+            raise KeyboardInterrupt
+        return real_waitpid(pid, options)
+
+    interrupted.done = False
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, mode="r", *a, **k):  # the parent does not wait for the child's 30 s to read its pipe
+        f = real_fdopen(fd, mode, *a, **k)
+        if "r" in mode:
+            f.read = lambda: b""
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    monkeypatch.setattr(os, "waitpid", interrupted)
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        map_forked(fn, [0, 1], workers=2)
+    monkeypatch.undo()
+    assert time.perf_counter() - start < 10  # killed, not waited for
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)

@@ -13,6 +13,7 @@ into the caller's code: it leaves by `os._exit`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -52,23 +53,29 @@ def map_forked(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
         os.close(write)
         children.append((pid, read, share))
     results: list = [None] * len(items)
+    received: dict[int, list | None] = {}  # child pid -> its answers (None: it failed), once reaped
     try:
         for i in range(0, len(items), workers):
             results[i] = fn(items[i])
-    except BaseException:  # the caller sees the error; the children are not left behind
         for pid, read, _ in children:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read)
+            with os.fdopen(read, "rb") as inp:
+                data = inp.read()
+            _, status = os.waitpid(pid, 0)
+            received[pid] = pickle.loads(data) if status == 0 and data else None  # our own child's bytes
+    except BaseException:  # an error or an interrupt here reaches the caller; no child is left behind
+        for pid, read, _ in children:
+            if pid not in received:
+                with contextlib.suppress(OSError):  # it may have left already
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):  # closed already where its answers were read
+                    os.close(read)
+                with contextlib.suppress(ChildProcessError):  # reaped already
+                    os.waitpid(pid, 0)
         raise
-    for pid, read, share in children:
-        with os.fdopen(read, "rb") as inp:
-            data = inp.read()
-        _, status = os.waitpid(pid, 0)
-        answers = pickle.loads(data) if status == 0 and data else None  # our own child's bytes, not a file
+    for pid, _, share in children:
+        answers = received[pid]
         for j, i in enumerate(share):
             results[i] = answers[j] if answers is not None else fn(items[i])
     return results
-
 
 __all__ = ["can_fork", "map_forked"]
