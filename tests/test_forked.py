@@ -135,3 +135,12 @@ def test_an_interrupt_while_waiting_for_a_child_kills_and_reaps_it(monkeypatch):
     assert time.perf_counter() - start < 10  # killed, not waited for
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_process_that_started_cuda_does_not_fork(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert not forked.can_fork()
+    parent = os.getpid()
+    assert map_forked(lambda x: os.getpid() == parent, [1, 2, 3], workers=3) == [True] * 3

@@ -7,8 +7,8 @@ magnitude index) copy-on-write and needs nothing sent to it. The items are dealt
 out round-robin: the parent answers its share while each child answers its own
 and sends the results back pickled through a pipe (they are small: a FlowResult
 is dicts of channel indices and one count per layer). Where `fork` is unavailable
-(Windows, macOS's default), one CPU is idle, or a child fails, the parent answers
-everything itself: the results are the same either way. A child never returns
+(Windows, macOS's default) or the process has started CUDA, one CPU is idle, or a
+child fails, the parent answers everything itself: the results are the same either way. A child never returns
 into the caller's code: it leaves by `os._exit`.
 """
 from __future__ import annotations
@@ -25,8 +25,11 @@ R = TypeVar("R")
 
 
 def can_fork() -> bool:
-    """Linux's fork: copy-on-write and safe for numpy/torch CPU work (macOS's is not, Windows has none)."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork")
+    """Linux's fork: copy-on-write and safe for numpy/torch CPU work (macOS's is not, Windows has none), in
+    a process that has not started CUDA (a forked child cannot use it: torch refuses to re-initialise it)."""
+    import torch
+
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and not torch.cuda.is_initialized()
 
 
 def map_forked(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
