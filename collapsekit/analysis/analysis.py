@@ -117,6 +117,7 @@ class Analysis:
         self._emptied: dict[bool, EmptiedCovers] = {}  # by channel_level
         self._sets: dict[bool, SparsestOfSet] = {}  # by channel_level
         self._depths: dict[frozenset, int] = {}  # emptied layers -> effective depth
+        self._full_taps_alive: dict[tuple, bool] = {}  # (k, MT) -> _alive_per_element_cheaply
         self._ahead: dict[bytes, FlowResult] = {}  # a level's pruned counts -> its flow, run before the report asks
         self._floors: dict[tuple, dict[str, list[int]]] = {}  # the sparsest masks' unused channels, by MT
 
@@ -228,8 +229,13 @@ class Analysis:
         """True where a channel-level flow whose convs keep only the taps that read real input at every position
         (`LevelMasks.full_taps_only`, an under-approximation of the element level at channel-level cost) keeps
         the masks pruning `k` weights connected; False where that proves nothing (or there is no such flow)."""
-        return bool(self.channel_level and self.connectivity.kmax and not collapses(
-            self.traced, self.weights, self.level(k).full_taps_only(), channel_level=True))
+        if not (self.channel_level and self.connectivity.kmax):
+            return False
+        key = (k, self.mt)  # asked twice by the boundary search at an emptied bottleneck: one flow
+        if key not in self._full_taps_alive:
+            self._full_taps_alive[key] = not collapses(self.traced, self.weights, self.level(k).full_taps_only(),
+                                                       channel_level=True)
+        return self._full_taps_alive[key]
 
     def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool):
         """(trace, magnitude index), the index built in a second thread while the trace runs: the trace is
