@@ -116,7 +116,7 @@ def test_the_sparsest_level_of_an_emptied_set_answers_every_denser_one_exactly(b
             continue
         answered += 1
         _assert_own_flow(an, level, known)
-    assert answered >= shared
+    assert answered >= shared if shared else answered == 0  # FadingBranches: none shared, as said above
     for e, (pruned, _) in sets._bounds.items():  # one weight sparser than a set's sparsest: not answered
         k = int(pruned.sum()) + 1
         if sets._emptied(an.level(k).alloc.pruned) == e:
