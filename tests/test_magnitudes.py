@@ -97,6 +97,17 @@ def test_mt_keeps_min_mt_size_per_layer_and_total_exact():
     assert idx.sizes[1] - with_mt.pruned[1] == 16
 
 
+def test_an_allocation_is_remembered_per_count_and_mt_and_cannot_be_changed():
+    idx, _ = index_of(tied_mlp())
+    first = idx.allocate(40, 2)
+    assert idx.allocate(40, 2) is first  # asked again: not recomputed
+    assert idx.allocate(40) is not first and idx.allocate(40).pruned.sum() == 40
+    fresh, _ = index_of(tied_mlp())
+    assert np.array_equal(fresh.allocate(40, 2).pruned, first.pruned)
+    with pytest.raises(ValueError):
+        first.pruned[0] = 0  # shared by every caller: read-only
+
+
 def test_critical_sparsity_is_the_first_count_that_empties_the_layer():
     model = tied_mlp(2)
     idx, _ = index_of(model)

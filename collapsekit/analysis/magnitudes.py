@@ -205,6 +205,7 @@ class MagnitudeIndex:
         self._released: set[int] = set()
         self._cuts: dict[tuple[int, int], tuple[int, int]] = {}  # (layer, pruned) -> cut
         self._critical: dict[int, np.ndarray] = {}  # MT -> critical_counts
+        self._allocations: dict[tuple[int, int], Allocation] = {}  # (k, MT) -> allocate's answer
 
     # -- reading bins -------------------------------------------------------------------
     def prefetch(self, ks, mt_count: int = 0) -> None:
@@ -312,7 +313,17 @@ class MagnitudeIndex:
         return int((self.sizes - self.protected(mt_count)).sum())
 
     def allocate(self, k: int, mt_count: int = 0) -> Allocation:
-        """Exact per-layer pruned counts for a global count `k` (ties: layer order)."""
+        """Exact per-layer pruned counts for a global count `k` (ties: layer order); remembered per (k, MT),
+        its counts read-only: a report asks for one level's masks several times (its cover, emptied-set and
+        flow questions), and on a transformer's 70+ layers an allocation costs milliseconds."""
+        key = (int(k), int(mt_count))
+        if key not in self._allocations:
+            alloc = self._allocate(*key)
+            alloc.pruned.setflags(write=False)
+            self._allocations[key] = alloc
+        return self._allocations[key]
+
+    def _allocate(self, k: int, mt_count: int) -> Allocation:
         limits = self.sizes - self.protected(mt_count)
         if k < 0 or k > int(limits.sum()):
             raise CollapsekitError(
