@@ -11,10 +11,36 @@ pytestmark = pytest.mark.skipif(not forked.can_fork(), reason="no Linux fork her
 
 
 def test_children_answer_their_share_and_the_results_keep_the_items_order():
+    import time
+
     parent = os.getpid()
-    out = map_forked(lambda x: (x * x, os.getpid() != parent), list(range(7)), workers=3)
+    out = map_forked(lambda x: (x * x, os.getpid(), time.sleep(0.05))[:2], list(range(7)), workers=3)
     assert [v for v, _ in out] == [x * x for x in range(7)]
-    assert [i for i, (_, child) in enumerate(out) if child] == [1, 2, 4, 5]  # round-robin: 0, 3, 6 stay here
+    assert {pid for _, pid in out} - {parent}  # children answered some (the parent may find none left)
+
+
+def test_items_are_taken_as_each_process_finishes_one_not_dealt_out():
+    import time
+
+    def fn(x):
+        if x == 0:
+            time.sleep(1.0)  # the dearest item first: whoever takes it, the other answers the rest meanwhile
+        return os.getpid()
+
+    out = map_forked(fn, list(range(7)), workers=2)
+    others = [i for i in range(1, 7) if out[i] != out[0]]
+    assert len(others) >= 5  # dealt round-robin, item 0's process would answer 2, 4 and 6 too
+
+
+def test_a_child_that_dies_has_what_it_took_answered_here():
+    parent = os.getpid()
+
+    def fn(x):
+        if os.getpid() != parent:
+            os._exit(3)  # killed mid-item: no answers, no exception
+        return x * 10
+
+    assert map_forked(fn, list(range(5)), workers=2) == [0, 10, 20, 30, 40]
 
 
 def test_one_worker_or_one_item_runs_here_without_a_fork():
@@ -77,6 +103,50 @@ def test_a_report_whose_level_flows_ran_in_a_forked_child_is_the_serial_report(m
     monkeypatch.setattr(analysis_mod, "FORK_WORTH_SECONDS", 0.0)  # these tiny flows are shared out too
     shared = analysis_mod.Analysis(model, x).report(levels)
     assert forks, "several levels needed their own flow: one child must have run some"
+    assert shared.levels == serial.levels and shared.collapse_sparsity == serial.collapse_sparsity
+
+
+def test_where_the_sparsest_level_is_alive_the_boundary_search_runs_beside_the_level_flows(monkeypatch):
+    import contextlib
+
+    import torch
+
+    import collapsekit as ck
+    import collapsekit.analysis.analysis as analysis_mod
+
+    torch.manual_seed(0)
+    model = ck.models.create("resnet20", num_classes=5, in_channels=3, input_size=8)
+    x = torch.randn(1, 3, 8, 8)
+    levels = [0.5, 0.7, 0.8, 0.9]  # every one alive, the denser ones with unused channels of their own
+    monkeypatch.setattr(analysis_mod, "can_fork", lambda: False)
+    serial = analysis_mod.Analysis(model, x).report(levels)
+    assert not any(lv.collapsed for lv in serial.levels) and serial.collapse_sparsity > 0.9
+    queued, after = [], []
+    real_map, real_search = analysis_mod.map_forked, analysis_mod.Analysis.collapse_sparsity
+    mapping = []
+
+    def map_forked(fn, items, workers):
+        queued.extend(items)
+        mapping.append(1)
+        try:
+            return real_map(fn, items, workers)
+        finally:
+            mapping.pop()
+
+    def search(self, known=()):
+        if not mapping:
+            after.append(known)
+        return real_search(self, known)
+
+    monkeypatch.setattr(analysis_mod, "can_fork", forked.can_fork)
+    monkeypatch.setattr(analysis_mod, "map_forked", map_forked)
+    monkeypatch.setattr(analysis_mod.Analysis, "collapse_sparsity", search)
+    monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))
+    monkeypatch.setattr(analysis_mod, "FORK_WORTH_SECONDS", 0.0)
+    shared = analysis_mod.Analysis(model, x).report(levels)
+    assert queued[0] == ("boundary", [(shared.levels[-1].pruned, False)])  # first in the queue: the dearest
+    assert [kind for kind, _ in queued[1:]] == ["flow"] * (len(queued) - 1) and len(queued) >= 3
+    assert not after  # its answer came from the queue, not from a second search after the levels
     assert shared.levels == serial.levels and shared.collapse_sparsity == serial.collapse_sparsity
 
 

@@ -84,3 +84,29 @@ def test_flows_run_on_one_thread_whatever_the_machine(monkeypatch, user_threads)
 
     seen = _threads_seen(monkeypatch, flow, "_run_flow", busy=0)
     assert seen and set(seen) == {1} and torch.get_num_threads() == user_threads
+
+
+def test_the_trace_beside_the_index_hands_the_gil_over_quickly_and_the_users_interval_comes_back(monkeypatch):
+    import sys
+
+    seen = []
+    real_trace = analysis_module.trace
+
+    def trace(*args, **kwargs):
+        seen.append(sys.getswitchinterval())
+        return real_trace(*args, **kwargs)
+
+    monkeypatch.setattr(analysis_module, "trace", trace)
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.004)
+        ck.analyze(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)),
+                   torch.randn(1, 4), sparsities=[0.5])
+        assert seen == [pytest.approx(threads.SWITCH_INTERVAL, abs=2e-6)]
+        assert sys.getswitchinterval() == pytest.approx(0.004, abs=2e-6)  # the user's own, not Python's default
+        sys.setswitchinterval(0.0001)  # a user's shorter interval is kept
+        ck.analyze(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)),
+                   torch.randn(1, 4), sparsities=[0.5])
+        assert seen[-1] == pytest.approx(0.0001, abs=2e-6) and sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
+    finally:
+        sys.setswitchinterval(before)

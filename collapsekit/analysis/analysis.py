@@ -34,7 +34,7 @@ from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
 from collapsekit.analysis.rules import UNHANDLED
 from collapsekit.analysis.streamed import StreamedTensors, skeleton
-from collapsekit.analysis.threads import analysis_threads, phase_threads
+from collapsekit.analysis.threads import analysis_threads, phase_threads, quick_gil_handoff
 from collapsekit.analysis.timing import Timings
 from collapsekit.analysis.timing import progress as _progress
 from collapsekit.analysis.trace import trace
@@ -120,6 +120,7 @@ class Analysis:
         self._full_taps_alive: dict[tuple, bool] = {}  # (k, MT) -> _alive_per_element_cheaply
         self._ahead: dict[bytes, FlowResult] = {}  # a level's pruned counts -> its flow, run before the report asks
         self._floors: dict[tuple, dict[str, list[int]]] = {}  # the sparsest masks' unused channels, by MT
+        self._boundary_ahead: dict[int, float] = {}  # MT -> collapse_sparsity, found beside the level flows
 
     @classmethod
     def of(cls, model, example_inputs=None, include=None, exclude=None, mt=None, **kwargs) -> Analysis:
@@ -240,7 +241,8 @@ class Analysis:
     def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool):
         """(trace, magnitude index), the index built in a second thread while the trace runs: the trace is
         mostly Python (a transformer's export: a second or more), the index's passes over the weights mostly
-        numpy and torch kernels that release the GIL, so on two idle cores they overlap. While the trace still
+        numpy and torch kernels that release the GIL, so on two idle cores they overlap (each winning the GIL back
+        within a short switch interval: threads.quick_gil_handoff). While the trace still
         runs, the index goes on to read the bins of the report's default levels (its next question) and then the
         linear weights' line maxima (the cover's), unless the weights stream from a checkpoint: there the trace's
         and those reads' peaks would add up (a streamed 1 B report's peak rose from 0.37x to 0.46x of its file),
@@ -265,7 +267,8 @@ class Analysis:
                             self._line_maxima[i] = line_maxima(self.tensors[i], w.shape[0])
             return index
 
-        with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, phase_threads() as threads:
+        with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, phase_threads() as threads, \
+                quick_gil_handoff():
             tracing.set()
             job = pool.submit(build_index, threads)
             try:
@@ -433,13 +436,8 @@ class Analysis:
         k = self.count(sparsity)
         masks = self.level(k)
         pruned = masks.alloc.pruned
-        if self.cover().contains(pruned):  # as connected as dense: no flow to run (cover.py)
-            flow = FlowResult(False, {}, {}, (self.index.sizes - pruned).astype(np.int64), 1.0)
-        elif (known := self.level_sets().verdict(pruned)) is not None:  # its set's sparsest level (emptied.py)
-            flow = known
-        elif (known := self._emptied_verdict(pruned)) is not None:  # the verdict of its emptied set (emptied.py)
-            flow = known
-        elif (flow := self._ahead.pop(pruned.tobytes(), None)) is None:  # not run ahead (report, _own_flows)
+        if (flow := self._shared_verdict(pruned)) is None and (
+                flow := self._ahead.pop(pruned.tobytes(), None)) is None:  # not run ahead (report, _own_flows)
             with self.timings.stage("flow per level"):
                 flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level,
                                 unused=self._known_unused(denser, pruned))
@@ -460,27 +458,50 @@ class Analysis:
             outputs_reached=0.0 if flow.collapsed else flow.output_alive,
             non_finite=bool(non_finite), non_finite_layers=non_finite), (flow, pruned)
 
+    def _shared_verdict(self, pruned) -> FlowResult | None:
+        """The flow of the masks pruning `pruned` per layer where one already run answers it, else None."""
+        if self.cover().contains(pruned):  # as connected as dense: no flow to run (cover.py)
+            return FlowResult(False, {}, {}, (self.index.sizes - pruned).astype(np.int64), 1.0)
+        if (known := self.level_sets().verdict(pruned)) is not None:  # its set's sparsest level (emptied.py)
+            return known
+        return self._emptied_verdict(pruned)  # the verdict of its emptied set (emptied.py), or None
+
     def _own_flows(self, counts: list[int]) -> dict[bytes, FlowResult]:
         """The flows of the levels (weights pruned) that no shared verdict answers, run side by side in forked
         processes, one per idle CPU (forked.py), by pruned counts' bytes; {} where they run one by one (one
         level, one idle CPU, no fork, flows too short to pay for one, or weights streamed from a checkpoint:
-        a 1.1 B report's child added up to 0.48x the file to the report's own 0.48x)."""
-        todo = []
-        for k in counts:
-            pruned = self.level(k).alloc.pruned
-            if not (pruned.tobytes() in self._ahead or self.cover().contains(pruned)
-                    or self.level_sets().verdict(pruned) is not None or self._emptied_verdict(pruned) is not None):
-                todo.append(k)
-        if (len(todo) < 2 or not can_fork() or self.checkpoint is not None
-                or len(todo) * self._seconds_per_flow() < FORK_WORTH_SECONDS):
+        a 1.1 B report's child added up to 0.48x the file to the report's own 0.48x).
+
+        Where the sparsest level is known alive already, every level is (collapse is monotone in k), so the
+        levels' flows can tell the boundary search nothing: it runs beside them, first in the queue (it is
+        the dearest question: a few flows), and its answer waits in `_boundary_ahead`."""
+        todo = [k for k in counts if not (self.level(k).alloc.pruned.tobytes() in self._ahead
+                                          or self._shared_verdict(self.level(k).alloc.pruned) is not None)]
+        tasks = [("flow", k) for k in todo]
+        sparsest = self.level(counts[-1]).alloc.pruned if counts else None
+        known = None if sparsest is None else self._ahead.get(sparsest.tobytes())
+        known = self._shared_verdict(sparsest) if known is None and sparsest is not None else known
+        if known is not None and not known.collapsed and self.mt not in self._boundary_ahead:
+            tasks.insert(0, ("boundary", [(counts[-1], False)]))
+        expected = (len(todo) + 2 * (len(tasks) > len(todo))) * self._seconds_per_flow()
+        if (len(tasks) < 2 or not can_fork() or self.checkpoint is not None or expected < FORK_WORTH_SECONDS):
             return {}  # a streamed analysis keeps to one process: a child's pages would add to the report's peak
         with phase_threads() as workers:
             if workers < 2:
                 return {}
             with self.timings.stage("flow per level"):  # one call for all of them
-                flows = map_forked(lambda k: run_flow(self.traced, self.weights, self.level(k),
-                                                      channel_level=self.channel_level), todo, workers)
-        return {self.level(k).alloc.pruned.tobytes(): flow for k, flow in zip(todo, flows)}
+                answers = map_forked(self._answer, tasks, workers)
+        if tasks[0][0] == "boundary":
+            self._boundary_ahead[self.mt] = answers.pop(0)
+        return {self.level(k).alloc.pruned.tobytes(): flow for k, flow in zip(todo, answers)}
+
+    def _answer(self, task: tuple[str, object]):
+        """One question of `_own_flows`: ("flow", k) -> the flow of the masks pruning k weights; ("boundary",
+        known) -> collapse_sparsity(known)."""
+        kind, arg = task
+        if kind == "boundary":
+            return self.collapse_sparsity(arg)
+        return run_flow(self.traced, self.weights, self.level(arg), channel_level=self.channel_level)
 
     def _seconds_per_flow(self) -> float:
         """What one flow of this analysis has cost so far: a level's, else the cover's stage (its flow and the
@@ -584,7 +605,9 @@ class Analysis:
             levels.append(level)
             release_after(self.index.total)  # one level's masks are gone: their heap pages too
         with self.timings.stage("boundary search"):
-            collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
+            collapse = self._boundary_ahead.pop(self.mt, None)  # found beside the level flows (_own_flows)
+            if collapse is None:
+                collapse = self.collapse_sparsity([(lv.pruned, lv.collapsed) for lv in levels])
         if self.channel_level:  # the exact boundary decides what the coarser per-level flow may have missed
             levels = [lv if lv.collapsed or lv.sparsity < collapse
                       else replace(lv, collapsed=True, value_collapsed=True, effective_sparsity=1.0,

@@ -3,10 +3,11 @@
 A report's per-level flows are independent of each other and each is mostly
 Python (an interpreter over a few hundred graph nodes), so threads would wait on
 one another's GIL; a forked child shares the parent's analysis (trace, weights,
-magnitude index) copy-on-write and needs nothing sent to it. The items are dealt
-out round-robin: the parent answers its share while each child answers its own
-and sends the results back pickled through a pipe (they are small: a FlowResult
-is dicts of channel indices and one count per layer). Where `fork` is unavailable
+magnitude index) copy-on-write and needs nothing sent to it. The items wait in a
+queue (a pipe holding their positions): the parent and each child take the next
+one as they finish one, and each child sends its answers back pickled through a
+pipe (they are small: a FlowResult is dicts of channel indices and one count per
+layer). Where `fork` is unavailable
 (Windows, macOS's default) or the process has started CUDA, one CPU is idle, or a
 child fails, the parent answers everything itself: the results are the same either way. A child never returns
 into the caller's code: it leaves by `os._exit`.
@@ -32,41 +33,52 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork") and not torch.cuda.is_initialized()
 
 
+_ITEM = 4  # bytes of one item position in the queue pipe
+_QUEUE_ITEMS = 4096 // _ITEM  # what any Linux pipe holds (one page, where a user's pipes are over their limit):
+# the whole queue is written before any fork
+
+
 def map_forked(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
-    """[fn(x) for x in items], shared among this process and up to `workers` - 1 forked children."""
+    """[fn(x) for x in items], shared among this process and up to `workers` - 1 forked children.
+
+    The items are a queue that every process takes its next item from as it finishes one (their costs differ:
+    put the dearest first), so none waits on another's share. A child that fails loses nothing: the parent
+    answers every item no process sent back."""
     workers = min(workers, len(items))
-    if workers < 2 or not can_fork():
+    if workers < 2 or not can_fork() or len(items) > _QUEUE_ITEMS:
         return [fn(x) for x in items]
-    children = []  # (pid, read end, the item positions it answers)
-    for w in range(1, workers):
-        share = list(range(w, len(items), workers))
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: answer its share, send it, leave without running the caller's code
-            os.close(read)
-            code = 0
-            try:
-                payload = pickle.dumps([fn(items[i]) for i in share], protocol=pickle.HIGHEST_PROTOCOL)
-                with os.fdopen(write, "wb") as out:
-                    out.write(payload)
-            except BaseException:  # noqa: BLE001 - the parent answers this share itself
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(write)
-        children.append((pid, read, share))
-    results: list = [None] * len(items)
-    received: dict[int, list | None] = {}  # child pid -> its answers (None: it failed), once reaped
+    queue, fill = os.pipe()
+    with os.fdopen(fill, "wb") as out:  # all of it before any fork: each read takes one whole position
+        out.write(b"".join(i.to_bytes(_ITEM, "little") for i in range(len(items))))
+    children = []  # (pid, read end)
+    received: set[int] = set()  # child pids reaped
     try:
-        for i in range(0, len(items), workers):
-            results[i] = fn(items[i])
-        for pid, read, _ in children:
+        for _ in range(1, workers):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: answer what it takes, send it, leave without running the caller's code
+                os.close(read)
+                code = 0
+                try:
+                    payload = pickle.dumps(_take(fn, items, queue), protocol=pickle.HIGHEST_PROTOCOL)
+                    with os.fdopen(write, "wb") as out:
+                        out.write(payload)
+                except BaseException:  # noqa: BLE001 - the parent answers what this child took
+                    code = 1
+                finally:
+                    os._exit(code)
+            os.close(write)
+            children.append((pid, read))
+        answered = dict(_take(fn, items, queue))
+        for pid, read in children:
             with os.fdopen(read, "rb") as inp:
                 data = inp.read()
             _, status = os.waitpid(pid, 0)
-            received[pid] = pickle.loads(data) if status == 0 and data else None  # our own child's bytes
+            received.add(pid)
+            if status == 0 and data:
+                answered.update(pickle.loads(data))  # our own child's bytes
     except BaseException:  # an error or an interrupt here reaches the caller; no child is left behind
-        for pid, read, _ in children:
+        for pid, read in children:
             if pid not in received:
                 with contextlib.suppress(OSError):  # it may have left already
                     os.kill(pid, signal.SIGKILL)
@@ -75,10 +87,18 @@ def map_forked(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
                 with contextlib.suppress(ChildProcessError):  # reaped already
                     os.waitpid(pid, 0)
         raise
-    for pid, _, share in children:
-        answers = received[pid]
-        for j, i in enumerate(share):
-            results[i] = answers[j] if answers is not None else fn(items[i])
-    return results
+    finally:
+        os.close(queue)
+    return [answered[i] if i in answered else fn(x) for i, x in enumerate(items)]
+
+
+def _take(fn: Callable[[T], R], items: Sequence[T], queue: int) -> list[tuple[int, R]]:
+    """(position, answer) of every item this process takes from the queue pipe until it is empty."""
+    done = []
+    while len(position := os.read(queue, _ITEM)) == _ITEM:
+        i = int.from_bytes(position, "little")
+        done.append((i, fn(items[i])))
+    return done
+
 
 __all__ = ["can_fork", "map_forked"]
