@@ -86,3 +86,16 @@ def test_weights_inside_an_opaque_module_belong_to_its_node():
     inner = [name for name in lg.layer_nodes if name.startswith("enc.")]
     assert len(inner) == 4
     assert all(lg.layer_nodes[name] == lg.layer_nodes[inner[0]] != () for name in inner)
+
+
+def test_networkx_is_imported_by_the_first_analysis_not_by_importing_collapsekit():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nimport collapsekit.analysis.analysis as A\nbefore = 'networkx' in sys.modules\n"
+            "import collapsekit as ck\n"
+            "m = ck.models.create('resnet20', num_classes=10, in_channels=3, input_size=16)\n"
+            "r = A.Analysis(m, torch.randn(1, 3, 16, 16)).report([0.5])\n"
+            "print(before, 'networkx' in sys.modules, len(r.layers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False True 22"  # 21 convs (2 of them 1x1 shortcuts) and the classifier

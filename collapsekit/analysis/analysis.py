@@ -24,7 +24,7 @@ from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.emptied import EmptiedCovers, SparsestOfSet
 from collapsekit.analysis.flow import FlowResult, collapses, run_flow
 from collapsekit.analysis.forked import can_fork, map_forked
-from collapsekit.analysis.graph import build_graph, effective_depth
+from collapsekit.analysis.graph import build_graph, effective_depth, import_networkx
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.lazy import initialized_copy
@@ -276,6 +276,8 @@ class Analysis:
                     traced = trace(model, example_inputs)
             finally:
                 tracing.clear()
+            if not job.done():  # the graph's library, while the index's thread still reads (graph.py)
+                import_networkx()
             return traced, job.result()
 
     def cover(self, channel_level: bool | None = None) -> Cover:
