@@ -297,11 +297,13 @@ class MagnitudeIndex:
                 capped = np.minimum(ends, m)
                 values.append(v)
                 steps.append(np.diff(capped, prepend=0))
-        # The smallest pattern with `rank` candidates at or below it: where the merged running count reaches it.
-        values, steps = np.concatenate(values), np.concatenate(steps)
-        order = np.argsort(values, kind="stable")
-        reached = np.cumsum(steps[order])
-        return int(values[order][int(np.searchsorted(reached, rank, side="left"))])
+        # The smallest pattern with `rank` candidates at or below it: where the running count over the bin's
+        # 2^_SHIFT patterns reaches it (a count per pattern, no sort of the merged runs; float64 counts are
+        # exact below 2^53).
+        base = b << _SHIFT
+        per_pattern = np.bincount(np.concatenate(values) - base, weights=np.concatenate(steps),
+                                  minlength=1 << _SHIFT)
+        return base + int(np.searchsorted(np.cumsum(per_pattern), rank, side="left"))
 
     # -- allocation ---------------------------------------------------------------------
     def protected(self, mt_count: int) -> np.ndarray:
