@@ -239,8 +239,9 @@ def test_a_bf16_bin_holds_one_value_and_costs_two_numbers():
     assert alloc.threshold == float(mags.sort().values[idx.total // 2 - 1])
 
 
+@pytest.mark.parametrize("expected", [False, True])
 @pytest.mark.parametrize("order", ["sparse first", "dense first", "shuffled"])
-def test_kept_positions_are_the_masks_kept_weights_whatever_order_the_cuts_come_in(monkeypatch, order):
+def test_kept_positions_are_the_masks_kept_weights_whatever_order_the_cuts_come_in(monkeypatch, order, expected):
     import collapsekit.analysis.magnitudes as magnitudes
 
     monkeypatch.setattr(magnitudes, "SPARSE", 0.5)  # the small fixture's layers qualify from half kept
@@ -249,6 +250,11 @@ def test_kept_positions_are_the_masks_kept_weights_whatever_order_the_cuts_come_
     ks = list(range(idx.max_count() + 1))
     ks = ks[::-1] if order == "sparse first" else np.random.default_rng(0).permutation(ks).tolist() \
         if order == "shuffled" else ks
+    reads = []
+    real_read = MagnitudeIndex._read_top
+    monkeypatch.setattr(MagnitudeIndex, "_read_top", staticmethod(lambda t, v: reads.append(v) or real_read(t, v)))
+    if expected:  # told every level first: one read per layer, whatever order the levels come in
+        idx.expect_kept([idx.allocate(int(k)) for k in ks])
     served = 0
     for k in ks:
         alloc = idx.allocate(int(k))
@@ -260,3 +266,7 @@ def test_kept_positions_are_the_masks_kept_weights_whatever_order_the_cuts_come_
             served += 1
             assert torch.equal(got, torch.nonzero(mask.flatten()).flatten()), (k, i)
     assert served > len(ks)
+    if expected:
+        assert len(reads) == len(params)
+    elif order == "sparse first":
+        assert len(reads) > len(params)  # each denser level read its layer again

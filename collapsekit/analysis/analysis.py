@@ -593,6 +593,7 @@ class Analysis:
         # every level's threshold bin in one read of the weights
         with self.timings.stage("index reads"), phase_threads():
             self.index.prefetch([self.count(s) for s in wanted], self.mt)
+        self.index.expect_kept([self.level(self.count(s)).alloc for s in wanted])  # one read of each layer's top
         release_freed()
         if not self.cover().contains(self.level(self.count(wanted[-1])).alloc.pruned):
             self.emptied_covers().plan([self.level(self.count(s)).alloc.pruned for s in wanted])
