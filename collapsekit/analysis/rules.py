@@ -186,7 +186,8 @@ class RuleInterpreter(fx.Interpreter):
         return value  # an integer or bool buffer is an index or a mask: read at its value
 
     def call_module(self, target, args, kwargs):
-        module = self.fetch_attr(target)
+        module = self.submodules.get(target)  # the Interpreter's own table: no walk down the dotted path
+        module = self.fetch_attr(target) if module is None else module
         return self._apply_rule(self.RULES.for_module(module), (module,), args, kwargs)
 
     def call_function(self, target, args, kwargs):
