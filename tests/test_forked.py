@@ -14,7 +14,12 @@ def test_children_answer_their_share_and_the_results_keep_the_items_order():
     import time
 
     parent = os.getpid()
-    out = map_forked(lambda x: (x * x, os.getpid(), time.sleep(0.05))[:2], list(range(7)), workers=3)
+
+    def fn(x):
+        time.sleep(0.3 if os.getpid() == parent else 0.01)  # children that start late still find items left
+        return x * x, os.getpid()
+
+    out = map_forked(fn, list(range(7)), workers=3)
     assert [v for v, _ in out] == [x * x for x in range(7)]
     assert {pid for _, pid in out} - {parent}  # children answered some (the parent may find none left)
 
@@ -49,7 +54,7 @@ def test_one_worker_or_one_item_runs_here_without_a_fork():
     assert map_forked(lambda x: os.getpid() == parent, [1], workers=4) == [True]
 
 
-def test_a_child_that_fails_has_its_share_answered_here():
+def test_a_child_that_fails_has_what_it_took_answered_here():
     parent = os.getpid()
 
     def fn(x):
@@ -61,11 +66,14 @@ def test_a_child_that_fails_has_its_share_answered_here():
 
 
 def test_an_error_here_reaches_the_caller_and_leaves_no_child_behind():
+    import time
+
     parent = os.getpid()
 
     def fn(x):
-        if os.getpid() == parent and x == 0:
+        if os.getpid() == parent:
             raise ValueError("parent's own item")
+        time.sleep(2.0)  # the child holds its item: the parent takes the other one meanwhile
         return x
 
     with pytest.raises(ValueError, match="parent's own item"):
