@@ -226,3 +226,18 @@ def test_a_shard_truncated_after_it_was_opened_is_a_one_line_error(tmp_path):
     path.write_bytes(path.read_bytes()[:-64])
     with pytest.raises(CollapsekitError, match=f"checkpoint shard {path} is corrupt: tensor {name} .*truncated"):
         source.read(name)
+
+
+def test_a_streamed_report_reads_kept_positions_per_level_an_in_memory_one_once_for_all(tmp_path, monkeypatch):
+    from collapsekit.analysis.magnitudes import MagnitudeIndex
+
+    told = []
+    real = MagnitudeIndex.expect_kept
+    monkeypatch.setattr(MagnitudeIndex, "expect_kept", lambda self, allocs: told.append(len(allocs)) or
+                        real(self, allocs))
+    path = save(zoo(), tmp_path / "resnet20.safetensors")
+    x = torch.randn(1, 3, 16, 16)
+    ck.analyze(zoo("meta"), x, sparsities=[0.9, 0.99], checkpoint=path)
+    assert told == []  # streamed: the densest level's read would be held from the first flow on (memory)
+    ck.analyze(loaded(zoo(), path), x, sparsities=[0.9, 0.99])
+    assert told == [2]
