@@ -6,6 +6,7 @@ import collapsekit as ck
 from collapsekit.analysis.graph import build_graph, effective_depth
 from collapsekit.analysis.prunable import find_prunable
 from collapsekit.analysis.trace import trace
+from fresh import fresh_python
 
 
 def graph_of(model, shape):
@@ -89,13 +90,9 @@ def test_weights_inside_an_opaque_module_belong_to_its_node():
 
 
 def test_networkx_is_imported_by_the_first_analysis_not_by_importing_collapsekit():
-    import subprocess
-    import sys
-
     code = ("import sys, torch\nimport collapsekit.analysis.analysis as A\nbefore = 'networkx' in sys.modules\n"
             "import collapsekit as ck\n"
             "m = ck.models.create('resnet20', num_classes=10, in_channels=3, input_size=16)\n"
             "r = A.Analysis(m, torch.randn(1, 3, 16, 16)).report([0.5])\n"
             "print(before, 'networkx' in sys.modules, len(r.layers))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False True 22"  # 21 convs (2 of them 1x1 shortcuts) and the classifier
+    assert fresh_python(code) == "False True 22"  # 21 convs (2 of them 1x1 shortcuts) and the classifier

@@ -1,12 +1,11 @@
 """models/meta.py: a skeleton on the meta device gets every shape and flag, without running initialisers."""
-import subprocess
-import sys
 
 import torch
 import torch.nn as nn
 
 import collapsekit as ck
 from collapsekit.models.meta import on_meta
+from fresh import fresh_python
 
 
 class Reshaped(nn.Module):
@@ -44,5 +43,4 @@ def test_building_a_skeleton_imports_neither_dynamo_nor_sympy():
     code = ("import sys, collapsekit as ck\nfrom collapsekit.models.meta import on_meta\n"
             "with on_meta():\n    ck.models.create('resnet20', num_classes=10, in_channels=3, input_size=16)\n"
             "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"

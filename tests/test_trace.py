@@ -1,6 +1,4 @@
 """trace: fx first, torch.export for shape-dependent control flow, one clear error when both fail."""
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,6 +7,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 import collapsekit as ck
 from collapsekit.analysis.trace import trace
+from fresh import fresh_python
 
 
 class ShapeBranch(nn.Module):
@@ -214,8 +213,7 @@ def test_tracing_imports_no_symbolic_shape_machinery():
             "t = trace(m, torch.randn(1, 3, 16, 16))\n"
             "print(len([n for n in t.gm.graph.nodes if 'tensor_meta' in n.meta]) > 50, "
             "sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True []"
+    assert fresh_python(code) == "True []"
 
 
 def test_meta_and_real_forwards_record_the_same_shapes_and_values(monkeypatch):

@@ -24,7 +24,7 @@ from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.emptied import EmptiedCovers, SparsestOfSet
 from collapsekit.analysis.flow import FlowResult, collapses, run_flow
 from collapsekit.analysis.forked import can_fork, map_forked
-from collapsekit.analysis.graph import build_graph, effective_depth, import_networkx
+from collapsekit.analysis.graph import build_graph, effective_depth, networkx
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.lazy import initialized_copy
@@ -277,7 +277,7 @@ class Analysis:
             finally:
                 tracing.clear()
             if not job.done():  # the graph's library, while the index's thread still reads (graph.py)
-                import_networkx()
+                networkx()
             return traced, job.result()
 
     def cover(self, channel_level: bool | None = None) -> Cover:
@@ -477,12 +477,13 @@ class Analysis:
         Where the sparsest level is known alive already, every level is (collapse is monotone in k), so the
         levels' flows can tell the boundary search nothing: it runs beside them, first in the queue (it is
         the dearest question: a few flows), and its answer waits in `_boundary_ahead`."""
-        todo = [k for k in counts if not (self.level(k).alloc.pruned.tobytes() in self._ahead
-                                          or self._shared_verdict(self.level(k).alloc.pruned) is not None)]
+        pruned = {k: self.level(k).alloc.pruned for k in counts}
+        todo = [k for k in counts
+                if pruned[k].tobytes() not in self._ahead and self._shared_verdict(pruned[k]) is None]
         tasks = [("flow", k) for k in todo]
-        sparsest = self.level(counts[-1]).alloc.pruned if counts else None
-        known = None if sparsest is None else self._ahead.get(sparsest.tobytes())
-        known = self._shared_verdict(sparsest) if known is None and sparsest is not None else known
+        known = None
+        if counts:  # the sparsest level's verdict, where one is in already
+            known = self._ahead.get(pruned[counts[-1]].tobytes()) or self._shared_verdict(pruned[counts[-1]])
         if known is not None and not known.collapsed and self.mt not in self._boundary_ahead:
             tasks.insert(0, ("boundary", [(counts[-1], False)]))
         expected = (len(todo) + 2 * (len(tasks) > len(todo))) * self._seconds_per_flow()

@@ -25,23 +25,19 @@ if TYPE_CHECKING:
 SOURCE = "__input__"
 
 
-def _networkx():
-    import networkx
-
-    return networkx
-
-
-def import_networkx() -> None:
-    """Imports networkx now, where the caller has time to spare.
+def networkx():
+    """The networkx module, imported on first use.
 
     Its `__init__` imports all of networkx (algorithms, generators, readwrite:
     ~0.2 s, most of collapsekit's own import in a fresh process), and only the
-    graph, built once the model is traced, needs it. Analysis imports it while
+    graph, built once the model is traced, needs it. Analysis calls this while
     the magnitude index still reads the weights in its own thread (mostly numpy
     that releases the GIL), instead of at import time: a cold WRN-28-8 report
     with its import went from 1.18 to 1.10 s (median of 8, alternated).
     """
-    _networkx()
+    import networkx as nx
+
+    return nx
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,7 @@ class LayerGraph:
 
 def build_graph(traced: TracedModel, weights: list[PrunableWeight]) -> LayerGraph:
     """The LayerGraph of `traced` for the prunable `weights`."""
-    nx = _networkx()
+    nx = networkx()
     g = nx.DiGraph()
     nodes = list(traced.gm.graph.nodes)
     sink = next(n.name for n in nodes if n.op == "output")
@@ -152,7 +148,7 @@ def _rejoin(g: nx.DiGraph, ipdom: dict, node: str, sink: str) -> str | None:
 
 def effective_depth(lg: LayerGraph, emptied: set[str]) -> int:
     """Most prunable layers on one input-to-output path that avoids every emptied layer; 0 if none does."""
-    nx = _networkx()
+    nx = networkx()
     cut = {n for name in emptied for n in lg.layer_nodes.get(name, ())}
     g = lg.graph.subgraph(set(lg.graph) - cut)
     if lg.sink not in g or not nx.has_path(g, SOURCE, lg.sink):
