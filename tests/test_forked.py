@@ -10,6 +10,20 @@ from collapsekit.analysis.forked import map_forked
 pytestmark = pytest.mark.skipif(not forked.can_fork(), reason="no Linux fork here")
 
 
+def interrupt_first_wait(monkeypatch):
+    """The parent's first blocking os.waitpid raises KeyboardInterrupt (a ^C while it waits on a child)."""
+    real_waitpid = os.waitpid
+
+    def interrupted(pid, options):
+        if options == 0 and not interrupted.done:
+            interrupted.done = True
+            raise KeyboardInterrupt
+        return real_waitpid(pid, options)
+
+    interrupted.done = False
+    monkeypatch.setattr(os, "waitpid", interrupted)
+
+
 def test_children_answer_their_share_and_the_results_keep_the_items_order():
     import time
 
@@ -187,15 +201,6 @@ def test_an_interrupt_while_waiting_for_a_child_kills_and_reaps_it(monkeypatch):
             time.sleep(30)  # a child still busy when the parent is interrupted
         return x
 
-    real_waitpid = os.waitpid
-
-    def interrupted(pid, options):
-        if options == 0 and not interrupted.done:
-            interrupted.done = True
-            raise KeyboardInterrupt
-        return real_waitpid(pid, options)
-
-    interrupted.done = False
     real_fdopen = os.fdopen
 
     def fdopen(fd, mode="r", *a, **k):  # the parent does not wait for the child's 30 s to read its pipe
@@ -205,7 +210,7 @@ def test_an_interrupt_while_waiting_for_a_child_kills_and_reaps_it(monkeypatch):
         return f
 
     monkeypatch.setattr(os, "fdopen", fdopen)
-    monkeypatch.setattr(os, "waitpid", interrupted)
+    interrupt_first_wait(monkeypatch)
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         map_forked(fn, [0, 1], workers=2)
@@ -222,3 +227,116 @@ def test_a_process_that_started_cuda_does_not_fork(monkeypatch):
     assert not forked.can_fork()
     parent = os.getpid()
     assert map_forked(lambda x: os.getpid() == parent, [1, 2, 3], workers=3) == [True] * 3
+
+
+# -- Beside: one answer computed in a child while the parent works --------------------------------------------
+def test_beside_answers_from_a_child_with_its_arrays_intact_and_writable():
+    import numpy as np
+
+    parent = os.getpid()
+
+    def fn(busy):
+        return {"pid": os.getpid(), "a": np.arange(10, dtype=np.int32) * 3, "b": np.ones((3, 4)), "s": "text"}
+
+    out = forked.Beside(fn).result(lambda: None)
+    assert out["pid"] != parent and out["s"] == "text"
+    assert out["a"].dtype == np.int32 and out["a"].tolist() == [3 * i for i in range(10)]
+    assert out["b"].shape == (3, 4) and out["b"].sum() == 12
+    out["b"][0, 0] = 5  # the user may change what came back
+    assert out["b"].sum() == 16
+
+
+def test_beside_busy_holds_until_the_parent_is_done():
+    import time
+
+    def fn(busy):
+        spins = 0
+        while busy():
+            spins += 1
+            time.sleep(0.01)
+        return spins
+
+    child = forked.Beside(fn)
+    time.sleep(0.3)
+    spins = child.result(lambda: -1)
+    assert spins >= 5  # it kept going while the parent slept, and stopped once told
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_a_beside_child_that_fails_is_answered_by_the_fallback(how):
+    def fn(busy):
+        if how == "raise":
+            raise ValueError("in the child")
+        os._exit(3)
+
+    assert forked.Beside(fn).result(lambda: "here") == "here"
+
+
+def test_cancel_kills_and_reaps_a_busy_child():
+    import time
+
+    child = forked.Beside(lambda busy: time.sleep(30))
+    start = time.perf_counter()
+    child.cancel()
+    assert time.perf_counter() - start < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_an_interrupt_while_waiting_for_a_beside_child_kills_and_reaps_it(monkeypatch):
+    import time
+
+    child = forked.Beside(lambda busy: time.sleep(30))
+    interrupt_first_wait(monkeypatch)
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        child.result(lambda: None)
+    monkeypatch.undo()
+    assert time.perf_counter() - start < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_an_index_built_in_a_child_gives_the_report_built_here(monkeypatch):
+    import contextlib
+
+    import torch
+
+    import collapsekit as ck
+    import collapsekit.analysis.analysis as analysis_mod
+    from invariants import scramble
+
+    torch.manual_seed(0)
+    model = scramble(ck.models.create("mobilenet_v1", num_classes=5, in_channels=3, input_size=8,
+                                      width_mult=0.25), 4)
+    x = torch.randn(1, 3, 8, 8)
+    monkeypatch.setattr(analysis_mod, "can_fork", lambda: False)
+    here = analysis_mod.Analysis(model, x)
+    monkeypatch.setattr(analysis_mod, "can_fork", forked.can_fork)
+    monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))  # two idle CPUs
+    monkeypatch.setattr(analysis_mod, "FORK_INDEX_WEIGHTS", 0)  # this tiny model's index is forked too
+    built = []
+    real = analysis_mod.Analysis._trace_beside_child
+
+    def spied(self, *args):
+        built.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(analysis_mod.Analysis, "_trace_beside_child", spied)
+    there = analysis_mod.Analysis(model, x)
+    assert built
+    assert there.index._tensors is there.tensors  # the weights are this process's, not a copy
+    assert np_equal(there.index._cum, here.index._cum) and there.index.total == here.index.total
+    assert "index" in there.timings.seconds  # the child's stage times came back
+    assert there.report().levels == here.report().levels
+
+    # a child that fails costs time only: the index is built here
+    monkeypatch.setattr(forked, "_send", lambda fd, answer: os._exit(1))
+    again = analysis_mod.Analysis(model, x)
+    assert again.report().levels == here.report().levels
+
+
+def np_equal(a, b) -> bool:
+    import numpy as np
+
+    return bool(np.array_equal(a, b))

@@ -270,3 +270,42 @@ def test_kept_positions_are_the_masks_kept_weights_whatever_order_the_cuts_come_
         assert len(reads) == len(params)
     elif order == "sparse first":
         assert len(reads) > len(params)  # each denser level read its layer again
+
+
+def test_line_maxima_read_with_the_expected_top_weights_serve_kept_positions_without_another_read(monkeypatch):
+    import collapsekit.analysis.magnitudes as magnitudes
+
+    monkeypatch.setattr(magnitudes, "SPARSE", 0.5)
+    monkeypatch.setattr(magnitudes, "_CHUNK", 16)  # several row blocks per layer
+    model = tied_mlp(3)
+    idx, params = index_of(model)
+    ks = list(range(idx.max_count() // 2, idx.max_count() + 1))
+    idx.expect_kept([idx.allocate(k) for k in ks])
+    for i, t in enumerate(params):
+        rows = t.shape[0]
+        assert all(torch.equal(a, b) for a, b in zip(idx.line_maxima(i, t, rows), magnitudes.line_maxima(t, rows)))
+    monkeypatch.setattr(MagnitudeIndex, "_read_top", staticmethod(lambda t, v: pytest.fail("read again")))
+    for k in ks:
+        alloc = idx.allocate(k)
+        for i, mask in idx.layer_masks(alloc, params):
+            got = idx.kept_positions(i, int(alloc.pruned[i]), params[i])
+            if got is not None:
+                assert torch.equal(got, torch.nonzero(mask.flatten()).flatten()), (k, i)
+
+
+def test_an_index_sent_to_another_process_goes_without_its_weights_and_answers_alike_once_attached():
+    import pickle
+
+    model = tied_mlp(1)
+    idx, params = index_of(model)
+    idx.prefetch([5, 40])
+    assert idx.__getstate__()["_tensors"] is None  # the weights stay where they are
+    back = pickle.loads(pickle.dumps(idx))
+    assert idx._tensors is params  # the index sent is as it was
+    assert back._tensors is None
+    back.attach(params)
+    for k in range(0, idx.max_count() + 1, 7):
+        a, b = idx.allocate(k), back.allocate(k)
+        assert np.array_equal(a.pruned, b.pruned) and a.threshold == b.threshold
+    assert [m.tolist() for _, m in back.layer_masks(back.allocate(30), params)] == \
+        [m.tolist() for _, m in idx.layer_masks(idx.allocate(30), params)]

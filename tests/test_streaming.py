@@ -240,4 +240,5 @@ def test_a_streamed_report_reads_kept_positions_per_level_an_in_memory_one_once_
     ck.analyze(zoo("meta"), x, sparsities=[0.9, 0.99], checkpoint=path)
     assert told == []  # streamed: the densest level's read would be held from the first flow on (memory)
     ck.analyze(loaded(zoo(), path), x, sparsities=[0.9, 0.99])
-    assert told == [2]
+    assert told[-1] == 2  # the report's own levels (the default 21 may have been told beside the trace)
+    assert set(told[:-1]) <= {21}

@@ -23,12 +23,12 @@ from collapsekit.analysis.cost import count_macs, forward_macs
 from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.emptied import EmptiedCovers, SparsestOfSet
 from collapsekit.analysis.flow import FlowResult, collapses, run_flow
-from collapsekit.analysis.forked import can_fork, map_forked
+from collapsekit.analysis.forked import Beside, can_fork, map_forked
 from collapsekit.analysis.graph import build_graph, effective_depth, networkx
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.lazy import initialized_copy
-from collapsekit.analysis.magnitudes import MagnitudeIndex, line_maxima, resolve_mt, sparsity_to_count
+from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.nonfinite import NonFinite
 from collapsekit.analysis.prunable import find_prunable, tensors
 from collapsekit.analysis.report import CollapseReport, LayerReport, LevelReport
@@ -51,6 +51,9 @@ ELEMENT_LEVEL_MACS = 3e8
 # Forked flows (forked.py) pay a fork and the parent's copy-on-write faults while the child lives (about
 # 0.1 s on WRN-28-8): only flows expected to take this long in all are shared out.
 FORK_WORTH_SECONDS = 0.6
+# Weights from which the index is built in a forked child beside the trace (a fork, the child's exit and the
+# index's trip back cost ~0.05 s; the index's passes over 4 M weights about as much)
+FORK_INDEX_WEIGHTS = 1 << 22
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985,
                       0.99, 0.992, 0.994, 0.995, 0.996, 0.997, 0.998, 0.999)
 
@@ -224,7 +227,7 @@ class Analysis:
         """magnitudes.line_maxima of weight `i` in its [O, -1] view: the one read beside the trace where there
         was time for it (handed out once), else read now."""
         found = self._line_maxima.pop(i, None)
-        return found if found is not None else line_maxima(self.tensors[i], self.weights[i].shape[0])
+        return found if found is not None else self.index.line_maxima(i, self.tensors[i], self.weights[i].shape[0])
 
     def _alive_per_element_cheaply(self, k: int) -> bool:
         """True where a channel-level flow whose convs keep only the taps that read real input at every position
@@ -239,46 +242,77 @@ class Analysis:
         return self._full_taps_alive[key]
 
     def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool):
-        """(trace, magnitude index), the index built in a second thread while the trace runs: the trace is
-        mostly Python (a transformer's export: a second or more), the index's passes over the weights mostly
-        numpy and torch kernels that release the GIL, so on two idle cores they overlap (each winning the GIL back
-        within a short switch interval: threads.quick_gil_handoff). While the trace still
-        runs, the index goes on to read the bins of the report's default levels (its next question) and then the
-        linear weights' line maxima (the cover's), unless the weights stream from a checkpoint: there the trace's
-        and those reads' peaks would add up (a streamed 1 B report's peak rose from 0.37x to 0.46x of its file),
-        and memory is what streaming is for."""
-        tracing = threading.Event()
-
-        def build_index(threads: int) -> MagnitudeIndex:
+        """(trace, magnitude index), the index built while the trace runs: the trace is mostly Python (a
+        transformer's export: a second or more), the index's passes over the weights mostly numpy and torch
+        kernels. On two idle cores the index is built in a forked child (forked.Beside) and sent back: as a
+        second thread, each of its numpy calls had to win the GIL back from the trace, which holds it almost
+        throughout (ViT-base's index took 1.4 s beside export against 0.3 s alone). Where there is no fork (or
+        one idle core, or a progress bar to draw), a thread builds it, winning the GIL back within a short
+        switch interval (threads.quick_gil_handoff). While the trace still runs, the index goes on to read the
+        bins of the report's default levels (its next question) and then the linear weights' line maxima (the
+        cover's), unless the weights stream from a checkpoint: there the trace's and those reads' peaks would
+        add up (a streamed 1 B report's peak rose from 0.37x to 0.46x of its file), and memory is what
+        streaming is for; a streamed index is built by the thread."""
+        def build_index(threads: int, busy, timings: Timings, maxima: dict) -> MagnitudeIndex:
             torch.set_num_threads(threads)  # OpenMP's count is per thread: this one starts at the default
-            with self.timings.stage("index"):
+            with timings.stage("index"):
                 index = MagnitudeIndex(self.weights, self.tensors, progress=progress)
-            if tracing.is_set() and self.checkpoint is None:
+            if busy() and self.checkpoint is None:
                 mt_count = resolve_mt(mt, index.total)
                 room = index.max_count(mt_count)
-                with self.timings.stage("index reads"):
-                    index.prefetch([min(room, sparsity_to_count(s, index.total)) for s in sparsity_levels()],
-                                   mt_count)
-                with self.timings.stage("line maxima"):  # the cover's reads (cover.py), while there is time
+                counts = [min(room, sparsity_to_count(s, index.total)) for s in sparsity_levels()]
+                with timings.stage("index reads"):
+                    index.prefetch(counts, mt_count)
+                with timings.stage("line maxima"):  # the cover's reads (cover.py), while there is time
+                    # each with the top weights the default levels' sparse layers will ask for (kept_positions)
+                    index.expect_kept([index.allocate(k, mt_count) for k in counts])
                     for i, w in enumerate(self.weights):
-                        if not tracing.is_set():
+                        if not busy():
                             break
                         if len(w.shape) == 2:
-                            self._line_maxima[i] = line_maxima(self.tensors[i], w.shape[0])
+                            maxima[i] = index.line_maxima(i, self.tensors[i], w.shape[0])
             return index
 
-        with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, phase_threads() as threads, \
-                quick_gil_handoff():
-            tracing.set()
-            job = pool.submit(build_index, threads)
-            try:
-                with self.timings.stage("trace"):
-                    traced = trace(model, example_inputs)
-            finally:
-                tracing.clear()
-            if not job.done():  # the graph's library, while the index's thread still reads (graph.py)
-                networkx()
-            return traced, job.result()
+        with phase_threads() as threads:
+            if (threads >= 2 and self.checkpoint is None and not progress and can_fork()
+                    and sum(w.numel for w in self.weights) >= FORK_INDEX_WEIGHTS):
+                return self._trace_beside_child(model, example_inputs, threads, build_index)
+            tracing = threading.Event()
+            with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, quick_gil_handoff():
+                tracing.set()
+                job = pool.submit(build_index, threads, tracing.is_set, self.timings, self._line_maxima)
+                try:
+                    with self.timings.stage("trace"):
+                        traced = trace(model, example_inputs)
+                finally:
+                    tracing.clear()
+                if not job.done():  # the graph's library, while the index's thread still reads (graph.py)
+                    networkx()
+                return traced, job.result()
+
+    def _trace_beside_child(self, model: nn.Module, example_inputs, threads: int, build_index):
+        """_trace_beside_index's forked form: the child builds the index (and reads while the trace runs) on
+        all but one of `threads`, and sends it back with its line maxima and stage times."""
+        def in_child(busy):
+            timings, maxima = Timings(), {}
+            index = build_index(max(1, threads - 1), busy, timings, maxima)
+            return index, maxima, timings
+
+        child = Beside(in_child)
+        try:
+            with self.timings.stage("trace"):
+                traced = trace(model, example_inputs)
+            child.done()
+            networkx()  # the graph's library, while the child sends the index (graph.py)
+        except BaseException:
+            child.cancel()
+            raise
+        index, maxima, timings = child.result(
+            lambda: (build_index(threads, lambda: False, Timings(), {}), {}, Timings()))
+        index.attach(self.tensors)
+        self._line_maxima.update(maxima)
+        self.timings.add(timings)
+        return traced, index
 
     def cover(self, channel_level: bool | None = None) -> Cover:
         """The cover masks (cover.py) of this model at the flow's granularity, built on first use."""

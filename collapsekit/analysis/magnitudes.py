@@ -105,14 +105,22 @@ def abs_bits(tensor: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32) & _ABS_BITS
 
 
-def line_maxima(tensor: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def line_maxima(tensor: torch.Tensor, rows: int, floor: int | None = None):
     """(row max, row argmax, column max, column argmax) of |w| bit patterns in the weight's
-    [rows, -1] view, read a block of rows at a time (no whole-weight temporary)."""
+    [rows, -1] view, read a block of rows at a time (no whole-weight temporary).
+
+    With `floor`, the same pass also reads the weights whose |w| bits are >= floor (as `_read_top`:
+    flat positions, bit patterns) and returns (maxima, top): one pass over the layer, not two.
+    """
     flat = tensor.detach().reshape(rows, -1)
-    step = rows_per_block(flat.shape[1], _CHUNK)
+    cols = flat.shape[1]
+    step = rows_per_block(cols, _CHUNK)
     row_max, row_arg, col_max, col_arg = [], [], None, None
+    top = _TopReader(floor, flat.numel()) if floor is not None else None
     for start in range(0, rows, step):
         bits = abs_bits(flat[start:start + step]).cpu()
+        if top is not None:
+            top.add(bits.numpy().reshape(-1), start * cols)
         rm, ra = bits.max(1)
         cm, ca = bits.max(0)
         row_max.append(rm)
@@ -122,7 +130,27 @@ def line_maxima(tensor: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Te
         else:
             better = cm > col_max
             col_max, col_arg = torch.where(better, cm, col_max), torch.where(better, ca + start, col_arg)
-    return torch.cat(row_max), torch.cat(row_arg), col_max, col_arg
+    maxima = torch.cat(row_max), torch.cat(row_arg), col_max, col_arg
+    return maxima if top is None else (maxima, top.result())
+
+
+class _TopReader:
+    """Collects the flat positions and bit patterns of the weights whose |w| bits are >= `floor`, a chunk
+    at a time (kept_positions' read of a layer's top weights)."""
+
+    def __init__(self, floor: int, size: int):
+        self.floor, self.size, self.positions, self.found = floor, size, [], []
+
+    def add(self, bits: np.ndarray, start: int) -> None:
+        at = np.flatnonzero(bits >= self.floor)
+        self.positions.append(at + start)
+        self.found.append(bits[at])
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = np.int32 if self.size < 2**31 else np.int64
+        positions = np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)
+        found = np.concatenate(self.found) if self.found else np.zeros(0, np.int32)
+        return torch.from_numpy(positions.astype(dtype)), torch.from_numpy(found)
 
 
 def _chunks(tensor: torch.Tensor):
@@ -207,6 +235,15 @@ class MagnitudeIndex:
         self._cuts: dict[tuple[int, int], tuple[int, int]] = {}  # (layer, pruned) -> cut
         self._critical: dict[int, np.ndarray] = {}  # MT -> critical_counts
         self._allocations: dict[tuple[int, int], Allocation] = {}  # (k, MT) -> allocate's answer
+
+    def __getstate__(self) -> dict:
+        """Pickled (built in a forked child and sent back: forked.Beside) without the weights, which stay
+        where they are: `attach` gives them back."""
+        return {**self.__dict__, "_tensors": None}
+
+    def attach(self, tensors) -> None:
+        """The weights of an index that came from another process (the same ones it was built from)."""
+        self._tensors = tensors
 
     # -- reading bins -------------------------------------------------------------------
     def prefetch(self, ks, mt_count: int = 0) -> None:
@@ -438,14 +475,23 @@ class MagnitudeIndex:
     @staticmethod
     def _read_top(tensor: torch.Tensor, v: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat positions as int32 where they fit, bit patterns) of the weights whose |w| bits are >= v."""
-        positions, found, start = [], [], 0
+        top, start = _TopReader(v, tensor.numel()), 0
         for bits in _chunks(tensor):
-            at = np.flatnonzero(bits >= v)
-            positions.append(at + start)
-            found.append(bits[at])
+            top.add(bits, start)
             start += bits.size
-        dtype = np.int32 if start < 2**31 else np.int64
-        return torch.from_numpy(np.concatenate(positions).astype(dtype)), torch.from_numpy(np.concatenate(found))
+        return top.result()
+
+    def line_maxima(self, i: int, tensor: torch.Tensor, rows: int) -> tuple:
+        """magnitudes.line_maxima of layer i, reading in the same pass the top weights that kept_positions
+        will be asked for (`expect_kept`) where they are not read yet: the cover's reads and the first
+        sparse flow's were two passes over every linear weight (ViT-base: 0.6 s and 0.4 s)."""
+        n = self._densest_kept.get(i)
+        if n is None or i in self._tops:
+            return line_maxima(tensor, rows)
+        floor = self.cut(i, n)[0]
+        maxima, top = line_maxima(tensor, rows, floor)
+        self._tops[i] = (floor, *top)
+        return maxima
 
     def layer_masks(self, alloc: Allocation, tensors: list[torch.Tensor]):
         """Yields (index, bool keep-mask) per layer for `alloc`, one layer in memory at a time."""

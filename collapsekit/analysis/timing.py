@@ -22,6 +22,12 @@ class Timings:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
             self.calls[name] = self.calls.get(name, 0) + 1
 
+    def add(self, other: "Timings") -> None:
+        """Adds `other`'s stages (timed in a forked child) to these."""
+        for name, s in other.seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + s
+            self.calls[name] = self.calls.get(name, 0) + other.calls[name]
+
     def to_dict(self) -> dict:
         return {name: {"seconds": s, "calls": self.calls[name]} for name, s in self.seconds.items()}
 
