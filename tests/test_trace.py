@@ -265,3 +265,30 @@ def test_a_data_dependent_size_in_an_export_is_recorded_by_running_the_graph():
     gm = torch.export.export(Nonzero(), (torch.randn(4),), strict=False).module()
     assert _shapes_from_export(gm) is False
     assert not any("type" in n.meta or "value" in n.meta for n in gm.graph.nodes)  # nothing half-recorded
+
+
+def test_an_export_generates_less_code_and_real_forwards_run_only_on_failure(monkeypatch):
+    import contextlib
+
+    import torch.fx.graph as fx_graph
+
+    from collapsekit.analysis import trace as trace_module
+
+    codegen, forwards = [], []
+    real_code = fx_graph.Graph.python_code
+    monkeypatch.setattr(fx_graph.Graph, "python_code", lambda self, *a, **k: codegen.append(1) or
+                        real_code(self, *a, **k))
+    model = ShapeBranch()
+    real_input = lambda t: not isinstance(t, torch._subclasses.fake_tensor.FakeTensor)  # noqa: E731
+    model.register_forward_pre_hook(lambda m, args: forwards.append(1) if real_input(args[0]) else None)
+    x = torch.randn(1, 3, 8, 8)
+    traced = trace(model, x)
+    lazy = len(codegen)
+    assert traced.method == "export"
+    assert forwards == []  # no real forward beside the export's own (_check_accepts runs when it fails)
+    assert torch.allclose(traced.gm(*traced.example_inputs), model(x))  # the module returned runs
+    assert not torch.fx._lazy_graph_module._use_lazy_graph_module_flag  # the switch is left as it was
+    monkeypatch.setattr(trace_module, "_lazy_code", contextlib.nullcontext)
+    codegen.clear()
+    trace(model, x)
+    assert lazy < len(codegen)  # export's intermediate graph modules generated code (torch 2.13: 6 vs 11)

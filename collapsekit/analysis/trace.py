@@ -90,7 +90,7 @@ def trace(model: nn.Module, example_inputs) -> TracedModel:
             gm, method = _symbolic_trace(model, kwargs), "symbolic_trace"
         except Exception as fx_exc:
             try:
-                with _quiet_torch_logs(), _no_stack_traces():
+                with _quiet_torch_logs(), _no_stack_traces(), _lazy_code():
                     gm = torch.export.export(model, args, kwargs or None, strict=False).module()
                     method = "export"
             except Exception as export_exc:
@@ -365,6 +365,18 @@ def _no_stack_traces():
         yield
     finally:
         config.do_not_emit_stack_traces = previous
+
+
+def _lazy_code():
+    """Export's intermediate graph modules generate their Python code only if something runs or reads it
+    (torch.fx's lazy graph modules): export's passes recompile their graphs a dozen times, and nothing
+    here runs those (ViT-base's trace: 0.93-1.06 s -> 0.73-0.81 s). The module it returns is recompiled as
+    usual. A torch without the switch exports as before."""
+    try:
+        from torch.fx._lazy_graph_module import _use_lazy_graph_module
+    except ImportError:
+        return contextlib.nullcontext()
+    return _use_lazy_graph_module(True)
 
 
 def _check_accepts(model: nn.Module, args: tuple, kwargs: dict) -> None:
