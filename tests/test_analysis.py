@@ -254,9 +254,10 @@ def test_the_index_is_built_beside_a_slow_trace_and_reads_the_default_levels_mea
     threads_seen, fetches = set(), []
     real_trace, real_init, real_fetch = analysis_module.trace, MagnitudeIndex.__init__, MagnitudeIndex._fetch
 
-    def slow_trace(*a):
-        time.sleep(0.5)  # a transformer's export: the index is done before it
-        return real_trace(*a)
+    def slow_trace(model, x, beside):
+        with beside("symbolic_trace"):
+            time.sleep(0.5)  # a long trace: the index is done before it
+        return real_trace(model, x)
 
     def init(self, *a, **k):
         threads_seen.add(threading.current_thread().name)
@@ -285,18 +286,25 @@ def test_the_index_is_built_beside_a_slow_trace_and_reads_the_default_levels_mea
     assert report.to_dict() == ck.analyze(model, torch.randn(1, 1, 8, 8)).to_dict()
 
 
-def test_a_failing_trace_still_ends_the_index_thread_and_raises_its_own_error(monkeypatch):
+@pytest.mark.parametrize("method", ["symbolic_trace", "export"])
+def test_a_failing_trace_still_ends_the_index_builder_and_raises_its_own_error(monkeypatch, method):
+    import contextlib
+    import os
     import threading
 
     from collapsekit.analysis import analysis as analysis_module
 
-    def broken(*a):
-        raise CollapsekitError("cannot trace Broken")
+    def broken(model, x, beside):
+        with beside(method):  # a thread beside fx, a forked child beside export (where there is fork)
+            raise CollapsekitError("cannot trace Broken")
 
     monkeypatch.setattr(analysis_module, "trace", broken)
+    monkeypatch.setattr(analysis_module, "phase_threads", lambda: contextlib.nullcontext(2))  # two idle CPUs
     with pytest.raises(CollapsekitError, match="cannot trace Broken"):
         Analysis(tiny_convnet(), torch.randn(1, 1, 8, 8))
     assert not [t for t in threading.enumerate() if t.name.startswith("collapsekit-index")]
+    with pytest.raises(ChildProcessError):  # no child left behind, running or unreaped
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_a_slow_trace_leaves_time_to_read_the_linear_layers_line_maxima_for_the_cover(monkeypatch):
@@ -306,7 +314,12 @@ def test_a_slow_trace_leaves_time_to_read_the_linear_layers_line_maxima_for_the_
     from collapsekit.analysis.magnitudes import line_maxima
 
     real_trace = analysis_module.trace
-    monkeypatch.setattr(analysis_module, "trace", lambda *a: (time.sleep(0.5), real_trace(*a))[1])
+    def slow_trace(model, x, beside):
+        with beside("symbolic_trace"):
+            time.sleep(0.5)
+        return real_trace(model, x)
+
+    monkeypatch.setattr(analysis_module, "trace", slow_trace)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
     x = torch.randn(1, 6)

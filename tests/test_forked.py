@@ -3,6 +3,7 @@ nothing but time."""
 import os
 
 import pytest
+import torch
 
 from collapsekit.analysis import forked
 from collapsekit.analysis.forked import map_forked
@@ -297,34 +298,35 @@ def test_an_interrupt_while_waiting_for_a_beside_child_kills_and_reaps_it(monkey
         os.waitpid(-1, os.WNOHANG)
 
 
-def test_an_index_built_in_a_child_gives_the_report_built_here(monkeypatch):
+class ShapeBranched(torch.nn.Module):
+    """A branch on an input's shape: fx cannot trace it, torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(12, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        if x.shape[-1] == 12:
+            x = torch.relu(self.a(x))
+        return self.c(torch.relu(self.b(x)))
+
+
+def test_an_index_built_in_a_child_beside_an_export_gives_the_report_built_here(monkeypatch):
     import contextlib
 
-    import torch
-
-    import collapsekit as ck
     import collapsekit.analysis.analysis as analysis_mod
-    from invariants import scramble
 
     torch.manual_seed(0)
-    model = scramble(ck.models.create("mobilenet_v1", num_classes=5, in_channels=3, input_size=8,
-                                      width_mult=0.25), 4)
-    x = torch.randn(1, 3, 8, 8)
+    model, x = ShapeBranched(), torch.randn(1, 12)
     monkeypatch.setattr(analysis_mod, "can_fork", lambda: False)
     here = analysis_mod.Analysis(model, x)
+    assert here.traced.method == "export"
     monkeypatch.setattr(analysis_mod, "can_fork", forked.can_fork)
     monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))  # two idle CPUs
-    monkeypatch.setattr(analysis_mod, "FORK_INDEX_WEIGHTS", 0)  # this tiny model's index is forked too
-    built = []
-    real = analysis_mod.Analysis._trace_beside_child
-
-    def spied(self, *args):
-        built.append(1)
-        return real(self, *args)
-
-    monkeypatch.setattr(analysis_mod.Analysis, "_trace_beside_child", spied)
+    children = []
+    monkeypatch.setattr(analysis_mod, "Beside", lambda fn: children.append(1) or forked.Beside(fn))
     there = analysis_mod.Analysis(model, x)
-    assert built
+    assert children == [1]
     assert there.index._tensors is there.tensors  # the weights are this process's, not a copy
     assert np_equal(there.index._cum, here.index._cum) and there.index.total == here.index.total
     assert "index" in there.timings.seconds  # the child's stage times came back
@@ -333,7 +335,20 @@ def test_an_index_built_in_a_child_gives_the_report_built_here(monkeypatch):
     # a child that fails costs time only: the index is built here
     monkeypatch.setattr(forked, "_send", lambda fd, answer: os._exit(1))
     again = analysis_mod.Analysis(model, x)
-    assert again.report().levels == here.report().levels
+    assert children == [1, 1] and again.report().levels == here.report().levels
+
+
+def test_beside_an_fx_trace_the_index_is_built_by_a_thread(monkeypatch):
+    import contextlib
+
+    import collapsekit as ck
+    import collapsekit.analysis.analysis as analysis_mod
+
+    monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))
+    monkeypatch.setattr(analysis_mod, "Beside", lambda fn: pytest.fail("forked beside an fx trace"))
+    an = analysis_mod.Analysis(ck.models.create("lenet5", num_classes=10, in_channels=1, input_size=28),
+                               torch.randn(1, 1, 28, 28))
+    assert an.traced.method == "symbolic_trace" and an.index.total > 0
 
 
 def np_equal(a, b) -> bool:

@@ -41,7 +41,7 @@ def _threads_seen(monkeypatch, module, name: str, busy: int) -> list[int]:
     monkeypatch.setattr(threads, "busy_elsewhere", lambda *a: busy)
     seen = []
     original = getattr(module, name)
-    monkeypatch.setattr(module, name, lambda *a: seen.append(torch.get_num_threads()) or original(*a))
+    monkeypatch.setattr(module, name, lambda *a, **k: seen.append(torch.get_num_threads()) or original(*a, **k))
     model = ck.models.create("lenet5", num_classes=10, in_channels=1, input_size=8)
     report = ck.analyze(model, torch.randn(1, 1, 8, 8), sparsities=[0.5, 0.9])
     assert len(report.levels) == 2
@@ -87,14 +87,20 @@ def test_flows_run_on_one_thread_whatever_the_machine(monkeypatch, user_threads)
 
 
 def test_the_trace_beside_the_index_hands_the_gil_over_quickly_and_the_users_interval_comes_back(monkeypatch):
+    import contextlib
     import sys
 
     seen = []
     real_trace = analysis_module.trace
 
-    def trace(*args, **kwargs):
-        seen.append(sys.getswitchinterval())
-        return real_trace(*args, **kwargs)
+    def trace(*args, beside, **kwargs):
+        @contextlib.contextmanager
+        def spied(method):  # the interval while the trace runs beside the index's thread
+            with beside(method):
+                seen.append(sys.getswitchinterval())
+                yield
+
+        return real_trace(*args, beside=spied, **kwargs)
 
     monkeypatch.setattr(analysis_module, "trace", trace)
     before = sys.getswitchinterval()

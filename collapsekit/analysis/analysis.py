@@ -7,10 +7,11 @@ the model (docs/design.md Invariant 7): per-node results live on its own graph.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -51,9 +52,6 @@ ELEMENT_LEVEL_MACS = 3e8
 # Forked flows (forked.py) pay a fork and the parent's copy-on-write faults while the child lives (about
 # 0.1 s on WRN-28-8): only flows expected to take this long in all are shared out.
 FORK_WORTH_SECONDS = 0.6
-# Weights from which the index is built in a forked child beside the trace (a fork, the child's exit and the
-# index's trip back cost ~0.05 s; the index's passes over 4 M weights about as much)
-FORK_INDEX_WEIGHTS = 1 << 22
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985,
                       0.99, 0.992, 0.994, 0.995, 0.996, 0.997, 0.998, 0.999)
 
@@ -242,17 +240,22 @@ class Analysis:
         return self._full_taps_alive[key]
 
     def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool):
-        """(trace, magnitude index), the index built while the trace runs: the trace is mostly Python (a
-        transformer's export: a second or more), the index's passes over the weights mostly numpy and torch
-        kernels. On two idle cores the index is built in a forked child (forked.Beside) and sent back: as a
-        second thread, each of its numpy calls had to win the GIL back from the trace, which holds it almost
-        throughout (ViT-base's index took 1.4 s beside export against 0.3 s alone). Where there is no fork (or
-        one idle core, or a progress bar to draw), a thread builds it, winning the GIL back within a short
-        switch interval (threads.quick_gil_handoff). While the trace still runs, the index goes on to read the
-        bins of the report's default levels (its next question) and then the linear weights' line maxima (the
-        cover's), unless the weights stream from a checkpoint: there the trace's and those reads' peaks would
-        add up (a streamed 1 B report's peak rose from 0.37x to 0.46x of its file), and memory is what
-        streaming is for; a streamed index is built by the thread."""
+        """(trace, magnitude index), the index built while the trace runs (trace.trace's `beside`).
+
+        A torch.export trace (the transformers': a second or more) is Python that holds the GIL almost
+        throughout, so on two idle cores the index is built in a forked child beside it and sent back
+        (forked.Beside): as a second thread, each of its numpy calls waited to win the GIL back (ViT-base's
+        index took 1.4 s beside export against 0.3 s alone). Beside fx's trace (its shapes recorded by a
+        forward whose kernels release the GIL, a fraction of a second) a thread builds it, winning the GIL
+        back within a short switch interval (threads.quick_gil_handoff): a fork there costs as much as it
+        saves (WRN-28-8: within noise, the trace slower by its copy-on-write faults). A thread also serves
+        where there is no fork, one idle core, a progress bar to draw, or a streamed checkpoint.
+
+        While the trace still runs, the index goes on to read the bins of the report's default levels (its
+        next question), and then the linear weights' line maxima (the cover's) with the top weights those
+        levels' sparse layers will ask for, unless the weights stream from a checkpoint: there the trace's
+        and those reads' peaks would add up (a streamed 1 B report's peak rose from 0.37x to 0.46x of its
+        file), and memory is what streaming is for."""
         def build_index(threads: int, busy, timings: Timings, maxima: dict) -> MagnitudeIndex:
             torch.set_num_threads(threads)  # OpenMP's count is per thread: this one starts at the default
             with timings.stage("index"):
@@ -264,7 +267,6 @@ class Analysis:
                 with timings.stage("index reads"):
                     index.prefetch(counts, mt_count)
                 with timings.stage("line maxima"):  # the cover's reads (cover.py), while there is time
-                    # each with the top weights the default levels' sparse layers will ask for (kept_positions)
                     index.expect_kept([index.allocate(k, mt_count) for k in counts])
                     for i, w in enumerate(self.weights):
                         if not busy():
@@ -273,42 +275,43 @@ class Analysis:
                             maxima[i] = index.line_maxima(i, self.tensors[i], w.shape[0])
             return index
 
-        with phase_threads() as threads:
-            if (threads >= 2 and self.checkpoint is None and not progress and can_fork()
-                    and sum(w.numel for w in self.weights) >= FORK_INDEX_WEIGHTS):
-                return self._trace_beside_child(model, example_inputs, threads, build_index)
-            tracing = threading.Event()
-            with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, quick_gil_handoff():
-                tracing.set()
-                job = pool.submit(build_index, threads, tracing.is_set, self.timings, self._line_maxima)
+        def in_child(busy):
+            timings, maxima = Timings(), {}
+            return build_index(max(1, threads - 1), busy, timings, maxima), maxima, timings
+
+        jobs = []  # the index's one builder: a forked child (Beside) or the thread's future
+
+        @contextlib.contextmanager
+        def beside(method: str):
+            if method == "export" and threads >= 2 and self.checkpoint is None and not progress and can_fork():
+                jobs.append(child := Beside(in_child))
                 try:
-                    with self.timings.stage("trace"):
-                        traced = trace(model, example_inputs)
+                    yield
+                except BaseException:
+                    child.cancel()
+                    raise
+                child.done()
+                return
+            tracing = threading.Event()
+            tracing.set()
+            with quick_gil_handoff():
+                jobs.append(pool.submit(build_index, threads, tracing.is_set, self.timings, self._line_maxima))
+                try:
+                    yield
                 finally:
                     tracing.clear()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, phase_threads() as threads:
+            with self.timings.stage("trace"):
+                traced = trace(model, example_inputs, beside=beside)
+            job = jobs[0]
+            if isinstance(job, Future):  # the thread's
                 if not job.done():  # the graph's library, while the index's thread still reads (graph.py)
                     networkx()
                 return traced, job.result()
-
-    def _trace_beside_child(self, model: nn.Module, example_inputs, threads: int, build_index):
-        """_trace_beside_index's forked form: the child builds the index (and reads while the trace runs) on
-        all but one of `threads`, and sends it back with its line maxima and stage times."""
-        def in_child(busy):
-            timings, maxima = Timings(), {}
-            index = build_index(max(1, threads - 1), busy, timings, maxima)
-            return index, maxima, timings
-
-        child = Beside(in_child)
-        try:
-            with self.timings.stage("trace"):
-                traced = trace(model, example_inputs)
-            child.done()
             networkx()  # the graph's library, while the child sends the index (graph.py)
-        except BaseException:
-            child.cancel()
-            raise
-        index, maxima, timings = child.result(
-            lambda: (build_index(threads, lambda: False, Timings(), {}), {}, Timings()))
+            index, maxima, timings = job.result(
+                lambda: (build_index(threads, lambda: False, Timings(), {}), {}, Timings()))
         index.attach(self.tensors)
         self._line_maxima.update(maxima)
         self.timings.add(timings)

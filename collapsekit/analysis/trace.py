@@ -82,32 +82,41 @@ def as_tuple(example_inputs) -> tuple:
     return args
 
 
-def trace(model: nn.Module, example_inputs) -> TracedModel:
-    """A TracedModel of `model`; raises CollapsekitError naming the failure when both tracers fail."""
+def trace(model: nn.Module, example_inputs, beside=None) -> TracedModel:
+    """A TracedModel of `model`; raises CollapsekitError naming the failure when both tracers fail.
+
+    `beside(method)`, where given, is a context manager entered around the costly rest of the trace once
+    the tracer is known ("symbolic_trace": fx's graph is built, its shapes are recorded inside; "export":
+    torch.export runs inside, Python that holds the GIL for seconds): the analysis builds its magnitude
+    index there, in a thread or a forked child according to the method.
+    """
     args, kwargs = _without_cache(model, *split_inputs(example_inputs))
     with eval_mode(model), torch.no_grad():
+        fx_error, gm, method = None, None, "symbolic_trace"
         try:
-            gm, method = _symbolic_trace(model, kwargs), "symbolic_trace"
-        except Exception as fx_exc:
+            gm = _symbolic_trace(model, kwargs)
+        except Exception as exc:
+            fx_error, method = exc, "export"
+        with beside(method) if beside is not None else contextlib.nullcontext():
+            if gm is None:
+                try:
+                    with _quiet_torch_logs(), _no_stack_traces(), _lazy_code():
+                        gm = torch.export.export(model, args, kwargs or None, strict=False).module()
+                except Exception as export_exc:
+                    # Only now the input is suspect: a real forward tells "the model does not accept this
+                    # input" from "neither tracer can follow the model" (before export, it cost every exported
+                    # transformer one forward pass: ViT-base 0.3 s).
+                    _check_accepts(model, args, kwargs)
+                    raise CollapsekitError(
+                        f"cannot trace {type(model).__name__}: torch.fx failed ({_where(fx_error)}) "
+                        f"and torch.export failed ({_where(export_exc)})") from None
+            inputs = _bind_placeholders(gm, args, kwargs)
             try:
-                with _quiet_torch_logs(), _no_stack_traces(), _lazy_code():
-                    gm = torch.export.export(model, args, kwargs or None, strict=False).module()
-                    method = "export"
-            except Exception as export_exc:
-                # Only now the input is suspect: a real forward tells "the model does not accept this input"
-                # from "neither tracer can follow the model" (before export, it cost every exported
-                # transformer one forward pass: ViT-base 0.3 s).
-                _check_accepts(model, args, kwargs)
-                raise CollapsekitError(
-                    f"cannot trace {type(model).__name__}: torch.fx failed ({_where(fx_exc)}) "
-                    f"and torch.export failed ({_where(export_exc)})") from None
-        inputs = _bind_placeholders(gm, args, kwargs)
-        try:
-            if not (method == "export" and _shapes_from_export(gm)):
-                _propagate_shapes(gm, inputs)
-        except Exception:
-            _check_accepts(model, args, kwargs)  # names the input as the problem when it is
-            raise
+                if not (method == "export" and _shapes_from_export(gm)):
+                    _propagate_shapes(gm, inputs)
+            except Exception:
+                _check_accepts(model, args, kwargs)  # names the input as the problem when it is
+                raise
     return TracedModel(gm, inputs, method, args, kwargs)
 
 
