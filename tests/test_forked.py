@@ -129,7 +129,8 @@ def test_a_report_whose_level_flows_ran_in_a_forked_child_is_the_serial_report(m
     assert shared.levels == serial.levels and shared.collapse_sparsity == serial.collapse_sparsity
 
 
-def test_where_the_sparsest_level_is_alive_the_boundary_search_runs_beside_the_level_flows(monkeypatch):
+@pytest.mark.parametrize("exact", ["auto", False])
+def test_where_the_sparsest_level_is_alive_the_boundary_search_runs_beside_the_level_flows(monkeypatch, exact):
     import contextlib
 
     import torch
@@ -142,10 +143,11 @@ def test_where_the_sparsest_level_is_alive_the_boundary_search_runs_beside_the_l
     x = torch.randn(1, 3, 8, 8)
     levels = [0.5, 0.7, 0.8, 0.9]  # every one alive, the denser ones with unused channels of their own
     monkeypatch.setattr(analysis_mod, "can_fork", lambda: False)
-    serial = analysis_mod.Analysis(model, x).report(levels)
+    serial = analysis_mod.Analysis(model, x, exact=exact).report(levels)
     assert not any(lv.collapsed for lv in serial.levels) and serial.collapse_sparsity > 0.9
     queued, after = [], []
     real_map, real_search = analysis_mod.map_forked, analysis_mod.Analysis.collapse_sparsity
+    real_reach = analysis_mod.Analysis._element_reach
     mapping = []
 
     def map_forked(fn, items, workers):
@@ -161,15 +163,27 @@ def test_where_the_sparsest_level_is_alive_the_boundary_search_runs_beside_the_l
             after.append(known)
         return real_search(self, known)
 
+    def reach(self, k):
+        if not mapping:
+            after.append(k)
+        return real_reach(self, k)
+
     monkeypatch.setattr(analysis_mod, "can_fork", forked.can_fork)
     monkeypatch.setattr(analysis_mod, "map_forked", map_forked)
     monkeypatch.setattr(analysis_mod.Analysis, "collapse_sparsity", search)
+    monkeypatch.setattr(analysis_mod.Analysis, "_element_reach", reach)
     monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))
     monkeypatch.setattr(analysis_mod, "FORK_WORTH_SECONDS", 0.0)
-    shared = analysis_mod.Analysis(model, x).report(levels)
+    an = analysis_mod.Analysis(model, x, exact=exact)
+    shared = an.report(levels)
     assert queued[0] == ("boundary", [(shared.levels[-1].pruned, False)])  # first in the queue: the dearest
-    assert [kind for kind, _ in queued[1:]] == ["flow"] * (len(queued) - 1) and len(queued) >= 3
-    assert not after  # its answer came from the queue, not from a second search after the levels
+    # per channel (exact=False), the sparsest level's reach per element is asked last, beside the flows too
+    reach_asked = [("reach", shared.levels[-1].pruned)] if an.channel_level else []
+    assert an.channel_level == (exact is False)
+    assert queued[len(queued) - len(reach_asked):] == reach_asked
+    flows = queued[1:len(queued) - len(reach_asked)]
+    assert [kind for kind, _ in flows] == ["flow"] * len(flows) and len(flows) >= 2
+    assert not after  # the answers came from the queue, not from a second search after the levels
     assert shared.levels == serial.levels and shared.collapse_sparsity == serial.collapse_sparsity
 
 

@@ -122,6 +122,7 @@ class Analysis:
         self._ahead: dict[bytes, FlowResult] = {}  # a level's pruned counts -> its flow, run before the report asks
         self._floors: dict[tuple, dict[str, list[int]]] = {}  # the sparsest masks' unused channels, by MT
         self._boundary_ahead: dict[int, float] = {}  # MT -> collapse_sparsity, found beside the level flows
+        self._reach_ahead: dict[tuple, float] = {}  # (k, MT) -> _element_reach, found beside the level flows
 
     @classmethod
     def of(cls, model, example_inputs=None, include=None, exclude=None, mt=None, **kwargs) -> Analysis:
@@ -513,7 +514,9 @@ class Analysis:
 
         Where the sparsest level is known alive already, every level is (collapse is monotone in k), so the
         levels' flows can tell the boundary search nothing: it runs beside them, first in the queue (it is
-        the dearest question: a few flows), and its answer waits in `_boundary_ahead`."""
+        the dearest question: a few flows), and its answer waits in `_boundary_ahead`. Where that level's
+        channel-level flow also reaches every output, `_exact_outputs` will ask its reach per element first:
+        that goes last into the queue, and waits in `_reach_ahead`."""
         pruned = {k: self.level(k).alloc.pruned for k in counts}
         todo = [k for k in counts
                 if pruned[k].tobytes() not in self._ahead and self._shared_verdict(pruned[k]) is None]
@@ -523,7 +526,9 @@ class Analysis:
             known = self._ahead.get(pruned[counts[-1]].tobytes()) or self._shared_verdict(pruned[counts[-1]])
         if known is not None and not known.collapsed and self.mt not in self._boundary_ahead:
             tasks.insert(0, ("boundary", [(counts[-1], False)]))
-        expected = (len(todo) + 2 * (len(tasks) > len(todo))) * self._seconds_per_flow()
+        if known is not None and not known.collapsed and known.output_alive == 1.0 and self.channel_level:
+            tasks.append(("reach", counts[-1]))
+        expected = (len(todo) + 2 * any(kind == "boundary" for kind, _ in tasks)) * self._seconds_per_flow()
         if (len(tasks) < 2 or not can_fork() or self.checkpoint is not None or expected < FORK_WORTH_SECONDS):
             return {}  # a streamed analysis keeps to one process: a child's pages would add to the report's peak
         with phase_threads() as workers:
@@ -533,14 +538,18 @@ class Analysis:
                 answers = map_forked(self._answer, tasks, workers)
         if tasks[0][0] == "boundary":
             self._boundary_ahead[self.mt] = answers.pop(0)
+        if tasks[-1][0] == "reach":
+            self._reach_ahead[(tasks[-1][1], self.mt)] = answers.pop()
         return {self.level(k).alloc.pruned.tobytes(): flow for k, flow in zip(todo, answers)}
 
     def _answer(self, task: tuple[str, object]):
         """One question of `_own_flows`: ("flow", k) -> the flow of the masks pruning k weights; ("boundary",
-        known) -> collapse_sparsity(known)."""
+        known) -> collapse_sparsity(known); ("reach", k) -> _element_reach(k)."""
         kind, arg = task
         if kind == "boundary":
             return self.collapse_sparsity(arg)
+        if kind == "reach":
+            return self._element_reach(arg)
         return run_flow(self.traced, self.weights, self.level(arg), channel_level=self.channel_level)
 
     def _seconds_per_flow(self) -> float:
@@ -608,15 +617,21 @@ class Analysis:
             lv = out[i]
             if lv.collapsed or lv.outputs_reached < 1.0:
                 continue
-            level = self.level(lv.pruned)
-            if self.connectivity.kmax and run_flow(self.traced, self.weights, level.full_taps_only(), backward=False,
-                                                   channel_level=True).output_alive == 1.0:
-                break  # the full-tap flow under-approximates the element level: every output reached there
-            reached = self.outputs_reached(lv.pruned, channel_level=False)
+            reached = self._reach_ahead.pop((lv.pruned, self.mt), None)  # asked beside the level flows
+            if reached is None:
+                reached = self._element_reach(lv.pruned)
             if reached == 1.0:
                 break
             out[i] = replace(lv, outputs_reached=reached)
         return out
+
+    def _element_reach(self, k: int) -> float:
+        """Per element, the fraction of outputs that the masks pruning `k` weights reach: 1.0 at once where the
+        channel-level flow keeping only full taps reaches them all (it under-approximates the element level)."""
+        if self.connectivity.kmax and run_flow(self.traced, self.weights, self.level(k).full_taps_only(),
+                                               backward=False, channel_level=True).output_alive == 1.0:
+            return 1.0
+        return self.outputs_reached(k, channel_level=False)
 
     @_in_analysis_scope
     def report(self, sparsities=None, progress: bool = False, name: str | None = None, data=None) -> CollapseReport:
