@@ -540,7 +540,7 @@ class Analysis:
             self._boundary_ahead[self.mt] = answers.pop(0)
         if tasks[-1][0] == "reach":
             self._reach_ahead[(tasks[-1][1], self.mt)] = answers.pop()
-        return {self.level(k).alloc.pruned.tobytes(): flow for k, flow in zip(todo, answers)}
+        return {pruned[k].tobytes(): flow for k, flow in zip(todo, answers)}
 
     def _answer(self, task: tuple[str, object]):
         """One question of `_own_flows`: ("flow", k) -> the flow of the masks pruning k weights; ("boundary",

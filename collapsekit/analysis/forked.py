@@ -21,7 +21,7 @@ import select
 import signal
 import struct
 import sys
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, NoReturn, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,15 +60,13 @@ def map_forked(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
             pid = os.fork()
             if pid == 0:  # the child: answer what it takes, send it, leave without running the caller's code
                 os.close(read)
-                code = 0
-                try:
+
+                def answer_and_send(write=write):
                     payload = pickle.dumps(_take(fn, items, queue), protocol=pickle.HIGHEST_PROTOCOL)
                     with os.fdopen(write, "wb") as out:
                         out.write(payload)
-                except BaseException:  # noqa: BLE001 - the parent answers what this child took
-                    code = 1
-                finally:
-                    os._exit(code)
+
+                _leave_after(answer_and_send)  # on failure the parent answers what this child took
             os.close(write)
             children.append((pid, read))
         answered = dict(_take(fn, items, queue))
@@ -92,6 +90,18 @@ def map_forked(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
     finally:
         os.close(queue)
     return [answered[i] if i in answered else fn(x) for i, x in enumerate(items)]
+
+
+def _leave_after(work: Callable[[], None]) -> NoReturn:
+    """In a forked child: runs `work`, then leaves by `os._exit` (status 1 where it failed), never returning into
+    the caller's code nor running its exit handlers."""
+    code = 0
+    try:
+        work()
+    except BaseException:  # noqa: BLE001 - the parent answers instead
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _take(fn: Callable[[T], R], items: Sequence[T], queue: int) -> list[tuple[int, R]]:
@@ -122,15 +132,9 @@ class Beside:
         busy_read, self._busy_write = os.pipe()
         self._file = _memory_file()
         self.pid = os.fork()
-        if self.pid == 0:  # the child
+        if self.pid == 0:  # the child; on failure the parent runs the fallback
             os.close(self._busy_write)
-            code = 0
-            try:
-                _send(self._file, fn(lambda: not select.select([busy_read], [], [], 0)[0]))
-            except BaseException:  # noqa: BLE001 - the parent runs the fallback
-                code = 1
-            finally:
-                os._exit(code)
+            _leave_after(lambda: _send(self._file, fn(lambda: not select.select([busy_read], [], [], 0)[0])))
         os.close(busy_read)
         self._reaped = False
 

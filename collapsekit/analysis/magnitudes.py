@@ -452,14 +452,18 @@ class MagnitudeIndex:
         v, surviving = self.cut(i, n)
         top = self._tops.get(i)
         if top is None or v < top[0]:
-            densest = self._densest_kept.get(i, n)
-            floor = self.cut(i, densest)[0] if densest < n else v
+            floor = self._top_floor(i, n)
             top = self._tops[i] = (floor, *self._read_top(tensor, floor))
         _, positions, bits = top
         kept = positions[bits > v]
         if surviving:  # the ties at v that survive are the last ones in flat order
             kept = torch.sort(torch.cat([kept, positions[bits == v][-surviving:]])).values
         return kept
+
+    def _top_floor(self, i: int, n: int) -> int:
+        """The |w| bits down to which layer i's top weights are read when its first `n` are pruned: the cut of
+        the densest level `expect_kept` was told of, where that is denser."""
+        return self.cut(i, min(n, self._densest_kept.get(i, n)))[0]
 
     def expect_kept(self, allocations) -> None:
         """Tells kept_positions which allocations it will be asked about: its first read of a layer's top weights
@@ -488,7 +492,7 @@ class MagnitudeIndex:
         n = self._densest_kept.get(i)
         if n is None or i in self._tops:
             return line_maxima(tensor, rows)
-        floor = self.cut(i, n)[0]
+        floor = self._top_floor(i, n)
         maxima, top = line_maxima(tensor, rows, floor)
         self._tops[i] = (floor, *top)
         return maxima
