@@ -331,3 +331,31 @@ def test_a_slow_trace_leaves_time_to_read_the_linear_layers_line_maxima_for_the_
         assert all(torch.equal(a, b) for a, b in zip(maxima, want))
     assert an.report().to_dict() == Analysis(model, x).report().to_dict()  # a fast trace: read by the cover
     assert not an._line_maxima  # each handed out once, to the cover
+
+
+def test_the_graph_and_the_convs_tap_maxima_are_built_while_the_index_is_still_read(monkeypatch):
+    import threading
+
+    from collapsekit.analysis import analysis as analysis_module
+
+    structure_built, seen = threading.Event(), []
+    real_init, real_connectivity = MagnitudeIndex.__init__, analysis_module.Connectivity
+
+    def init(self, *a, **k):  # the index waits until the trace's other products exist (at most 10 s)
+        seen.append(structure_built.wait(10))
+        return real_init(self, *a, **k)
+
+    def connectivity(*a, **k):
+        conn = real_connectivity(*a, **k)
+        assert conn.index is None and conn.kmax  # the convs' tap maxima, read before the index is in
+        structure_built.set()
+        return conn
+
+    monkeypatch.setattr(MagnitudeIndex, "__init__", init)
+    monkeypatch.setattr(analysis_module, "Connectivity", connectivity)
+    model = tiny_convnet()
+    an = Analysis(model, torch.randn(1, 1, 8, 8))
+    assert seen == [True]  # built after the graph and connectivity, not before them
+    assert an.connectivity.index is an.index and an.graph is not None
+    monkeypatch.undo()
+    assert an.report().to_dict() == ck.analyze(model, torch.randn(1, 1, 8, 8)).to_dict()

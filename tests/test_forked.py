@@ -369,3 +369,44 @@ def np_equal(a, b) -> bool:
     import numpy as np
 
     return bool(np.array_equal(a, b))
+
+
+@pytest.mark.parametrize("between, queued_beside", [(False, True), (True, False)])
+def test_where_known_verdicts_bracket_the_boundary_it_is_searched_beside_the_level_flows(monkeypatch, between,
+                                                                                       queued_beside):
+    # Alive and collapsed neighbours known before any level flow (the cover, an emptied set): no level flow can
+    # narrow the bracket, so the search joins the queue, and so does the alive side's reach per element. With an
+    # unknown level between them, its flow may narrow it: the search waits for the levels.
+    import contextlib
+
+    import collapsekit as ck
+    import collapsekit.analysis.analysis as analysis_mod
+    from collapsekit.analysis.flow import FlowResult
+
+    torch.manual_seed(0)
+    an = analysis_mod.Analysis(ck.models.create("resnet20", num_classes=5, in_channels=3, input_size=8),
+                               torch.randn(1, 3, 8, 8), exact=False)
+    counts = [an.count(s) for s in (0.5, 0.8, 0.9, 0.95, 0.99)]
+    alive, dead = FlowResult(False, {}, {}, None, 1.0), FlowResult(True, {}, {}, None, 0.0)
+    known = {counts[1]: alive, counts[3]: dead} if between else {counts[2]: alive, counts[3]: dead}
+    by_bytes = {an.level(k).alloc.pruned.tobytes(): v for k, v in known.items()}
+    monkeypatch.setattr(an, "_shared_verdict", lambda pruned: by_bytes.get(pruned.tobytes()))
+    queued = []
+
+    def map_forked(fn, items, workers):
+        queued.extend(items)
+        return [0.93 if kind == "boundary" else 0.5 if kind == "reach" else alive for kind, _ in items]
+
+    monkeypatch.setattr(analysis_mod, "can_fork", lambda: True)
+    monkeypatch.setattr(analysis_mod, "map_forked", map_forked)
+    monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))
+    monkeypatch.setattr(analysis_mod, "FORK_WORTH_SECONDS", 0.0)
+    flows = an._own_flows(counts)
+    unknown = [k for k in counts if k not in known]
+    assert [arg for kind, arg in queued if kind == "flow"] == unknown and len(flows) == len(unknown)
+    if queued_beside:
+        assert queued[0] == ("boundary", [(counts[2], False), (counts[3], True)])
+        assert queued[-1] == ("reach", counts[2])
+        assert an._boundary_ahead[an.mt] == 0.93 and an._reach_ahead[(counts[2], an.mt)] == 0.5
+    else:
+        assert all(kind == "flow" for kind, _ in queued) and an.mt not in an._boundary_ahead

@@ -96,3 +96,16 @@ def test_networkx_is_imported_by_the_first_analysis_not_by_importing_collapsekit
             "r = A.Analysis(m, torch.randn(1, 3, 16, 16)).report([0.5])\n"
             "print(before, 'networkx' in sys.modules, len(r.layers))")
     assert fresh_python(code) == "False True 22"  # 21 convs (2 of them 1x1 shortcuts) and the classifier
+
+
+def test_a_fresh_processs_networkx_import_starts_beside_the_trace_and_the_graph_waits_for_it():
+    # import_beside starts the import in its own thread; networkx() in the caller then returns the same module,
+    # after the import is complete (Python's per-module import lock), never a half-initialised one.
+    code = ("import sys, threading\nimport collapsekit.analysis.graph as g\n"
+            "g.import_beside()\nnames = [t.name for t in threading.enumerate()]\n"
+            "nx = g.networkx()\nprint('collapsekit-import' in names, hasattr(nx, 'DiGraph'), "
+            "hasattr(nx, 'immediate_dominators'))\ng.import_beside()\n"
+            "print(sum(t.name == 'collapsekit-import' for t in threading.enumerate()))")
+    started, second = fresh_python(code).splitlines()
+    assert started == "True True True"
+    assert second == "0"  # imported already: no second thread

@@ -116,3 +116,44 @@ def test_the_trace_beside_the_index_hands_the_gil_over_quickly_and_the_users_int
         assert seen[-1] == pytest.approx(0.0001, abs=2e-6) and sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_in_threads_keeps_the_items_order_shares_them_among_threads_and_raises_a_workers_error():
+    import threading
+    import time
+
+    seen = set()
+
+    def work(x):
+        seen.add(threading.current_thread().name)
+        time.sleep(0.01)  # releases the GIL, as numpy's passes do
+        return x * x
+
+    assert threads.in_threads(work, range(8), 2, cost=lambda x: x % 3) == [x * x for x in range(8)]
+    assert len(seen) == 2 and threading.current_thread().name in seen  # the caller is one of the workers
+    seen.clear()
+    assert threads.in_threads(work, range(4), 1) == [0, 1, 4, 9] and seen == {threading.current_thread().name}
+
+    def fail(x):
+        if x == 3:
+            raise ValueError("layer 3")
+        return x
+
+    with pytest.raises(ValueError, match="layer 3"):
+        threads.in_threads(fail, range(6), 2)
+    assert not [t for t in threading.enumerate() if t.name == "collapsekit-reader"]  # every helper joined
+
+
+def test_in_threads_gives_the_dearest_items_out_first():
+    import threading
+
+    order = []
+    lock = threading.Lock()
+
+    def work(x):
+        with lock:
+            order.append(x)
+        return x
+
+    threads.in_threads(work, [1, 5, 2, 9], 2, cost=lambda x: x)
+    assert order[:2] and set(order[:2]) <= {9, 5} and sorted(order) == [1, 2, 5, 9]

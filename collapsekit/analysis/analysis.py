@@ -25,7 +25,7 @@ from collapsekit.analysis.cover import Cover
 from collapsekit.analysis.emptied import EmptiedCovers, SparsestOfSet
 from collapsekit.analysis.flow import FlowResult, collapses, run_flow
 from collapsekit.analysis.forked import Beside, can_fork, map_forked
-from collapsekit.analysis.graph import build_graph, effective_depth, networkx
+from collapsekit.analysis.graph import build_graph, effective_depth, import_beside
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.lazy import initialized_copy
@@ -106,11 +106,9 @@ class Analysis:
                     raise CollapsekitError(f"{self.name}'s weights are on the meta device: pass checkpoint= "
                                            "(a .safetensors file or a sharded directory) to read them from")
         self._line_maxima: dict[int, tuple] = {}  # weight -> magnitudes.line_maxima, read beside the trace
-        self.traced, self.index = self._trace_beside_index(traced_model, example_inputs, mt, progress)
-        with self.timings.stage("graph"):
-            self.graph = build_graph(self.traced, self.weights)
-        with self.timings.stage("connectivity"):
-            self.connectivity = Connectivity(self.traced, self.weights, self.tensors, self.index)
+        self.traced, self.index = self._trace_beside_index(traced_model, example_inputs, mt, progress,
+                                                           meanwhile=self._structure)
+        self.connectivity.index = self.index
         release_freed()  # the passes over every weight leave their per-layer temporaries on the heap
         self.mt = resolve_mt(mt, self.index.total)
         self.channel_level = (forward_macs(self.traced) > ELEMENT_LEVEL_MACS) if exact == "auto" else not exact
@@ -240,8 +238,17 @@ class Analysis:
                                                        channel_level=True)
         return self._full_taps_alive[key]
 
-    def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool):
-        """(trace, magnitude index), the index built while the trace runs (trace.trace's `beside`).
+    def _structure(self, traced) -> None:
+        """The layer graph and the convs' tap maxima (connectivity.py) of `traced`: what needs the trace but not
+        the magnitude index, built while the index is still being read (its `index` is set once it is in)."""
+        with self.timings.stage("graph"):
+            self.graph = build_graph(traced, self.weights)
+        with self.timings.stage("connectivity"):
+            self.connectivity = Connectivity(traced, self.weights, self.tensors)
+
+    def _trace_beside_index(self, model: nn.Module, example_inputs, mt, progress: bool, meanwhile):
+        """(trace, magnitude index), the index built while the trace runs (trace.trace's `beside`), and
+        `meanwhile(trace)` run once the trace is done, while the index may still be read.
 
         A torch.export trace (the transformers': a second or more) is Python that holds the GIL almost
         throughout, so on two idle cores the index is built in a forked child beside it and sent back
@@ -302,15 +309,19 @@ class Analysis:
                 finally:
                     tracing.clear()
 
+        import_beside()  # the graph's library (graph.py)
         with ThreadPoolExecutor(1, thread_name_prefix="collapsekit-index") as pool, phase_threads() as threads:
             with self.timings.stage("trace"):
                 traced = trace(model, example_inputs, beside=beside)
             job = jobs[0]
             if isinstance(job, Future):  # the thread's
-                if not job.done():  # the graph's library, while the index's thread still reads (graph.py)
-                    networkx()
+                meanwhile(traced)
                 return traced, job.result()
-            networkx()  # the graph's library, while the child sends the index (graph.py)
+            try:
+                meanwhile(traced)
+            except BaseException:
+                job.cancel()
+                raise
             index, maxima, timings = job.result(
                 lambda: (build_index(threads, lambda: False, Timings(), {}), {}, Timings()))
         index.attach(self.tensors)
@@ -512,22 +523,25 @@ class Analysis:
         level, one idle CPU, no fork, flows too short to pay for one, or weights streamed from a checkpoint:
         a 1.1 B report's child added up to 0.48x the file to the report's own 0.48x).
 
-        Where the sparsest level is known alive already, every level is (collapse is monotone in k), so the
-        levels' flows can tell the boundary search nothing: it runs beside them, first in the queue (it is
-        the dearest question: a few flows), and its answer waits in `_boundary_ahead`. Where that level's
-        channel-level flow also reaches every output, `_exact_outputs` will ask its reach per element first:
-        that goes last into the queue, and waits in `_reach_ahead`."""
+        Where the verdicts known already bracket the boundary with no level left between the densest known
+        collapsed and the sparsest known alive (the sparsest level alive, or alive and collapsed neighbours),
+        the levels' flows can tell the boundary search nothing (collapse is monotone in k): it runs beside
+        them, first in the queue (it is the dearest question: a few flows), and its answer waits in
+        `_boundary_ahead`. Where that alive level's channel-level flow also reaches every output,
+        `_exact_outputs` will ask its reach per element first: that goes last into the queue, and waits in
+        `_reach_ahead`."""
         pruned = {k: self.level(k).alloc.pruned for k in counts}
-        todo = [k for k in counts
-                if pruned[k].tobytes() not in self._ahead and self._shared_verdict(pruned[k]) is None]
+        verdicts = {k: self._ahead.get(pruned[k].tobytes()) or self._shared_verdict(pruned[k]) for k in counts}
+        todo = [k for k in counts if verdicts[k] is None]
         tasks = [("flow", k) for k in todo]
-        known = None
-        if counts:  # the sparsest level's verdict, where one is in already
-            known = self._ahead.get(pruned[counts[-1]].tobytes()) or self._shared_verdict(pruned[counts[-1]])
-        if known is not None and not known.collapsed and self.mt not in self._boundary_ahead:
-            tasks.insert(0, ("boundary", [(counts[-1], False)]))
-        if known is not None and not known.collapsed and known.output_alive == 1.0 and self.channel_level:
-            tasks.append(("reach", counts[-1]))
+        alive = max((k for k in counts if verdicts[k] is not None and not verdicts[k].collapsed), default=None)
+        dead = min((k for k in counts if verdicts[k] is not None and verdicts[k].collapsed), default=None)
+        settled = alive is not None and not any(
+            alive < k and (dead is None or k < dead) for k in todo)  # no flow can narrow the bracket
+        if settled and self.mt not in self._boundary_ahead:
+            tasks.insert(0, ("boundary", [(alive, False)] + ([(dead, True)] if dead is not None else [])))
+        if settled and verdicts[alive].output_alive == 1.0 and self.channel_level:
+            tasks.append(("reach", alive))
         expected = (len(todo) + 2 * any(kind == "boundary" for kind, _ in tasks)) * self._seconds_per_flow()
         if (len(tasks) < 2 or not can_fork() or self.checkpoint is not None or expected < FORK_WORTH_SECONDS):
             return {}  # a streamed analysis keeps to one process: a child's pages would add to the report's peak

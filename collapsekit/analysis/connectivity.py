@@ -56,7 +56,9 @@ class Connectivity:
     """Per-layer max |w| over reachable kernel taps, for the convs the traced graph applies as modules."""
 
     def __init__(self, traced: TracedModel, weights: list[PrunableWeight], tensors: list[torch.Tensor],
-                 index: MagnitudeIndex):
+                 index: MagnitudeIndex | None = None):
+        # The index answers every level's question; the analysis builds the rest while the index is read,
+        # and sets it before any level is asked.
         self.weights, self.tensors, self.index = weights, tensors, index
         self.position = {w.name: i for i, w in enumerate(weights)}
         self.taps: dict[int, torch.Tensor] = {}  # layer -> reachable-tap mask

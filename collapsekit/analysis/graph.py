@@ -11,6 +11,8 @@ graph the tracer gives.
 """
 from __future__ import annotations
 
+import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,15 +31,22 @@ def networkx():
     """The networkx module, imported on first use.
 
     Its `__init__` imports all of networkx (algorithms, generators, readwrite:
-    ~0.2 s, most of collapsekit's own import in a fresh process), and only the
-    graph, built once the model is traced, needs it. Analysis calls this while
-    the magnitude index still reads the weights in its own thread (mostly numpy
-    that releases the GIL), instead of at import time: a cold WRN-28-8 report
-    with its import went from 1.18 to 1.10 s (median of 8, alternated).
+    ~0.1-0.2 s, most of collapsekit's own import in a fresh process), and only the
+    graph, built once the model is traced, needs it: not at import time (a cold
+    WRN-28-8 report with its import went from 1.18 to 1.10 s, median of 8,
+    alternated), and in a fresh process `import_beside` starts it during the trace.
     """
     import networkx as nx
 
     return nx
+
+
+def import_beside() -> None:
+    """Starts importing networkx in a thread where no one has yet: Analysis calls this as its trace begins,
+    so that a fresh process's import runs while the trace's forward pass releases the GIL, off the way to
+    the graph. `networkx()` then waits for it (Python's per-module import lock)."""
+    if "networkx" not in sys.modules:
+        threading.Thread(target=networkx, name="collapsekit-import").start()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 
 from collapsekit.analysis.boolops import greater
 from collapsekit.analysis.heap import rows_per_block
+from collapsekit.analysis.threads import in_threads
 from collapsekit.errors import CollapsekitError
 from collapsekit.spec import fraction, read_number
 from collapsekit.analysis.prunable import PrunableWeight
@@ -266,12 +267,14 @@ class MagnitudeIndex:
         table = np.zeros(_BINS, dtype=bool)
         table[bins] = True
         edges = np.array([b << _SHIFT for b in bins] + [(bins[-1] + 1) << _SHIFT], dtype=np.int64)
-        per_layer = []
-        for i in range(len(self.weights)):
+
+        def read(i: int) -> list[np.ndarray]:
             parts = [bits[np.take(table, _bins_of(bits))] for bits in _chunks(self._tensors[i])]
             found = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int32)
             cuts = np.searchsorted(found, edges)
-            per_layer.append([found[cuts[j]:cuts[j + 1]] for j in range(len(bins))])
+            return [found[cuts[j]:cuts[j + 1]] for j in range(len(bins))]
+
+        per_layer = in_threads(read, range(len(self.weights)), torch.get_num_threads(), cost=self.sizes.__getitem__)
         for j, b in enumerate(bins):
             self._fine[b] = [_runs(layer[j]) for layer in per_layer]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,3 +138,38 @@ def quick_gil_handoff(interval: float = SWITCH_INTERVAL):
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def in_threads(fn, items, workers: int, cost=None) -> list:
+    """[fn(item) for item in items], shared among `workers` threads (the caller one of them) where fn is
+    work that releases the GIL (numpy's passes over a layer's weights); in the caller alone for one worker
+    or one item. `cost(item)` orders the items, dearest first, so that no thread is left with the largest
+    one at the end."""
+    items = list(items)
+    if workers < 2 or len(items) < 2:
+        return [fn(item) for item in items]
+    order = sorted(range(len(items)), key=lambda j: -cost(items[j])) if cost else list(range(len(items)))
+    results: list = [None] * len(items)
+    lock, queue, failures = threading.Lock(), iter(order), []
+
+    def work():
+        while not failures:
+            with lock:
+                j = next(queue, None)
+            if j is None:
+                return
+            try:
+                results[j] = fn(items[j])
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller below
+                failures.append(exc)
+
+    helpers = [threading.Thread(target=work, name="collapsekit-reader", daemon=True)
+               for _ in range(min(workers, len(items)) - 1)]
+    for t in helpers:
+        t.start()
+    work()
+    for t in helpers:
+        t.join()
+    if failures:
+        raise failures[0]
+    return results
