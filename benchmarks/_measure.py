@@ -30,16 +30,26 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process's threads and of its children that it has waited for (the
+    report's forked workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def measure(fn) -> dict:
-    """Runs `fn()` here; returns seconds and peak extra resident MiB over the RSS before it."""
+    """Runs `fn()` here; returns seconds, CPU seconds (cpu_seconds) and peak extra resident MiB over the RSS
+    before it."""
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
     before = _status_kib("VmRSS")
+    cpu = cpu_seconds()
     start = time.perf_counter()
     fn()
     seconds = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu
     peak = _status_kib("VmHWM")  # this process's own high-water mark since the reset
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; may be the parent's (see above)
-    return {"seconds": seconds, "peak_extra_mib": (peak - before) / 1024,
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_extra_mib": (peak - before) / 1024,
             "ru_maxrss_extra_mib": (maxrss - before) / 1024}
 
 

@@ -8,6 +8,10 @@ first call), torch's default thread count. The report's time is split per stage
 processes (a Python spin loop each) and prints the loaded/alone ratio; `--threads
 N` adds, beside the honest figure, one with N intra-op threads on both sides.
 Every ratio compares runs of the same repetition; `--repeat` gives the spread.
+The CPU ratio beside the wall-clock one divides the report's user + system CPU seconds
+(its forked workers' and index child's included; plus its import's seconds) by
+global_unstructured's: it counts the work that the report's second process and threads
+hide from wall time, so a change that only moves work onto the other CPU shows there.
 The last column is the largest of the report's forked flow workers (collapsekit/analysis/forked.py, 0 where
 it forked none): its resident growth over its RSS at the fork plus its private dirty pages when it left, an
 upper bound of the memory it added (_measure.forked_children_measured).
@@ -62,12 +66,13 @@ def bench(model: str, input_size: int, repeat: int, loaded: bool, threads: int |
     print(f"\n{model}: {mib:.0f} MiB of prunable float32 weights; trace {ours0['trace_method']}, "
           f"{'channel' if ours0['channel_level'] else 'element'} level; "
           f"collapse sparsity {ours0['collapse_sparsity']:.6f}; {repeat} run(s) each: median [min-max]")
-    rows = [["", "report s", "+ import s", "global_unstructured s", "ratio (cold)", "report peak x prunable",
-             "forked child <= x prunable"]]
+    rows = [["", "report s", "+ import s", "global_unstructured s", "ratio (cold)", "CPU ratio",
+             "report peak x prunable", "forked child <= x prunable"]]
     for (condition, label), rs in runs.items():
         rows.append([f"{condition}, {label}", spread([o["seconds"] for o, _, _ in rs]),
                      spread([i for _, _, i in rs]), spread([b["seconds"] for _, b, _ in rs]),
                      spread([(o["seconds"] + i) / b["seconds"] for o, b, i in rs]),
+                     spread([(o["cpu_seconds"] + i) / b["cpu_seconds"] for o, b, i in rs]),
                      spread([o["peak_extra_mib"] / mib for o, _, _ in rs]),
                      spread([max(o["forked_children_mib"], default=0.0) / mib for o, _, _ in rs])])
     print(table(rows))
