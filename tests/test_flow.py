@@ -471,3 +471,55 @@ def test_transposed_weights_applied_by_matmul_give_the_float_leaf_verdicts(monke
             assert (flow.collapsed, flow.dead_channels, flow.unused_channels, flow.output_alive) == (
                 want.collapsed, want.dead_channels, want.unused_channels, want.output_alive), s
             assert flow.effective.tolist() == want.effective.tolist(), s
+
+
+class FunctionalPatchConv(nn.Module):
+    """A patch embedding written as F.conv2d on its own weight (as exported graphs apply every conv), on the
+    graph's input, then a per-patch MLP: the conv's mask gradient alone says which kernel taps are used."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 3, 4, 4))
+        self.head = nn.Linear(8 * 4, 5)
+
+    def forward(self, x):
+        y = torch.nn.functional.conv2d(x, self.weight, stride=4)
+        return self.head(torch.relu(y).flatten(1))
+
+
+def test_a_functional_conv_on_a_prunable_weight_runs_as_a_layer_without_its_inputs_gradient(monkeypatch):
+    """F.conv2d on a prunable weight runs on the keep-mask as linear does (ChannelFlow.layer): the same
+    verdicts, dead and unused channels and effective counts as the float-leaf path, and no gradient of the
+    graph's input is computed (a patch embedding spent most of its backward on it)."""
+    from collapsekit.analysis import flow_rules
+    from collapsekit.analysis.analysis import Analysis
+    from collapsekit.analysis.flow_layers import LayerOnKeep
+    from collapsekit.analysis.flow_values import support
+    from collapsekit.analysis.magnitudes import sparsity_to_count
+
+    torch.manual_seed(0)
+    model = FunctionalPatchConv()
+    an = Analysis(model, torch.randn(1, 3, 8, 8), exact=True)
+    applied, input_grads = [], []
+    real_apply, real_grad = LayerOnKeep.apply, torch.autograd.grad
+
+    def apply(x, keep, op, record, lines=None):
+        applied.append(tuple(keep.shape))
+        return real_apply(x, keep, op, record, lines)
+
+    def grad(outputs, inputs, *a, **k):
+        input_grads.extend(tuple(t.shape) for t in inputs)
+        return real_grad(outputs, inputs, *a, **k)
+
+    monkeypatch.setattr(LayerOnKeep, "apply", apply)
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+    levels = [an.level(sparsity_to_count(s, an.total)) for s in (0.0, 0.5, 0.8, 0.9, 0.95)]
+    got = [run_flow(an.traced, an.weights, level) for level in levels]
+    assert (8, 3, 4, 4) in applied
+    assert (8, 3, 4, 4) in input_grads and (1, 3, 8, 8) not in input_grads  # the mask's gradient, not the input's
+    monkeypatch.setattr(flow_rules, "_weighted", lambda flow, x, weight, op: op(x, support(weight)))
+    want = [run_flow(an.traced, an.weights, level) for level in levels]
+    for g, w in zip(got, want):
+        assert (g.collapsed, g.dead_channels, g.unused_channels) == (w.collapsed, w.dead_channels, w.unused_channels)
+        assert g.effective.tolist() == w.effective.tolist() and g.output_alive == w.output_alive
+    assert any(g.dead_channels or g.unused_channels for g in got)  # the levels tell something apart

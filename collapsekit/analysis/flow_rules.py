@@ -233,13 +233,22 @@ def _linear_function(flow, x, weight, bias=None):
                weighted=True)
 def _conv_function(flow, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.ndim]
-    return conv(x, support(weight), None, stride, padding, dilation, groups)
+    return _weighted(flow, x, weight, lambda x, w: conv(x, w, None, stride, padding, dilation, groups))
 
 
 @function_rule(*aten("convolution.default"), weighted=True)
 def _aten_convolution(flow, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
-    return torch.ops.aten.convolution.default(x, support(weight), None, stride, padding, dilation, transposed,
-                                               output_padding, groups)
+    return _weighted(flow, x, weight, lambda x, w: torch.ops.aten.convolution.default(
+        x, w, None, stride, padding, dilation, transposed, output_padding, groups))
+
+
+def _weighted(flow, x, weight, op):
+    """`op(x, weight's support)`; a prunable weight that no rule has read as a float mask yet runs as a layer on
+    its keep-mask (`ChannelFlow.layer`, like linear): its backward then asks no gradient of a graph input,
+    which autograd's own conv backward computed for nothing (a patch embedding: 28 of its 32 ms per flow)."""
+    if isinstance(weight, PrunableConstant) and not weight.mask_made and isinstance(x, torch.Tensor):
+        return flow.layer(weight.name, weight.real, x, op)
+    return op(x, support(weight))
 
 
 @function_rule(torch.matmul, operator.matmul, torch.mm, torch.bmm, *aten("matmul.default", "mm.default",
