@@ -171,3 +171,30 @@ def test_sparsity_takes_a_percent_as_mt_does(capsys, tmp_path):
                          "--format", "json")
     assert code == 0, err
     assert json.loads(out)["target_sparsity"] == 0.95
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "torch"])
+def test_a_damaged_checkpoint_without_its_sidecar_is_named_as_damaged(capsys, tmp_path, kind):
+    # Without --model the sidecar would name the model; the damaged file is the first thing to say, not the
+    # missing sidecar (passing --model would only lead to the same file's error next).
+    import torch
+
+    from collapsekit.files import checkpoint
+    from conftest import tiny_mlp
+
+    if kind == "safetensors":
+        path = checkpoint.save(tiny_mlp(), tmp_path / "model.safetensors", {})
+        checkpoint.sidecar_path(path).unlink()
+    else:
+        path = tmp_path / "model.pt"
+        torch.save(tiny_mlp().state_dict(), path)
+    intact = path.read_bytes()
+    path.write_bytes(intact[:-64])
+    rc = main(["report", "--checkpoint", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"checkpoint {path} is corrupt or truncated: " in err and "does not exist" not in err
+    path.write_bytes(intact)  # intact, still without a sidecar: the model is what is missing
+    rc = main(["report", "--checkpoint", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no model given: pass --model" in err and f"{path.with_suffix('.json')} does not exist" in err

@@ -290,6 +290,8 @@ def load_model(args: argparse.Namespace, stream: bool = False, on_meta: bool | N
     meta = checkpoint.read_meta(described) if path and described.is_file() else {}
     spec, num_classes, in_channels, input_size = model_shapes(args, meta)
     if not spec:
+        if path and described.is_file():  # a damaged file is the first thing to say, not its missing sidecar
+            checkpoint.check_readable(described)
         where = f"{checkpoint.sidecar_path(described)} does not exist" if path else "no --checkpoint was given"
         raise CollapsekitError(f"no model given: pass --model (zoo: {', '.join(models.names())}, or "
                                f"package.module:factory); {where}")

@@ -154,6 +154,22 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
         raise CollapsekitError(f"checkpoint {path} could not be loaded: {first_line(exc)}") from None
 
 
+def check_readable(path) -> None:
+    """Raises the one-line "corrupt or truncated" error of a weights file that cannot be opened (a safetensors
+    header that fails its bounds checks, a torch.save archive without its directory); reads no tensor data."""
+    path = Path(path)
+    if _is_safetensors(path):
+        _safetensors_shapes(path)
+        return
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path):  # torch.save's archive: its central directory sits at the end of the file
+            pass
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
+
+
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True
