@@ -3,10 +3,13 @@
 A Conv/Linear weight under `torch.nn.utils.parametrize` (weight_norm, spectral
 norm, a user's transform) is ranked through the stored tensor of its shape
 (`<module>.parametrizations.weight.original`, weight_norm's direction
-`original1`): that is what Global MP zeroes. docs/design.md Invariant 8: the layer is
-applied as a pruned layer (the alias `<module>.weight`) only when the transform
-keeps a pruned zero at zero; otherwise its computed weight is dense whatever the
-mask, and the flow treats the layer as unpruned.
+`original1`): that is what Global MP zeroes. So is a weight that a forward
+pre-hook computes from stored tensors (the older `torch.nn.utils.weight_norm`,
+whose direction `weight_v` is ranked and whose per-channel scale `weight_g` is
+not; the older `spectral_norm`'s `weight_orig`). docs/design.md Invariant 8: the
+layer is applied as a pruned layer (the alias `<module>.weight`) only when the
+transform keeps a pruned zero at zero; otherwise its computed weight is dense
+whatever the mask, and the flow treats the layer as unpruned.
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ class PrunableWeight:
 def _kind(module: nn.Module, param_name: str, tensor: torch.Tensor) -> str | None:
     if isinstance(module, _NOT_PRUNABLE) or tensor.ndim < 2 or _parametrized(module, param_name):
         return None
+    if _hook_computed(module):
+        return None  # its stored tensors are ranked through _hooked_weights, or not at all
     if isinstance(module, _CONV) and param_name == "weight":
         return "conv"
     if isinstance(module, nn.Linear) and param_name == "weight":
@@ -77,6 +82,58 @@ def _parametrized_weights(model: nn.Module):
             continue  # no stored tensor is the weight itself: nothing to rank
         stored_name, stored = same[0]
         yield name, kind, f"{name}.parametrizations.weight.{stored_name}", stored, _keeps_zeros(plist, stored_name)
+
+
+def _hook_computed(module: nn.Module) -> bool:
+    """A Conv/Linear whose `weight` is no parameter of its own but set by a forward pre-hook from stored
+    tensors (torch.nn.utils.weight_norm and spectral_norm before parametrize)."""
+    return (isinstance(module, (*_CONV, nn.Linear)) and "weight" not in module._parameters
+            and isinstance(getattr(module, "weight", None), torch.Tensor) and bool(module._forward_pre_hooks))
+
+
+def _hooked_weights(model: nn.Module):
+    """(owner name, kind, stored tensor's name, stored tensor, keeps zeros) of hook-computed Conv/Linear weights:
+    the one parameter of the module with the weight's shape (weight_norm's direction `weight_v`, spectral norm's
+    `weight_orig`)."""
+    for name, module in model.named_modules():
+        if not _hook_computed(module):
+            continue
+        same = [(n, t) for n, t in module.named_parameters(recurse=False) if t.shape == module.weight.shape]
+        if len(same) != 1:
+            continue  # no stored tensor is the weight itself: nothing to rank
+        stored_name, stored = same[0]
+        kind = "conv" if isinstance(module, _CONV) else "linear"
+        yield name, kind, f"{name}.{stored_name}" if name else stored_name, stored, \
+            _hook_keeps_zeros(module, stored_name)
+
+
+def _hook_keeps_zeros(module: nn.Module, stored_name: str, trials: int = 3) -> bool:
+    """True if the module's pre-hooks turn every pruned zero of the stored tensor into a zero of `weight`
+    (random masks and values, on a copy of the module; a hook that fails proves nothing: False)."""
+    import copy
+
+    g = torch.Generator().manual_seed(0)
+    stored = module._parameters[stored_name]
+    # A shallow copy with dicts of its own (a weight-normed module refuses deepcopy): the hooks set its `weight`
+    # and read the probe in place of the stored tensor; the module and its tensors stay as they are.
+    probe_module = copy.copy(module)
+    probe_module.__dict__ = {**module.__dict__, "_parameters": dict(module._parameters),
+                             "_buffers": dict(module._buffers), "training": False}
+    try:
+        with torch.no_grad():
+            for _ in range(trials):
+                zero = torch.rand(stored.shape, generator=g) < 0.5
+                probe = torch.where(zero, 0.0, torch.randn(stored.shape, generator=g).to(stored.dtype) + 3)
+                probe_module._parameters[stored_name] = nn.Parameter(probe, requires_grad=False)
+                for hook in list(module._forward_pre_hooks.values()):
+                    hook(probe_module, ())
+                weight = probe_module.__dict__.get("weight")
+                if not isinstance(weight, torch.Tensor) or weight.shape != stored.shape or bool(
+                        weight[zero].ne(0).any()):
+                    return False
+    except Exception:  # noqa: BLE001 - a hook that needs a real input (or anything else): not proven
+        return False
+    return True
 
 
 def _keeps_zeros(plist, stored_name: str, trials: int = 3) -> bool:
@@ -121,7 +178,7 @@ def find_prunable(model: nn.Module, include: list[str] | None = None,
             if kind is None or not _selected(full, include, exclude):
                 continue
             found[key] = PrunableWeight(full, module_name, kind, tuple(tensor.shape))
-    for owner, kind, full, tensor, keeps in _parametrized_weights(model):
+    for owner, kind, full, tensor, keeps in [*_parametrized_weights(model), *_hooked_weights(model)]:
         if id(tensor) in found or not _selected(full, include, exclude):
             continue
         found[id(tensor)] = PrunableWeight(full, owner, kind, tuple(tensor.shape), keeps_zeros=keeps)
