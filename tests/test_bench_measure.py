@@ -28,7 +28,7 @@ def test_measure_counts_the_cpu_of_a_forked_child_that_wall_time_hides():
 
     stats = measure(work)
     assert stats["cpu_seconds"] >= 0.55  # both processes' 0.3 s
-    assert stats["seconds"] >= 0.3 and stats["peak_extra_mib"] >= 0
+    assert stats["seconds"] >= 0.3
 
 
 def test_measure_counts_no_cpu_for_a_sleep():

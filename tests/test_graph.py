@@ -109,3 +109,20 @@ def test_a_fresh_processs_networkx_import_starts_beside_the_trace_and_the_graph_
     started, second = fresh_python(code).splitlines()
     assert started == "True True True"
     assert second == "0"  # imported already: no second thread
+
+
+def test_a_failing_networkx_import_beside_the_trace_prints_nothing_and_the_graph_raises_it():
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.abc\n"
+            "class NoNetworkx(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name == 'networkx':\n"
+            "            raise ImportError('no networkx here')\n"
+            "sys.meta_path.insert(0, NoNetworkx())\n"
+            "import threading\nimport collapsekit.analysis.graph as g\ng.import_beside()\n"
+            "[t.join() for t in threading.enumerate() if t.name == 'collapsekit-import']\n"
+            "try:\n    g.networkx()\nexcept ImportError as exc:\n    print('raised', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "raised no networkx here" and done.stderr == ""

@@ -46,7 +46,14 @@ def import_beside() -> None:
     so that a fresh process's import runs while the trace's forward pass releases the GIL, off the way to
     the graph. `networkx()` then waits for it (Python's per-module import lock)."""
     if "networkx" not in sys.modules:
-        threading.Thread(target=networkx, name="collapsekit-import").start()
+        threading.Thread(target=_import_quietly, name="collapsekit-import").start()
+
+
+def _import_quietly() -> None:
+    try:
+        networkx()
+    except Exception:  # noqa: BLE001 - the graph's own networkx() raises it where it is needed
+        pass
 
 
 @dataclass(frozen=True)
