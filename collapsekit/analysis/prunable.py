@@ -69,91 +69,100 @@ def _parametrized(module: nn.Module, param_name: str) -> bool:
 
 
 def _parametrized_weights(model: nn.Module):
-    """(owner name, owner, stored tensor's name, stored tensor, keeps zeros) of parametrized Conv/Linear weights."""
+    """(owner name, kind, stored tensor's name, stored tensor, keeps zeros) of parametrized Conv/Linear weights."""
     for name, module in model.named_modules():
         plist = getattr(getattr(module, "parametrizations", None), "weight", None)
-        kind = "conv" if isinstance(module, _CONV) else "linear" if isinstance(module, nn.Linear) else None
+        kind = _layer_kind(module)
         if plist is None or kind is None:
             continue
-        originals = [(n, t) for n, t in plist.named_parameters(recurse=False)]
-        shape = module.weight.shape
-        same = [(n, t) for n, t in originals if t.shape == shape]
-        if len(same) != 1:
-            continue  # no stored tensor is the weight itself: nothing to rank
-        stored_name, stored = same[0]
+        found = _stored(module, plist.named_parameters(recurse=False))
+        if found is None:
+            continue
+        stored_name, stored = found
         yield name, kind, f"{name}.parametrizations.weight.{stored_name}", stored, _keeps_zeros(plist, stored_name)
 
 
 def _hook_computed(module: nn.Module) -> bool:
     """A Conv/Linear whose `weight` is no parameter of its own but set by a forward pre-hook from stored
     tensors (torch.nn.utils.weight_norm and spectral_norm before parametrize)."""
-    return (isinstance(module, (*_CONV, nn.Linear)) and "weight" not in module._parameters
+    return (_layer_kind(module) is not None and "weight" not in module._parameters
             and isinstance(getattr(module, "weight", None), torch.Tensor) and bool(module._forward_pre_hooks))
 
 
 def _hooked_weights(model: nn.Module):
-    """(owner name, kind, stored tensor's name, stored tensor, keeps zeros) of hook-computed Conv/Linear weights:
-    the one parameter of the module with the weight's shape (weight_norm's direction `weight_v`, spectral norm's
-    `weight_orig`)."""
+    """(owner name, kind, stored tensor's name, stored tensor, keeps zeros) of hook-computed Conv/Linear weights
+    (weight_norm's direction `weight_v`, spectral norm's `weight_orig`)."""
     for name, module in model.named_modules():
-        if not _hook_computed(module):
+        found = _stored(module, module.named_parameters(recurse=False)) if _hook_computed(module) else None
+        if found is None:
             continue
-        same = [(n, t) for n, t in module.named_parameters(recurse=False) if t.shape == module.weight.shape]
-        if len(same) != 1:
-            continue  # no stored tensor is the weight itself: nothing to rank
-        stored_name, stored = same[0]
-        kind = "conv" if isinstance(module, _CONV) else "linear"
-        yield name, kind, f"{name}.{stored_name}" if name else stored_name, stored, \
+        stored_name, stored = found
+        yield name, _layer_kind(module), f"{name}.{stored_name}" if name else stored_name, stored, \
             _hook_keeps_zeros(module, stored_name)
 
 
-def _hook_keeps_zeros(module: nn.Module, stored_name: str, trials: int = 3) -> bool:
-    """True if the module's pre-hooks turn every pruned zero of the stored tensor into a zero of `weight`
-    (random masks and values, on a copy of the module; a hook that fails proves nothing: False)."""
+def _layer_kind(module: nn.Module) -> str | None:
+    return "conv" if isinstance(module, _CONV) else "linear" if isinstance(module, nn.Linear) else None
+
+
+def _stored(module: nn.Module, named) -> tuple[str, torch.Tensor] | None:
+    """(name, tensor) of the one stored tensor with the shape of the module's weight; None where no tensor or
+    several have it (nothing to rank)."""
+    shape = module.weight.shape  # a parametrized module computes it: once
+    same = [(n, t) for n, t in named if t.shape == shape]
+    return same[0] if len(same) == 1 else None
+
+
+def _zeros_kept(stored: torch.Tensor, weight_of, trials: int = 3) -> bool:
+    """True if `weight_of(probe)`, the weight computed with `probe` in place of the stored tensor, is zero
+    wherever the probe is (random masks and values)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(trials):
+            zero = torch.rand(stored.shape, generator=g) < 0.5
+            probe = torch.where(zero, 0.0, torch.randn(stored.shape, generator=g).to(stored.dtype) + 3)
+            out = weight_of(probe)
+            if not isinstance(out, torch.Tensor) or out.shape != stored.shape or bool(out[zero].ne(0).any()):
+                return False
+    return True
+
+
+def _hook_keeps_zeros(module: nn.Module, stored_name: str) -> bool:
+    """Whether the module's pre-hooks keep every pruned zero of the stored tensor at zero in `weight`, run on a
+    shallow copy with dicts of its own (a weight-normed module refuses deepcopy): the module and its tensors
+    stay as they are. A hook that fails proves nothing: False."""
     import copy
 
-    g = torch.Generator().manual_seed(0)
-    stored = module._parameters[stored_name]
-    # A shallow copy with dicts of its own (a weight-normed module refuses deepcopy): the hooks set its `weight`
-    # and read the probe in place of the stored tensor; the module and its tensors stay as they are.
     probe_module = copy.copy(module)
     probe_module.__dict__ = {**module.__dict__, "_parameters": dict(module._parameters),
                              "_buffers": dict(module._buffers), "training": False}
+
+    def weight_of(probe):
+        probe_module._parameters[stored_name] = nn.Parameter(probe, requires_grad=False)
+        for hook in list(module._forward_pre_hooks.values()):
+            hook(probe_module, ())
+        return probe_module.__dict__.get("weight")
+
     try:
-        with torch.no_grad():
-            for _ in range(trials):
-                zero = torch.rand(stored.shape, generator=g) < 0.5
-                probe = torch.where(zero, 0.0, torch.randn(stored.shape, generator=g).to(stored.dtype) + 3)
-                probe_module._parameters[stored_name] = nn.Parameter(probe, requires_grad=False)
-                for hook in list(module._forward_pre_hooks.values()):
-                    hook(probe_module, ())
-                weight = probe_module.__dict__.get("weight")
-                if not isinstance(weight, torch.Tensor) or weight.shape != stored.shape or bool(
-                        weight[zero].ne(0).any()):
-                    return False
+        return _zeros_kept(module._parameters[stored_name], weight_of)
     except Exception:  # noqa: BLE001 - a hook that needs a real input (or anything else): not proven
         return False
-    return True
 
 
-def _keeps_zeros(plist, stored_name: str, trials: int = 3) -> bool:
-    """True if the parametrization maps every pruned zero of the stored tensor to zero (random masks and
-    values; evaluated on copies, the module is untouched)."""
-    g = torch.Generator().manual_seed(0)
+def _keeps_zeros(plist, stored_name: str) -> bool:
+    """Whether the parametrization maps every pruned zero of the stored tensor to zero (on copies of its
+    tensors: the module is untouched)."""
     names = [n for n, _ in plist.named_parameters(recurse=False)]
-    with torch.no_grad():
-        for _ in range(trials):
-            values = {n: getattr(plist, n).detach().clone() for n in names}
-            probe = values[stored_name]
-            zero = torch.rand(probe.shape, generator=g) < 0.5
-            values[stored_name] = torch.where(zero, 0.0, torch.randn(probe.shape, generator=g).to(probe.dtype) + 3)
-            originals = [values[n] for n in names]
-            out = plist[0](originals[0]) if plist.is_tensor else plist[0](*originals)
-            for p in list(plist)[1:]:
-                out = p(out)
-            if out.shape != probe.shape or bool(out[zero].ne(0).any()):
-                return False
-    return True
+
+    def weight_of(probe):
+        values = {n: probe if n == stored_name else getattr(plist, n).detach().clone() for n in names}
+        originals = [values[n] for n in names]
+        out = plist[0](originals[0]) if plist.is_tensor else plist[0](*originals)
+        for p in list(plist)[1:]:
+            out = p(out)
+        return out
+
+    return _zeros_kept(getattr(plist, stored_name), weight_of)
 
 
 def find_prunable(model: nn.Module, include: list[str] | None = None,

@@ -154,6 +154,10 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
         raise CollapsekitError(f"checkpoint {path} could not be loaded: {first_line(exc)}") from None
 
 
+def _corrupt(path, exc: Exception) -> CollapsekitError:
+    return CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}")
+
+
 def check_readable(path) -> None:
     """Raises the one-line "corrupt or truncated" error of a weights file that cannot be opened (a safetensors
     header that fails its bounds checks, a torch.save archive without its directory); reads no tensor data."""
@@ -167,7 +171,7 @@ def check_readable(path) -> None:
         with zipfile.ZipFile(path):  # torch.save's archive: its central directory sits at the end of the file
             pass
     except (OSError, zipfile.BadZipFile) as exc:
-        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
+        raise _corrupt(path, exc) from None
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -185,7 +189,7 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as fh:
             return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError alike
-        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
+        raise _corrupt(path, exc) from None
 
 
 def _check_sha(path: Path) -> None:
@@ -206,7 +210,7 @@ def _torch_state(path: Path) -> dict[str, torch.Tensor]:
         raise CollapsekitError(f"checkpoint {path} holds {what}, not a state_dict of tensors, and collapsekit never "
                                "unpickles code: save model.state_dict() (torch.save) or a .safetensors file") from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file...
-        raise CollapsekitError(f"checkpoint {path} is corrupt or truncated: {first_line(exc)}") from None
+        raise _corrupt(path, exc) from None
     for key in ("state_dict", "model_state_dict", "model"):  # common training-script wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
