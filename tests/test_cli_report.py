@@ -198,3 +198,15 @@ def test_a_damaged_checkpoint_without_its_sidecar_is_named_as_damaged(capsys, tm
     rc = main(["report", "--checkpoint", str(path)])
     err = capsys.readouterr().err
     assert rc == 2 and "no model given: pass --model" in err and f"{path.with_suffix('.json')} does not exist" in err
+
+
+def test_an_intact_checkpoint_in_torchs_older_format_without_a_sidecar_asks_for_the_model(capsys, tmp_path):
+    import torch
+
+    from conftest import tiny_mlp
+
+    path = tmp_path / "model.pt"
+    torch.save(tiny_mlp().state_dict(), path, _use_new_zipfile_serialization=False)  # a pickle stream, no zip
+    rc = main(["report", "--checkpoint", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no model given: pass --model" in err and "corrupt" not in err

@@ -160,13 +160,17 @@ def _corrupt(path, exc: Exception) -> CollapsekitError:
 
 def check_readable(path) -> None:
     """Raises the one-line "corrupt or truncated" error of a weights file that cannot be opened (a safetensors
-    header that fails its bounds checks, a torch.save archive without its directory); reads no tensor data."""
+    header that fails its bounds checks, a torch.save archive without its directory); reads no tensor data.
+    A file in torch.save's older pickle-stream format passes: only loading it could tell."""
     path = Path(path)
     if _is_safetensors(path):
         _safetensors_shapes(path)
         return
     import zipfile
 
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            return  # torch.save's older (pickle-stream) format: only loading it tells
     try:
         with zipfile.ZipFile(path):  # torch.save's archive: its central directory sits at the end of the file
             pass
