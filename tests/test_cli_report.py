@@ -210,3 +210,17 @@ def test_an_intact_checkpoint_in_torchs_older_format_without_a_sidecar_asks_for_
     rc = main(["report", "--checkpoint", str(path)])
     err = capsys.readouterr().err
     assert rc == 2 and "no model given: pass --model" in err and "corrupt" not in err
+
+
+def test_a_failed_command_leaves_no_empty_output_folder_it_made_and_keeps_the_users(capsys, tmp_path):
+    # --out is created up front (proved writable before any long work); the run then fails on its input.
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    made = tmp_path / "new" / "deeper"
+    rc = main(["prune", "--checkpoint", str(bad), "--sparsity", "0.9", "--out", str(made)])
+    assert rc == 2 and "is corrupt or truncated" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # both folders it made are gone again
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    rc = main(["prune", "--checkpoint", str(bad), "--sparsity", "0.9", "--out", str(mine)])
+    assert rc == 2 and mine.is_dir()  # the user's own folder stays

@@ -10,7 +10,7 @@ import sys
 
 from collapsekit.errors import CollapsekitError
 from collapsekit.version import __version__
-from collapsekit.cli.common import check_outputs, is_main_process, os_error_line
+from collapsekit.cli.common import check_outputs, is_main_process, os_error_line, remove_empty
 
 ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # terminal escapes a library may put in a message
 
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    created: list = []  # output folders this run made: those still empty go again if it fails
     try:
-        check_outputs(args)  # before any long work: a run is never lost to an unwritable --out
+        created = check_outputs(args)  # before any long work: a run is never lost to an unwritable --out
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
@@ -60,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 141  # as a shell reports a process ended by SIGPIPE
     except CollapsekitError as exc:
+        remove_empty(created)
         _error(args, re.sub(ANSI, '', str(exc)))
         return 2
     except OSError as exc:
+        remove_empty(created)
         _error(args, os_error_line(exc))
         return 2
     except KeyboardInterrupt:
+        remove_empty(created)
         print(f"collapsekit {args.command}: interrupted", file=sys.stderr)
         return 130
 

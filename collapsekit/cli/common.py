@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -78,20 +79,32 @@ def add_output_arg(parser: argparse.ArgumentParser, *flags: str, kind: str = "di
     parser.set_defaults(_outputs=[*(parser.get_default("_outputs") or []), (action.dest, flags[0], kind)])
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """Raise CollapsekitError naming the option and path unless every output option given can be written.
+def check_outputs(args: argparse.Namespace) -> list[Path]:
+    """Raise CollapsekitError naming the option and path unless every output option given can be written;
+    returns the folders this created (deepest first), for `remove_empty` should the command then fail.
 
     A folder is created (parents too) and a file is created in it and removed
     again: the one test that sees read-only mounts, permissions and quotas alike.
     """
+    created = []
     for dest, flag, kind in getattr(args, "_outputs", None) or ():
         value = getattr(args, dest, None)
         if value:
-            check_writable(value, flag, kind)
+            created += check_writable(value, flag, kind)
+    return created
 
 
-def check_writable(path, flag: str, kind: str = "dir") -> None:
-    """Raise CollapsekitError unless `path` (a folder, or a file when `kind` is "file") can be written."""
+def remove_empty(folders: list[Path]) -> None:
+    """Removes those of `folders` (deepest first) that are still empty: a failed command leaves no empty
+    output folder behind that it created itself."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # holds something now, or is gone already
+            folder.rmdir()
+
+
+def check_writable(path, flag: str, kind: str = "dir") -> list[Path]:
+    """Raise CollapsekitError unless `path` (a folder, or a file when `kind` is "file") can be written; returns
+    the folders it created to find out (deepest first)."""
     p = Path(path)
     if kind == "file" and p.is_dir():
         raise CollapsekitError(f"{flag} {path} is a directory; name a file in it")
@@ -101,13 +114,16 @@ def check_writable(path, flag: str, kind: str = "dir") -> None:
     blocker = next((a for a in (folder, *folder.parents) if a.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise CollapsekitError(f"{flag} {path} cannot be written: {blocker} is a file, not a directory")
+    missing = [a for a in (folder, *folder.parents) if not a.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".collapsekit-probe-")
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
+        remove_empty(missing)
         raise CollapsekitError(f"{flag} {path} cannot be written: {exc.strerror or exc}") from None
+    return missing
 
 
 def is_main_process() -> bool:
@@ -384,6 +400,6 @@ def load_data(args: argparse.Namespace, meta: dict):
 
 
 __all__ = ["add_input_args", "example_input", "token_inputs", "shapes_from_input", "check_input_matches",
-           "add_output_arg", "add_sparsity_arg", "check_outputs", "check_writable", "os_error_line", "add_model_args", "add_data_args",
+           "add_output_arg", "add_sparsity_arg", "check_outputs", "check_writable", "remove_empty", "os_error_line", "add_model_args", "add_data_args",
            "add_device_args", "add_mt_arg", "add_optimizer_args", "MT_HELP", "load_model", "load_data", "load_job",
            "print_result", "model_shapes"]
