@@ -174,6 +174,7 @@ def test_where_the_sparsest_level_is_alive_the_boundary_search_runs_beside_the_l
     monkeypatch.setattr(analysis_mod.Analysis, "_element_reach", reach)
     monkeypatch.setattr(analysis_mod, "phase_threads", lambda: contextlib.nullcontext(2))
     monkeypatch.setattr(analysis_mod, "FORK_WORTH_SECONDS", 0.0)
+    monkeypatch.setattr(analysis_mod, "level_flows", lambda *args: None)  # per level (plain CNNs: one pass)
     an = analysis_mod.Analysis(model, x, exact=exact)
     shared = an.report(levels)
     assert queued[0] == ("boundary", [(shared.levels[-1].pruned, False)])  # first in the queue: the dearest

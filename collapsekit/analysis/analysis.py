@@ -29,6 +29,7 @@ from collapsekit.analysis.graph import build_graph, effective_depth, import_besi
 from collapsekit.analysis.heap import release_after, release_freed
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.lazy import initialized_copy
+from collapsekit.analysis.level_flows import level_flows
 from collapsekit.analysis.magnitudes import MagnitudeIndex, resolve_mt, sparsity_to_count
 from collapsekit.analysis.nonfinite import NonFinite
 from collapsekit.analysis.prunable import find_prunable, tensors
@@ -121,6 +122,7 @@ class Analysis:
         self._floors: dict[tuple, dict[str, list[int]]] = {}  # the sparsest masks' unused channels, by MT
         self._boundary_ahead: dict[int, float] = {}  # MT -> collapse_sparsity, found beside the level flows
         self._reach_ahead: dict[tuple, float] = {}  # (k, MT) -> _element_reach, found beside the level flows
+        self._past_cover: dict[int, int] = {}  # MT -> a count whose flow is not as connected as dense
 
     @classmethod
     def of(cls, model, example_inputs=None, include=None, exclude=None, mt=None, **kwargs) -> Analysis:
@@ -202,9 +204,11 @@ class Analysis:
         channel = self.channel_level if channel_level is None else channel_level
         level = self.level(k)
         if channel == self.channel_level:
-            if self.cover().contains(level.alloc.pruned):
+            # No cover contains masks at or past a count whose flow is not the dense verdict (flows are monotone)
+            if k < self._past_cover.get(self.mt, k + 1) and self.cover().contains(level.alloc.pruned):
                 return False
-            known = self.emptied_covers().verdict(level.alloc.pruned, build=False)
+            built = self._emptied.get(self.channel_level)  # known verdicts only: none before the covers are built
+            known = built.verdict(level.alloc.pruned, build=False) if built is not None else None
             if known is None:
                 known = self.level_sets().verdict(level.alloc.pruned)
             if known is not None:
@@ -487,8 +491,8 @@ class Analysis:
         k = self.count(sparsity)
         masks = self.level(k)
         pruned = masks.alloc.pruned
-        if (flow := self._shared_verdict(pruned)) is None and (
-                flow := self._ahead.pop(pruned.tobytes(), None)) is None:  # not run ahead (report, _own_flows)
+        if (flow := self._ahead.pop(pruned.tobytes(), None)) is None and (  # run ahead: report, _own_flows
+                flow := self._shared_verdict(pruned)) is None:
             with self.timings.stage("flow per level"):
                 flow = run_flow(self.traced, self.weights, masks, channel_level=self.channel_level,
                                 unused=self._known_unused(denser, pruned))
@@ -516,6 +520,24 @@ class Analysis:
         if (known := self.level_sets().verdict(pruned)) is not None:  # its set's sparsest level (emptied.py)
             return known
         return self._emptied_verdict(pruned)  # the verdict of its emptied set (emptied.py), or None
+
+    def _all_level_flows(self, counts: list[int]) -> dict[bytes, FlowResult]:
+        """The channel-level flows of the levels pruning `counts`, all from one pass where the graph is
+        built from plain CNN ops (level_flows.py), by pruned counts' bytes; {} where it is not."""
+        if not self.channel_level:
+            return {}
+        ks = sorted(set(counts))
+        levels = [self.level(k) for k in ks]
+        with self.timings.stage("level flows"):
+            flows = level_flows(self.traced, self.weights, levels)
+        if flows is None:
+            return {}
+        for k, lv, flow in zip(ks, levels, flows):
+            if flow.collapsed or flow.dead_channels or flow.unused_channels or flow.output_alive < 1.0 or (
+                    not np.array_equal(flow.effective, self.index.sizes - lv.alloc.pruned)):
+                self._past_cover[self.mt] = min(k, self._past_cover.get(self.mt, k))
+                break
+        return {lv.alloc.pruned.tobytes(): flow for lv, flow in zip(levels, flows)}
 
     def _own_flows(self, counts: list[int]) -> dict[bytes, FlowResult]:
         """The flows of the levels (weights pruned) that no shared verdict answers, run side by side in forked
@@ -665,7 +687,10 @@ class Analysis:
             # met the report's other peaks (a 1.1 B report's peak rose from 0.46x to 0.51x of its file)
             self.index.expect_kept([self.level(self.count(s)).alloc for s in wanted])
         release_freed()
-        if not self.cover().contains(self.level(self.count(wanted[-1])).alloc.pruned):
+        every = self._all_level_flows([self.count(s) for s in wanted])  # one pass where the graph is plain
+        self._ahead.update(every)
+        if not every and not self.cover().contains(
+                self.level(self.count(wanted[-1])).alloc.pruned):
             self.emptied_covers().plan([self.level(self.count(s)).alloc.pruned for s in wanted])
             # the sparsest level of each emptied set first: its flow may answer the others
             counts = [self.count(s) for s in wanted]
