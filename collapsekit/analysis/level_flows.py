@@ -34,7 +34,6 @@ import torch.nn as nn
 
 from collapsekit.analysis.connectivity import LevelMasks
 from collapsekit.analysis.flow import FlowResult
-from collapsekit.analysis.flow_layers import EVERYWHERE
 from collapsekit.analysis.magnitudes import abs_bits, bits_to_float
 from collapsekit.analysis.ops import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES, \
     ADAPTIVE_MAX_POOL_FUNCTIONS, ADAPTIVE_MAX_POOL_MODULES, ARITHMETIC_FUNCTIONS, ARITHMETIC_METHODS, \
@@ -268,6 +267,7 @@ class _Pass:
         self.n = len(levels)
         self.dtype = torch.uint8 if self.n < 255 else torch.int16
         self.ranks = {i: self._ranks(i) for i in plan.layers.values()}
+        self._on_path: dict[int, torch.Tensor] = {}  # linear layer -> weights on a path per level (_effective)
 
     def _ranks(self, i: int) -> torch.Tensor:
         """How many levels keep each channel pair of conv i ([O, I/groups]) or each weight of linear i:
@@ -374,12 +374,16 @@ class _Pass:
             return 0
         is_used, is_live = u > level, live[node.args[0]] > level
         r = self.ranks[i]
-        if i not in self.conn.kmax:  # a linear layer: its ranks are per weight
-            return int(((r > level) & is_used.view(-1, 1) & is_live.view(1, -1)).sum())
+        if bool(is_used.all()) and bool(is_live.all()) and (i not in self.conn.kmax or bool(self.conn.taps[i].all())):
+            return int(self.conn.index.sizes[i] - masks.alloc.pruned[i])  # every kept weight
+        if i not in self.conn.kmax:  # a linear layer: per weight, the levels it is kept on a path at
+            if i not in self._on_path:
+                on_path = torch.minimum(torch.minimum(r, u.view(-1, 1)), live[node.args[0]].view(1, -1))
+                counts = torch.bincount(on_path.reshape(-1).to(torch.int64), minlength=self.n + 1)
+                self._on_path[i] = counts.flip(0).cumsum(0).flip(0)  # [l]: weights on a path at level >= l
+            return int(self._on_path[i][level + 1])
         name = self.conn.weights[i].name
         masks._conns[name] = r > level
-        if bool(is_used.all()) and bool(is_live.all()):
-            return masks.effective_count(name, EVERYWHERE)
         g = self.groups[node.name]
         o, ig = r.shape
         pairs = (is_used.view(g, o // g, 1) & is_live.view(g, 1, ig)).reshape(o, ig)
