@@ -191,6 +191,18 @@ class Transposed(nn.Module):
         return self.fc(self.conv(x).permute(0, 2, 3, 1).mean((1, 2)))
 
 
+class DilatedPool(nn.Module):
+    """A dilated max pool: the flow answers it conservatively (and lists it), so it keeps its own flows."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.max_pool2d(self.conv(x), 2, 1, 0, 2).mean((2, 3)))
+
+
 class ChannelMean(nn.Module):
     """A reduction over channels: x.mean(1) keeps the positions, not the channels."""
 
@@ -203,7 +215,7 @@ class ChannelMean(nn.Module):
         return self.fc(self.conv(x).mean(1).flatten(1))
 
 
-@pytest.mark.parametrize("cls", [Dangling, Shared, Scaled, TwoHeads, Transposed, ChannelMean])
+@pytest.mark.parametrize("cls", [Dangling, Shared, Scaled, TwoHeads, Transposed, ChannelMean, DilatedPool])
 def test_graphs_outside_the_plain_ops_keep_their_own_flows(cls):
     torch.manual_seed(0)
     an = Analysis(cls(), torch.randn(1, 4, 4, 4))

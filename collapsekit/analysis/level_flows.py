@@ -157,6 +157,8 @@ def _kind(gm, node, shape, tensors, sizes) -> tuple[str, object]:
             return "layer", None
         if isinstance(module, nn.Linear):
             return "layer", None
+        if isinstance(module, MAX_POOL_MODULES) and module.dilation not in (1, (1,) * (len(shape) - 2)):
+            raise _NotPlain  # the flow answers a dilated window conservatively
         if isinstance(module, _SAME_MODULES) and _shape(src)[:2] == shape[:2]:
             return "same", None
         if isinstance(module, nn.Flatten):
@@ -166,6 +168,8 @@ def _kind(gm, node, shape, tensors, sizes) -> tuple[str, object]:
     if any(isinstance(a, fx.Node) and a not in tensors and a not in sizes for a in rest):
         raise _NotPlain
     if node.op == "call_function":
+        if node.target in MAX_POOL_FUNCTIONS and _dilated(node):
+            raise _NotPlain
         if node.target in _SAME_FUNCTIONS and _shape(src)[:2] == shape[:2] and not any(
                 isinstance(a, fx.Node) for a in rest):
             return "same", None
@@ -184,6 +188,12 @@ def _kind(gm, node, shape, tensors, sizes) -> tuple[str, object]:
         if node.target in _REDUCE_METHODS:
             return _reduce(node, src, shape)
     raise _NotPlain
+
+
+def _dilated(node) -> bool:
+    """A max-pool call with a dilation other than 1 (positional fifth argument or keyword)."""
+    d = node.args[4] if len(node.args) > 4 else node.kwargs.get("dilation", 1)
+    return any(v != 1 for v in (d if isinstance(d, (tuple, list)) else (d,)))
 
 
 def _join(node, shape, tensors) -> tuple[str, object]:
