@@ -64,6 +64,71 @@ class SmallMap(nn.Module):
         return self.fc(self.small(x).view(x.size(0), -1))
 
 
+class Bottleneck(nn.Module):
+    """torchvision's ResNet bottleneck: a downsampling shortcut, in-place ReLUs and `out += identity`."""
+
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4))
+
+    def forward(self, x):
+        identity = self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class TorchvisionLike(nn.Module):
+    """ResNet bottlenecks, an inception block (a max-pool branch, ceil mode), a fire module (squeeze, expand
+    1x1 and 3x3 concatenated) and a MBConv with squeeze-excite (SiLU, Hardsigmoid, `scale * input`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.layer1 = nn.Sequential(Bottleneck(8, 4, 1), Bottleneck(16, 4, 2))
+        self.b1 = nn.Conv2d(16, 4, 1)
+        self.b2 = nn.Sequential(nn.Conv2d(16, 4, 1), nn.Conv2d(4, 4, 3, padding=1))
+        self.b3 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), nn.Conv2d(16, 4, 1))
+        self.squeeze = nn.Conv2d(12, 4, 1)
+        self.e1, self.e3 = nn.Conv2d(4, 8, 1), nn.Conv2d(4, 8, 3, padding=1)
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.SiLU())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 4, 1), nn.SiLU(), nn.Conv2d(4, 16, 1),
+                                nn.Hardsigmoid())
+        self.project = nn.Sequential(nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16 * 2 * 2, 10), nn.Hardswish(),
+                                        nn.Linear(10, 5))
+
+    def forward(self, x):
+        x = self.layer1(self.stem(x))
+        x = torch.cat([self.b1(x), self.b2(x), self.b3(x)], 1)
+        s = F.relu(self.squeeze(x))
+        x = torch.cat([F.relu(self.e1(s)), F.relu(self.e3(s))], 1)
+        y = self.dw(x)
+        x = x + self.project(self.se(y) * y)
+        x = F.adaptive_avg_pool2d(x, (2, 2))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class ConvHead(nn.Module):
+    """SqueezeNet's head: the last layer is a conv, pooled and flattened into the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(inplace=True))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, 5, 1), nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d((1, 1)))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
 def _quantized(model):
     """Weights on a coarse grid: many ties, so Global MP's cuts fall inside runs of equal magnitudes."""
     with torch.no_grad():
@@ -85,6 +150,8 @@ MODELS = {
     "dense": lambda: (scramble(Dense(), 5), torch.randn(1, 3, 8, 8)),
     "squeeze": lambda: (scramble(Squeeze(), 6), torch.randn(1, 3, 8, 8)),
     "small_map": lambda: (scramble(SmallMap(), 7), torch.randn(1, 3, 8, 8)),
+    "torchvision_like": lambda: (scramble(TorchvisionLike(), 9), torch.randn(1, 3, 16, 16)),
+    "conv_head": lambda: (scramble(ConvHead(), 10), torch.randn(1, 3, 16, 16)),
     "quantized": lambda: (_quantized(scramble(ck.models.create("resnet20", num_classes=5, in_channels=3,
                                                                 input_size=8), 8)), torch.randn(1, 3, 8, 8)),
 }
@@ -222,7 +289,7 @@ def test_graphs_outside_the_plain_ops_keep_their_own_flows(cls):
     assert level_flows(an.traced, an.weights, _levels(an)[1]) is None
 
 
-@pytest.mark.parametrize("name", ["resnet20", "dense", "quantized"])
+@pytest.mark.parametrize("name", ["resnet20", "dense", "quantized", "torchvision_like"])
 def test_a_channel_level_report_takes_its_levels_from_the_one_pass(name, monkeypatch):
     import collapsekit.analysis.analysis as analysis_mod
 
