@@ -68,9 +68,11 @@ def level_flows(traced, weights, levels: list[LevelMasks]) -> list[FlowResult] |
     the flows one by one."""
     if not levels:
         return []
+    if len(levels) >= torch.iinfo(torch.int16).max:
+        return None  # a rank must fit its int16
     try:
         plan = _plan(traced, weights, levels[0].conn)
-    except _NotPlain:
+    except Exception:  # noqa: BLE001 - _NotPlain, or a graph this reading did not foresee: flows one by one
         return None
     return _Pass(traced.gm, plan, levels).results()
 
@@ -112,12 +114,12 @@ def _plan(traced, weights, conn) -> _Plan:
             plan.steps.append((node, "input", None))
             tensors.add(node)
             continue
+        if node.op.startswith("call_") and shape is not None and (not node.users or "value" in node.meta):
+            raise _NotPlain  # the flow skips a tensor nothing reads, and reads a recorded one as it is
         if node.op == "call_function" and node.target in _CATS and shape is not None:
             plan.steps.append((node, "cat", _cat(node, shape, tensors)))
             tensors.add(node)
             continue
-        if node.op.startswith("call_") and shape is not None and (not node.users or "value" in node.meta):
-            raise _NotPlain  # the flow skips a tensor nothing reads, and reads a recorded one as it is
         args = [a for a in node.args if isinstance(a, fx.Node)]
         if shape is None:  # a shape read (x.size(0), x.shape[1]) or arithmetic and checks on shapes
             if (node.op == "call_method" and node.target in ("size", "dim") and args[0] in tensors) or (
@@ -126,7 +128,7 @@ def _plan(traced, weights, conn) -> _Plan:
                 sizes.add(node)
                 continue
             raise _NotPlain
-        if shape[0] != 1 or not args or args[0] not in tensors:
+        if len(shape) < 2 or shape[0] != 1 or not args or args[0] not in tensors:
             raise _NotPlain
         kind, detail = _kind(gm, node, shape, tensors, sizes)
         if kind == "layer":
@@ -214,7 +216,8 @@ def _cat(node, shape, tensors) -> list[fx.Node]:
     """The operands of a concatenation along the channel (feature) dim."""
     parts = node.args[0] if node.args else node.kwargs.get("tensors")
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    if not isinstance(parts, (list, tuple)) or not parts or any(p not in tensors for p in parts) or shape[0] != 1:
+    if not isinstance(parts, (list, tuple)) or not parts or any(p not in tensors for p in parts) or (
+            len(shape) < 2 or shape[0] != 1 or not isinstance(dim, int)):
         raise _NotPlain
     if dim % len(shape) != (1 if len(shape) > 2 else len(shape) - 1):
         raise _NotPlain
