@@ -242,3 +242,28 @@ def test_a_streamed_report_reads_kept_positions_per_level_an_in_memory_one_once_
     ck.analyze(loaded(zoo(), path), x, sparsities=[0.9, 0.99])
     assert told[-1] == 2  # the report's own levels (the default 21 may have been told beside the trace)
     assert set(told[:-1]) <= {21}
+
+
+def test_a_streamed_report_hands_freed_heap_back_more_often(tmp_path, monkeypatch):
+    """Memory is what streaming is for: its flows trim the heap every STREAMED_STRETCH weights of work, an
+    in-memory report every STRETCH, and the stretch in force is restored afterwards."""
+    import collapsekit.analysis.analysis as analysis_mod
+    from collapsekit.analysis import heap
+
+    seen = []
+    real = analysis_mod.run_flow
+
+    def spy(*args, **kwargs):
+        seen.append(heap._stretch[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis_mod, "run_flow", spy)
+    monkeypatch.setattr(analysis_mod, "level_flows", lambda *args: None)  # every level its own flow
+    path = save(zoo(), tmp_path / "model.safetensors")
+    x = torch.randn(1, 3, 16, 16)
+    ck.analyze(zoo("meta"), x, checkpoint=path, sparsities=[0.5, 0.9, 0.99])
+    streamed, seen[:] = list(seen), []
+    ck.analyze(loaded(zoo(), path), x, sparsities=[0.5, 0.9, 0.99])
+    assert streamed and set(streamed) == {heap.STREAMED_STRETCH} and heap.STREAMED_STRETCH < heap.STRETCH
+    assert seen and set(seen) == {heap.STRETCH}
+    assert heap._stretch[0] == heap.STRETCH

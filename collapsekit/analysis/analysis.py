@@ -26,7 +26,7 @@ from collapsekit.analysis.emptied import EmptiedCovers, SparsestOfSet
 from collapsekit.analysis.flow import FlowResult, collapses, run_flow
 from collapsekit.analysis.forked import Beside, can_fork, map_forked
 from collapsekit.analysis.graph import build_graph, effective_depth, import_beside
-from collapsekit.analysis.heap import release_after, release_freed
+from collapsekit.analysis.heap import STREAMED_STRETCH, release_after, release_freed, trimmed_every
 from collapsekit.analysis.intervals import DEFAULT_RANGE, data_range, interval_cuts, merge_cuts
 from collapsekit.analysis.lazy import initialized_copy
 from collapsekit.analysis.level_flows import level_flows
@@ -60,10 +60,13 @@ DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.9
 
 def _in_analysis_scope(fn):
     """Decorator: `fn` runs with the analysis's intra-op threads (threads.py) and the process's older objects
-    out of the garbage collector's view (collector.py); both restored afterwards."""
+    out of the garbage collector's view (collector.py); a method of an analysis streaming its weights from a
+    checkpoint hands freed heap back more often (heap.STREAMED_STRETCH). All restored afterwards."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with analysis_threads(), old_objects_frozen():
+        streamed = bool(args) and isinstance(args[0], Analysis) and getattr(args[0], "checkpoint", None) is not None
+        with analysis_threads(), old_objects_frozen(), (
+                trimmed_every(STREAMED_STRETCH) if streamed else contextlib.nullcontext()):
             return fn(*args, **kwargs)
     return wrapper
 

@@ -10,6 +10,7 @@ returns those pages; elsewhere (macOS, musl, Windows) this is a no-op.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -35,13 +36,28 @@ def release_freed() -> None:
 # heap; trimming once per such stretch keeps the high-water mark near live memory at about one call per
 # 256 M weights of work (more often costs speed: each trim walks the heap and freed pages fault back in).
 STRETCH = 1 << 28
+# Weights streamed from a file: memory is what streaming is for. A 1.1 B bf16 report's peak fell from 0.47x to
+# 0.34x of its file with a trim four times as often, its time rose from 28 to 31 s (one run each).
+STREAMED_STRETCH = 1 << 26
 _pending = [0]
+_stretch = [STRETCH]
+
+
+@contextlib.contextmanager
+def trimmed_every(numel: int):
+    """Within the body, `release_after` hands freed heap back after `numel` weights of work (restored after)."""
+    before, _stretch[0] = _stretch[0], numel
+    try:
+        yield
+    finally:
+        _stretch[0] = before
 
 
 def release_after(numel: int) -> None:
-    """Counts work on `numel` weights; `release_freed()` once STRETCH of them have been done since the last."""
+    """Counts work on `numel` weights; `release_freed()` once a stretch of them (STRETCH, or the
+    `trimmed_every` in force) has been done since the last."""
     _pending[0] += numel
-    if _pending[0] >= STRETCH:
+    if _pending[0] >= _stretch[0]:
         _pending[0] = 0
         release_freed()
 
