@@ -203,6 +203,10 @@ class LevelMasks:
             self._conns[name] = self._channel_conn(name)
         return self._conns[name]
 
+    def remember_channel_conn(self, name: str, conn: torch.Tensor) -> None:
+        """`channel_conn(name)` found another way (level_flows.py's ranks): no tap maxima are compared again."""
+        self._conns.setdefault(name, conn)
+
     def _channel_conn(self, name: str) -> torch.Tensor | None:
         i = self.conn.position.get(name)
         if i is None or i not in self.conn.kmax:

@@ -298,6 +298,16 @@ class _Pass:
             ranks = torch.maximum(ranks, kept.reshape(ranks.shape).to(self.dtype) * (level + 1))
         return ranks
 
+    def _through(self, node, counts: torch.Tensor, forward: bool) -> torch.Tensor:
+        """A layer's max-min step: forward, each output's max over its group's inputs of min(rank, input's
+        count); backward, each input's max over its group's outputs of min(rank, output's count)."""
+        r = self.ranks[self.plan.layers[node.name]]
+        g = self.groups[node.name]
+        o, ig = r.shape
+        if forward:
+            return torch.minimum(r.view(g, o // g, ig), counts.view(g, 1, ig)).amax(-1).reshape(o)
+        return torch.minimum(r.view(g, o // g, ig), counts.view(g, o // g, 1)).amax(1).reshape(-1)
+
     # -- the passes ---------------------------------------------------------------------
     def forward(self) -> dict[fx.Node, torch.Tensor]:
         live: dict[fx.Node, torch.Tensor] = {}
@@ -317,11 +327,7 @@ class _Pass:
             elif kind == "cat":
                 live[node] = torch.cat([live[a] for a in detail])
             else:  # layer
-                r = self.ranks[self.plan.layers[node.name]]
-                g = self.groups[node.name]
-                x = live[node.args[0]]
-                o, ig = r.shape
-                live[node] = torch.minimum(r.view(g, o // g, ig), x.view(g, 1, ig)).amax(-1).reshape(o)
+                live[node] = self._through(node, live[node.args[0]], forward=True)
         return live
 
     def backward(self, live) -> dict[fx.Node, torch.Tensor]:
@@ -346,10 +352,7 @@ class _Pass:
                 for a, part in zip(detail, u.split([live[a].numel() for a in detail])):
                     add(a, part)
             else:
-                r = self.ranks[self.plan.layers[node.name]]
-                g = self.groups[node.name]
-                o, ig = r.shape
-                add(node.args[0], torch.minimum(r.view(g, o // g, ig), u.view(g, o // g, 1)).amax(1).reshape(-1))
+                add(node.args[0], self._through(node, u, forward=False))
         return used
 
     def results(self) -> list[FlowResult]:
@@ -396,7 +399,7 @@ class _Pass:
                 self._on_path[i] = counts.flip(0).cumsum(0).flip(0)  # [l]: weights on a path at level >= l
             return int(self._on_path[i][level + 1])
         name = self.conn.weights[i].name
-        masks._conns[name] = r > level
+        masks.remember_channel_conn(name, r > level)
         g = self.groups[node.name]
         o, ig = r.shape
         pairs = (is_used.view(g, o // g, 1) & is_live.view(g, 1, ig)).reshape(o, ig)
